@@ -1,0 +1,155 @@
+"""Input validation for scan: every error names the argument, the leaf path and the fix.
+
+The checks mirror ``jax.lax.scan`` (``jax/_src/lax/control_flow/loops.py``): they run
+on the Python side, before anything is traced, wherever the information is there.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfscan._tree import TreeDef
+
+__all__ = []  # private module
+
+
+def check_callable(f: Any, name: str = "f") -> None:
+    if not callable(f):
+        raise TypeError(f"scan: {name} must be callable as {name}(carry, x) -> (carry, y), got {f!r}")
+
+
+def check_unroll(unroll: Any) -> int | bool:
+    """``unroll`` as a positive int, or ``True`` for a fully unrolled loop."""
+    if isinstance(unroll, (bool, np.bool_)):
+        return True if unroll else 1
+    if isinstance(unroll, numbers.Integral):
+        if unroll <= 0:
+            raise ValueError(
+                f"scan: unroll must be a positive int or a bool, got unroll={unroll}. "
+                "Use unroll=1 for a rolled loop or unroll=True to unroll it fully.")
+        return int(unroll)
+    raise TypeError(
+        f"scan: unroll must be a positive int or a bool, got {type(unroll).__name__} {unroll!r}.")
+
+
+def check_reverse(reverse: Any) -> bool:
+    if isinstance(reverse, (bool, np.bool_)):
+        return bool(reverse)
+    raise TypeError(f"scan: reverse must be a Python bool, got {type(reverse).__name__} {reverse!r}.")
+
+
+def to_tensors(leaves: Sequence[Any], paths: Sequence[str], arg: str) -> list[tf.Tensor]:
+    """Convert every leaf like ``tf.constant`` (Python float -> float32, int -> int32)."""
+    out = []
+    for leaf, path in zip(leaves, paths):
+        if isinstance(leaf, tf.Variable):
+            leaf = leaf.value()
+        try:
+            t = tf.convert_to_tensor(leaf)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                f"scan: {arg} leaf {path} is {type(leaf).__name__} {leaf!r:.80}, which is not a "
+                f"tensor or convertible to one ({e}). Pass tensors, NumPy arrays or Python numbers.") from None
+        if t.dtype in (tf.string, tf.resource, tf.variant):
+            raise TypeError(
+                f"scan: {arg} leaf {path} has dtype {t.dtype.name}; scan carries and slices numeric "
+                "and bool tensors only.")
+        out.append(t)
+    return out
+
+
+def scan_length(xs: Sequence[tf.Tensor], paths: Sequence[str], length: Any) -> tuple[int | None, Any]:
+    """The number of steps: ``(static, value)`` where ``value`` is an int or a scalar int32 tensor.
+
+    ``static`` is the Python int when it is known now, else ``None`` (a length known only
+    at run time, as with a ``None`` time axis in a ``tf.function`` signature).
+    """
+    if length is not None:
+        length = _check_length_arg(length)
+    for x, path in zip(xs, paths):
+        if x.shape.rank == 0:
+            raise ValueError(
+                f"scan: xs leaf {path} is a scalar (shape ()), but scan slices every leaf of xs along "
+                "its leading axis. Give it a leading axis of size length, or close over it in f instead.")
+    static_sizes = [(p, x.shape[0]) for x, p in zip(xs, paths) if x.shape.rank is not None]
+    known = [(p, n) for p, n in static_sizes if n is not None]
+    if len({n for _, n in known}) > 1:
+        listing = ", ".join(f"{p} has leading size {n}" for p, n in known)
+        raise ValueError(
+            "scan: every leaf of xs must have the same leading axis size (the number of steps), "
+            f"but {listing}. Slice or pad them to one length.")
+    if isinstance(length, int):
+        if known and known[0][1] != length:
+            listing = ", ".join(f"{p} has leading size {n}" for p, n in known)
+            raise ValueError(
+                f"scan: length={length} does not match the leading axis of xs: {listing}. "
+                "Pass length equal to that size, or leave length=None.")
+        return length, length
+    if known:
+        return known[0][1], known[0][1]
+    if length is not None:  # a tensor
+        static = tf.get_static_value(length)
+        return (int(static), int(static)) if static is not None else (None, length)
+    if xs:
+        return None, tf.shape(xs[0], out_type=tf.int32)[0]
+    raise ValueError(
+        "scan: xs is None (or has no leaves) and length is None, so the number of steps is "
+        "unknown. Pass length=<number of steps>.")
+
+
+def _check_length_arg(length: Any) -> Any:
+    if isinstance(length, (bool, np.bool_)):
+        raise TypeError(f"scan: length must be a non-negative int, got bool {length!r}.")
+    if isinstance(length, numbers.Integral):
+        if length < 0:
+            raise ValueError(f"scan: length must be a non-negative int, got length={length}.")
+        return int(length)
+    if isinstance(length, (tf.Tensor, tf.Variable, np.ndarray)):
+        t = tf.convert_to_tensor(length)
+        if t.shape.rank not in (0, None) or not t.dtype.is_integer:
+            raise TypeError(
+                f"scan: length must be an int or a scalar integer tensor, got a {t.dtype.name} "
+                f"tensor of shape {t.shape}.")
+        static = tf.get_static_value(t)
+        if static is not None:
+            return _check_length_arg(int(static))
+        return tf.cast(t, tf.int32)
+    raise TypeError(f"scan: length must be a non-negative int, got {type(length).__name__} {length!r}.")
+
+
+def check_carry(init_tree: TreeDef, out_tree: TreeDef, init: Sequence[tf.TensorSpec],
+                out: Sequence[tf.TensorSpec], paths: Sequence[str], what: str = "scan") -> None:
+    """``f``'s new carry must match ``init`` in structure, dtype and shape (``TypeError``)."""
+    fix = ("Fix: return a carry with exactly the structure, dtypes and shapes of init "
+           "(cast with tf.cast, reshape, or change init).")
+    if init_tree != out_tree:
+        raise TypeError(
+            f"{what}: f must return a carry with the same structure as init, but init has structure "
+            f"{init_tree} and f returned a carry with structure {out_tree}. {fix}")
+    for path, a, b in zip(paths, init, out):
+        if a.dtype != b.dtype:
+            raise TypeError(
+                f"{what}: the carry leaf {path} of init has type {_typestr(a)} but f returned "
+                f"{_typestr(b)} for it, so the dtypes do not match. {fix}")
+        if not _shapes_match(a.shape, b.shape):
+            raise TypeError(
+                f"{what}: the carry leaf {path} of init has type {_typestr(a)} but f returned "
+                f"{_typestr(b)} for it, so the shapes do not match. {fix}")
+
+
+def _shapes_match(a: tf.TensorShape, b: tf.TensorShape) -> bool:
+    if a.rank is None or b.rank is None:
+        return True
+    if a.rank != b.rank:
+        return False
+    # A dimension known on both sides must agree; unknown dimensions are resolved at run time.
+    return all(x is None or y is None or x == y for x, y in zip(a.as_list(), b.as_list()))
+
+
+def _typestr(spec: tf.TensorSpec) -> str:
+    dims = "?" if spec.shape.rank is None else ",".join("?" if d is None else str(d) for d in spec.shape.as_list())
+    return f"{spec.dtype.name}[{dims}]"

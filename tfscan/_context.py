@@ -1,0 +1,123 @@
+"""Where a scan is being built (eager, graph, XLA), ``disable_jit``, and the trace cache."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import types
+from typing import Any, Callable, Hashable, Iterator
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.framework import ops
+from tensorflow.python.ops import control_flow_util
+
+__all__ = []  # private module
+
+_state = threading.local()
+
+
+def jit_disabled() -> bool:
+    return getattr(_state, "disabled", 0) > 0
+
+
+@contextlib.contextmanager
+def disable_jit() -> Iterator[None]:
+    """Run scans as plain eager Python loops inside this block (like ``jax.disable_jit``)."""
+    _state.disabled = getattr(_state, "disabled", 0) + 1
+    try:
+        yield
+    finally:
+        _state.disabled -= 1
+
+
+def in_xla_context() -> bool:
+    """True while tracing a function that XLA compiles as a whole (``jit_compile=True``)."""
+    if tf.executing_eagerly():
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph()))
+
+
+class LRUCache:
+    """A bounded, thread-safe map from hashable keys to values (least recently used out)."""
+
+    def __init__(self, maxsize: int = 256):
+        self.maxsize = maxsize
+        self._data: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.RLock()
+
+    def get_or_create(self, key: Hashable, create: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        value = create()  # outside the lock: tracing may call scan recursively
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+def function_key(f: Any) -> Hashable:
+    """Identify a step function by its code and what it closes over, not by its identity.
+
+    A fresh ``lambda`` per call with the same code and the same closed-over values maps to
+    the same key (no retrace, no unbounded growth); a closed-over tensor that is replaced
+    changes the key (no stale constants). Unhashable closed-over objects count by identity.
+    """
+    if isinstance(f, types.MethodType):
+        return ("method", function_key(f.__func__), _value_key(f.__self__))
+    if isinstance(f, types.FunctionType):
+        cells = tuple(_value_key(c.cell_contents) if _cell_full(c) else None for c in (f.__closure__ or ()))
+        defaults = tuple(_value_key(d) for d in (f.__defaults__ or ()))
+        globs = tuple((n, _value_key(f.__globals__[n])) for n in f.__code__.co_names
+                      if n in f.__globals__ and _is_tensorish(f.__globals__[n]))
+        return ("fn", f.__code__, cells, defaults, globs)
+    return ("obj", _value_key(f))
+
+
+def _cell_full(cell: Any) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def _is_tensorish(x: Any) -> bool:
+    return isinstance(x, (tf.Tensor, tf.Variable, np.ndarray))
+
+
+class _ById:
+    """Hash by identity while keeping the object alive (so its id is never reused)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, _ById) and other.obj is self.obj
+
+
+def _value_key(x: Any) -> Hashable:
+    if isinstance(x, (types.FunctionType, types.MethodType)):
+        return function_key(x)
+    if isinstance(x, (bool, int, float, complex, str, bytes, type(None), np.generic)):
+        return (type(x), x)
+    if isinstance(x, (tuple, list)) and len(x) < 64:
+        return (type(x), tuple(_value_key(v) for v in x))
+    return _ById(x)

@@ -1,0 +1,95 @@
+"""The compiled loop: one ``While`` whose per-step outputs go to preallocated buffers.
+
+Outputs are written with XLA's dynamic-update-slice into tensors of shape
+``[length, ...]`` allocated before the loop (never a ``TensorArray``: a TensorList
+cannot cross the XLA/TF boundary and is not vectorizable under XLA). With
+``unroll=k`` the body holds ``k`` steps and a second loop runs the remainder.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
+
+__all__ = []  # private module
+
+Body = Callable[[list, list], tuple[list, list]]
+
+
+def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], length: Any,
+        reverse: bool, unroll: int | bool, out_specs: Sequence[tf.TensorSpec]) -> tuple[list, list]:
+    """Run ``body(carry, slices) -> (carry, outs)`` for ``length`` steps.
+
+    ``seqs`` are read at the step index along axis 0; ``outs`` are stacked along a new
+    axis 0 in index order (so with ``reverse`` the buffers still hold step ``i`` at ``i``).
+    ``length`` is an int or a scalar int32 tensor (a trip count known at run time).
+    """
+    carry = list(carry)
+    shapes = [c.shape for c in carry]
+    bufs = [tf.zeros(_stacked_shape(length, s), spec.dtype) for s, spec in
+            zip(_out_shapes(body, carry, seqs, out_specs), out_specs)]
+    static = length if isinstance(length, int) else None
+    if static == 0:
+        return carry, bufs
+    unroll = static if (unroll is True and static is not None) else unroll
+    if unroll is True:
+        raise ValueError("scan: unroll=True needs a length known when the scan is traced; "
+                         "pass an int unroll for a length known only at run time.")
+
+    def steps(k: int) -> Callable:
+        def loop_body(i, carry, bufs):
+            for u in range(k):
+                t = i * k + u if k > 1 else i
+                idx = (length - 1 - t) if reverse else t
+                xs = [tf.gather(s, idx) for s in seqs]
+                carry, outs = body(list(carry), xs)
+                carry = [_keep_shape(c, s) for c, s in zip(carry, shapes)]
+                bufs = [_write(b, o, idx) for b, o in zip(bufs, outs)]
+            return i + 1, carry, bufs
+        return loop_body
+
+    main = length // unroll
+    i0 = tf.constant(0, tf.int32)
+    if static is None or main > 0:
+        if static is not None and main == 1:
+            _, carry, bufs = steps(unroll)(i0, carry, bufs)
+        else:
+            _, carry, bufs = tf.while_loop(lambda i, c, b: i < main, steps(unroll), (i0, carry, bufs))
+    if unroll > 1 and (static is None or static % unroll):
+        done = main * unroll
+
+        def tail_body(i, carry, bufs):
+            _, carry, bufs = steps(1)(i, carry, bufs)
+            return i + 1, carry, bufs
+        _, carry, bufs = tf.while_loop(lambda i, c, b: i < length, tail_body,
+                                       (tf.convert_to_tensor(done, tf.int32), carry, bufs))
+    return list(carry), list(bufs)
+
+
+def _out_shapes(body: Body, carry: list, seqs: Sequence[tf.Tensor],
+                out_specs: Sequence[tf.TensorSpec]) -> list:
+    """Static output shapes, or run-time ones from one probe step that XLA prunes."""
+    if all(s.shape.is_fully_defined() for s in out_specs):
+        return [s.shape.as_list() for s in out_specs]
+    probe_x = [tf.zeros(tf.shape(s)[1:], s.dtype) for s in seqs]
+    _, outs = body(list(carry), probe_x)
+    return [tf.shape(o) for o in outs]
+
+
+def _stacked_shape(length: Any, shape: Any) -> Any:
+    if isinstance(length, int) and isinstance(shape, list):
+        return [length] + shape
+    return tf.concat([tf.reshape(tf.cast(length, tf.int32), [1]), tf.cast(shape, tf.int32)], 0)
+
+
+def _write(buf: tf.Tensor, value: tf.Tensor, idx: Any) -> tf.Tensor:
+    start = tf.stack([idx] + [0] * value.shape.rank) if value.shape.rank else tf.reshape(idx, [1])
+    return xla.dynamic_update_slice(buf, value[None], tf.cast(start, tf.int32))
+
+
+def _keep_shape(t: tf.Tensor, shape: tf.TensorShape) -> tf.Tensor:
+    if shape.is_compatible_with(t.shape) and t.shape.is_subtype_of(shape):
+        return t
+    return tf.ensure_shape(t, shape)

@@ -1,0 +1,195 @@
+"""The forward and backward loops of a plan, emitted inline or as compiled functions.
+
+``forward`` runs the step and may save each step's input carry (the residuals the
+backward loop needs); ``backward`` walks the steps in the opposite order, recomputing
+one step and applying its vector-Jacobian product, accumulating the gradients of the
+closed-over constants in its carry. Both are single ``While`` loops.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+import tensorflow as tf
+from tensorflow.python.framework import ops
+
+from tfscan import _context, _loop
+from tfscan._plan import Plan
+
+__all__ = []  # private module
+
+
+def is_float(dtype: tf.DType) -> bool:
+    return dtype.is_floating or dtype.is_complex
+
+
+class Static:
+    """The arguments of a scan that are fixed when it is traced."""
+
+    def __init__(self, length: int | None, reverse: bool, unroll: int | bool):
+        self.length, self.reverse, self.unroll = length, reverse, unroll
+
+    def key(self) -> tuple:
+        return (self.length, self.reverse, self.unroll)
+
+
+def _length(static: Static, xs: Sequence[tf.Tensor], dynamic: Any) -> Any:
+    if static.length is not None:
+        return static.length
+    if xs:
+        return tf.shape(xs[0], out_type=tf.int32)[0]
+    return dynamic
+
+
+def _captured(consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    graph = ops.get_default_graph()
+    capture = getattr(graph, "capture", None)
+    return [capture(c) if capture else c for c in consts]
+
+
+def forward(plan: Plan, static: Static, init, xs, consts, dynamic_length=None, save: bool = False):
+    """``(carry, ys, saved_carries)``; ``saved_carries`` is empty unless ``save``."""
+    length = _length(static, xs, dynamic_length)
+
+    def body(carry, slices):
+        k = _captured(consts)
+        new_carry, ys = plan.apply(carry, slices, k)
+        return new_carry, list(ys) + (list(carry) if save else [])
+
+    out_specs = list(plan.y_specs) + (list(plan.carry_specs) if save else [])
+    carry, bufs = _loop.run(body, list(init), list(xs), length, static.reverse, static.unroll, out_specs)
+    ny = len(plan.y_specs)
+    return carry, bufs[:ny], bufs[ny:]
+
+
+def float_indices(plan: Plan, consts: Sequence[tf.Tensor]):
+    """Indices of the float leaves of (carry, x, y, consts): the ones that get gradients."""
+    fc = [i for i, s in enumerate(plan.carry_specs) if is_float(s.dtype)]
+    fx = [i for i, s in enumerate(plan.x_specs) if is_float(s.dtype)]
+    fy = [i for i, s in enumerate(plan.y_specs) if is_float(s.dtype)]
+    fk = [i for i, c in enumerate(consts) if is_float(c.dtype)]
+    return fc, fx, fy, fk
+
+
+def step_vjp(plan: Plan, c_t, x_t, k, d_c, dy_t):
+    """Recompute one step and pull ``(d_new_carry, d_y)`` (float leaves) back to its inputs.
+
+    Returns the gradients for the float leaves of the carry, of x and of the constants.
+    """
+    k = _captured(k)
+    fc, fx, fy, fk = float_indices(plan, k)
+    new_c, y = plan.apply(c_t, x_t, k)
+    targets = [new_c[i] for i in fc] + [y[i] for i in fy]
+    sources = [c_t[i] for i in fc] + [x_t[i] for i in fx] + [k[i] for i in fk]
+    if targets:
+        grads = tf.gradients(targets, sources, grad_ys=list(d_c) + list(dy_t),
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    else:
+        grads = [tf.zeros_like(s) for s in sources]
+    grads = [_dense(g) for g in grads]
+    return grads[: len(fc)], grads[len(fc): len(fc) + len(fx)], grads[len(fc) + len(fx):]
+
+
+def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynamic_length=None):
+    """Gradients ``(d_init, d_xs, d_consts)`` for the float leaves (``None`` for the others)."""
+    length = _length(static, xs, dynamic_length)
+    fc, fx, fy, fk = float_indices(plan, consts)
+    nx, nc = len(xs), len(plan.carry_specs)
+
+    def body(acc, slices):
+        k = _captured(consts)
+        d_c, d_k = acc[: len(fc)], acc[len(fc):]
+        x_t, c_t, dy_t = slices[:nx], slices[nx: nx + nc], slices[nx + nc:]
+        g_c, g_x, g_k = step_vjp(plan, c_t, x_t, k, d_c, dy_t)
+        return g_c + [a + g for a, g in zip(d_k, g_k)], g_x
+
+    acc0 = [d_carry[i] for i in fc] + [tf.zeros_like(consts[i]) for i in fk]
+    seqs = list(xs) + list(saved) + [d_ys[i] for i in fy]
+    x_specs = [plan.x_specs[i] for i in fx]
+    acc, d_xs_f = _loop.run(body, acc0, seqs, length, not static.reverse, static.unroll, x_specs)
+    d_init = [None] * nc
+    for j, i in enumerate(fc):
+        d_init[i] = acc[j]
+    d_xs = [None] * nx
+    for j, i in enumerate(fx):
+        d_xs[i] = d_xs_f[j]
+    d_consts = [None] * len(consts)
+    for j, i in enumerate(fk):
+        d_consts[i] = acc[len(fc) + j]
+    return d_init, d_xs, d_consts
+
+
+def _dense(g: Any) -> tf.Tensor:
+    return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+
+
+class Programs:
+    """The compiled functions of one plan and static arguments, created once, thread-safe."""
+
+    def __init__(self, plan: Plan, static: Static):
+        self.plan, self.static = plan, static
+        self._fns: dict = {}
+        self._lock = threading.Lock()
+
+    def _compiled(self, name: str, build):
+        with self._lock:
+            fn = self._fns.get(name)
+            if fn is None:
+                fn = self._fns[name] = tf.function(build, jit_compile=True, autograph=False,
+                                                   reduce_retracing=False)
+            return fn
+
+    def _call(self, name: str, build, args: list):
+        if _context.in_xla_context():
+            return build(*args)
+        return self._compiled(name, build)(*args)
+
+    def forward(self, init, xs, consts, dynamic_length=None, save=False):
+        plan, static = self.plan, self.static
+        n_i, n_x = len(init), len(xs)
+
+        def build(*args):
+            i, x, k, dl = _split(args, n_i, n_x, len(consts))
+            return forward(plan, static, i, x, k, dl, save)
+
+        return self._call(f"forward_{save}", build, _join(init, xs, consts, dynamic_length))
+
+    def backward(self, xs, consts, saved, d_carry, d_ys, dynamic_length=None):
+        plan, static = self.plan, self.static
+        n_x, n_k, n_s, n_c = len(xs), len(consts), len(saved), len(d_carry)
+        # None entries (non-float leaves) cannot cross a function boundary: drop and restore.
+        d_carry_idx = [i for i, d in enumerate(d_carry) if d is not None]
+        d_ys_idx = [i for i, d in enumerate(d_ys) if d is not None]
+
+        def build(*args):
+            args = list(args)
+            x, args = args[:n_x], args[n_x:]
+            k, args = args[:n_k], args[n_k:]
+            s, args = args[:n_s], args[n_s:]
+            dc = [None] * n_c
+            for i in d_carry_idx:
+                dc[i] = args.pop(0)
+            dy = [None] * len(d_ys)
+            for i in d_ys_idx:
+                dy[i] = args.pop(0)
+            dl = args[0] if args else None
+            d_init, d_xs, d_k = backward(plan, static, x, k, s, dc, dy, dl)
+            return [g for g in d_init + d_xs + d_k if g is not None]
+
+        args = list(xs) + list(consts) + list(saved) + [d_carry[i] for i in d_carry_idx] + \
+            [d_ys[i] for i in d_ys_idx] + ([dynamic_length] if dynamic_length is not None else [])
+        flat = list(self._call("backward", build, args))
+        specs = list(plan.carry_specs) + list(plan.x_specs) + [tf.TensorSpec(c.shape, c.dtype) for c in consts]
+        grads = [flat.pop(0) if is_float(s.dtype) else None for s in specs]
+        return grads[:n_c], grads[n_c: n_c + n_x], grads[n_c + n_x:]
+
+
+def _join(init, xs, consts, dynamic_length) -> list:
+    return list(init) + list(xs) + list(consts) + ([dynamic_length] if dynamic_length is not None else [])
+
+
+def _split(args, n_i, n_x, n_k):
+    args = list(args)
+    dl = args[n_i + n_x + n_k] if len(args) > n_i + n_x + n_k else None
+    return args[:n_i], args[n_i: n_i + n_x], args[n_i + n_x: n_i + n_x + n_k], dl

@@ -1,0 +1,132 @@
+"""``scan``: validate, trace the step once, run the compiled loop (or the eager one)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+import tensorflow as tf
+from tensorflow.python.eager import record
+from tensorflow.python.framework import ops
+
+from tfscan import _checks, _context, _tree
+from tfscan._autodiff import differentiable_scan
+from tfscan._plan import Plan
+from tfscan._program import Programs, Static, is_float
+
+__all__ = ["scan"]
+
+Carry = TypeVar("Carry")
+X = TypeVar("X")
+Y = TypeVar("Y")
+
+_PROGRAMS = _context.LRUCache(maxsize=256)
+
+
+def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
+         length: int | tf.Tensor | None = None, reverse: bool = False,
+         unroll: int | bool = 1) -> tuple[Carry, Y]:
+    """Scan ``f`` over the leading axis of ``xs`` while carrying state, as ``jax.lax.scan``.
+
+    Semantically (for a Python ``length``)::
+
+        def scan(f, init, xs, length=None):
+            carry, ys = init, []
+            for i in range(length):
+                carry, y = f(carry, xs[i] if xs is not None else None)
+                ys.append(y)
+            return carry, stack(ys)
+
+    but run as one compiled XLA ``While`` loop, with a linear-time gradient.
+
+    Args:
+      f: ``f(carry, x) -> (new_carry, y)``. ``new_carry`` must match ``init`` in
+        structure, dtypes and shapes; ``y`` may be any nest (``None`` for no output).
+      init: the initial carry, any nest of tensors (tuples, lists, dicts, namedtuples,
+        ``None`` leaves). Python numbers become ``tf.constant``s (float32 / int32).
+      xs: a nest of tensors sliced along axis 0, or ``None`` (then pass ``length``).
+      length: the number of steps: an int, or a scalar int tensor inside a
+        ``tf.function`` when it is known only at run time. Must equal the leading
+        size of every leaf of ``xs`` when both are given.
+      reverse: walk from the last step to the first; ``ys[i]`` still belongs to ``xs[i]``.
+      unroll: steps per loop iteration (a positive int), or ``True`` to unroll fully.
+
+    Returns:
+      ``(final_carry, ys)`` where every leaf of ``ys`` has a new leading axis of size ``length``.
+
+    Example:
+
+    >>> import tensorflow as tf, tfscan
+    >>> carry, ys = tfscan.scan(lambda c, x: (c + x, c + x), 0.0, tf.range(1.0, 6.0))
+    >>> float(carry), ys.numpy().tolist()
+    (15.0, [1.0, 3.0, 6.0, 10.0, 15.0])
+    >>> tfscan.scan(lambda c, _: (2 * c, c), 1, length=4)[1].numpy().tolist()
+    [1, 2, 4, 8]
+    """
+    _checks.check_callable(f)
+    unroll = _checks.check_unroll(unroll)
+    reverse = _checks.check_reverse(reverse)
+    init_leaves, init_paths, init_tree = _tree.flatten_with_paths(init, "init")
+    xs_leaves, xs_paths, xs_tree = _tree.flatten_with_paths(xs, "xs")
+    init_leaves = _checks.to_tensors(init_leaves, init_paths, "init")
+    xs_leaves = _checks.to_tensors(xs_leaves, xs_paths, "xs")
+    static_length, length_value = _checks.scan_length(xs_leaves, xs_paths, length)
+
+    if _context.jit_disabled():
+        return _eager_scan(f, init_tree, init_leaves, xs_tree, xs_leaves, length_value, reverse)
+
+    carry_specs = tuple(tf.TensorSpec(t.shape, t.dtype) for t in init_leaves)
+    x_specs = tuple(tf.TensorSpec(t.shape[1:], t.dtype) for t in xs_leaves)
+    static = Static(static_length, reverse, unroll)
+    graph = None if tf.executing_eagerly() else _context._ById(ops.get_default_graph())
+    key = (_context.function_key(f), init_tree, xs_tree, carry_specs, x_specs, static.key(), graph)
+    programs = _PROGRAMS.get_or_create(
+        key, lambda: Programs(Plan(f, init_tree, carry_specs, xs_tree, x_specs), static))
+    plan = programs.plan
+    consts = plan.step.const_values()
+    dynamic_length = None if static_length is not None or xs_leaves else length_value
+    if _needs_gradient(init_leaves, xs_leaves, consts):
+        outs = differentiable_scan(programs, init_leaves, xs_leaves, consts, dynamic_length)
+    else:
+        carry, ys, _ = programs.forward(init_leaves, xs_leaves, consts, dynamic_length)
+        outs = list(carry) + list(ys)
+    n = len(init_leaves)
+    return _tree.unflatten(init_tree, outs[:n]), _tree.unflatten(plan.y_tree, outs[n:])
+
+
+def _needs_gradient(*groups) -> bool:
+    """Whether a gradient could be asked for: a graph (symbolic gradients) or a live tape."""
+    if not any(is_float(t.dtype) for g in groups for t in g):
+        return False
+    return not tf.executing_eagerly() or record.could_possibly_record()
+
+
+def _eager_scan(f, init_tree, init, xs_tree, xs, length, reverse):
+    """``disable_jit``: the step runs as ordinary Python, one call per step."""
+    carry = _tree.unflatten(init_tree, init)
+    n = int(length)
+    ys = []
+    for i in (reversed(range(n)) if reverse else range(n)):
+        x = _tree.unflatten(xs_tree, [t[i] for t in xs])
+        out = f(carry, x)
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise TypeError(f"scan: f must return a pair (new_carry, y), got {type(out).__name__}.")
+        new_carry, y = out
+        new_leaves, new_paths, new_tree = _tree.flatten_with_paths(new_carry, "carry")
+        new_leaves = [tf.convert_to_tensor(v, dtype=s.dtype if not isinstance(v, tf.Tensor) else None)
+                      for v, s in zip(new_leaves, init)] if new_tree == init_tree else new_leaves
+        _checks.check_carry(init_tree, new_tree, [tf.TensorSpec(t.shape, t.dtype) for t in init],
+                            [tf.TensorSpec(tf.convert_to_tensor(t).shape, tf.convert_to_tensor(t).dtype)
+                             for t in new_leaves], _tree.leaf_paths(init_tree, "carry"))
+        carry = _tree.unflatten(init_tree, new_leaves)
+        ys.append(y)
+    if reverse:
+        ys.reverse()
+    if not ys:
+        # Nothing ran: trace f once for the shapes and dtypes of y, as the compiled path does.
+        plan = Plan(f, init_tree, [tf.TensorSpec(t.shape, t.dtype) for t in init], xs_tree,
+                    [tf.TensorSpec(t.shape[1:], t.dtype) for t in xs])
+        stacked = [tf.zeros([0] + s.shape.as_list(), s.dtype) for s in plan.y_specs]
+        return carry, _tree.unflatten(plan.y_tree, stacked)
+    y_leaves = [_tree.flatten(y)[0] for y in ys]
+    stacked = [tf.stack([tf.convert_to_tensor(y[j]) for y in y_leaves]) for j in range(len(y_leaves[0]))]
+    return carry, _tree.unflatten(_tree.flatten(ys[0])[1], stacked)
