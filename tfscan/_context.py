@@ -68,22 +68,25 @@ class LRUCache:
             self._data.clear()
 
 
-def function_key(f: Any) -> Hashable:
+def function_key(f: Any, depth: int = 0) -> Hashable:
     """Identify a step function by its code and what it closes over, not by its identity.
 
     A fresh ``lambda`` per call with the same code and the same closed-over values maps to
     the same key (no retrace, no unbounded growth); a closed-over tensor that is replaced
     changes the key (no stale constants). Unhashable closed-over objects count by identity.
     """
+    if depth > 2:  # deeper helpers (and recursive closures) count by identity
+        return _ById(f)
     if isinstance(f, types.MethodType):
-        return ("method", function_key(f.__func__), _value_key(f.__self__))
+        return ("method", function_key(f.__func__, depth + 1), _value_key(f.__self__, depth + 1))
     if isinstance(f, types.FunctionType):
-        cells = tuple(_value_key(c.cell_contents) if _cell_full(c) else None for c in (f.__closure__ or ()))
-        defaults = tuple(_value_key(d) for d in (f.__defaults__ or ()))
-        globs = tuple((n, _value_key(f.__globals__[n])) for n in f.__code__.co_names
+        cells = tuple(_value_key(c.cell_contents, depth + 1) if _cell_full(c) else None
+                      for c in (f.__closure__ or ()))
+        defaults = tuple(_value_key(d, depth + 1) for d in (f.__defaults__ or ()))
+        globs = tuple((n, _value_key(f.__globals__[n], depth + 1)) for n in f.__code__.co_names
                       if n in f.__globals__ and _is_tensorish(f.__globals__[n]))
         return ("fn", f.__code__, cells, defaults, globs)
-    return ("obj", _value_key(f))
+    return ("obj", _value_key(f, depth + 1))
 
 
 def _cell_full(cell: Any) -> bool:
@@ -113,11 +116,11 @@ class _ById:
         return isinstance(other, _ById) and other.obj is self.obj
 
 
-def _value_key(x: Any) -> Hashable:
+def _value_key(x: Any, depth: int = 0) -> Hashable:
     if isinstance(x, (types.FunctionType, types.MethodType)):
-        return function_key(x)
+        return function_key(x, depth)
     if isinstance(x, (bool, int, float, complex, str, bytes, type(None), np.generic)):
         return (type(x), x)
     if isinstance(x, (tuple, list)) and len(x) < 64:
-        return (type(x), tuple(_value_key(v) for v in x))
+        return (type(x), tuple(_value_key(v, depth) for v in x))
     return _ById(x)

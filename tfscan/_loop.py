@@ -28,9 +28,12 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
     """
     carry = list(carry)
     shapes = [c.shape for c in carry]
-    bufs = [tf.zeros(_stacked_shape(length, s), spec.dtype) for s, spec in
-            zip(_out_shapes(body, carry, seqs, out_specs), out_specs)]
     static = length if isinstance(length, int) else None
+    # A run-time length may be 0 while XLA still compiles the body, whose one-row update
+    # must fit the buffer: allocate at least one row and cut back to ``length`` after.
+    rows = length if static is not None else tf.maximum(length, 1)
+    bufs = [tf.zeros(_stacked_shape(rows, s), spec.dtype) for s, spec in
+            zip(_out_shapes(body, carry, seqs, out_specs), out_specs)]
     if static == 0:
         return carry, bufs
     unroll = static if (unroll is True and static is not None) else unroll
@@ -65,6 +68,8 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
             return i + 1, carry, bufs
         _, carry, bufs = tf.while_loop(lambda i, c, b: i < length, tail_body,
                                        (tf.convert_to_tensor(done, tf.int32), carry, bufs))
+    if static is None:
+        bufs = [b[:length] for b in bufs]
     return list(carry), list(bufs)
 
 

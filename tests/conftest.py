@@ -1,0 +1,39 @@
+"""Shared test helpers: JAX (the oracle) with 64-bit types, and pytree comparison."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tfscan import _tree  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+
+def assert_trees_match(got, want, rtol=1e-5, atol=1e-6):
+    """Same structure, shapes, dtypes, and values (to tolerance); ``want`` may be JAX/NumPy."""
+    g_leaves, g_paths, g_tree = _tree.flatten_with_paths(got, "out")
+    w_leaves, _, w_tree = _tree.flatten_with_paths(want, "out")
+    assert g_tree == w_tree, f"structure {g_tree} != {w_tree}"
+    for path, g, w in zip(g_paths, g_leaves, w_leaves):
+        g = g.numpy() if hasattr(g, "numpy") else np.asarray(g)
+        w = np.asarray(w)
+        assert g.shape == w.shape, f"{path}: shape {g.shape} != {w.shape}"
+        assert g.dtype == w.dtype, f"{path}: dtype {g.dtype} != {w.dtype}"
+        if g.dtype == bool or np.issubdtype(g.dtype, np.integer):
+            np.testing.assert_array_equal(g, w, err_msg=path)
+        else:
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=path)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
