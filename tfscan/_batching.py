@@ -111,6 +111,56 @@ def _convert_dynamic_slice(pfor_input):
         fn_output_signature=tf.TensorSpec(static_sizes.tolist(), x.dtype)), True)
 
 
+_ORIGINAL = {name: pfor_lib._pfor_converter_registry[name] for name in ("GatherV2", "MatMul")}
+
+
+def _override(op_type: str):
+    """Replace ``op_type``'s converter inside :func:`batching` only; elsewhere pfor's own runs."""
+    original = pfor_lib._pfor_converter_registry[op_type]
+
+    def wrap(converter):
+        def dispatch(pfor_input):
+            if active():
+                out = converter(pfor_input)
+                if out is not None:
+                    return out
+            return original(pfor_input)
+        pfor_lib._pfor_converter_registry[op_type] = dispatch
+        return converter
+    return wrap
+
+
+@_override("GatherV2")
+def _convert_gather(pfor_input):
+    """A batched table read at one shared index (a scan reading ``xs[t]``): a slice, not a gather."""
+    param, param_stacked, _ = pfor_input.input(0)
+    indices, indices_stacked, _ = pfor_input.input(1)
+    axis = tf.get_static_value(pfor_input.input(2).t)
+    if not param_stacked or indices_stacked or pfor_input.get_attr("batch_dims") != 0 or axis is None \
+            or pfor_input.input(2).is_stacked:
+        return None
+    axis = int(axis)
+    if axis < 0:
+        if param.shape.rank is None:
+            return None
+        axis += param.shape.rank - 1
+    return pfor_lib.wrap(tf.gather(param, indices, axis=axis + 1), True)
+
+
+@_override("MatMul")
+def _convert_matmul(pfor_input):
+    """``W @ v`` for a batched column ``v`` (``tf.linalg.matvec``): one matmul, no transposes."""
+    a, a_stacked, _ = pfor_input.input(0)
+    b, b_stacked, _ = pfor_input.input(1)
+    ta, tb = pfor_input.get_attr("transpose_a"), pfor_input.get_attr("transpose_b")
+    if a_stacked or not b_stacked or tb or b.shape.rank != 3 or b.shape[2] != 1:
+        return None
+    # out[n] = op(a) @ b[n] = (b[n]^T @ op(a)^T)^T, and b[n]^T is a row.
+    v = tf.squeeze(b, 2)
+    out = tf.matmul(v, a, transpose_b=not ta)
+    return pfor_lib.wrap(out[:, :, None], True)
+
+
 _register("XlaDynamicUpdateSlice", _convert_dynamic_update_slice)
 _register("XlaDynamicSlice", _convert_dynamic_slice)
 
@@ -210,6 +260,8 @@ class _WhileBatcher:
                     if stacked[i] and i not in self.pass_through:
                         mask = tf.reshape(keep, tf.concat([n, tf.ones([tf.rank(new[i]) - 1], tf.int32)], 0))
                         new[i] = tf.where(mask, new[i], args[i])
+            if record.get("mismatch"):
+                return list(args)  # an abandoned trace: the stacking changes, then we retrace
             for t, shape in zip(new, shapes):
                 t.set_shape(shape)
             return new

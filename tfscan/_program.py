@@ -138,6 +138,9 @@ class Programs:
             if fn is None:
                 fn = self._fns[name] = tf.function(build, jit_compile=True, autograph=False,
                                                    reduce_retracing=False)
+                # One tf.function per plan, each traced once: TF's "frequent retracing" warning
+                # (it counts all functions sharing this code) does not apply.
+                fn._omit_frequent_tracing_warning = True
             return fn
 
     def _call(self, name: str, build, args: list):
