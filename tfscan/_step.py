@@ -13,10 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
-from tensorflow.core.framework import graph_pb2, node_def_pb2
-from tensorflow.python.framework import func_graph as func_graph_module
-from tensorflow.python.framework import importer
-from tensorflow.python.framework import ops
+from tfscan._graph_piece import GraphPiece
 
 __all__ = []  # private module
 
@@ -55,43 +52,24 @@ class Traced:
                     self._const_names.append(op.outputs[0].name)
             else:
                 self._handle_names.append((internal.name, external))
-        fed = self._arg_names + self._const_names + [n for n, _ in self._handle_names] + \
-            [t.name for _, t in graph.captures if t.dtype == tf.resource]
-        self._graph_def = _stub_fed_nodes(graph.as_graph_def(), fed)
+        fed = self._arg_names + self._const_names + [n for n, _ in self._handle_names]
+        # Resource placeholders whose every read is fed are left unused: stub them too.
+        unused = [t.name for _, t in graph.captures if t.dtype == tf.resource and t.name not in fed]
+        self.piece = GraphPiece(graph.as_graph_def(), fed, self._out_names, stub=unused, name=name)
 
     def const_values(self) -> list[tf.Tensor]:
         """The constants' current values; variables are read now (and seen by a tape)."""
         return [s.value() if isinstance(s, tf.Variable) else s for s in self.const_sources]
 
+    @property
+    def has_resources(self) -> bool:
+        """Whether the step uses a resource other than by reading a variable (state, RNG)."""
+        return bool(self._handle_names)
+
+    def feeds(self, args: Sequence[tf.Tensor], consts: Sequence[tf.Tensor]) -> list:
+        """The values for ``piece.fed``: arguments, constants, then pass-through resources."""
+        return list(args) + list(consts) + [external for _, external in self._handle_names]
+
     def apply(self, args: Sequence[tf.Tensor], consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         """Emit the traced ops into the current graph, fed with ``args`` and ``consts``."""
-        graph = ops.get_default_graph()
-        input_map = {n: _in_graph(graph, t) for n, t in zip(self._arg_names, args)}
-        input_map.update((n, _in_graph(graph, t)) for n, t in zip(self._const_names, consts))
-        for name, external in self._handle_names:
-            input_map[name] = _in_graph(graph, external)
-        if not self._out_names:
-            return []
-        return list(importer.import_graph_def(
-            self._graph_def, input_map=input_map, return_elements=self._out_names, name=self.name))
-
-
-def _in_graph(graph: Any, t: Any) -> Any:
-    if isinstance(graph, func_graph_module.FuncGraph):
-        return graph.capture(t)
-    return t
-
-
-def _stub_fed_nodes(gd: graph_pb2.GraphDef, fed: Sequence[str]) -> graph_pb2.GraphDef:
-    """Turn every node whose output is fed through ``input_map`` into a ``NoOp``.
-
-    ``import_graph_def`` still imports a node whose output is remapped; left as a
-    placeholder (or a variable read) it would be an unfed input XLA cannot compile.
-    """
-    names = {t.split(":")[0] for t in fed}
-    out = graph_pb2.GraphDef()
-    out.CopyFrom(gd)
-    for node in out.node:
-        if node.name in names:
-            node.CopyFrom(node_def_pb2.NodeDef(name=node.name, op="NoOp"))
-    return out
+        return self.piece.apply(self.feeds(args, consts))

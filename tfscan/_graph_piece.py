@@ -1,0 +1,70 @@
+"""A piece of a traced graph that can be emitted inline, fed through ``input_map``.
+
+``import_graph_def`` still imports a node whose outputs are remapped, so every fed node
+becomes a ``NoOp`` stub (a leftover placeholder or variable read would be an unfed input
+XLA cannot compile); nodes outside the piece are dropped with the control edges to them.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2, node_def_pb2
+from tensorflow.python.framework import func_graph as func_graph_module
+from tensorflow.python.framework import importer
+from tensorflow.python.framework import ops
+
+__all__ = []  # private module
+
+
+def node_name(tensor_name: str) -> str:
+    return tensor_name.lstrip("^").split(":")[0]
+
+
+class GraphPiece:
+    """Nodes ``keep`` of ``graph_def``, fed at ``fed`` (tensor names), returning ``outputs``.
+
+    ``stub`` names further nodes that become ``NoOp`` without being fed (left unused).
+    """
+
+    def __init__(self, graph_def: graph_pb2.GraphDef, fed: Sequence[str], outputs: Sequence[str],
+                 keep: Iterable[str] | None = None, stub: Iterable[str] = (), name: str = "piece"):
+        self.fed, self.outputs, self.name = list(fed), list(outputs), name
+        stubs = {node_name(t) for t in self.fed} | {node_name(t) for t in stub}
+        keep = None if keep is None else set(keep) | stubs
+        gd = graph_pb2.GraphDef()
+        gd.versions.CopyFrom(graph_def.versions)
+        gd.library.CopyFrom(graph_def.library)
+        for node in graph_def.node:
+            if keep is not None and node.name not in keep:
+                continue
+            if node.name in stubs:
+                gd.node.add().CopyFrom(node_def_pb2.NodeDef(name=node.name, op="NoOp"))
+                continue
+            new = gd.node.add()
+            new.CopyFrom(node)
+            if keep is not None:
+                inputs = [i for i in node.input if not i.startswith("^") or node_name(i) in keep]
+                missing = [i for i in inputs if node_name(i) not in keep]
+                if missing:
+                    raise ValueError(f"graph piece {name!r}: node {node.name} needs {missing} (not fed)")
+                del new.input[:]
+                new.input.extend(inputs)
+        self.graph_def = gd
+
+    def apply(self, feeds: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        """Emit the piece into the current graph, fed with ``feeds`` (in the order of ``fed``)."""
+        if not self.outputs:
+            return []
+        graph = ops.get_default_graph()
+        input_map = {n: in_graph(graph, t) for n, t in zip(self.fed, feeds)}
+        return list(importer.import_graph_def(self.graph_def, input_map=input_map,
+                                              return_elements=self.outputs, name=self.name))
+
+
+def in_graph(graph, t):
+    """``t`` usable in ``graph``: captured when it lives outside this function graph."""
+    if isinstance(graph, func_graph_module.FuncGraph):
+        return graph.capture(t)
+    return t
