@@ -3,6 +3,10 @@
 from tfscan._context import disable_jit
 from tfscan._grad import grad, value_and_grad
 from tfscan._scan import scan
+from tfscan._assoc import associative_scan
+from tfscan._branch import cond, switch
+from tfscan._loops import fori_loop, map, while_loop
 
-__all__ = ["scan", "disable_jit", "grad", "value_and_grad"]
+__all__ = ["scan", "disable_jit", "grad", "value_and_grad",
+           "fori_loop", "while_loop", "map", "associative_scan", "cond", "switch"]
 __version__ = "0.1.0"

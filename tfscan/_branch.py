@@ -1,0 +1,176 @@
+"""``cond`` and ``switch``: ``jax.lax.cond`` / ``jax.lax.switch`` as one compiled XLA conditional.
+
+Every branch is traced on the operands' specs (as JAX does), their outputs must agree
+in pytree structure, dtype and shape, and only the selected branch runs. Gradients
+(reverse and forward mode) are TensorFlow's own for its conditional.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as SequenceABC
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfscan import _context, _control, _tree
+
+__all__ = ["cond", "switch"]
+
+
+def cond(pred: Any, true_fun: Callable[..., Any], false_fun: Callable[..., Any], *operands: Any) -> Any:
+    """Apply ``true_fun`` or ``false_fun`` to ``operands``, as ``jax.lax.cond``.
+
+    Semantically::
+
+        def cond(pred, true_fun, false_fun, *operands):
+            return true_fun(*operands) if pred else false_fun(*operands)
+
+    but both branches are traced (so their outputs are checked against each other) and
+    one XLA conditional runs only the selected one. Inside ``tfscan.disable_jit()`` with
+    an eager ``pred`` only the selected branch is called, as plain Python.
+
+    Args:
+      pred: a boolean scalar; a number is accepted and means ``pred != 0`` (as in JAX).
+        A Python bool, NumPy scalar or scalar tensor (its value may be known only at run time).
+      true_fun: called as ``true_fun(*operands)`` when ``pred`` is true.
+      false_fun: called as ``false_fun(*operands)`` otherwise. Both must return outputs of
+        the same pytree structure, dtypes and shapes (``TypeError`` naming the first
+        differing leaf otherwise).
+      *operands: pytrees of tensors passed to the branch (Python numbers become
+        ``tf.constant``s). Closed-over tensors and variables work too.
+
+    Returns:
+      The selected branch's output.
+
+    Example:
+
+    >>> import tensorflow as tf, tfscan
+    >>> x = tf.constant([1.0, 2.0])
+    >>> tfscan.cond(x[0] > 0, lambda v: v * 10, lambda v: -v, x).numpy().tolist()
+    [10.0, 20.0]
+    >>> tfscan.cond(False, lambda a, b: a + b, lambda a, b: a - b, 5, 3).numpy().item()
+    2
+    """
+    if not (callable(true_fun) and callable(false_fun)):
+        raise TypeError("cond: true_fun and false_fun arguments should be callable, got "
+                        f"true_fun={true_fun!r:.60} and false_fun={false_fun!r:.60}.")
+    pred = _predicate(pred)
+    if _context.jit_disabled() and tf.executing_eagerly():
+        return true_fun(*operands) if bool(pred) else false_fun(*operands)
+    return _select("cond", pred, [true_fun, false_fun], ["true_fun", "false_fun"], operands,
+                   lambda p, fns: tf.cond(p, fns[0], fns[1]))
+
+
+def switch(index: Any, branches: Sequence[Callable[..., Any]], *operands: Any) -> Any:
+    """Apply ``branches[index]`` to ``operands``, as ``jax.lax.switch``.
+
+    Semantically::
+
+        def switch(index, branches, *operands):
+            index = min(max(index, 0), len(branches) - 1)  # clamped, as in JAX
+            return branches[index](*operands)
+
+    run as one XLA conditional after tracing every branch (their outputs must have the
+    same pytree structure, dtypes and shapes). An out-of-range ``index`` is clamped, so
+    ``-1`` selects branch 0 and ``len(branches)`` the last one.
+
+    Args:
+      index: an integer scalar (Python int, NumPy integer or integer tensor; not bool).
+      branches: a non-empty sequence of callables, each called as ``branch(*operands)``.
+        With a single branch it is simply called (as in JAX).
+      *operands: pytrees of tensors passed to the selected branch.
+
+    Returns:
+      The output of the selected branch.
+
+    Example:
+
+    >>> import tensorflow as tf, tfscan
+    >>> fns = [lambda x: x + 1.0, lambda x: x * 2.0, lambda x: -x]
+    >>> [float(tfscan.switch(i, fns, 3.0)) for i in (0, 1, 2, 7, -1)]
+    [4.0, 6.0, -3.0, -3.0, 4.0]
+    """
+    if isinstance(branches, (str, bytes)) or not isinstance(branches, (SequenceABC, np.ndarray)) \
+            or not all(callable(b) for b in branches):
+        raise TypeError("switch: branches argument should be a sequence of callables, got "
+                        f"{branches!r:.100}.")
+    branches = list(branches)
+    index = _index(index)
+    if not branches:
+        raise ValueError("switch: branches is an empty sequence; pass at least one branch.")
+    if len(branches) == 1:
+        return branches[0](*operands)
+    hi = len(branches) - 1
+    index = tf.cast(tf.clip_by_value(index, tf.cast(0, index.dtype), tf.cast(hi, index.dtype)), tf.int32)
+    if _context.jit_disabled() and tf.executing_eagerly():
+        return branches[int(index)](*operands)
+    names = [f"branches[{i}]" for i in range(len(branches))]
+    return _select("switch", index, branches, names, operands, tf.switch_case)
+
+
+def _predicate(pred: Any) -> tf.Tensor:
+    if pred is None:
+        raise TypeError("cond: pred is None; pass a boolean scalar.")
+    if isinstance(pred, (SequenceABC, str, bytes)):
+        raise TypeError(f"cond: pred must be a scalar, got {pred!r:.60} of type {type(pred).__name__}.")
+    try:
+        t = tf.convert_to_tensor(pred.value() if isinstance(pred, tf.Variable) else pred)
+    except (TypeError, ValueError):
+        raise TypeError(f"cond: pred must be a boolean or number scalar, got {pred!r:.60}.") from None
+    if t.shape.rank != 0:
+        raise TypeError(f"cond: pred must be a scalar, got a tensor of shape {t.shape}.")
+    if t.dtype == tf.bool:
+        return t
+    if t.dtype.is_integer or t.dtype.is_floating:
+        return tf.not_equal(t, tf.zeros([], t.dtype))
+    raise TypeError(f"cond: pred must be a boolean or a number, got dtype {t.dtype.name}.")
+
+
+def _index(index: Any) -> tf.Tensor:
+    if isinstance(index, (SequenceABC, str, bytes)):
+        raise TypeError(f"switch: index must be an integer scalar, got {index!r:.60} of type "
+                        f"{type(index).__name__}.")
+    try:
+        t = tf.convert_to_tensor(index.value() if isinstance(index, tf.Variable) else index)
+    except (TypeError, ValueError):
+        raise TypeError(f"switch: index must be an integer scalar, got {index!r:.60}.") from None
+    if t.shape.rank != 0:
+        raise TypeError(f"switch: index must be a scalar, got a tensor of shape {t.shape}.")
+    if not t.dtype.is_integer or t.dtype == tf.bool:
+        raise TypeError(f"switch: index must be an integer, got {index!r:.60} of dtype {t.dtype.name}.")
+    return t
+
+
+def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tuple, choose) -> Any:
+    """Trace every branch on the operands, check their outputs agree, run the chosen one."""
+    leaves, _, op_tree = _control.to_tensors(api, tuple(operands), "operands")
+    op_specs = _control.specs(leaves)
+    key = ("branch", api, tuple(_context.function_key(f) for f in fns), op_tree, op_specs)
+
+    def make_build(meta: dict):
+        def build(sel, *args):
+            seen: list = []
+
+            def branch(k: int):
+                def run():
+                    out = fns[k](*_tree.unflatten(op_tree, list(args)))
+                    out_leaves, out_paths, out_tree = _tree.flatten_with_paths(out, "output")
+                    out_leaves = [_control.as_tensor(api, names[k], v, p) for v, p in zip(out_leaves, out_paths)]
+                    mine = (out_tree, _control.specs(out_leaves))
+                    if seen:
+                        _control.check_same_outputs(api, names[seen[0][0]], names[k], seen[0][1], mine)
+                    else:
+                        seen.append((k, mine))
+                    meta["tree"] = out_tree
+                    return out_leaves
+                return run
+
+            outs = choose(sel, [branch(k) for k in range(len(fns))])
+            return [] if outs is None else list(outs)
+
+        return build
+
+    program = _control.compiled(key, make_build)
+    outs = program(selector, *leaves)
+    return _tree.unflatten(program.meta["tree"], outs)

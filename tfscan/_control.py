@@ -1,0 +1,173 @@
+"""What the control-flow family shares: compile-or-inline, leaf conversion, output checks.
+
+``while_loop``, ``cond``, ``switch`` and ``associative_scan`` each build one TensorFlow
+function of flat tensors. :func:`compiled` caches it under a key made from the user's
+functions (:func:`tfscan._context.function_key`), the argument structure and specs, and
+runs it as ``tf.function(jit_compile=True)`` — or emits it inline when the caller is
+already being compiled by XLA (as ``tfscan._program.Programs`` does for scan).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Hashable, Sequence
+
+import tensorflow as tf
+from tensorflow.python.framework import ops
+
+from tfscan import _checks, _context, _tree
+
+__all__ = []  # private module
+
+_FUNCTIONS = _context.LRUCache(maxsize=256)
+
+
+class Compiled:
+    """``build(*tensors) -> list of tensors`` run compiled by XLA, traced once per key.
+
+    ``meta`` is a dict that ``build`` fills while it is traced (for example the output
+    structure); it is valid after the first call.
+    """
+
+    def __init__(self, make_build: Callable[[dict], Callable]):
+        self.meta: dict = {}
+        self.build = make_build(self.meta)
+        self._fn = None
+        self._lock = threading.Lock()
+
+    def __call__(self, *args: tf.Tensor) -> list:
+        if _context.in_xla_context():
+            return list(self.build(*args))
+        with self._lock:
+            if self._fn is None:
+                self._fn = tf.function(self.build, jit_compile=True, autograph=False,
+                                       reduce_retracing=False)
+        return list(self._fn(*args))
+
+
+def graph_key() -> Hashable:
+    """``None`` when eager, else the graph being built (its tensors cannot be shared)."""
+    return None if tf.executing_eagerly() else _context._ById(ops.get_default_graph())
+
+
+def compiled(key: tuple, make_build: Callable[[dict], Callable]) -> Compiled:
+    """The cached :class:`Compiled` for ``key`` (the current graph is added to it)."""
+    return _FUNCTIONS.get_or_create(key + (graph_key(),), lambda: Compiled(make_build))
+
+
+def specs(tensors: Sequence[tf.Tensor]) -> tuple:
+    return tuple(tf.TensorSpec(t.shape, t.dtype) for t in tensors)
+
+
+def to_tensors(api: str, tree: Any, root: str) -> tuple[list, list, _tree.TreeDef]:
+    """Flatten an argument and convert its leaves as scan does; errors name ``api``."""
+    leaves, paths, treedef = _tree.flatten_with_paths(tree, root)
+    try:
+        leaves = _checks.to_tensors(leaves, paths, root)
+    except TypeError as e:
+        msg = str(e)
+        raise TypeError(api + msg[len("scan"):] if msg.startswith("scan:") else msg) from None
+    return leaves, paths, treedef
+
+
+def as_tensor(api: str, fn_name: str, value: Any, path: str, dtype: tf.DType | None = None) -> tf.Tensor:
+    """A function's output leaf as a tensor; a Python scalar takes ``dtype`` when given."""
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        return tf.convert_to_tensor(value)
+    try:
+        if dtype is not None and isinstance(value, (bool, int, float)):
+            return tf.constant(value, dtype)
+        return tf.convert_to_tensor(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{api}: {fn_name} returned {type(value).__name__} {value!r:.80} at {path}, "
+                        f"which is not a tensor ({e}). Return tensors, NumPy arrays or Python "
+                        "numbers.") from None
+
+
+def new_carry(api: str, fn_name: str, out: Any, carry_tree: _tree.TreeDef,
+              carry_specs: Sequence[tf.TensorSpec], root: str) -> list:
+    """``fn_name``'s output as the next carry: leaves converted, then checked like scan's."""
+    leaves, paths, treedef = _tree.flatten_with_paths(out, root)
+    if treedef == carry_tree:
+        leaves = [as_tensor(api, fn_name, v, p, s.dtype) for v, p, s in zip(leaves, paths, carry_specs)]
+    else:
+        leaves = [as_tensor(api, fn_name, v, p) for v, p in zip(leaves, paths)]
+    _checks.check_carry(carry_tree, treedef, list(carry_specs), list(specs(leaves)),
+                        _tree.leaf_paths(carry_tree, root), api)
+    return leaves
+
+
+def consume(tree: Any) -> None:
+    """Give every tensor leaf a consumer in the graph being traced.
+
+    Works around a core bug: ``Traced.apply`` (so ``scan``'s step too) fails with "Attempted
+    to map inputs that were not found in graph_def" when the traced function leaves one of
+    its arguments unused — common for a ``cond_fun`` that reads one carry leaf. The dead
+    ``Identity`` ops are pruned by XLA.
+    """
+    for leaf in _tree.flatten(tree)[0]:
+        if isinstance(leaf, tf.Tensor) and not tf.executing_eagerly():
+            tf.identity(leaf)
+
+
+def keep_graph_alive() -> None:
+    """Keep the function graph being traced alive as long as the graph it is nested in.
+
+    Works around a core bug: ``Traced`` keeps only the GraphDef of a step, so functions the
+    step calls (``tf.vectorized_map`` wraps itself in one under XLA) are unregistered when
+    the traced graph is garbage-collected, and the compiled loop later fails with
+    "NotFoundError: Function __inference_f_... is not defined".
+    """
+    graph = ops.get_default_graph()
+    outer = getattr(graph, "outer_graph", None)
+    if outer is not None and outer is not graph:
+        if not hasattr(outer, "_tfscan_keep_alive"):
+            outer._tfscan_keep_alive = []
+        outer._tfscan_keep_alive.append(graph)
+
+
+def first_difference(a: _tree.TreeDef, b: _tree.TreeDef, path: str) -> tuple[str, str, str] | None:
+    """The first path where two structures differ, with what each side has there."""
+    if a == b:
+        return None
+    if a.kind != b.kind or a.aux != b.aux or len(a.children) != len(b.children):
+        return path, _kind(a), _kind(b)
+    for suffix, ca, cb in zip(_tree._suffixes(a), a.children, b.children):
+        found = first_difference(ca, cb, path + suffix)
+        if found:
+            return found
+    return path, _kind(a), _kind(b)
+
+
+def _kind(t: _tree.TreeDef) -> str:
+    if t.kind == "leaf":
+        return "a leaf (a tensor)"
+    if t.kind == "none":
+        return "None"
+    return f"{t.kind} {t}"
+
+
+def check_same_outputs(api: str, ref_name: str, name: str, ref: tuple, other: tuple) -> None:
+    """Two functions' outputs ``(tree, specs)`` must match in structure, dtype and shape."""
+    (ref_tree, ref_specs), (tree, other_specs) = ref, other
+    fix = (f"Revise {ref_name} and/or {name} so that their outputs have identical pytree "
+           "structure, dtypes and shapes (tf.cast / tf.reshape / tf.broadcast_to).")
+    if ref_tree != tree:
+        path, a, b = first_difference(ref_tree, tree, "output")
+        raise TypeError(
+            f"{api}: branch outputs must have the same pytree structure, but they differ: "
+            f"{ref_name} output at {path} is {a} but {name} output at {path} is {b} "
+            f"({ref_name} returns {ref_tree}, {name} returns {tree}). {fix}")
+    for path, a, b in zip(_tree.leaf_paths(ref_tree, "output"), ref_specs, other_specs):
+        what = "dtypes" if a.dtype != b.dtype else "shapes" if not _same_shape(a.shape, b.shape) else None
+        if what:
+            raise TypeError(
+                f"{api}: branch outputs must have equal types, but the {ref_name} output {path} "
+                f"has type {_checks._typestr(a)} and the {name} output {path} has type "
+                f"{_checks._typestr(b)}, so the {what} do not match. {fix}")
+
+
+def _same_shape(a: tf.TensorShape, b: tf.TensorShape) -> bool:
+    if a.rank is None or b.rank is None:
+        return a.rank == b.rank
+    return a.as_list() == b.as_list()

@@ -1,0 +1,444 @@
+"""``while_loop``, ``fori_loop`` and ``map`` with ``jax.lax``'s signatures and semantics.
+
+``while_loop`` traces ``cond_fun`` and ``body_fun`` once on the carry's specs (their
+closed-over tensors and variables become explicit inputs, as for scan) and runs one
+compiled XLA ``While``. A while loop has no reverse-mode derivative (its trip count is
+data-dependent, so nothing bounds the memory of a backward pass); as in JAX, asking for
+one raises a ``ValueError``. Forward mode (``tf.autodiff.ForwardAccumulator``) works:
+the tangents run in a second compiled loop alongside the primal carry.
+
+``fori_loop`` with bounds known when it is called becomes a ``tfscan.scan`` (so it is
+reverse-differentiable); otherwise it is a ``while_loop``. ``map`` is a scan with no
+carry; with ``batch_size`` each step maps a chunk with ``tf.vectorized_map``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.eager import record
+
+from tfscan import _checks, _context, _control, _tree
+from tfscan._loop import _keep_shape
+from tfscan._program import _captured, is_float
+from tfscan._scan import scan
+from tfscan._step import Traced
+
+__all__ = ["while_loop", "fori_loop", "map"]
+
+T = TypeVar("T")
+
+_REVERSE_ERROR = (
+    "Reverse-mode differentiation does not work for tfscan.while_loop or tfscan.fori_loop "
+    "with dynamic start/stop values (bounds known only at run time). Try using tfscan.scan, "
+    "or using fori_loop with static start/stop (Python ints).")
+
+_SYMBOLIC_ERROR = _REVERSE_ERROR + (
+    " (Forward mode works with a tf.autodiff.ForwardAccumulator opened eagerly or inside the "
+    "tf.function that runs the loop, not around a tf.function call.)")
+
+_PLANS = _context.LRUCache(maxsize=256)
+
+
+def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_val: T) -> T:
+    """Repeat ``body_fun`` while ``cond_fun`` is true, as ``jax.lax.while_loop``.
+
+    Semantically::
+
+        def while_loop(cond_fun, body_fun, init_val):
+            val = init_val
+            while cond_fun(val):
+                val = body_fun(val)
+            return val
+
+    run as one compiled XLA ``While`` (inline when the caller is already XLA-compiled,
+    so loops nest). Inside ``tfscan.disable_jit()`` it is that Python loop.
+
+    Differentiation: forward mode (``tf.autodiff.ForwardAccumulator`` around the call,
+    eager or inside the same ``tf.function``) works, for the carry and for closed-over
+    tensors and variables. Reverse mode raises ``ValueError`` as in JAX (use
+    ``tfscan.scan``, or ``fori_loop`` with static bounds).
+
+    Args:
+      cond_fun: ``cond_fun(val)`` returns a boolean scalar (a bool tensor of shape ``()``).
+      body_fun: ``body_fun(val)`` returns the next ``val``, with exactly the pytree
+        structure, dtypes and shapes of ``init_val`` (a Python number leaf takes the dtype
+        of the carry leaf it replaces).
+      init_val: the initial carry, any pytree of tensors (Python numbers become
+        ``tf.constant``s: float32 / int32).
+
+    Returns:
+      The carry when ``cond_fun`` first returns false.
+
+    Example:
+
+    >>> import tensorflow as tf, tfscan
+    >>> i, x = tfscan.while_loop(lambda c: c[1] < 100.0, lambda c: (c[0] + 1, c[1] * 3.0), (0, 1.0))
+    >>> int(i), float(x)
+    (5, 243.0)
+    """
+    if not (callable(cond_fun) and callable(body_fun)):
+        raise TypeError("while_loop: cond_fun and body_fun arguments should be callable, got "
+                        f"cond_fun={cond_fun!r:.60} and body_fun={body_fun!r:.60}.")
+    leaves, _, tree = _control.to_tensors("while_loop", init_val, "init_val")
+    if _context.jit_disabled() and tf.executing_eagerly():
+        val = _tree.unflatten(tree, leaves)
+        while bool(_bool_scalar(cond_fun(val))):
+            val = body_fun(val)
+        return val
+    carry_specs = _control.specs(leaves)
+    key = (_context.function_key(cond_fun), _context.function_key(body_fun), tree, carry_specs,
+           _control.graph_key())
+    plan = _PLANS.get_or_create(key, lambda: _untaped(_WhilePlan, cond_fun, body_fun, tree, carry_specs))
+    return _tree.unflatten(tree, plan.run(leaves))
+
+
+def _untaped(fn: Callable, *args):
+    """Trace with no tape or accumulator recording: an active ``ForwardAccumulator`` would
+    otherwise capture its tangents into the traced graph and hide the variable reads."""
+    with record.stop_recording():
+        return fn(*args)
+
+
+def _bool_scalar(out: Any) -> tf.Tensor:
+    leaves, treedef = _tree.flatten(out)
+    if treedef != _tree.LEAF:
+        raise TypeError(f"while_loop: cond_fun must return a boolean scalar, but got pytree {treedef}.")
+    try:
+        t = tf.convert_to_tensor(leaves[0])
+    except (TypeError, ValueError):
+        raise TypeError("while_loop: cond_fun must return a boolean scalar, but got "
+                        f"{type(leaves[0]).__name__} {leaves[0]!r:.60}.") from None
+    if t.dtype != tf.bool or t.shape.rank != 0:
+        raise TypeError("while_loop: cond_fun must return a boolean scalar, but got output type "
+                        f"{_checks._typestr(tf.TensorSpec(t.shape, t.dtype))}. Compare with a "
+                        "scalar (x < n) or reduce (tf.reduce_any) to get one.")
+    return t
+
+
+class _WhilePlan:
+    """The traced ``cond_fun`` / ``body_fun`` of a while loop and its compiled programs."""
+
+    def __init__(self, cond_fun: Callable, body_fun: Callable, tree: _tree.TreeDef, carry_specs: tuple):
+        self.specs = list(carry_specs)
+
+        def flat_cond(*carry):
+            _control.consume(carry)
+            return [_bool_scalar(cond_fun(_tree.unflatten(tree, list(carry))))]
+
+        def flat_body(*carry):
+            _control.consume(carry)
+            out = body_fun(_tree.unflatten(tree, list(carry)))
+            return _control.new_carry("while_loop", "body_fun", out, tree, self.specs, "init_val")
+
+        self.cond = Traced(flat_cond, self.specs, name="while_cond")
+        self.body = Traced(flat_body, self.specs, name="while_body")
+        self.fc = [i for i, s in enumerate(self.specs) if is_float(s.dtype)]
+        self._forward = _control.Compiled(lambda meta: self._forward_build)
+        self._jvp = _control.Compiled(lambda meta: self._jvp_build)
+
+    def _loop(self, carry: list, kc: list, body: Callable) -> list:
+        if not carry:  # nothing is carried, so nothing the loop computes can be observed
+            return []
+        shapes = [t.shape for t in carry]
+        return list(tf.while_loop(
+            lambda *c: self.cond.apply(list(c[:len(self.specs)]), kc)[0],
+            lambda *c: [_keep_shape(t, s) for t, s in zip(body(list(c)), shapes)],
+            carry))
+
+    def _split(self, args: tuple, sizes: list) -> list:
+        out, args = [], list(args)
+        for n in sizes:
+            out.append(args[:n])
+            args = args[n:]
+        return out
+
+    def _forward_build(self, *args):
+        n, nc = len(self.specs), len(self.cond.const_sources)
+        carry, kc, kb = self._split(args, [n, nc, len(args) - n - nc])
+        return self._loop(carry, kc, lambda c: self.body.apply(c, kb))
+
+    def _jvp_build(self, *args):
+        """The loop over ``(carry, tangents of its float leaves)``; returns both."""
+        n, nfc, nc = len(self.specs), len(self.fc), len(self.cond.const_sources)
+        nb = len(self.body.const_sources)
+        carry, t_carry, kc, kb, t_kb = self._split(args, [n, nfc, nc, nb, len(args) - n - nfc - nc - nb])
+        fk = self._float_consts(kb)
+
+        def body(v):
+            c, tc = v[:n], v[n:]
+            k, t_k = _captured(kb), _captured(t_kb)
+            new = self.body.apply(c, k)
+            targets = [new[i] for i in self.fc]
+            sources = [c[i] for i in self.fc] + [k[i] for i in fk]
+            return list(new) + _jvp(targets, sources, list(tc) + t_k)
+
+        return self._loop(list(carry) + list(t_carry), kc, body)
+
+    @staticmethod
+    def _float_consts(consts) -> list:
+        return [i for i, c in enumerate(consts) if is_float(c.dtype)]
+
+    def run(self, carry: list) -> list:
+        kc, kb = self.cond.const_values(), self.body.const_values()
+        recording = record.could_possibly_record()
+        with record.stop_recording() if recording else contextlib.nullcontext():
+            outs = self._forward(*carry, *kc, *kb)
+            if not tf.executing_eagerly() and any(is_float(t.dtype) for t in outs):
+                outs = _no_reverse(outs)  # symbolic gradients: tf.gradients, a tape outside the function
+        if not (recording and outs):
+            return outs
+        n, fk = len(carry), self._float_consts(kb)
+
+        def forward_function(*tangents):
+            t_c = [_zeros_if_none(tangents[i], carry[i]) for i in self.fc]
+            t_k = [_zeros_if_none(tangents[n + i], kb[i]) for i in fk]
+            out = self._jvp(*carry, *t_c, *kc, *kb, *t_k)[n:]
+            result = [None] * n
+            for j, i in enumerate(self.fc):
+                result[i] = out[j]
+            return result
+
+        def backward_function(*_):
+            raise ValueError(_REVERSE_ERROR)
+
+        record.record_operation("tfscan_while_loop", outs, list(carry) + list(kb),
+                                backward_function, forward_function)
+        return outs
+
+
+def _zeros_if_none(t: Any, like: tf.Tensor) -> tf.Tensor:
+    return tf.zeros_like(like) if t is None else t
+
+
+def _jvp(targets: list, sources: list, tangents: list) -> list:
+    """Jacobian-vector products by transposing the VJP (linear in the dummy cotangents ``u``)."""
+    if not targets:
+        return []
+    u = [tf.zeros_like(t) for t in targets]
+    g = tf.gradients(targets, sources, grad_ys=u, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    g = [tf.convert_to_tensor(x) if isinstance(x, tf.IndexedSlices) else x for x in g]
+    return tf.gradients(g, u, grad_ys=tangents, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def _no_reverse(outs: list) -> list:
+    """Identity whose gradient is JAX's reverse-mode error (for graph-mode symbolic gradients)."""
+    @tf.custom_gradient
+    def identity(*xs):
+        def grad(*_):
+            raise ValueError(_SYMBOLIC_ERROR)
+        return [tf.identity(x) for x in xs], grad
+
+    return list(identity(*outs))
+
+
+def fori_loop(lower: int | tf.Tensor, upper: int | tf.Tensor, body_fun: Callable[[tf.Tensor, T], T],
+              init_val: T, *, unroll: int | bool | None = None) -> T:
+    """Loop ``body_fun`` from ``lower`` to ``upper``, as ``jax.lax.fori_loop``.
+
+    Semantically::
+
+        def fori_loop(lower, upper, body_fun, init_val):
+            val = init_val
+            for i in range(lower, upper):
+                val = body_fun(i, val)
+            return val
+
+    ``upper <= lower`` runs no iteration. When both bounds are known at call time (Python
+    or NumPy ints, eager tensors, constant graph tensors — JAX's "concrete" values) this
+    is a ``tfscan.scan`` of ``upper - lower`` steps, reverse-differentiable; otherwise a
+    ``tfscan.while_loop``, forward-differentiable only (reverse mode raises ``ValueError``
+    saying to use static bounds).
+
+    Args:
+      lower: the first index (an integer scalar).
+      upper: the end index, exclusive. ``lower`` and ``upper`` must have the same integer
+        dtype unless one is a Python int (which takes the other's dtype); ``i`` has that
+        dtype (int32 for Python ints).
+      body_fun: ``body_fun(i, val) -> val``; the output must match ``init_val`` in pytree
+        structure, dtypes and shapes.
+      init_val: the initial value, any pytree of tensors.
+      unroll: with static bounds, steps per loop iteration (an int, or ``True`` to unroll
+        fully), as scan's ``unroll``. With dynamic bounds only ``None``/``False``/``1``.
+
+    Returns:
+      The final value.
+
+    Example:
+
+    >>> import tensorflow as tf, tfscan
+    >>> float(tfscan.fori_loop(0, 5, lambda i, x: x + tf.cast(i, tf.float32), 0.0))
+    10.0
+    >>> int(tfscan.fori_loop(2, tf.constant(6), lambda i, acc: acc * i, 1))  # 2*3*4*5
+    120
+    """
+    if not callable(body_fun):
+        raise TypeError(f"fori_loop: body_fun argument should be callable as body_fun(i, val) -> val, "
+                        f"got {body_fun!r:.60}.")
+    (lo, lo_static), (hi, hi_static), dtype = _bounds(lower, upper)
+    if lo_static is not None and hi_static is not None:
+        unroll = _checks.check_unroll(1 if unroll is None else unroll)
+        length = max(hi_static - lo_static, 0)
+        (_, val), _ = scan(_fori_scan_step(body_fun), (tf.constant(lo_static, dtype), init_val),
+                           None, length=length, unroll=unroll)
+        return val
+    if not (unroll is None or unroll is False or unroll == 1):
+        raise ValueError("fori_loop: can only use `unroll` in `fori_loop` if the loop bounds are "
+                         f"statically known (got unroll={unroll!r} with a bound known only at run time).")
+    _, _, val = while_loop(_fori_cond, _fori_while_body(body_fun),
+                           (tf.cast(lo, dtype), tf.cast(hi, dtype), init_val))
+    return val
+
+
+def _bounds(lower: Any, upper: Any):
+    """``((tensor, static int or None), (...), dtype)`` with JAX's dtype rule for the bounds."""
+    lo, lo_dtype = _bound(lower, "lower")
+    hi, hi_dtype = _bound(upper, "upper")
+    if lo_dtype is None or hi_dtype is None or lo_dtype == hi_dtype:
+        dtype = lo_dtype or hi_dtype or tf.int32
+    else:
+        raise TypeError("fori_loop: lower and upper arguments to fori_loop must have equal types, "
+                        f"got {lo_dtype.name} and {hi_dtype.name}. Cast one of them.")
+    return lo, hi, dtype
+
+
+def _bound(value: Any, name: str):
+    """``((tensor or int, static int or None), dtype or None for a Python int)``."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"fori_loop: {name} must be an integer scalar, got bool {value!r}.")
+    if isinstance(value, numbers.Integral) and not isinstance(value, np.integer):
+        return (value, int(value)), None
+    try:
+        t = tf.convert_to_tensor(value.value() if isinstance(value, tf.Variable) else value)
+    except (TypeError, ValueError):
+        raise TypeError(f"fori_loop: {name} must be an integer scalar, got {type(value).__name__} "
+                        f"{value!r:.60}.") from None
+    if t.shape.rank != 0 or not t.dtype.is_integer:
+        raise TypeError(f"fori_loop: {name} must be an integer scalar, got a {t.dtype.name} tensor of "
+                        f"shape {t.shape}.")
+    static = tf.get_static_value(t)
+    return (t, None if static is None else int(static)), t.dtype
+
+
+def _fori_scan_step(body_fun: Callable) -> Callable:
+    def step(carry, _):
+        _control.consume(carry)
+        i, val = carry
+        leaves, _, tree = _tree.flatten_with_paths(val, "init_val")
+        new = _control.new_carry("fori_loop", "body_fun", body_fun(i, val), tree,
+                                 _control.specs(leaves), "init_val")
+        return (i + 1, _tree.unflatten(tree, new)), None
+    return step
+
+
+def _fori_cond(carry):
+    return carry[0] < carry[1]
+
+
+def _fori_while_body(body_fun: Callable) -> Callable:
+    def body(carry):
+        i, upper, val = carry
+        leaves, _, tree = _tree.flatten_with_paths(val, "init_val")
+        new = _control.new_carry("fori_loop", "body_fun", body_fun(i, val), tree,
+                                 _control.specs(leaves), "init_val")
+        return i + 1, upper, _tree.unflatten(tree, new)
+    return body
+
+
+def map(f: Callable[[Any], Any], xs: Any, *, batch_size: int | None = None) -> Any:  # noqa: A001
+    """Map ``f`` over the leading axis of ``xs``, as ``jax.lax.map``.
+
+    Semantically ``stack([f(x) for x in xs])`` for every leaf, run as a compiled
+    ``tfscan.scan`` (one step per element, so memory stays that of one call of ``f``).
+    With ``batch_size=b`` each scan step applies ``f`` to ``b`` elements at once,
+    vectorized with ``tf.vectorized_map``; when the length is not a multiple of ``b``
+    the remainder is one more vectorized call. ``batch_size=0`` (or one at least the
+    length) vectorizes everything in one call. Differentiable like scan.
+
+    Args:
+      f: ``f(x) -> y`` for one slice ``x`` of ``xs``; ``y`` may be any pytree (``None``
+        leaves allowed).
+      xs: a pytree of tensors with a common leading axis.
+      batch_size: ``None`` (sequential), or a non-negative int.
+
+    Returns:
+      ``f``'s outputs stacked along a new leading axis.
+
+    Example:
+
+    >>> import tensorflow as tf, tfscan
+    >>> xs = tf.reshape(tf.range(10.0), [5, 2])
+    >>> tfscan.map(lambda x: tf.reduce_sum(x), xs).numpy().tolist()
+    [1.0, 5.0, 9.0, 13.0, 17.0]
+    >>> tfscan.map(lambda x: x[0] * x[1], xs, batch_size=2).numpy().tolist()
+    [0.0, 6.0, 20.0, 42.0, 72.0]
+    """
+    if not callable(f):
+        raise TypeError(f"map: f argument should be callable as f(x) -> y, got {f!r:.60}.")
+    if batch_size is None:
+        return scan(_map_step(f), (), xs)[1]
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral):
+        raise TypeError(f"map: batch_size must be None or a non-negative int, got "
+                        f"{type(batch_size).__name__} {batch_size!r:.40}.")
+    if batch_size < 0:
+        raise ValueError(f"map: batch_size must be None or a non-negative int, got {batch_size}.")
+    leaves, paths, tree = _control.to_tensors("map", xs, "xs")
+    if not leaves:
+        return scan(_map_step(f), (), xs)[1]  # scan's error: nothing to map over
+    length, _ = _checks.scan_length(leaves, paths, None)
+    if length is None:
+        raise ValueError(f"map: batch_size needs the leading axis of xs known when map is traced, but "
+                         f"{paths[0]} has shape {leaves[0].shape}. Use batch_size=None, or give the "
+                         "tf.function a static leading dimension.")
+    if length == 0:
+        return scan(_map_step(f), (), xs)[1]
+    num_batches, remainder = divmod(length, batch_size) if batch_size else (0, length)
+    step = _map_step(_vectorized(f, tree))
+    parts = []
+    if num_batches:
+        chunks = [tf.reshape(x[: num_batches * batch_size], [num_batches, batch_size] + x.shape[1:].as_list())
+                  for x in leaves]
+        parts.append(scan(step, (), chunks)[1])
+    if remainder:
+        rest = [x[num_batches * batch_size:][None] for x in leaves]
+        parts.append(scan(step, (), rest)[1])
+    out_leaves = [tf.concat([_merge_leading(p) for p in group], 0)
+                  for group in zip(*[_tree.flatten(p)[0] for p in parts])]
+    return _tree.unflatten(_tree.flatten(parts[0])[1], out_leaves)
+
+
+def _merge_leading(t: tf.Tensor) -> tf.Tensor:
+    """``[chunks, chunk, ...] -> [chunks * chunk, ...]``."""
+    rest = t.shape[2:]
+    return tf.reshape(t, [-1] + rest.as_list() if rest.is_fully_defined() else
+                      tf.concat([[-1], tf.shape(t)[2:]], 0))
+
+
+def _map_step(f: Callable) -> Callable:
+    def step(_, x):
+        _control.consume(x)
+        return (), f(x)
+    return step
+
+
+def _vectorized(f: Callable, xs_tree: _tree.TreeDef) -> Callable:
+    """``f`` on a chunk: the flat leaves of a batch of ``xs`` (any pytree) -> pytree of outputs."""
+    def vf(chunk):
+        box = []
+
+        def one(elems):
+            out = f(_tree.unflatten(xs_tree, list(elems)))
+            leaves, paths, tree = _tree.flatten_with_paths(out, "output")
+            box[:] = [tree]
+            leaves = [_control.as_tensor("map", "f", v, p) for v, p in zip(leaves, paths)]
+            return leaves or [tf.zeros([], tf.int32)]  # vectorized_map needs an output
+
+        if not tf.executing_eagerly():
+            _control.keep_graph_alive()
+        outs = tf.vectorized_map(one, list(chunk), fallback_to_while_loop=True)
+        return _tree.unflatten(box[0], list(outs)[: box[0].num_leaves])
+    return vf
