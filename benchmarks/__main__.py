@@ -1,0 +1,177 @@
+"""``python -m benchmarks [--quick] [--smoke] [--out DIR] [--machine NAME] [--only W,...]``."""
+
+from __future__ import annotations
+
+import os
+
+# Before TensorFlow, Keras or JAX are imported: Keras runs on TensorFlow here, JAX on CPU.
+os.environ["KERAS_BACKEND"] = "tensorflow"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+SETTINGS = {  # mode -> timing settings (see _timing.Settings)
+    "full": dict(reps=11, point_budget_s=5.0, series_budget_s=10.0, min_rep_s=0.01, abort_first_s=30.0),
+    "quick": dict(reps=5, point_budget_s=0.4, series_budget_s=0.6, min_rep_s=0.002, abort_first_s=2.0),
+    "smoke": dict(reps=1, point_budget_s=0.0, series_budget_s=5.0, min_rep_s=0.0, warmup=False,
+                  abort_first_s=10.0),
+}
+
+
+def default_machine() -> str:
+    return f"{platform.machine().lower() if platform.machine() not in ('x86_64', 'AMD64') else 'cpu'}" \
+           f"-{os.cpu_count()}core"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="smaller sizes: under 3 minutes on 2 cores")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repetition: only proves it runs")
+    p.add_argument("--out", default=os.path.join(HERE, "results"), help="output directory")
+    p.add_argument("--machine", default=None, help="name of the results files (default: cpu-<N>core)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated workloads to run (e.g. elman-grad,memory); default all")
+    p.add_argument("--trace", action="store_true", help="print tracebacks of failing implementations")
+    return p.parse_args(argv)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
+    machine = args.machine or default_machine()
+    only = set(args.only.split(",")) if args.only else None
+    t_start = time.perf_counter()
+    load_before = os.getloadavg()
+    warnings.filterwarnings("ignore")
+
+    import numpy as np
+    import tensorflow as tf
+    import jax
+    import keras
+    import matplotlib
+    import tfscan
+    from benchmarks import _impls, _keras, _memory, _report, _runner, _timing, _workloads
+
+    settings = _timing.Settings(**SETTINGS[mode])
+    features = _runner.available_features()
+    log = _runner.log
+    log(f"benchmarks: mode={mode} machine={machine} out={args.out}")
+    log("tfscan features: " + ", ".join(f"{k}={v}" for k, v in features.items()))
+
+    records: list[dict] = []
+    wl_meta: list[dict] = []
+    refs: dict[str, str] = {}
+    kinds: dict[str, str] = {}
+    notes: list[str] = []
+    for w in _workloads.workloads(mode):
+        if only and w.key not in only:
+            continue
+        ref = next((k for k in w.impls if _impls.impl(k).family == "jax"), w.impls[0])
+        refs[w.key], kinds[w.key] = ref, w.kind
+        wl_meta.append({"key": w.key, "title": w.title, "measure": w.measure, "kind": w.kind,
+                        "per_step": w.per_step, "sizes": w.sizes, "reference": ref, "note": w.note})
+        log(f"[{time.perf_counter() - t_start:5.0f} s] {w.title}")
+        records += _runner.run_workload(w, settings)
+
+    if not only or "memory" in only:
+        T = _workloads.SIZES[mode]["memory"]
+        policies = _impls.remat_policies(T)
+        variants = ["jax", "jax.checkpoint", "tf.scan", "tfscan"]
+        note = (f"Peak memory of one gradient call of the Elman RNN (B=32, I=64, H=128) at T={T}, "
+                f"measured in a fresh subprocess.")
+        if policies is None:
+            notes.append("6. Peak memory per `remat` policy: not available yet (tfscan.scan has no "
+                         "`remat` argument); the default tfscan gradient is measured.")
+            note += " `remat` policies: not available yet (tfscan.scan has no `remat` argument)."
+        else:
+            variants += [f"tfscan[remat={p}]" for p in policies]
+        log(f"[{time.perf_counter() - t_start:5.0f} s] 6. peak memory, T={T}: {', '.join(variants)}")
+        refs["memory"], kinds["memory"] = "jax", "memory"
+        try:
+            rep = _memory.measure(T, variants, allocator_stats=mode != "smoke")
+            note += f" Method: {rep['method']}."
+            for r in rep["results"]:
+                r.update(workload="memory", size=T, metric="peak_bytes")
+                records.append(r)
+                log(f"  memory {r['impl']}: " + (f"{r['value'] / 2**20:.1f} MiB" if r["status"] == "ok"
+                                                 else r.get("note", "")))
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"6. Peak memory: failed: {e}")
+            log(f"  memory: FAILED {e}")
+        wl_meta.append({"key": "memory", "title": "6. Peak memory of the gradient (Elman RNN)",
+                        "measure": "peak_bytes", "kind": "memory", "per_step": False, "sizes": [T],
+                        "reference": "jax", "note": note})
+
+    if not only or "keras" in only:
+        log(f"[{time.perf_counter() - t_start:5.0f} s] 7. Keras training step")
+        krecs, knote = _keras.run(_workloads.SIZES[mode]["keras"], settings, log)
+        records += krecs
+        kinds["keras"] = "keras"
+        if knote:
+            notes.append("7. Keras training step: " + knote)
+        else:
+            wl_meta.append({"key": "keras", "title": "7. Keras training step (train_on_batch), "
+                            "B=32, I=64, H=128", "measure": "time", "kind": "keras", "per_step": True,
+                            "sizes": _workloads.SIZES[mode]["keras"], "reference": None, "note": ""})
+
+    for w in wl_meta:
+        for r in records:
+            if r["workload"] == w["key"] and r.get("status") == "unavailable":
+                msg = f"{w['title']}: {_impls.impl(r['impl']).label}: {r['note']}"
+                if msg not in notes:
+                    notes.append(msg)
+
+    _report.annotate(records, refs)
+    goals = _report.goals(records, kinds, refs)
+    meta = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "wall_s": time.perf_counter() - t_start,
+        "cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                     "jax": jax.__version__, "keras": keras.__version__, "numpy": np.__version__,
+                     "matplotlib": matplotlib.__version__,
+                     "tfscan": f"{tfscan.__version__} ({_git_commit()})"},
+        "settings": SETTINGS[mode], "features": features,
+        "load_average": {"before": [round(x, 2) for x in load_before],
+                         "after": [round(x, 2) for x in os.getloadavg()]},
+    }
+    result = {"machine": machine, "mode": mode, "meta": meta, "workloads": wl_meta,
+              "records": records, "goals": goals, "notes": notes}
+    paths = _report.write(result, args.out)
+    misses = [g for g in goals if g["status"] == "MISS"]
+    log(f"[{time.perf_counter() - t_start:5.0f} s] wrote {paths['md']} and {paths['json']}; "
+        f"{len(misses)} goal misses of {len(goals)} checks")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""The implementations being compared, as builders of zero-argument callables.
+
+Every scan implementation is written against one contract, JAX's: ``scan(step, init, xs)
+-> (carry, ys)`` with ``step(carry, x) -> (new_carry, y)``. In every workload here ``y``
+is the new carry, which lets ``tf.scan`` (an accumulator API: it stacks the carries) and
+``keras.ops.scan`` (whose TF backend requires ``y`` to match the carry) run the same
+program without extra work; the final carry of ``tf.scan`` is its last stacked row.
+
+How each one runs (the "where" of an implementation):
+
+- ``eager``: called from eager Python (tfscan compiles its loop itself);
+- ``graph``: inside ``tf.function`` (no XLA);
+- ``xla``: inside ``tf.function(jit_compile=True)``;
+- JAX: inside ``jax.jit``.
+
+Gradients are of ``loss = sum(ys)`` with respect to the workload's chosen inputs, taken
+with ``tf.GradientTape`` (TensorFlow's own gradient of the loop, or tfscan's) or ``jax.grad``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+import jax
+import jax.numpy as jnp
+import keras
+
+import tfscan
+
+
+@dataclass(frozen=True)
+class Impl:
+    key: str         # short id used in JSON
+    label: str       # shown in tables and plots
+    family: str      # "tfscan", "jax", "tf", "keras", "numpy"
+    peer: bool = True  # counts as "another implementation" for tfscan's ratio (scan loops only)
+    goal: bool = True  # tfscan rows: held to the issue's goals
+
+
+IMPLS = {
+    i.key: i for i in [
+        Impl("tfscan", "tfscan.scan (eager call)", "tfscan"),
+        Impl("tfscan@xla", "tfscan.scan in tf.function(jit_compile)", "tfscan"),
+        Impl("jax", "jax.lax.scan in jax.jit", "jax"),
+        Impl("tf.scan", "tf.scan in tf.function", "tf"),
+        Impl("tf.scan@xla", "tf.scan in tf.function(jit_compile)", "tf"),
+        Impl("keras", "keras.ops.scan in tf.function", "keras"),
+        Impl("keras@xla", "keras.ops.scan in tf.function(jit_compile)", "keras"),
+        Impl("while@xla", "tf.while_loop+TensorArray in jit_compile", "tf"),
+        Impl("numpy", "np.cumsum (vectorized, reference)", "numpy", peer=False),
+        # vmap workload
+        Impl("jax.vmap", "jax.vmap(lax.scan) in jax.jit", "jax"),
+        Impl("tf.scan.batched", "tf.scan batched by hand, tf.function", "tf"),
+        Impl("tf.scan.batched@xla", "tf.scan batched by hand, jit_compile", "tf"),
+        Impl("tfscan.batched", "tfscan.scan batched by hand (eager call)", "tfscan"),
+        Impl("vectorized_map", "tf.vectorized_map(tf.scan), tf.function", "tf"),
+        Impl("vectorized_map@xla", "tf.vectorized_map(tf.scan), jit_compile", "tf"),
+        Impl("vectorized_map.tfscan", "tf.vectorized_map(tfscan.scan), tf.function", "tfscan"),
+        Impl("tfscan.vmap", "tfscan.vmap(tfscan.scan) (eager call)", "tfscan"),
+        Impl("tfscan.jit.vmap", "tfscan.jit(tfscan.vmap(tfscan.scan))", "tfscan"),
+        # call overhead workload
+        Impl("jax.nojit", "jax.lax.scan, not jitted (eager)", "jax"),
+        Impl("tf.scan.eager", "tf.scan, eager", "tf"),
+        Impl("keras.eager", "keras.ops.scan, eager", "keras"),
+        # memory workload
+        Impl("jax.checkpoint", "jax.lax.scan of jax.checkpoint(step) in jax.jit", "jax"),
+        # parallel prefix scans (a different algorithm: shown, not a peer, no goal)
+        Impl("jax.assoc", "jax.lax.associative_scan in jax.jit", "jax", peer=False, goal=False),
+        Impl("tfscan.assoc", "tfscan.associative_scan (eager call)", "tfscan", peer=False, goal=False),
+    ]
+}
+
+
+def impl(key: str) -> Impl:
+    if key in IMPLS:
+        return IMPLS[key]
+    if key.startswith("tfscan["):  # e.g. "tfscan[remat=sqrt]"
+        return Impl(key, key.replace("tfscan", "tfscan.scan", 1) + " (eager call)", "tfscan")
+    family = key.split(".")[0]  # e.g. the Keras workload's "keras.SimpleRNN@xla"
+    return Impl(key, key.replace("@xla", " (jit_compile)"),
+                family if family in ("tfscan", "keras", "jax", "tf") else "other")
+
+
+# ---------------------------------------------------------------- scan adapters (TF)
+
+def scan_tfscan(step, init, xs):
+    return tfscan.scan(step, init, xs)
+
+
+def scan_tf(step, init, xs):
+    ys = tf.scan(lambda c, x: step(c, x)[0], xs, initializer=init)
+    return tf.nest.map_structure(lambda y: y[-1], ys), ys
+
+
+def scan_keras(step, init, xs):
+    return keras.ops.scan(step, init, xs)
+
+
+def scan_while(step, init, xs):
+    """The hand-written loop: ``tf.while_loop`` writing each ``y`` to a ``TensorArray``."""
+    flat_xs = tf.nest.flatten(xs)
+    flat_init = [tf.convert_to_tensor(c) for c in tf.nest.flatten(init)]
+    n = int(flat_xs[0].shape[0])
+    tas = [tf.TensorArray(c.dtype, size=n, element_shape=c.shape) for c in flat_init]
+
+    def body(i, carry, tas):
+        x = tf.nest.pack_sequence_as(xs, [t[i] for t in flat_xs])
+        new_c, y = step(tf.nest.pack_sequence_as(init, carry), x)
+        tas = [ta.write(i, v) for ta, v in zip(tas, tf.nest.flatten(y))]
+        return i + 1, tf.nest.flatten(new_c), tas
+
+    _, carry, tas = tf.while_loop(lambda i, c, t: i < n, body, (tf.constant(0), flat_init, tas),
+                                  maximum_iterations=n)
+    return tf.nest.pack_sequence_as(init, carry), tf.nest.pack_sequence_as(init, [t.stack() for t in tas])
+
+
+TF_SCANS = {  # impl key -> (scan adapter, where)
+    "tfscan": (scan_tfscan, "eager"),
+    "tfscan@xla": (scan_tfscan, "xla"),
+    "tf.scan": (scan_tf, "graph"),
+    "tf.scan@xla": (scan_tf, "xla"),
+    "keras": (scan_keras, "graph"),
+    "keras@xla": (scan_keras, "xla"),
+    "while@xla": (scan_while, "xla"),
+    "tf.scan.eager": (scan_tf, "eager"),
+    "keras.eager": (scan_keras, "eager"),
+}
+
+
+def wrap_tf(f: Callable, where: str) -> Callable:
+    if where == "eager":
+        return f
+    return tf.function(f, jit_compile=(where == "xla"), autograph=False, reduce_retracing=False)
+
+
+def block(out: Any) -> Any:
+    """Wait for a JAX result; TF results are ready when the call returns."""
+    return jax.block_until_ready(out)
+
+
+# ---------------------------------------------------------------- builders
+
+WRT = ("params", "init", "xs")
+
+
+def tf_data(data: dict) -> tuple:
+    return tuple(tf.nest.map_structure(tf.constant, data[k]) for k in WRT)
+
+
+def jax_data(data: dict) -> tuple:
+    return tuple(jax.tree_util.tree_map(jnp.asarray, data[k]) for k in WRT)
+
+
+def forward(key: str, problem, data: dict) -> Callable[[], Any]:
+    """A callable running the forward scan of ``problem`` on ``data`` with implementation ``key``."""
+    if key in ("jax", "jax.nojit"):
+        def run(params, init, xs):
+            return jax.lax.scan(problem.jax_step(params), init, xs)
+        fn = jax.jit(run) if key == "jax" else run
+        args = jax_data(data)
+        return lambda: block(fn(*args))
+    if key in ("numpy", "jax.assoc", "tfscan.assoc"):
+        return problem.special_forward(key, data)
+    adapter, where = TF_SCANS[key]
+
+    def run(params, init, xs):
+        return adapter(problem.tf_step(params), init, xs)
+    fn = wrap_tf(run, where)
+    args = tf_data(data)
+    return lambda: fn(*args)
+
+
+def forward_fixed_step(key: str, problem, data: dict) -> Callable[[], Any]:
+    """As ``forward``, but the step function is made once, outside the timed call, as eager
+    code that calls a scan repeatedly would (un-jitted JAX retraces a new step function)."""
+    if key in ("jax", "jax.nojit"):
+        params, init, xs = jax_data(data)
+        step = problem.jax_step(params)
+        fn = (lambda init, xs: jax.lax.scan(step, init, xs))
+        fn = jax.jit(fn) if key == "jax" else fn
+        return lambda: block(fn(init, xs))
+    adapter, where = TF_SCANS[key]
+    params, init, xs = tf_data(data)
+    step = problem.tf_step(params)
+    fn = wrap_tf(lambda init, xs: adapter(step, init, xs), where)
+    return lambda: fn(init, xs)
+
+
+def gradient(key: str, problem, data: dict) -> Callable[[], Any]:
+    """A callable returning the gradient of ``sum(ys)`` w.r.t. ``problem.wrt`` (a tuple)."""
+    idx = tuple(WRT.index(w) for w in problem.wrt)
+    if key in ("jax", "jax.checkpoint"):
+        def loss(params, init, xs):
+            step = problem.jax_step(params)
+            if key == "jax.checkpoint":
+                step = jax.checkpoint(step)
+            _, ys = jax.lax.scan(step, init, xs)
+            return problem.jax_loss(ys)
+        fn = jax.jit(jax.grad(loss, argnums=idx))
+        args = jax_data(data)
+        return lambda: block(fn(*args))
+    if key.startswith("tfscan[remat="):
+        remat = _parse_remat(key[len("tfscan[remat="):-1])
+        adapter, where = (lambda step, init, xs: tfscan.scan(step, init, xs, remat=remat)), "eager"
+    else:
+        adapter, where = TF_SCANS[key]
+
+    def run(params, init, xs):
+        args = (params, init, xs)
+        wrt = tuple(args[i] for i in idx)
+        with tf.GradientTape() as tape:
+            tape.watch(wrt)
+            _, ys = adapter(problem.tf_step(params), init, xs)
+            loss = problem.tf_loss(ys)
+        return tuple(tape.gradient(loss, wrt))
+    fn = wrap_tf(run, where)
+    args = tf_data(data)
+    return lambda: fn(*args)
+
+
+def _parse_remat(text: str) -> Any:
+    if text in ("True", "False"):
+        return text == "True"
+    if text.isdigit():
+        return int(text)
+    return text
+
+
+def remat_policies(length: int) -> list | None:
+    """The ``remat`` values to measure, or ``None`` when ``tfscan.scan`` has no ``remat``."""
+    import inspect
+    try:
+        params = inspect.signature(tfscan.scan).parameters
+    except (TypeError, ValueError):
+        return None
+    if "remat" not in params:
+        return None
+    k = max(2, int(round(length ** 0.5)))
+    return [False, True, "full", "sqrt", k]
+
+
+def to_numpy_leaves(out: Any) -> list[np.ndarray]:
+    """Flatten a result (TF or JAX nests, tuples) into a list of float64 arrays."""
+    leaves = jax.tree_util.tree_leaves(
+        out, is_leaf=lambda x: isinstance(x, (tf.Tensor, tf.Variable, np.ndarray)))
+    return [np.asarray(x.numpy() if hasattr(x, "numpy") else x, dtype=np.float64) for x in leaves]
+
+
+def max_rel_error(got: Any, ref: Any) -> float:
+    """Largest |got - ref| over all leaves, relative to the largest |ref| of that leaf."""
+    g, r = to_numpy_leaves(got), to_numpy_leaves(ref)
+    if len(g) != len(r):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(g, r):
+        if a.shape != b.shape:
+            return float("inf")
+        scale = max(float(np.max(np.abs(b))) if b.size else 0.0, 1e-6)
+        err = float(np.max(np.abs(a - b))) / scale if b.size else 0.0
+        if not np.isfinite(err):
+            return float("inf")
+        worst = max(worst, err)
+    return worst

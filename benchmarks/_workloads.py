@@ -1,0 +1,315 @@
+"""The workloads: what is scanned, at which sizes, by which implementations.
+
+A *problem* is a step function written twice (TensorFlow and JAX) plus its inputs; a
+*workload* is a problem, a measurement (forward, gradient, compile time, call overhead)
+and a list of sizes. Sizes depend on the mode: ``full``, ``quick`` (under 3 minutes on
+2 cores) and ``smoke`` (tiny, seconds: it only proves the suite runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+import jax
+import jax.numpy as jnp
+
+import tfscan
+from benchmarks import _impls
+
+
+# ---------------------------------------------------------------- problems
+
+class CumSum:
+    """``c = c + x``, ``y = c``: the lightest possible step."""
+    name = "cumsum"
+    wrt = ()
+
+    def inputs(self, T: int, rng: np.random.Generator) -> dict:
+        return {"params": {}, "init": np.float32(0.0),
+                "xs": rng.uniform(-1, 1, size=T).astype(np.float32)}
+
+    def tf_step(self, params):
+        def step(c, x):
+            c = c + x
+            return c, c
+        return step
+
+    def jax_step(self, params):
+        def step(c, x):
+            c = c + x
+            return c, c
+        return step
+
+    def special_forward(self, key: str, data: dict) -> Callable[[], Any]:
+        """NumPy's cumsum, and the parallel prefix scans of JAX and tfscan."""
+        if key == "numpy":
+            xs = data["xs"]
+
+            def run():
+                ys = np.cumsum(xs, dtype=np.float32)
+                return ys[-1], ys
+            return run
+        if key == "jax.assoc":
+            fn = jax.jit(lambda xs: jax.lax.associative_scan(jnp.add, xs))
+            xj = jnp.asarray(data["xs"])
+
+            def run():
+                ys = _impls.block(fn(xj))
+                return ys[-1], ys
+            return run
+        xt = tf.constant(data["xs"])
+
+        def run():
+            ys = tfscan.associative_scan(tf.add, xt)
+            return ys[-1], ys
+        return run
+
+
+class Elman:
+    """``h = tanh(h @ W_hh + x @ W_xh + b)``, batch 32, input 64, hidden 128: a heavy step."""
+    name = "elman"
+    wrt = ("params", "init")
+
+    def __init__(self, batch: int = 32, inputs: int = 64, hidden: int = 128):
+        self.B, self.I, self.H = batch, inputs, hidden
+
+    def inputs(self, T: int, rng: np.random.Generator) -> dict:
+        B, I, H = self.B, self.I, self.H
+        f32 = np.float32
+        params = {"W_xh": (rng.normal(size=(I, H)) / np.sqrt(I)).astype(f32),
+                  "W_hh": (rng.normal(size=(H, H)) * 0.9 / np.sqrt(H)).astype(f32),
+                  "b": (rng.normal(size=H) * 0.1).astype(f32)}
+        return {"params": params, "init": (rng.normal(size=(B, H)) * 0.1).astype(f32),
+                "xs": rng.normal(size=(T, B, I)).astype(f32)}
+
+    def tf_step(self, p):
+        W_xh, W_hh, b = p["W_xh"], p["W_hh"], p["b"]
+
+        def step(h, x):
+            h = tf.tanh(tf.matmul(h, W_hh) + tf.matmul(x, W_xh) + b)
+            return h, h
+        return step
+
+    def jax_step(self, p):
+        W_xh, W_hh, b = p["W_xh"], p["W_hh"], p["b"]
+
+        def step(h, x):
+            h = jnp.tanh(h @ W_hh + x @ W_xh + b)
+            return h, h
+        return step
+
+    def tf_loss(self, ys):
+        return tf.reduce_sum(ys)
+
+    def jax_loss(self, ys):
+        return jnp.sum(ys)
+
+
+class Light:
+    """The scalar recurrence ``c = tanh(a*c + x)``: a light step, all overhead."""
+    name = "light"
+    wrt = ("params", "xs")
+
+    def inputs(self, T: int, rng: np.random.Generator) -> dict:
+        return {"params": {"a": np.float32(0.9)}, "init": np.float32(0.0),
+                "xs": (rng.normal(size=T) * 0.5).astype(np.float32)}
+
+    def tf_step(self, p):
+        a = p["a"]
+
+        def step(c, x):
+            c = tf.tanh(a * c + x)
+            return c, c
+        return step
+
+    def jax_step(self, p):
+        a = p["a"]
+
+        def step(c, x):
+            c = jnp.tanh(a * c + x)
+            return c, c
+        return step
+
+    def tf_loss(self, ys):
+        return tf.reduce_sum(ys)
+
+    def jax_loss(self, ys):
+        return jnp.sum(ys)
+
+
+class LightFresh(Light):
+    """The light step with its own code objects, so no earlier trace or compile is reused."""
+    name = "light-compile"
+
+    def tf_step(self, p):
+        a = p["a"]
+
+        def fresh_step(c, x):
+            c = tf.tanh(a * c + x)
+            return c, c
+        return fresh_step
+
+    def jax_step(self, p):
+        a = p["a"]
+
+        def fresh_step(c, x):
+            c = jnp.tanh(a * c + x)
+            return c, c
+        return fresh_step
+
+
+class VmapElman:
+    """One sequence per example: ``h = tanh(h @ W_hh + x @ W_xh + b)``, hidden 32, input 32;
+    batch 64 sequences. Per-example functions see ``h0`` of shape (H,) and ``xs`` (T, I)."""
+    name = "vmap"
+
+    def __init__(self, batch: int = 64, hidden: int = 32, inputs: int = 32):
+        self.B, self.H, self.I = batch, hidden, inputs
+
+    def inputs(self, T: int, rng: np.random.Generator) -> dict:
+        B, I, H = self.B, self.I, self.H
+        f32 = np.float32
+        params = {"W_xh": (rng.normal(size=(I, H)) / np.sqrt(I)).astype(f32),
+                  "W_hh": (rng.normal(size=(H, H)) * 0.9 / np.sqrt(H)).astype(f32),
+                  "b": (rng.normal(size=H) * 0.1).astype(f32)}
+        return {"params": params, "init": (rng.normal(size=(B, H)) * 0.1).astype(f32),
+                "xs": rng.normal(size=(B, T, I)).astype(f32)}
+
+    @staticmethod
+    def tf_step(p):
+        W_xh, W_hh, b = p["W_xh"], p["W_hh"], p["b"]
+
+        def step(h, x):  # h: (H,) or (B, H)
+            h = tf.tanh(tf.tensordot(h, W_hh, 1) + tf.tensordot(x, W_xh, 1) + b)
+            return h, h
+        return step
+
+    @staticmethod
+    def jax_step(p):
+        W_xh, W_hh, b = p["W_xh"], p["W_hh"], p["b"]
+
+        def step(h, x):
+            h = jnp.tanh(h @ W_hh + x @ W_xh + b)
+            return h, h
+        return step
+
+    def build(self, key: str, data: dict) -> Callable[[], Any]:
+        """``(h_T, hs)`` for the whole batch: ``h_T`` (B, H), ``hs`` (B, T, H)."""
+        if key == "jax.vmap":
+            def run(params, h0, xs):
+                return jax.vmap(lambda h, x: jax.lax.scan(self.jax_step(params), h, x))(h0, xs)
+            fn = jax.jit(run)
+            args = _impls.jax_data(data)
+            return lambda: _impls.block(fn(*args))
+        args = _impls.tf_data(data)
+        if key in ("tfscan.vmap", "tfscan.jit.vmap"):
+            def per_example(params, h0, xs):
+                return tfscan.scan(self.tf_step(params), h0, xs)
+            batched = tfscan.vmap(per_example, in_axes=(None, 0, 0))
+            if key == "tfscan.jit.vmap":
+                batched = tfscan.jit(batched)
+            return lambda: batched(*args)
+        if key.startswith("vectorized_map"):
+            inner = _impls.scan_tfscan if key == "vectorized_map.tfscan" else _impls.scan_tf
+
+            def run(params, h0, xs):
+                return tf.vectorized_map(lambda a: inner(self.tf_step(params), a[0], a[1]), (h0, xs))
+            fn = _impls.wrap_tf(run, "xla" if key.endswith("@xla") else "graph")
+            return lambda: fn(*args)
+        adapter, where = {"tf.scan.batched": (_impls.scan_tf, "graph"),
+                          "tf.scan.batched@xla": (_impls.scan_tf, "xla"),
+                          "tfscan.batched": (_impls.scan_tfscan, "eager")}[key]
+
+        def run(params, h0, xs):
+            hT, hs = adapter(self.tf_step(params), h0, tf.transpose(xs, [1, 0, 2]))
+            return hT, tf.transpose(hs, [1, 0, 2])
+        fn = _impls.wrap_tf(run, where)
+        return lambda: fn(*args)
+
+
+# ---------------------------------------------------------------- workloads
+
+FWD_IMPLS = ["jax", "tfscan", "tfscan@xla", "tf.scan", "tf.scan@xla", "keras", "keras@xla", "while@xla"]
+GRAD_IMPLS = ["jax", "tfscan", "tfscan@xla", "tf.scan", "tf.scan@xla", "keras", "keras@xla", "while@xla"]
+
+
+@dataclass
+class Workload:
+    key: str
+    title: str
+    measure: str                 # "time" (steady call) or "compile" (first minus steady)
+    kind: str                    # "forward", "gradient", "vmap", "overhead"
+    sizes: list
+    impls: list
+    build: Callable[[str, dict], Callable[[], Any]]
+    inputs: Callable[[int, np.random.Generator], dict]
+    tol: float = 1e-4            # max relative error against the reference
+    per_step: bool = True        # report ns per step
+    requires: dict = field(default_factory=dict)  # impl -> tfscan attribute it needs
+    note: str = ""
+
+
+SIZES = {
+    "full": {"cumsum": [10**3, 10**4, 10**5, 10**6],
+             "elman": [250, 500, 1000, 2000, 4000, 8000],
+             "light": [10**3, 10**4, 10**5, 10**6],
+             "vmap": [1000], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
+             "memory": 8000, "keras": [100, 1000]},
+    "quick": {"cumsum": [10**3, 10**4, 10**5, 10**6],
+              "elman": [250, 500, 1000, 2000],
+              "light": [10**3, 10**4, 10**5],
+              "vmap": [1000], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
+              "memory": 2000, "keras": [100]},
+    "smoke": {"cumsum": [20], "elman": [10], "light": [20], "vmap": [10],
+              "compile": [10, 20], "overhead": [10], "memory": 20, "keras": [8]},
+}
+
+
+def workloads(mode: str) -> list[Workload]:
+    s = SIZES[mode]
+    cumsum, elman, light, fresh = CumSum(), Elman(), Light(), LightFresh()
+    vm = VmapElman()
+    fwd = lambda p: (lambda key, data: _impls.forward(key, p, data))  # noqa: E731
+    grad = lambda p: (lambda key, data: _impls.gradient(key, p, data))  # noqa: E731
+    return [
+        Workload("cumsum", "1. Cumulative sum, forward", "time", "forward", s["cumsum"],
+                 FWD_IMPLS + ["numpy", "jax.assoc", "tfscan.assoc"], fwd(cumsum), cumsum.inputs,
+                 tol=1e-4, requires={"tfscan.assoc": ("associative_scan",)}),
+        Workload("elman-fwd", "2. Elman RNN (B=32, I=64, H=128), forward", "time", "forward",
+                 s["elman"], FWD_IMPLS, fwd(elman), elman.inputs, tol=1e-4),
+        Workload("elman-grad", "2. Elman RNN (B=32, I=64, H=128), gradient of sum(hs) w.r.t. "
+                 "params and h0", "time", "gradient", s["elman"], GRAD_IMPLS, grad(elman),
+                 elman.inputs, tol=1e-3),
+        Workload("light-fwd", "2b. Light step c = tanh(a*c + x), forward", "time", "forward",
+                 s["light"], FWD_IMPLS, fwd(light), light.inputs, tol=1e-4),
+        Workload("light-grad", "2b. Light step c = tanh(a*c + x), gradient w.r.t. a and xs",
+                 "time", "gradient", s["light"], GRAD_IMPLS, grad(light), light.inputs, tol=1e-3),
+        Workload("vmap", "3. vmap of a scan (B=64, H=32, I=32)", "time", "vmap", s["vmap"],
+                 ["jax.vmap", "tfscan.vmap", "tfscan.jit.vmap", "tfscan.batched", "tf.scan.batched",
+                  "tf.scan.batched@xla", "vectorized_map", "vectorized_map@xla",
+                  "vectorized_map.tfscan"],
+                 vm.build, vm.inputs, tol=1e-4,
+                 requires={"tfscan.vmap": ("vmap",), "tfscan.jit.vmap": ("vmap", "jit")}),
+        Workload("compile-fwd", "4. Compile time vs T (first call minus steady call), light step, "
+                 "forward", "compile", "forward", s["compile"],
+                 ["jax", "tfscan", "tfscan@xla", "tf.scan@xla", "keras@xla", "while@xla"],
+                 fwd(fresh), fresh.inputs, tol=1e-4, per_step=False),
+        Workload("compile-grad", "4. Compile time vs T (first call minus steady call), light step, "
+                 "gradient", "compile", "gradient", s["compile"],
+                 ["jax", "tfscan", "tfscan@xla", "tf.scan@xla", "while@xla"],
+                 grad(fresh), fresh.inputs, tol=1e-3, per_step=False),
+        Workload("overhead", "5. Call overhead: light step, T=10, called from eager code", "time",
+                 "overhead", s["overhead"],
+                 ["jax.nojit", "jax", "tfscan", "tf.scan.eager", "tf.scan", "tf.scan@xla",
+                  "keras.eager", "keras"],
+                 lambda key, data: _impls.forward_fixed_step(key, light, data), light.inputs,
+                 tol=1e-5, per_step=False),
+    ]
+
+
+def missing(workload: Workload, key: str) -> list[str]:
+    """The tfscan attributes ``key`` needs that do not exist (yet)."""
+    return [a for a in workload.requires.get(key, ()) if not hasattr(tfscan, a)]
