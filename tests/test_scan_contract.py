@@ -267,3 +267,18 @@ def test_fresh_lambdas_reuse_one_cache_entry_and_the_cache_is_bounded():
     for i in range(_scan._PROGRAMS.maxsize + 10):
         tfscan.scan(lambda c, _: (c + i, None), 0, length=1)
     assert len(_scan._PROGRAMS) <= _scan._PROGRAMS.maxsize
+
+
+def test_step_that_ignores_x_and_a_carry_leaf():
+    def step(c, x):
+        return (c[0] + 1.0, c[1]), c[0]
+
+    with tf.GradientTape() as tape:
+        xs = tf.ones([3, 2])
+        init = (tf.constant(0.0), tf.constant(5.0))
+        tape.watch([xs, init[1]])
+        (a, b), ys = tfscan.scan(step, init, xs)
+        total = a + b + tf.reduce_sum(ys)
+    assert float(a) == 3.0 and float(b) == 5.0 and ys.numpy().tolist() == [0.0, 1.0, 2.0]
+    g_xs, g_b = tape.gradient(total, [xs, init[1]])
+    assert g_xs.numpy().tolist() == [[0.0, 0.0]] * 3 and float(g_b) == 1.0

@@ -42,8 +42,12 @@ class GraphPiece:
             if node.name in stubs:
                 gd.node.add().CopyFrom(node_def_pb2.NodeDef(name=node.name, op="NoOp"))
                 continue
+            if node.op == "Placeholder":
+                raise ValueError(f"graph piece {name!r}: placeholder {node.name} is not fed")
             new = gd.node.add()
             new.CopyFrom(node)
+            if "_class" in new.attr:  # colocation with nodes that may not be in the piece
+                del new.attr["_class"]
             if keep is not None:
                 inputs = [i for i in node.input if not i.startswith("^") or node_name(i) in keep]
                 missing = [i for i in inputs if node_name(i) not in keep]
@@ -52,15 +56,29 @@ class GraphPiece:
                 del new.input[:]
                 new.input.extend(inputs)
         self.graph_def = gd
+        # import_graph_def rejects a mapping no imported node reads (a stub has no outputs).
+        consumed = {_tensor_name(i) for n in gd.node for i in n.input if not i.startswith("^")}
+        self._used = [n in consumed for n in self.fed]
+        self._computed = [n for n in self.outputs if n not in self.fed]
 
     def apply(self, feeds: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-        """Emit the piece into the current graph, fed with ``feeds`` (in the order of ``fed``)."""
-        if not self.outputs:
-            return []
+        """Emit the piece into the current graph, fed with ``feeds`` (in the order of ``fed``).
+
+        An output that is itself fed is returned as fed.
+        """
         graph = ops.get_default_graph()
-        input_map = {n: in_graph(graph, t) for n, t in zip(self.fed, feeds)}
-        return list(importer.import_graph_def(self.graph_def, input_map=input_map,
-                                              return_elements=self.outputs, name=self.name))
+        fed = dict(zip(self.fed, feeds))
+        input_map = {n: in_graph(graph, t) for n, t, used in zip(self.fed, feeds, self._used) if used}
+        computed = []
+        if self._computed:
+            computed = importer.import_graph_def(self.graph_def, input_map=input_map,
+                                                 return_elements=self._computed, name=self.name)
+        made = dict(zip(self._computed, computed))
+        return [fed[n] if n in fed else made[n] for n in self.outputs]
+
+
+def _tensor_name(name: str) -> str:
+    return name if ":" in name else f"{name}:0"
 
 
 def in_graph(graph, t):

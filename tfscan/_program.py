@@ -16,6 +16,7 @@ from tensorflow.python.framework import ops
 
 from tfscan import _context, _loop
 from tfscan._plan import Plan
+from tfscan._residuals import NotSplittable, ResidualSplit
 
 __all__ = []  # private module
 
@@ -48,16 +49,27 @@ def _captured(consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
     return [capture(c) if capture else c for c in consts]
 
 
-def forward(plan: Plan, static: Static, init, xs, consts, dynamic_length=None, save: bool = False):
-    """``(carry, ys, saved_carries)``; ``saved_carries`` is empty unless ``save``."""
+def forward(plan: Plan, static: Static, init, xs, consts, dynamic_length=None, save: bool = False,
+            split: ResidualSplit | None = None):
+    """``(carry, ys, saved)``; ``saved`` is empty unless ``save``.
+
+    What is saved per step for the backward loop: with a ``split``, the carry leaves its
+    backward piece reads and its residuals; without one, the whole input carry.
+    """
     length = _length(static, xs, dynamic_length)
 
     def body(carry, slices):
         k = _captured(consts)
+        if save and split is not None:
+            new_carry, ys, residuals = split.step_forward(carry, slices, k)
+            return new_carry, list(ys) + [carry[i] for i in split.saved_carry] + list(residuals)
         new_carry, ys = plan.apply(carry, slices, k)
         return new_carry, list(ys) + (list(carry) if save else [])
 
-    out_specs = list(plan.y_specs) + (list(plan.carry_specs) if save else [])
+    out_specs = list(plan.y_specs)
+    if save:
+        out_specs += (list(plan.carry_specs) if split is None else
+                      [plan.carry_specs[i] for i in split.saved_carry] + list(split.residual_specs))
     carry, bufs = _loop.run(body, list(init), list(xs), length, static.reverse, static.unroll, out_specs)
     ny = len(plan.y_specs)
     return carry, bufs[:ny], bufs[ny:]
@@ -91,18 +103,31 @@ def step_vjp(plan: Plan, c_t, x_t, k, d_c, dy_t):
     return grads[: len(fc)], grads[len(fc): len(fc) + len(fx)], grads[len(fc) + len(fx):]
 
 
-def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynamic_length=None):
-    """Gradients ``(d_init, d_xs, d_consts)`` for the float leaves (``None`` for the others)."""
+def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynamic_length=None,
+             split: ResidualSplit | None = None):
+    """Gradients ``(d_init, d_xs, d_consts)`` for the float leaves (``None`` for the others).
+
+    With a ``split`` each step reads its saved residuals; without one it recomputes the
+    step from its saved input carry.
+    """
     length = _length(static, xs, dynamic_length)
     fc, fx, fy, fk = float_indices(plan, consts)
-    nx, nc = len(xs), len(plan.carry_specs)
+    nx, nc, ns = len(xs), len(plan.carry_specs), len(saved)
+    invariants = split.invariants(consts) if split is not None else []
 
     def body(acc, slices):
         k = _captured(consts)
         d_c, d_k = acc[: len(fc)], acc[len(fc):]
-        x_t, c_t, dy_t = slices[:nx], slices[nx: nx + nc], slices[nx + nc:]
-        g_c, g_x, g_k = step_vjp(plan, c_t, x_t, k, d_c, dy_t)
-        return g_c + [a + g for a, g in zip(d_k, g_k)], g_x
+        x_t, s_t, dy_t = slices[:nx], slices[nx: nx + ns], slices[nx + ns:]
+        if split is None:
+            g_c, g_x, g_k = step_vjp(plan, s_t, x_t, k, d_c, dy_t)
+        else:
+            c_t = [None] * nc
+            for j, i in enumerate(split.saved_carry):
+                c_t[i] = s_t[j]
+            residuals = s_t[len(split.saved_carry):]
+            g_c, g_x, g_k = split.step_backward(c_t, x_t, k, residuals, _captured(invariants), d_c, dy_t)
+        return list(g_c) + [a + g for a, g in zip(d_k, g_k)], list(g_x)
 
     acc0 = [d_carry[i] for i in fc] + [tf.zeros_like(consts[i]) for i in fk]
     seqs = list(xs) + list(saved) + [d_ys[i] for i in fy]
@@ -127,10 +152,24 @@ def _dense(g: Any) -> tf.Tensor:
 class Programs:
     """The compiled functions of one plan and static arguments, created once, thread-safe."""
 
-    def __init__(self, plan: Plan, static: Static):
-        self.plan, self.static = plan, static
+    def __init__(self, plan: Plan, static: Static, remat: bool = False):
+        self.plan, self.static, self.remat = plan, static, remat
         self._fns: dict = {}
         self._lock = threading.Lock()
+        self._split: ResidualSplit | None | bool = False  # False: not tried yet
+
+    def split(self, consts: Sequence[tf.Tensor]) -> ResidualSplit | None:
+        """The step's VJP split for saving residuals, or ``None`` to recompute steps."""
+        if self.remat:
+            return None
+        with self._lock:
+            if self._split is False:
+                specs = [tf.TensorSpec(c.shape, c.dtype) for c in consts]
+                try:
+                    self._split = ResidualSplit(self.plan, specs)
+                except NotSplittable:
+                    self._split = None
+            return self._split
 
     def _compiled(self, name: str, build):
         with self._lock:
@@ -152,15 +191,18 @@ class Programs:
         plan, static = self.plan, self.static
         n_i, n_x = len(init), len(xs)
 
+        split = self.split(consts) if save else None
+
         def build(*args):
             i, x, k, dl = _split(args, n_i, n_x, len(consts))
-            return forward(plan, static, i, x, k, dl, save)
+            return forward(plan, static, i, x, k, dl, save, split)
 
         return self._call(f"forward_{save}", build, _join(init, xs, consts, dynamic_length))
 
     def backward(self, xs, consts, saved, d_carry, d_ys, dynamic_length=None):
         plan, static = self.plan, self.static
         n_x, n_k, n_s, n_c = len(xs), len(consts), len(saved), len(d_carry)
+        split = self.split(consts)
         # None entries (non-float leaves) cannot cross a function boundary: drop and restore.
         d_carry_idx = [i for i, d in enumerate(d_carry) if d is not None]
         d_ys_idx = [i for i, d in enumerate(d_ys) if d is not None]
@@ -177,7 +219,7 @@ class Programs:
             for i in d_ys_idx:
                 dy[i] = args.pop(0)
             dl = args[0] if args else None
-            d_init, d_xs, d_k = backward(plan, static, x, k, s, dc, dy, dl)
+            d_init, d_xs, d_k = backward(plan, static, x, k, s, dc, dy, dl, split)
             return [g for g in d_init + d_xs + d_k if g is not None]
 
         args = list(xs) + list(consts) + list(saved) + [d_carry[i] for i in d_carry_idx] + \
