@@ -56,6 +56,9 @@ def _cpu_model() -> str:
 
 
 def _git_commit() -> str:
+    """The commit of the code measured (``TFSCAN_COMMIT`` overrides, for an exported tree)."""
+    if os.environ.get("TFSCAN_COMMIT"):
+        return os.environ["TFSCAN_COMMIT"]
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True,
                              text=True, timeout=10)
@@ -160,6 +163,7 @@ def main(argv=None) -> int:
                      "jax": jax.__version__, "keras": keras.__version__, "numpy": np.__version__,
                      "matplotlib": matplotlib.__version__,
                      "tfscan": f"{tfscan.__version__} ({_git_commit()})"},
+        "tfscan_path": os.path.dirname(os.path.abspath(tfscan.__file__)),
         "settings": SETTINGS[mode], "features": features,
         "load_average": {"before": [round(x, 2) for x in load_before],
                          "after": [round(x, 2) for x in os.getloadavg()]},

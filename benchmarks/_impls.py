@@ -44,6 +44,8 @@ IMPLS = {
     i.key: i for i in [
         Impl("tfscan", "tfscan.scan (eager call)", "tfscan"),
         Impl("tfscan@xla", "tfscan.scan in tf.function(jit_compile)", "tfscan"),
+        Impl("tfscan.grad", "tfscan.grad of a tfscan.scan loss (compiled)", "tfscan"),
+        Impl("tfscan.jit", "tfscan.scan in tfscan.jit", "tfscan"),
         Impl("jax", "jax.lax.scan in jax.jit", "jax"),
         Impl("tf.scan", "tf.scan in tf.function", "tf"),
         Impl("tf.scan@xla", "tf.scan in tf.function(jit_compile)", "tf"),
@@ -164,6 +166,12 @@ def forward(key: str, problem, data: dict) -> Callable[[], Any]:
         return lambda: block(fn(*args))
     if key in ("numpy", "jax.assoc", "tfscan.assoc"):
         return problem.special_forward(key, data)
+    if key == "tfscan.jit":
+        def run(params, init, xs):
+            return tfscan.scan(problem.tf_step(params), init, xs)
+        fn = tfscan.jit(run)
+        args = tf_data(data)
+        return lambda: fn(*args)
     adapter, where = TF_SCANS[key]
 
     def run(params, init, xs):
@@ -182,9 +190,12 @@ def forward_fixed_step(key: str, problem, data: dict) -> Callable[[], Any]:
         fn = (lambda init, xs: jax.lax.scan(step, init, xs))
         fn = jax.jit(fn) if key == "jax" else fn
         return lambda: block(fn(init, xs))
-    adapter, where = TF_SCANS[key]
     params, init, xs = tf_data(data)
     step = problem.tf_step(params)
+    if key == "tfscan.jit":
+        fn = tfscan.jit(lambda init, xs: tfscan.scan(step, init, xs))
+        return lambda: fn(init, xs)
+    adapter, where = TF_SCANS[key]
     fn = wrap_tf(lambda init, xs: adapter(step, init, xs), where)
     return lambda: fn(init, xs)
 
@@ -202,6 +213,13 @@ def gradient(key: str, problem, data: dict) -> Callable[[], Any]:
         fn = jax.jit(jax.grad(loss, argnums=idx))
         args = jax_data(data)
         return lambda: block(fn(*args))
+    if key == "tfscan.grad":
+        def loss(params, init, xs):
+            _, ys = tfscan.scan(problem.tf_step(params), init, xs)
+            return problem.tf_loss(ys)
+        fn = tfscan.grad(loss, argnums=idx)
+        args = tf_data(data)
+        return lambda: tuple(fn(*args))
     if key.startswith("tfscan[remat="):
         remat = _parse_remat(key[len("tfscan[remat="):-1])
         adapter, where = (lambda step, init, xs: tfscan.scan(step, init, xs, remat=remat)), "eager"

@@ -232,8 +232,8 @@ class VmapElman:
 
 # ---------------------------------------------------------------- workloads
 
-FWD_IMPLS = ["jax", "tfscan", "tfscan@xla", "tf.scan", "tf.scan@xla", "keras", "keras@xla", "while@xla"]
-GRAD_IMPLS = ["jax", "tfscan", "tfscan@xla", "tf.scan", "tf.scan@xla", "keras", "keras@xla", "while@xla"]
+FWD_IMPLS = ["jax", "tfscan", "tfscan@xla", "tfscan.jit", "tf.scan", "tf.scan@xla", "keras", "keras@xla", "while@xla"]
+GRAD_IMPLS = ["jax", "tfscan", "tfscan@xla", "tfscan.grad", "tf.scan", "tf.scan@xla", "keras", "keras@xla", "while@xla"]
 
 
 @dataclass
@@ -277,16 +277,19 @@ def workloads(mode: str) -> list[Workload]:
     return [
         Workload("cumsum", "1. Cumulative sum, forward", "time", "forward", s["cumsum"],
                  FWD_IMPLS + ["numpy", "jax.assoc", "tfscan.assoc"], fwd(cumsum), cumsum.inputs,
-                 tol=1e-4, requires={"tfscan.assoc": ("associative_scan",)}),
+                 tol=1e-4, requires={"tfscan.assoc": ("associative_scan",), "tfscan.jit": ("jit",)}),
         Workload("elman-fwd", "2. Elman RNN (B=32, I=64, H=128), forward", "time", "forward",
-                 s["elman"], FWD_IMPLS, fwd(elman), elman.inputs, tol=1e-4),
+                 s["elman"], FWD_IMPLS, fwd(elman), elman.inputs, tol=1e-4,
+                 requires={"tfscan.jit": ("jit",)}),
         Workload("elman-grad", "2. Elman RNN (B=32, I=64, H=128), gradient of sum(hs) w.r.t. "
                  "params and h0", "time", "gradient", s["elman"], GRAD_IMPLS, grad(elman),
-                 elman.inputs, tol=1e-3),
+                 elman.inputs, tol=1e-3, requires={"tfscan.grad": ("grad",)}),
         Workload("light-fwd", "2b. Light step c = tanh(a*c + x), forward", "time", "forward",
-                 s["light"], FWD_IMPLS, fwd(light), light.inputs, tol=1e-4),
+                 s["light"], FWD_IMPLS, fwd(light), light.inputs, tol=1e-4,
+                 requires={"tfscan.jit": ("jit",)}),
         Workload("light-grad", "2b. Light step c = tanh(a*c + x), gradient w.r.t. a and xs",
-                 "time", "gradient", s["light"], GRAD_IMPLS, grad(light), light.inputs, tol=1e-3),
+                 "time", "gradient", s["light"], GRAD_IMPLS, grad(light), light.inputs, tol=1e-3,
+                 requires={"tfscan.grad": ("grad",)}),
         Workload("vmap", "3. vmap of a scan (B=64, H=32, I=32)", "time", "vmap", s["vmap"],
                  ["jax.vmap", "tfscan.vmap", "tfscan.jit.vmap", "tfscan.batched", "tf.scan.batched",
                   "tf.scan.batched@xla", "vectorized_map", "vectorized_map@xla",
@@ -295,21 +298,26 @@ def workloads(mode: str) -> list[Workload]:
                  requires={"tfscan.vmap": ("vmap",), "tfscan.jit.vmap": ("vmap", "jit")}),
         Workload("compile-fwd", "4. Compile time vs T (first call minus steady call), light step, "
                  "forward", "compile", "forward", s["compile"],
-                 ["jax", "tfscan", "tfscan@xla", "tf.scan@xla", "keras@xla", "while@xla"],
+                 ["jax", "tfscan", "tfscan@xla", "tfscan.jit", "tf.scan@xla", "keras@xla", "while@xla"],
                  fwd(fresh), fresh.inputs, tol=1e-4, per_step=False),
         Workload("compile-grad", "4. Compile time vs T (first call minus steady call), light step, "
                  "gradient", "compile", "gradient", s["compile"],
-                 ["jax", "tfscan", "tfscan@xla", "tf.scan@xla", "while@xla"],
-                 grad(fresh), fresh.inputs, tol=1e-3, per_step=False),
+                 ["jax", "tfscan", "tfscan@xla", "tfscan.grad", "tf.scan@xla", "while@xla"],
+                 grad(fresh), fresh.inputs, tol=1e-3, per_step=False, requires={"tfscan.grad": ("grad",)}),
         Workload("overhead", "5. Call overhead: light step, T=10, called from eager code", "time",
                  "overhead", s["overhead"],
-                 ["jax.nojit", "jax", "tfscan", "tf.scan.eager", "tf.scan", "tf.scan@xla",
+                 ["jax.nojit", "jax", "tfscan", "tfscan.jit", "tf.scan.eager", "tf.scan", "tf.scan@xla",
                   "keras.eager", "keras"],
                  lambda key, data: _impls.forward_fixed_step(key, light, data), light.inputs,
                  tol=1e-5, per_step=False),
     ]
 
 
+REQUIRES = {"tfscan.jit": ("jit",), "tfscan.grad": ("grad",), "tfscan.vmap": ("vmap",),
+            "tfscan.jit.vmap": ("vmap", "jit"), "tfscan.assoc": ("associative_scan",)}
+
+
 def missing(workload: Workload, key: str) -> list[str]:
     """The tfscan attributes ``key`` needs that do not exist (yet)."""
-    return [a for a in workload.requires.get(key, ()) if not hasattr(tfscan, a)]
+    need = workload.requires.get(key, REQUIRES.get(key, ()))
+    return [a for a in need if not hasattr(tfscan, a)]
