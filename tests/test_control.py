@@ -222,6 +222,15 @@ def test_while_loop_reverse_mode_raises_like_jax():
             tape.watch(x)
             y = tfscan.while_loop(lambda c: c < 10.0, lambda c: c * 2.0, x)
         tape.gradient(y, x)
+    with pytest.raises(ValueError, match="Reverse-mode differentiation does not work"):
+        jax.grad(lambda x: jax.lax.scan(lambda c, v: (c, jax.lax.while_loop(lambda u: u < 10, lambda u: u * 2, v * x)),
+                                        (), jnp.ones(3))[1].sum())(1.5)
+    with pytest.raises(ValueError, match="Reverse-mode differentiation does not work"):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            ys = tfscan.scan(lambda c, v: (c, tfscan.while_loop(lambda u: u < 10.0, lambda u: u * 2.0, v * x)),
+                             (), tf.ones(3))[1]
+        tape.gradient(ys, x)
 
 
 def test_while_loop_forward_mode_matches_jax():
@@ -274,6 +283,10 @@ def test_map_empty_and_compiled():
     xs = np.arange(10, dtype=f32).reshape(5, 2)
     fn = tf.function(lambda x: tfscan.map(lambda r: r[0] * r[1], x, batch_size=2), jit_compile=True)
     assert_trees_match(fn(tf.constant(xs)), jax.lax.map(lambda r: r[0] * r[1], xs, batch_size=2))
+    ragged = tf.function(lambda x: tfscan.map(lambda r: tf.reduce_sum(r, 0), x, batch_size=2),
+                         input_signature=[tf.TensorSpec([5, None, 3])])
+    xs = np.arange(60, dtype=f32).reshape(5, 4, 3)
+    assert_trees_match(ragged(tf.constant(xs)), jax.lax.map(lambda r: r.sum(0), xs, batch_size=2))
 
 
 @pytest.mark.parametrize("batch_size", [None, 2])

@@ -74,6 +74,12 @@ def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_va
     Returns:
       The carry when ``cond_fun`` first returns false.
 
+    Differences from JAX: TensorFlow has no weak types, so ``init_val=0`` is an int32
+    carry and a body returning a float for it is a ``TypeError`` (JAX would promote the
+    carry); give ``init_val`` the dtype you mean. Forward mode does not reach through a
+    ``tf.function`` call from an accumulator opened outside it (that raises the
+    reverse-mode ``ValueError``).
+
     Example:
 
     >>> import tensorflow as tf, tfscan
@@ -268,6 +274,10 @@ def fori_loop(lower: int | tf.Tensor, upper: int | tf.Tensor, body_fun: Callable
     Returns:
       The final value.
 
+    Differences from JAX: bounds must be integers (JAX silently truncates floats); ``i``
+    is int32 for Python-int bounds even where JAX's x64 mode would make it int64; a Python
+    number returned for a carry leaf takes that leaf's dtype (as in ``tfscan.scan``).
+
     Example:
 
     >>> import tensorflow as tf, tfscan
@@ -368,6 +378,10 @@ def map(f: Callable[[Any], Any], xs: Any, *, batch_size: int | None = None) -> A
     Returns:
       ``f``'s outputs stacked along a new leading axis.
 
+    Differences from JAX: ``batch_size`` vectorizes with ``tf.vectorized_map`` (TensorFlow's
+    ``vmap``), which runs ops it cannot vectorize in a loop instead; it needs the leading
+    size of ``xs`` known when traced.
+
     Example:
 
     >>> import tensorflow as tf, tfscan
@@ -400,8 +414,9 @@ def map(f: Callable[[Any], Any], xs: Any, *, batch_size: int | None = None) -> A
     step = _map_step(_vectorized(f, tree))
     parts = []
     if num_batches:
-        chunks = [tf.reshape(x[: num_batches * batch_size], [num_batches, batch_size] + x.shape[1:].as_list())
-                  for x in leaves]
+        chunks = [tf.reshape(x[: num_batches * batch_size], [num_batches, batch_size] + x.shape[1:].as_list()
+                             if x.shape[1:].is_fully_defined() else
+                             tf.concat([[num_batches, batch_size], tf.shape(x)[1:]], 0)) for x in leaves]
         parts.append(scan(step, (), chunks)[1])
     if remainder:
         rest = [x[num_batches * batch_size:][None] for x in leaves]
