@@ -240,3 +240,30 @@ def test_grad_errors():
         tfscan.grad(lambda p: p["x"] * 2.0)({"x": 1.0, "n": 3})
     with pytest.raises(ValueError, match="argnums"):
         tfscan.grad(lambda x: x, argnums=2)(1.0)
+
+
+def test_nested_scan_gradient_in_every_context(rng):
+    def outer_tf(xs):
+        def row_step(c, row):
+            return tfscan.scan(lambda a, x: (a * tf.sin(x) + x, a), c, row)
+        c, ys = tfscan.scan(row_step, tf.constant(1.0, tf.float64), xs)
+        return c + tf.reduce_sum(ys)
+
+    def outer_jax(xs):
+        def row_step(c, row):
+            return jax.lax.scan(lambda a, x: (a * jnp.sin(x) + x, a), c, row)
+        c, ys = jax.lax.scan(row_step, 1.0, xs)
+        return c + ys.sum()
+
+    xs = rng.normal(size=(3, 4))
+    want = jax.grad(outer_jax)(xs)
+
+    def grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = outer_tf(x)
+        return tape.gradient(value, x)
+
+    x = tf.constant(xs)
+    for fn in (grad, tf.function(grad), tf.function(grad, jit_compile=True)):
+        np.testing.assert_allclose(fn(x).numpy(), want, rtol=1e-10)

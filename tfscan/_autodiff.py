@@ -8,10 +8,12 @@ back — so gradients of gradients come out of the same machinery.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Sequence
 
 import tensorflow as tf
 from tensorflow.python.eager import record
+from tensorflow.python.framework import ops
 
 from tfscan import _program
 from tfscan._program import Programs, is_float
@@ -22,6 +24,8 @@ __all__ = []  # private module
 def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[tf.Tensor],
                         consts: Sequence[tf.Tensor], dynamic_length: Any = None) -> list[tf.Tensor]:
     """``carry + ys`` (flat) of the scan, with a gradient for every float input."""
+    if not tf.executing_eagerly():
+        return _graph_differentiable_scan(programs, init, xs, consts, dynamic_length)
     n_i, n_x = len(init), len(xs)
 
     @tf.custom_gradient
@@ -32,13 +36,7 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
         outs = list(carry) + list(ys)
 
         def grad_fn(*d_outs, variables=None):
-            d_outs = [_zeros_if_none(d, o) for d, o in zip(d_outs, outs)]
-            d_carry, d_ys = d_outs[:n_i], d_outs[n_i:]
-            if record.could_possibly_record():
-                grads = _recorded_backward(programs, init, xs, consts, d_carry, d_ys, dynamic_length)
-            else:
-                grads = programs.backward(xs, consts, saved, d_carry, d_ys, dynamic_length)
-            grads = [g for part in grads for g in part]
+            grads = _backward(programs, init, xs, consts, saved, d_outs, outs, dynamic_length)
             if variables is not None:
                 return grads, [None] * len(variables)
             return grads
@@ -46,6 +44,70 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
         return outs, grad_fn
 
     return list(scan_vjp(*init, *xs, *consts))
+
+
+def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic_length) -> list:
+    """Flat gradients for ``init + xs + consts`` given the cotangents of ``outs``."""
+    n_i = len(init)
+    d_outs = [_zeros_if_none(d, o) for d, o in zip(d_outs, outs)]
+    d_carry, d_ys = d_outs[:n_i], d_outs[n_i:]
+    if record.could_possibly_record():
+        grads = _recorded_backward(programs, init, xs, consts, d_carry, d_ys, dynamic_length)
+    else:
+        grads = programs.backward(xs, consts, saved, d_carry, d_ys, dynamic_length)
+    return [g for part in grads for g in part]
+
+
+_registry_lock = threading.Lock()
+_registered: dict[int, str] = {}
+
+
+def _graph_differentiable_scan(programs: Programs, init, xs, consts, dynamic_length) -> list[tf.Tensor]:
+    """Graph mode: the gradient reads everything from the op, never from Python closures.
+
+    ``tf.custom_gradient`` in a graph keeps its forward tensors in a closure, which breaks
+    when the graph is copied — as a step holding a nested scan is, into the outer loop.
+    Here the forward results, the saved residuals and the inputs all pass through one
+    ``IdentityN`` whose registered gradient finds them in ``op.inputs``.
+    """
+    with record.stop_recording():  # a tape recording this graph sees only the op below
+        carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=True)
+        outs = list(carry) + list(ys)
+        dl = [dynamic_length] if dynamic_length is not None else []
+        flat = outs + list(saved) + list(init) + list(xs) + list(consts) + dl
+        counts = (len(outs), len(saved), len(init), len(xs), len(consts))
+        name = _gradient_name(programs, counts, bool(dl))
+        with ops.get_default_graph().gradient_override_map({"IdentityN": name}):
+            result = list(tf.identity_n(flat)[: len(outs)])
+    inputs = list(init) + list(xs) + list(consts)
+    record.record_operation(  # for a GradientTape active while this graph is built
+        "TfscanScan", result, inputs,
+        lambda *d_outs: _backward(programs, init, xs, consts, saved, d_outs, outs, dynamic_length))
+    return result
+
+
+def _gradient_name(programs: Programs, counts: tuple, has_dl: bool) -> str:
+    key = id(programs)
+    with _registry_lock:
+        if key in _registered:
+            return _registered[key]
+        name = f"TfscanScanGrad_{len(_registered)}_{key}"
+        n_out, n_saved, n_i, n_x, n_k = counts
+
+        def grad(op, *d_all):
+            ins = list(op.inputs)
+            outs, ins = ins[:n_out], ins[n_out:]
+            saved, ins = ins[:n_saved], ins[n_saved:]
+            init, ins = ins[:n_i], ins[n_i:]
+            xs, ins = ins[:n_x], ins[n_x:]
+            consts, ins = ins[:n_k], ins[n_k:]
+            dl = ins[0] if has_dl else None
+            grads = _backward(programs, init, xs, consts, saved, d_all[:n_out], outs, dl)
+            return [None] * (n_out + n_saved) + grads + ([None] if has_dl else [])
+
+        ops.RegisterGradient(name)(grad)
+        _registered[key] = name  # TF's registry keeps ``grad`` and so ``programs``: ids stay unique
+        return name
 
 
 def _zeros_if_none(d: Any, out: tf.Tensor) -> Any:
