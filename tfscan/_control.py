@@ -97,19 +97,6 @@ def new_carry(api: str, fn_name: str, out: Any, carry_tree: _tree.TreeDef,
     return leaves
 
 
-def consume(tree: Any) -> None:
-    """Give every tensor leaf a consumer in the graph being traced.
-
-    Works around a core bug: ``Traced.apply`` (so ``scan``'s step too) fails with "Attempted
-    to map inputs that were not found in graph_def" when the traced function leaves one of
-    its arguments unused — common for a ``cond_fun`` that reads one carry leaf. The dead
-    ``Identity`` ops are pruned by XLA.
-    """
-    for leaf in _tree.flatten(tree)[0]:
-        if isinstance(leaf, tf.Tensor) and not tf.executing_eagerly():
-            tf.identity(leaf)
-
-
 def keep_graph_alive() -> None:
     """Keep the function graph being traced alive as long as the graph it is nested in.
 

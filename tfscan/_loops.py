@@ -133,11 +133,9 @@ class _WhilePlan:
         self.specs = list(carry_specs)
 
         def flat_cond(*carry):
-            _control.consume(carry)
             return [_bool_scalar(cond_fun(_tree.unflatten(tree, list(carry))))]
 
         def flat_body(*carry):
-            _control.consume(carry)
             out = body_fun(_tree.unflatten(tree, list(carry)))
             return _control.new_carry("while_loop", "body_fun", out, tree, self.specs, "init_val")
 
@@ -336,7 +334,6 @@ def _bound(value: Any, name: str):
 
 def _fori_scan_step(body_fun: Callable) -> Callable:
     def step(carry, _):
-        _control.consume(carry)
         i, val = carry
         leaves, _, tree = _tree.flatten_with_paths(val, "init_val")
         new = _control.new_carry("fori_loop", "body_fun", body_fun(i, val), tree,
@@ -435,7 +432,6 @@ def _merge_leading(t: tf.Tensor) -> tf.Tensor:
 
 def _map_step(f: Callable) -> Callable:
     def step(_, x):
-        _control.consume(x)
         return (), f(x)
     return step
 
