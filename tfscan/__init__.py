@@ -6,7 +6,10 @@ from tfscan._scan import scan
 from tfscan._assoc import associative_scan
 from tfscan._branch import cond, switch
 from tfscan._loops import fori_loop, map, while_loop
+from tfscan._jit import jit
+from tfscan._vmap import vmap
 
 __all__ = ["scan", "disable_jit", "grad", "value_and_grad",
            "fori_loop", "while_loop", "map", "associative_scan", "cond", "switch"]
+__all__ += ["vmap", "jit"]
 __version__ = "0.1.0"

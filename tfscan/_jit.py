@@ -1,0 +1,345 @@
+"""``jit``: compile a function of pytrees with XLA, caching traces the way ``jax.jit`` does.
+
+A trace is keyed on what JAX keys it on: the structure of the arguments, the shape
+and dtype of every tensor leaf, and the values of the static arguments. Python numbers
+are tensors (``int`` -> int32, ``float`` -> float32, as ``tf.constant``), so a new value
+never retraces. Each trace is one ``tf.function(jit_compile=True)`` concrete function.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import numbers
+import threading
+from typing import Any, Callable, Hashable, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.framework import ops
+
+from tfscan import _context, _tree
+
+__all__ = ["jit"]
+
+_STAGES = ("hlo", "optimized_hlo", "optimized_hlo_dot", "hlo_serialized", "optimized_hlo_serialized")
+
+
+def jit(fun: Callable[..., Any] | None = None, *, static_argnums: int | Sequence[int] = (),
+        static_argnames: str | Sequence[str] = ()) -> "Jitted":
+    """Compile ``fun`` with XLA, as ``jax.jit``: one compiled program per argument signature.
+
+    ``fun`` is traced (run once in a TensorFlow graph) for each new combination of
+    argument structure, tensor shapes and dtypes, and static argument values, and the
+    trace is compiled by XLA; calls with new *values* reuse it. Python ``int``/``float``/
+    ``bool`` arguments are passed as tensors (int32/float32/bool), not baked in. A
+    ``tf.Variable`` closed over by ``fun`` is read at call time; a ``tf.Variable``
+    passed as an argument is passed by value. As under ``jax.jit``, Python control flow
+    cannot branch on tensor values (``autograph`` is off): use :func:`tfscan.cond` or
+    ``tf.cond``. Inside :func:`tfscan.disable_jit` the function runs eagerly.
+
+    Args:
+      fun: the function; its arguments and results are nests of tensors. When omitted,
+        ``jit(static_argnums=...)`` returns a decorator.
+      static_argnums: positional arguments (ints, negative from the end) that are
+        compile-time constants: hashable Python values; a new value retraces.
+      static_argnames: the same, by parameter name. Positions and names are completed
+        from each other through ``fun``'s signature, as in JAX.
+
+    Returns:
+      The compiled function (same arguments, same results). ``.lower(*args)`` gives
+      the compiler's view (``.as_text()`` is the optimized HLO), ``.trace_count`` the
+      number of traces so far, ``._cache_size()`` the number of cached programs.
+
+    Example:
+
+    >>> import tensorflow as tf, tfscan
+    >>> @tfscan.jit
+    ... def cumsum(xs):
+    ...     return tfscan.scan(lambda c, x: (c + x, c + x), 0.0, xs)[1]
+    >>> cumsum(tf.constant([1.0, 2.0, 3.0])).numpy().tolist()
+    [1.0, 3.0, 6.0]
+    >>> _ = cumsum(tf.constant([4.0, 5.0, 6.0]))  # new values: no new trace
+    >>> cumsum.trace_count
+    1
+    >>> "while" in cumsum.lower(tf.constant([1.0, 2.0])).as_text()
+    True
+    """
+    if fun is None:
+        return functools.partial(jit, static_argnums=static_argnums, static_argnames=static_argnames)
+    return Jitted(fun, static_argnums, static_argnames)
+
+
+class Jitted:
+    """A function compiled by :func:`jit` (see there)."""
+
+    def __init__(self, fun: Callable[..., Any], static_argnums: Any, static_argnames: Any):
+        if not callable(fun):
+            raise TypeError(f"jit: fun must be callable, got {fun!r:.80}.")
+        self._fun = fun
+        self._lock = threading.Lock()
+        self._cache = _context.LRUCache(maxsize=1024)
+        self._trace_count = 0
+        self._params = _positional_params(fun)
+        self._static_nums, self._static_names = _static_args(fun, self._params, static_argnums, static_argnames)
+        functools.update_wrapper(self, fun, updated=())  # not __dict__: it would overwrite ours
+
+    @property
+    def trace_count(self) -> int:
+        """How many times ``fun`` has been traced (once per new signature)."""
+        return self._trace_count
+
+    def _cache_size(self) -> int:
+        """The number of compiled programs in the cache (``jax.jit``'s ``_cache_size``)."""
+        return len(self._cache)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        return functools.partial(self, instance)  # a method: ``self`` is argument 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _context.jit_disabled():
+            return self._fun(*args, **kwargs)
+        entry, flat = self._entry(args, kwargs)
+        outs = entry.concrete(*flat)
+        return _tree.unflatten(entry.out_tree, list(outs) if isinstance(outs, (list, tuple)) else [outs])
+
+    def lower(self, *args: Any, **kwargs: Any) -> "Lowered":
+        """The program for these arguments (traced if needed), for inspection.
+
+        Leaves may be ``tf.TensorSpec``s instead of tensors.
+        """
+        entry, flat = self._entry(args, kwargs, specs_ok=True)
+        return Lowered(entry, flat)
+
+    # -- tracing ---------------------------------------------------------------------------
+
+    def _split(self, args: tuple, kwargs: dict) -> tuple[list, dict, tuple]:
+        """Dynamic args and kwargs (static ones replaced by None) and the static key."""
+        n = len(args)
+        nums = set()
+        for i in self._static_nums:
+            j = i + n if i < 0 else i
+            if 0 <= j < n:
+                nums.add(j)
+        static = []
+        dyn_args = []
+        for i, a in enumerate(args):
+            if i in nums:
+                static.append(("pos", i, _hashable(a, self._label(i))))
+                dyn_args.append(None)
+            else:
+                dyn_args.append(a)
+        dyn_kwargs = {}
+        for k in sorted(kwargs):
+            if k in self._static_names:
+                static.append(("kw", k, _hashable(kwargs[k], k)))
+            else:
+                dyn_kwargs[k] = kwargs[k]
+        return dyn_args, dyn_kwargs, tuple(static)
+
+    def _label(self, i: int) -> str:
+        return self._params[i] if i < len(self._params) else f"args[{i}]"
+
+    def _entry(self, args: tuple, kwargs: dict, specs_ok: bool = False):
+        dyn_args, dyn_kwargs, static = self._split(args, kwargs)
+        leaves, paths = [], []
+        for i, a in enumerate(dyn_args):
+            if any(s[0] == "pos" and s[1] == i for s in static):
+                continue
+            lv, pv, _ = _tree.flatten_with_paths(a, self._label(i))
+            leaves += lv
+            paths += pv
+        for k, v in dyn_kwargs.items():
+            lv, pv, _ = _tree.flatten_with_paths(v, k)
+            leaves += lv
+            paths += pv
+        flat = [_to_tensor(v, p, specs_ok) for v, p in zip(leaves, paths)]
+        tree = _tree.flatten((tuple(dyn_args), dyn_kwargs))[1]
+        specs = tuple(_spec_key(t) for t in flat)
+        graph = None if tf.executing_eagerly() else _context._ById(ops.get_default_graph())
+        key = (tree, specs, static, graph)
+        entry = self._cache.get_or_create(key, lambda: _Entry(self, args, kwargs, tree, static, flat))
+        return entry, flat
+
+    def _count_trace(self) -> None:
+        with self._lock:
+            self._trace_count += 1
+
+
+class _Entry:
+    """One trace: a concrete XLA-compiled function of the flat dynamic leaves."""
+
+    def __init__(self, jitted: Jitted, args: tuple, kwargs: dict, tree, static, flat):
+        fun = jitted._fun
+        statics = {(kind, where): _unwrap(value) for kind, where, value in static}
+        self.out_tree = None
+
+        def traced(*leaves):
+            jitted._count_trace()
+            dyn_args, dyn_kwargs = _tree.unflatten(tree, list(leaves))
+            call_args = [statics[("pos", i)] if ("pos", i) in statics else a for i, a in enumerate(dyn_args)]
+            call_kwargs = dict(dyn_kwargs)
+            for (kind, where), value in statics.items():
+                if kind == "kw":
+                    call_kwargs[where] = value
+            out = fun(*call_args, **call_kwargs)
+            out_leaves, out_paths, self.out_tree = _tree.flatten_with_paths(out, "output")
+            return [_output(v, p) for v, p in zip(out_leaves, out_paths)]
+
+        self.function = tf.function(traced, jit_compile=True, autograph=False, reduce_retracing=False)
+        self.function._omit_frequent_tracing_warning = True
+        self.specs = [t if isinstance(t, tf.TensorSpec) else tf.TensorSpec(t.shape, t.dtype) for t in flat]
+        self.concrete = self.function.get_concrete_function(*self.specs)
+
+
+class Lowered:
+    """A traced program of :func:`jit` for one argument signature."""
+
+    def __init__(self, entry: _Entry, flat: list):
+        self._entry, self._flat = entry, flat
+
+    def as_text(self, stage: str = "optimized_hlo") -> str:
+        """The compiler IR as text: ``"optimized_hlo"`` (after XLA's passes, the default) or ``"hlo"``."""
+        if stage not in _STAGES:
+            raise ValueError(f"Lowered.as_text: stage must be one of {_STAGES}, got {stage!r}.")
+        args = [tf.TensorSpec(t.shape, t.dtype) if isinstance(t, tf.TensorSpec) else t for t in self._flat]
+        return self._entry.function.experimental_get_compiler_ir(*args)(stage=stage)
+
+    def compile(self) -> "Lowered":
+        """JAX's ``lower(...).compile()``: the same object (XLA compiles on the first call)."""
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+
+def _positional_params(fun: Callable) -> list[str]:
+    try:
+        params = inspect.signature(fun).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _static_args(fun: Callable, params: list[str], nums: Any, names: Any) -> tuple[tuple[int, ...], frozenset]:
+    """``(static_argnums, static_argnames)`` validated and completed from each other (as JAX)."""
+    if isinstance(nums, numbers.Integral) and not isinstance(nums, bool):
+        nums = (nums,)
+    if isinstance(names, str):
+        names = (names,)
+    try:
+        nums = tuple(nums)
+        names = tuple(names)
+    except TypeError:
+        raise TypeError(f"jit: static_argnums must be an int or a sequence of ints and static_argnames a str or "
+                        f"a sequence of str, got static_argnums={nums!r}, static_argnames={names!r}.") from None
+    for i in nums:
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"jit: static_argnums must be ints, got {i!r} in static_argnums={nums!r}.")
+    for n in names:
+        if not isinstance(n, str):
+            raise TypeError(f"jit: static_argnames must be strings, got {n!r} in static_argnames={names!r}.")
+    try:
+        sig = inspect.signature(fun)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        kinds = {p.kind for p in sig.parameters.values()}
+        has_var_pos = inspect.Parameter.VAR_POSITIONAL in kinds
+        has_var_kw = inspect.Parameter.VAR_KEYWORD in kinds
+        if not has_var_pos:
+            for i in nums:
+                if not -len(params) <= i < len(params):
+                    raise ValueError(
+                        f"jit: static_argnums={nums!r} refers to positional argument {i}, but {_name(fun)} "
+                        f"has {len(params)} positional parameter{'s' if len(params) != 1 else ''} {params}.")
+        if not has_var_kw:
+            allowed = {p.name for p in sig.parameters.values()
+                       if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            for n in names:
+                if n not in allowed:
+                    raise ValueError(f"jit: static_argnames={names!r} names {n!r}, which is not a parameter of "
+                                     f"{_name(fun)} (parameters: {sorted(allowed)}).")
+        # Complete one from the other, as jax.jit does.
+        nums_pos = {i % len(params) if params and -len(params) <= i < 0 else i for i in nums}
+        names = tuple(names) + tuple(params[i] for i in sorted(nums_pos) if 0 <= i < len(params)
+                                     and params[i] not in names
+                                     and sig.parameters[params[i]].kind != inspect.Parameter.POSITIONAL_ONLY)
+        nums = tuple(nums) + tuple(params.index(n) for n in names if n in params and params.index(n) not in nums_pos)
+    return tuple(nums), frozenset(names)
+
+
+def _name(fun: Callable) -> str:
+    return getattr(fun, "__qualname__", None) or getattr(fun, "__name__", None) or repr(fun)
+
+
+class _Static:
+    """A static argument in a cache key: hashed and compared by value (``__hash__``/``__eq__``)."""
+
+    __slots__ = ("value", "_hash")
+
+    def __init__(self, value: Any, h: int):
+        self.value, self._hash = value, h
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: Any) -> bool:
+        if not isinstance(other, _Static) or type(other.value) is not type(self.value):
+            return False
+        try:
+            return bool(self.value == other.value)
+        except Exception:  # noqa: BLE001 - e.g. an array-valued __eq__
+            return self.value is other.value
+
+
+def _hashable(value: Any, label: str) -> Hashable:
+    try:
+        h = hash(value)
+    except TypeError as e:
+        raise TypeError(
+            f"jit: static argument {label} must be hashable (it is part of the cache key), but it is "
+            f"{type(value).__name__} {value!r:.80} ({e}). Pass a tuple instead of a list, or make it a "
+            "dynamic (tensor) argument.") from None
+    return _Static(value, h)
+
+
+def _unwrap(value: Hashable) -> Any:
+    return value.value if isinstance(value, _Static) else value
+
+
+def _to_tensor(v: Any, path: str, specs_ok: bool) -> Any:
+    if specs_ok and isinstance(v, tf.TensorSpec):
+        return v
+    if isinstance(v, tf.Tensor):
+        return v
+    if isinstance(v, tf.Variable):
+        return v.value()
+    if isinstance(v, (bool, np.bool_, numbers.Number, np.ndarray, np.generic)) or hasattr(v, "__tf_tensor__") \
+            or hasattr(v, "__array__"):
+        try:
+            return tf.convert_to_tensor(v)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(
+        f"jit: argument {path} is {type(v).__name__} {v!r:.80}, which is not a tensor. Pass tensors, "
+        "NumPy arrays or Python numbers, or mark the argument static (static_argnums/static_argnames).")
+
+
+def _spec_key(t: Any) -> tuple:
+    shape = None if t.shape.rank is None else tuple(t.shape.as_list())
+    return (shape, t.dtype)
+
+
+def _output(v: Any, path: str) -> tf.Tensor:
+    if isinstance(v, tf.Tensor):
+        return v
+    try:
+        return tf.convert_to_tensor(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"jit: the function returned {type(v).__name__} {v!r:.80} at {path}, which is not "
+                        "a tensor.") from None

@@ -1,0 +1,547 @@
+"""``vmap``: JAX's vectorizing map, by ``pfor`` with tfscan's batching rules, compiled by XLA.
+
+The function is traced once per example (on slices without the batch axis), and
+TensorFlow's ``pfor`` converter rewrites that graph into one on the whole batch; a
+scan inside becomes one ``While`` over the batched carry (see ``_batching``). The
+result runs as one XLA computation. Gradients of a vmapped function are themselves
+vmapped per-example gradients (``grad(vmap(f)) == vmap(vjp(f))`` summed where an
+input is shared), so scans inside keep tfscan's linear-time backward loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import numbers
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.eager import record
+from tensorflow.python.framework import ops
+from tensorflow.python.ops import array_ops
+from tensorflow.python.ops import resource_variable_ops
+from tensorflow.python.ops.parallel_for import pfor as pfor_lib
+
+from tfscan import _batching, _context, _tree
+
+__all__ = ["vmap"]
+
+_CACHE = _context.LRUCache(maxsize=256)
+
+
+def vmap(fun: Callable[..., Any], in_axes: Any = 0, out_axes: Any = 0,
+         axis_size: int | None = None) -> Callable[..., Any]:
+    """Vectorize ``fun`` over an axis of its inputs, as ``jax.vmap``.
+
+    ``vmap(f)(xs)`` equals stacking ``f(x)`` over the slices ``x`` of ``xs``, computed
+    as one batched XLA program: every op of ``f`` is rewritten to work on the whole
+    batch, and a :func:`tfscan.scan` inside ``f`` becomes a single loop over a batched
+    carry (it is not run once per example).
+
+    Args:
+      fun: the function to vectorize; it takes and returns nests (tuples, lists,
+        dicts, namedtuples; ``None`` is an empty subtree) of tensors.
+      in_axes: which axis of each positional argument is mapped: an int (negative
+        counts from the end), ``None`` (the argument is shared by every example and
+        passed as is), or a tuple with one entry per positional argument whose
+        entries may be nests that are tree prefixes of the argument. Keyword
+        arguments are always mapped over their axis 0.
+      out_axes: where the batch axis goes in each output: an int, ``None`` (the
+        output must not depend on the mapped inputs) or a nest that is a tree prefix
+        of the output.
+      axis_size: the batch size; needed only when no input is mapped.
+
+    Returns:
+      The batched function, taking the same arguments as ``fun``.
+
+    Raises:
+      ValueError: (when called) mapped axes of different sizes, an axis out of range,
+        or ``in_axes``/``out_axes`` that do not match the arguments' structure; the
+        message names the argument.
+
+    Example:
+
+    >>> import tensorflow as tf, tfscan
+    >>> def cumsum(x):
+    ...     return tfscan.scan(lambda c, v: (c + v, c + v), 0.0, x)[1]
+    >>> tfscan.vmap(cumsum)(tf.constant([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])).numpy().tolist()
+    [[1.0, 3.0, 6.0], [4.0, 9.0, 15.0]]
+    >>> tfscan.vmap(lambda x, w: x * w, in_axes=(1, None))(tf.ones([2, 3]), 2.0).shape
+    TensorShape([3, 2])
+    """
+    if not callable(fun):
+        raise TypeError(f"vmap: fun must be callable, got {fun!r:.80}.")
+    if isinstance(in_axes, list):
+        in_axes = tuple(in_axes)  # as jax.vmap: a list at the top level means a tuple
+    _check_axes_spec(in_axes, "in_axes")
+    _check_axes_spec(out_axes, "out_axes")
+    if axis_size is not None:
+        if isinstance(axis_size, (bool, np.bool_)) or not isinstance(axis_size, numbers.Integral) \
+                or axis_size < 0:
+            raise TypeError(f"vmap: axis_size must be None or a non-negative int, got {axis_size!r}.")
+        axis_size = int(axis_size)
+    names = _arg_names(fun)
+
+    @functools.wraps(fun, updated=())
+    def batched(*args: Any, **kwargs: Any) -> Any:
+        return _call(fun, names, in_axes, out_axes, axis_size, args, kwargs)
+
+    return batched
+
+
+# ------------------------------------------------------------------------------------------
+# Axis specifications.
+
+def _is_axis(a: Any) -> bool:
+    return a is None or (isinstance(a, numbers.Integral) and not isinstance(a, (bool, np.bool_)))
+
+
+def _check_axes_spec(spec: Any, what: str, path: str = "") -> None:
+    if _is_axis(spec):
+        return
+    node = _tree._children(spec)
+    if node is None:
+        raise TypeError(
+            f"vmap: {what} must be an int, None, or a tuple/list/dict of them matching the "
+            f"{'arguments' if what == 'in_axes' else 'outputs'}, got {type(spec).__name__} "
+            f"{spec!r:.80}{' at ' + what + path if path else ''}.")
+    for suffix, child in node[2]:
+        _check_axes_spec(child, what, path + suffix)
+
+
+def _broadcast_axes(spec: Any, value: Any, what: str, spec_path: str, value_path: str) -> list:
+    """One axis per leaf of ``value`` (in flattening order) from the prefix tree ``spec``."""
+    if _is_axis(spec):
+        return [spec] * len(_tree.flatten(value)[0])
+    s_kind, s_aux, s_items = _tree._children(spec)
+    v_node = _tree._children(value)
+    if v_node is None or v_node[0] != s_kind or v_node[1] != s_aux or len(v_node[2]) != len(s_items):
+        v_desc = str(_tree.flatten(value)[1]) if v_node is not None else f"a leaf ({_describe(value)})"
+        raise ValueError(
+            f"vmap: {what} specification must be a tree prefix of the corresponding value: "
+            f"{spec_path} is {_short(spec)} but {value_path} has structure {v_desc}. Give {spec_path} "
+            "an int or None for the whole value, or a nest with the value's structure.")
+    out: list = []
+    for (suffix, s_child), (_, v_child) in zip(s_items, v_node[2]):
+        out.extend(_broadcast_axes(s_child, v_child, what, spec_path + suffix, value_path + suffix))
+    return out
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, (tf.Tensor, tf.Variable, np.ndarray)):
+        return f"{tf.as_dtype(x.dtype).name}{list(x.shape)}"
+    return f"{type(x).__name__} {_short(x)}"
+
+
+def _arg_names(fun: Callable) -> list[str] | None:
+    try:
+        params = list(inspect.signature(fun).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    names = []
+    for p in params:
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+        elif p.kind == p.VAR_POSITIONAL:
+            names.append(None)  # *args: positional index from here on
+            break
+    return names
+
+
+def _arg_label(names: list[str] | None, i: int) -> str:
+    if names and i < len(names) and names[i] is not None:
+        return names[i]
+    return f"args[{i}]"
+
+
+# ------------------------------------------------------------------------------------------
+# The call.
+
+class _Leaf:
+    """One input leaf: its path, its mapped axis (or None), and what is passed."""
+
+    __slots__ = ("path", "axis", "value", "kind")
+
+    def __init__(self, path: str, axis: int | None, value: Any, kind: str):
+        self.path, self.axis, self.value, self.kind = path, axis, value, kind  # kind: mapped/tensor/static
+
+
+def _call(fun, names, in_axes, out_axes, axis_size, args, kwargs):
+    if isinstance(in_axes, tuple) and len(in_axes) != len(args):
+        raise ValueError(
+            f"vmap: in_axes is a tuple of length {len(in_axes)} but the function was called with "
+            f"{len(args)} positional argument{'s' if len(args) != 1 else ''}. in_axes must be an int, "
+            "None, or a tuple with one entry per positional argument (keyword arguments are always "
+            "mapped over axis 0).")
+    # Flatten (args, kwargs) together; compute every leaf's axis with its path for errors.
+    leaves: list[_Leaf] = []
+    for i, arg in enumerate(args):
+        label = _arg_label(names, i)
+        spec = in_axes[i] if isinstance(in_axes, tuple) else in_axes
+        spec_path = f"in_axes[{i}]" if isinstance(in_axes, tuple) else "in_axes"
+        axes = _broadcast_axes(spec, arg, "in_axes", spec_path, label)
+        values, paths, _ = _tree.flatten_with_paths(arg, label)
+        leaves.extend(_make_leaf(p, a, v) for p, a, v in zip(paths, axes, values))
+    for key in sorted(kwargs):
+        values, paths, _ = _tree.flatten_with_paths(kwargs[key], key)
+        leaves.extend(_make_leaf(p, 0, v) for p, v in zip(paths, values))
+    args_tree = _tree.flatten((tuple(args), dict(kwargs)))[1]
+    size = _batch_size(leaves, axis_size)
+    if _context.jit_disabled() and isinstance(size, int) and size > 0:
+        return _python_loop(fun, args_tree, leaves, size, out_axes)
+
+    mapped = [lf.value for lf in leaves if lf.kind == "mapped"]
+    shared = [lf.value for lf in leaves if lf.kind == "tensor"]
+    # What the traced functions need from this call: no tensor values (they are inputs).
+    templates = tuple(_Leaf(lf.path, lf.axis, lf.value if lf.kind == "static" else None, lf.kind) for lf in leaves)
+    static_key = tuple((j, _context._value_key(lf.value)) for j, lf in enumerate(leaves) if lf.kind == "static")
+    graph = None if tf.executing_eagerly() else _context._ById(ops.get_default_graph())
+    key = (_context.function_key(fun), args_tree, tuple((lf.kind, lf.axis) for lf in leaves), static_key,
+           _spec_key(out_axes), axis_size, tuple(_spec(t) for t in mapped + shared), graph)
+    entry = _CACHE.get_or_create(
+        key, lambda: _Batched(fun, args_tree, templates, size, out_axes, mapped, shared))
+    captured = list(entry.run.captured_inputs)
+    if _needs_gradient(mapped + shared + captured, entry):
+        with record.stop_recording():
+            outs = list(entry.run(*mapped, *shared))
+        outs = _with_gradient(entry, outs, mapped, shared, list(entry.pe.captured_inputs))
+    else:
+        outs = list(entry.run(*mapped, *shared))
+    return _tree.unflatten(entry.out_tree, outs)
+
+
+def _python_loop(fun, args_tree, leaves, size, out_axes):
+    """``disable_jit``: call ``fun`` once per example, eagerly, and stack the results."""
+    results = []
+    for i in range(size):
+        values = [tf.gather(lf.value, i, axis=lf.axis) if lf.kind == "mapped" else lf.value for lf in leaves]
+        a, kw = _tree.unflatten(args_tree, values)
+        results.append(fun(*a, **kw))
+    out_leaves, out_paths, out_tree = _tree.flatten_with_paths(results[0], "output")
+    axes = _broadcast_axes(out_axes, results[0], "out_axes", "out_axes", "output")
+    per_example = [_tree.flatten(r)[0] for r in results]
+    outs = []
+    for j, (axis, path) in enumerate(zip(axes, out_paths)):
+        column = [_output_tensor(r[j], path) for r in per_example]
+        if axis is None:
+            outs.append(column[0])
+            continue
+        rank = column[0].shape.rank + 1
+        if not -rank <= axis < rank:
+            raise ValueError(f"vmap: out_axes={axis} is out of range for output {path}, which has rank "
+                             f"{rank - 1} (so the batch axis can go in [{-rank}, {rank - 1}]).")
+        outs.append(tf.stack(column, axis=axis % rank))
+    return _tree.unflatten(out_tree, outs)
+
+
+def _make_leaf(path: str, axis: int | None, value: Any) -> _Leaf:
+    if axis is None:
+        if isinstance(value, (tf.Tensor, tf.Variable, np.ndarray)) or _is_tensor_like(value):
+            if isinstance(value, tf.Variable):
+                return _Leaf(path, None, value, "static")  # read inside, like a closed-over variable
+            return _Leaf(path, None, tf.convert_to_tensor(value), "tensor")
+        return _Leaf(path, None, value, "static")
+    try:
+        t = tf.convert_to_tensor(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"vmap: argument {path} is mapped (axis {axis}) but is {type(value).__name__} "
+            f"{_short(value)}, not a tensor. Pass a tensor or NumPy array, or use None in in_axes for "
+            "it.") from None
+    if t.dtype in (tf.string, tf.resource, tf.variant):
+        raise TypeError(f"vmap: argument {path} is mapped (axis {axis}) but is a {t.dtype.name} tensor; only "
+                        "numeric and bool tensors can be mapped. Use None in in_axes for it.")
+    rank = t.shape.rank
+    if rank is None:
+        raise ValueError(f"vmap: argument {path} has unknown rank; vmap needs the rank to place the "
+                         "mapped axis.")
+    if not -rank <= axis < rank:
+        raise ValueError(
+            f"vmap was requested to map argument {path} along axis {axis}, which implies that its rank "
+            f"should be at least {axis + 1 if axis >= 0 else -axis}, but it is only {rank} (its type is "
+            f"{_describe(t)}). Fix in_axes for {path}.")
+    return _Leaf(path, axis % rank, t, "mapped")
+
+
+def _is_tensor_like(x: Any) -> bool:
+    return hasattr(x, "__tf_tensor__")
+
+
+def _batch_size(leaves: Sequence[_Leaf], axis_size: int | None) -> Any:
+    mapped = [lf for lf in leaves if lf.kind == "mapped"]
+    if not mapped:
+        if axis_size is None:
+            raise ValueError(
+                "vmap must have at least one non-None value in in_axes (or be given axis_size): no "
+                "argument is mapped, so the batch size is unknown.")
+        return axis_size
+    sizes = [(lf, lf.value.shape[lf.axis]) for lf in mapped]
+    known = [(lf, n) for lf, n in sizes if n is not None]
+    if axis_size is not None:
+        known = [(None, axis_size)] + known
+    if len({n for _, n in known}) > 1:
+        lines = [f"  * axis_size={n}" if lf is None else
+                 f"  * axis {lf.axis} of argument {lf.path} of type {_describe(lf.value)} has size {n}"
+                 for lf, n in known]
+        raise ValueError("vmap got inconsistent sizes for the array axes to be mapped:\n" + "\n".join(lines)
+                         + "\nEvery mapped axis must have the same size.")
+    if known:
+        return int(known[0][1])
+    first = mapped[0]
+    return tf.shape(first.value, out_type=tf.int32)[first.axis]
+
+
+def _spec(t: tf.Tensor) -> tuple:
+    return (tuple(t.shape.as_list()) if t.shape.rank is not None else None, t.dtype)
+
+
+def _spec_key(spec: Any) -> Any:
+    leaves, treedef = _tree.flatten(spec) if not _is_axis(spec) else ([spec], _tree.LEAF)
+    return (treedef, tuple(leaves))
+
+
+def _move_to_front(t: tf.Tensor, axis: int) -> tf.Tensor:
+    if axis == 0:
+        return t
+    rank = t.shape.rank
+    return tf.transpose(t, [axis] + [d for d in range(rank) if d != axis])
+
+
+def _move_from_front(t: tf.Tensor, axis: int) -> tf.Tensor:
+    if axis == 0:
+        return t
+    rank = t.shape.rank
+    perm = list(range(1, rank))
+    perm.insert(axis, 0)
+    return tf.transpose(t, perm)
+
+
+class _Batched:
+    """``fun`` on one example (a concrete function), and batched and compiled by XLA.
+
+    ``pe`` is ``fun`` on the flat per-example inputs (mapped slices, then shared tensors),
+    traced once; its captured inputs are what ``fun`` closes over. ``run`` maps ``pe`` over
+    the batch with ``pfor`` and is compiled as one XLA computation. The gradient calls
+    ``pe`` with explicit captured inputs, so it stays right when the graph that holds
+    this call is copied elsewhere (as a scan step is).
+    """
+
+    def __init__(self, fun, args_tree, templates, size, out_axes, mapped, shared):
+        self.templates, self.out_axes_spec = templates, out_axes
+        self.size = size if isinstance(size, int) else None
+        self.mapped_axes = [lf.axis for lf in templates if lf.kind == "mapped"]
+
+        n_mapped = len(self.mapped_axes)
+
+        def per_example(*flat):  # mapped slices first, then shared tensors
+            it_m, it_s = iter(flat[:n_mapped]), iter(flat[n_mapped:])
+            values = [next(it_m) if lf.kind == "mapped" else next(it_s) if lf.kind == "tensor" else lf.value
+                      for lf in templates]
+            a, kw = _tree.unflatten(args_tree, values)
+            out = fun(*a, **kw)
+            out_leaves, self.out_paths, self.out_tree = _tree.flatten_with_paths(out, "output")
+            self.out_axes = _broadcast_axes(out_axes, out, "out_axes", "out_axes", "output")
+            return [_output_tensor(v, p) for v, p in zip(out_leaves, self.out_paths)]
+
+        example_specs = [tf.TensorSpec(_drop(t.shape, ax), t.dtype) for t, ax in zip(mapped, self.mapped_axes)] + \
+            [tf.TensorSpec(t.shape, t.dtype) for t in shared]
+        self.pe = tf.function(per_example, autograph=False).get_concrete_function(*example_specs)
+        self.out_dtypes = [t.dtype for t in self.pe.outputs]
+        self.function = tf.function(self._batched, jit_compile=True, autograph=False, reduce_retracing=False)
+        self.function._omit_frequent_tracing_warning = True
+        self.run = self.function.get_concrete_function(
+            *[tf.TensorSpec(t.shape, t.dtype) for t in list(mapped) + list(shared)])
+        captured = list(self.pe.captured_inputs)
+        by_handle = {id(v.handle): v for v in self.pe.graph.variables}
+        self.variables = [by_handle.get(id(c)) for c in captured]  # the variable of each resource capture
+        self.grad_name = f"TfscanVmap_{ops.uid()}"
+        ops.RegisterGradient(self.grad_name)(self._graph_gradient)
+
+    def _batched(self, *flat):
+        """The batched computation: flat mapped tensors (with their axes), then shared ones."""
+        n_mapped = len(self.mapped_axes)
+        mapped = [_move_to_front(t, ax) for t, ax in zip(flat[:n_mapped], self.mapped_axes)]
+        shared = list(flat[n_mapped:])
+        size = self.size if self.size is not None else tf.shape(mapped[0], out_type=tf.int32)[0]
+        captured = list(self.pe.captured_inputs)
+
+        def loop_fn(i):
+            slices = [array_ops.gather(m, i) for m in mapped]
+            return list(self.pe._call_flat(slices + shared, captured))
+
+        outs = []
+        for w, axis, path in zip(_pfor(loop_fn, size), self.out_axes, self.out_paths):
+            t, stacked = w.t, w.is_stacked
+            if axis is None:
+                if stacked:
+                    raise ValueError(
+                        f"vmap has mapped output but out_axes is None: {path} depends on a mapped input. "
+                        "Use an int out_axes for it, or make it independent of the mapped inputs.")
+                outs.append(t)
+                continue
+            if not stacked:
+                t = pfor_lib._stack(t, tf.reshape(size, [1])).t
+            rank = t.shape.rank
+            if not -rank <= axis < rank:
+                raise ValueError(
+                    f"vmap: out_axes={axis} is out of range for output {path}, which has rank {rank - 1} "
+                    f"(so the batch axis can go in [{-rank}, {rank - 1}]).")
+            outs.append(_move_from_front(t, axis % rank))
+        return outs
+
+    def _graph_gradient(self, op, *d_outs):
+        """The registered gradient of the ``IdentityN`` that carries this call (graph mode)."""
+        n_out, n_m = len(self.out_dtypes), len(self.mapped_axes)
+        inputs = list(op.inputs)[n_out:]
+        n_s = len(inputs) - n_m - len(self.variables)
+        m, s, c = inputs[:n_m], inputs[n_m: n_m + n_s], inputs[n_m + n_s:]
+        return [None] * n_out + _backward(self, m, s, c, list(d_outs[:n_out]))
+
+
+def _drop(shape: tf.TensorShape, axis: int) -> tf.TensorShape:
+    dims = shape.as_list()
+    return tf.TensorShape(dims[:axis] + dims[axis + 1:])
+
+
+def _output_tensor(v: Any, path: str) -> tf.Tensor:
+    if isinstance(v, tf.Tensor):
+        return v
+    try:
+        return tf.convert_to_tensor(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"vmap: the function returned {type(v).__name__} {_short(v)} at {path}, which is "
+                        "not a tensor.") from None
+
+
+def _pfor(loop_fn: Callable[[tf.Tensor], list], size: Any) -> list:
+    """``pfor`` that keeps track of which outputs are batched (``WrappedTensor``s)."""
+    graph = ops.get_default_graph()
+    existing = set(graph.get_operations())
+    with ops.name_scope("vmap_body"):
+        loop_var = array_ops.placeholder_with_default(0, shape=[])
+        outputs = loop_fn(loop_var)
+    new_ops = set(graph.get_operations()) - existing
+    with ops.name_scope("vmap"), _batching.batching():
+        converter = pfor_lib.PFor(loop_var, size, new_ops, fallback_to_while_loop=False)
+        try:
+            return [converter._convert_helper(t) for t in outputs]
+        except ValueError as e:
+            if "No pfor vectorization defined" not in str(e) and "pfor" not in str(e):
+                raise
+            raise NotImplementedError(
+                f"vmap: an op of the function has no batching rule, so it cannot be vectorized: "
+                f"{str(e).splitlines()[0]}") from e
+
+
+# ------------------------------------------------------------------------------------------
+# Gradients: grad(vmap(f)) = vmap(vjp(f)), summed over the batch for shared inputs.
+
+def _is_float(dtype: tf.DType) -> bool:
+    return dtype.is_floating or dtype.is_complex
+
+
+def _needs_gradient(inputs: Sequence[tf.Tensor], entry: _Batched) -> bool:
+    """Whether a gradient could be asked for: a graph being built, or a live tape."""
+    if not any(_is_float(d) for d in entry.out_dtypes):
+        return False
+    if tf.executing_eagerly() and not record.could_possibly_record():
+        return False
+    return any(_is_float(t.dtype) or t.dtype == tf.resource for t in inputs)
+
+
+def _with_gradient(entry: _Batched, outs, mapped, shared, captured) -> list:
+    """Attach the vmapped per-example gradient to ``outs`` (eager tape, graph tape, tf.gradients)."""
+    inputs = list(mapped) + list(shared) + list(captured)
+    for v in entry.variables:
+        if v is not None:
+            resource_variable_ops.variable_accessed(v)  # so that tapes watch it
+
+    def tape_gradient(*d_outs):
+        return _backward(entry, mapped, shared, captured, list(d_outs))
+
+    if not tf.executing_eagerly():
+        with ops.get_default_graph().gradient_override_map({"IdentityN": entry.grad_name}):
+            outs = list(array_ops.identity_n(list(outs) + inputs))[: len(outs)]
+    record.record_operation("tfscan_vmap", outs, inputs, tape_gradient)
+    return outs
+
+
+def _backward(entry: _Batched, mapped, shared, captured, d_outs) -> list:
+    """Gradients for ``mapped + shared + captured`` (``None`` where there is none)."""
+    mapped_axes = entry.mapped_axes
+    size = entry.size
+    if size is None:
+        size = tf.shape(mapped[0], out_type=tf.int32)[mapped_axes[0]]
+    # The cotangent of an output that is not mapped (out_axes None) belongs to the whole
+    # batch once: example 0 gets it, the others zeros.
+    float_outs = [i for i, d in enumerate(entry.out_dtypes) if _is_float(d)]
+    dys, dy_axes = [], []
+    for i in float_outs:
+        d, axis = d_outs[i], entry.out_axes[i]
+        shape = entry.pe.outputs[i].shape
+        if d is None:
+            d = _zeros_out(entry, i, mapped, size)
+        d = tf.convert_to_tensor(d)
+        if axis is None:
+            rest = tf.zeros(tf.concat([tf.reshape(size - 1, [1]), tf.shape(d)], 0), d.dtype)
+            d = tf.concat([d[None], rest], 0)
+            axis = 0
+        del shape
+        dys.append(d)
+        dy_axes.append(axis)
+    m_f = [j for j, t in enumerate(mapped) if _is_float(t.dtype)]
+    s_f = [j for j, t in enumerate(shared) if _is_float(t.dtype)]
+    c_f = [j for j, t in enumerate(captured) if _is_float(t.dtype)]
+    c_v = [j for j, v in enumerate(entry.variables) if v is not None and v.trainable]
+    pe = entry.pe
+
+    def per_example(m, s, c, dy):
+        # Symbolic gradients (this is always traced): unlike a tape they also work where
+        # recording is paused, as when a scan traces its step's VJP.
+        sources = [m[j] for j in m_f] + [s[j] for j in s_f] + [c[j] for j in c_f] + [c[j] for j in c_v]
+        outs = pe._call_flat(list(m) + list(s), list(c))
+        targets = [outs[i] for i in float_outs]
+        grads = tf.gradients(targets, sources, grad_ys=list(dy),
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO) if targets else \
+            [None] * len(sources)
+        out = []
+        for k, (g, src) in enumerate(zip(grads, sources)):
+            if src.dtype == tf.resource:
+                v = entry.variables[c_v[k - (len(sources) - len(c_v))]]
+                g = tf.zeros(v.shape, v.dtype) if g is None else g
+            elif g is None:
+                g = tf.zeros_like(src)
+            out.append(tf.convert_to_tensor(g))
+        return out
+
+    grads = vmap(per_example, in_axes=(list(mapped_axes), [None] * len(shared), [None] * len(captured), dy_axes),
+                 out_axes=0, axis_size=None if mapped else size)(list(mapped), list(shared), list(captured), dys)
+    grads = iter(grads)
+    result: list = []
+    for j, ax in enumerate(mapped_axes):
+        result.append(_move_from_front(next(grads), ax) if j in m_f else None)
+    for j in range(len(shared)):
+        result.append(tf.reduce_sum(next(grads), 0) if j in s_f else None)
+    c_grads = [None] * len(captured)
+    for j in c_f + c_v:
+        c_grads[j] = tf.reduce_sum(next(grads), 0)
+    return result + c_grads
+
+
+def _zeros_out(entry: _Batched, i: int, mapped, size):
+    """Zeros shaped like output ``i`` of the batched call."""
+    shape = entry.pe.outputs[i].shape
+    axis = entry.out_axes[i]
+    if axis is None:
+        return tf.zeros(shape, entry.out_dtypes[i])
+    dims = tf.concat([tf.reshape(size, [1]), tf.constant(shape.as_list(), tf.int32)], 0) \
+        if shape.is_fully_defined() else None
+    if dims is None:
+        raise ValueError("vmap: cannot build a zero cotangent for an output of unknown shape.")
+    return _move_from_front(tf.zeros(dims, entry.out_dtypes[i]), axis % (shape.rank + 1))
