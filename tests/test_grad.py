@@ -267,3 +267,31 @@ def test_nested_scan_gradient_in_every_context(rng):
     x = tf.constant(xs)
     for fn in (grad, tf.function(grad), tf.function(grad, jit_compile=True)):
         np.testing.assert_allclose(fn(x).numpy(), want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("remat", [True, "full", 1, 3, 4, "sqrt"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_every_remat_policy_gives_the_same_values_and_gradients(remat, reverse, rng):
+    args = [tf.constant(a) for a in rnn_args(rng, T=10)]
+
+    def loss(remat):
+        def fn(W, U, h0, xs):
+            def step(h, x):
+                h = tf.tanh(h @ W + x @ U)
+                return h, tf.reduce_sum(h * h)
+            h, ys = tfscan.scan(step, h0, xs, reverse=reverse, remat=remat)
+            return tf.reduce_sum(ys * tf.range(1.0, 11.0, dtype=tf.float64)) + tf.reduce_sum(h)
+        return fn
+
+    base_value, base = tape_grads(loss(False), args)
+    value, grads = tape_grads(loss(remat), args)
+    np.testing.assert_allclose(value.numpy(), base_value.numpy(), rtol=1e-12)
+    for g, b in zip(grads, base):
+        np.testing.assert_allclose(g.numpy(), b.numpy(), rtol=1e-10, atol=1e-13)
+
+
+def test_bad_remat():
+    with pytest.raises(ValueError, match="remat"):
+        tfscan.scan(lambda c, x: (c, None), 0.0, length=2, remat="half")
+    with pytest.raises(ValueError, match="remat"):
+        tfscan.scan(lambda c, x: (c, None), 0.0, length=2, remat=0)

@@ -69,7 +69,7 @@ def associative_scan(fn: Callable[[Elems, Elems], Elems], elems: Elems, reverse:
     """
     if not callable(fn):
         raise TypeError(f"associative_scan: fn argument should be callable as fn(a, b) -> c, got {fn!r:.60}.")
-    reverse = _check_reverse(reverse)
+    reverse = _checks.check_reverse(reverse, "associative_scan")
     leaves, paths, tree = _control.to_tensors("associative_scan", elems, "elems")
     if not leaves:
         raise ValueError("associative_scan: elems has no leaves (it is None or an empty container); "
@@ -84,13 +84,6 @@ def associative_scan(fn: Callable[[Elems, Elems], Elems], elems: Elems, reverse:
         return lambda *xs: _scan(fn, tree, paths, list(xs), reverse, axis)
 
     return _tree.unflatten(tree, _control.compiled(key, make_build)(*leaves))
-
-
-def _check_reverse(reverse: Any) -> bool:
-    try:
-        return _checks.check_reverse(reverse)
-    except TypeError as e:
-        raise TypeError("associative_scan" + str(e)[len("scan"):]) from None
 
 
 def _canonical_axis(axis: Any, leaves: list, paths: list) -> int:

@@ -36,13 +36,13 @@ def check_unroll(unroll: Any) -> int | bool:
         f"scan: unroll must be a positive int or a bool, got {type(unroll).__name__} {unroll!r}.")
 
 
-def check_reverse(reverse: Any) -> bool:
+def check_reverse(reverse: Any, api: str = "scan") -> bool:
     if isinstance(reverse, (bool, np.bool_)):
         return bool(reverse)
-    raise TypeError(f"scan: reverse must be a Python bool, got {type(reverse).__name__} {reverse!r}.")
+    raise TypeError(f"{api}: reverse must be a Python bool, got {type(reverse).__name__} {reverse!r}.")
 
 
-def to_tensors(leaves: Sequence[Any], paths: Sequence[str], arg: str) -> list[tf.Tensor]:
+def to_tensors(leaves: Sequence[Any], paths: Sequence[str], arg: str, api: str = "scan") -> list[tf.Tensor]:
     """Convert every leaf like ``tf.constant`` (Python float -> float32, int -> int32)."""
     out = []
     for leaf, path in zip(leaves, paths):
@@ -52,11 +52,11 @@ def to_tensors(leaves: Sequence[Any], paths: Sequence[str], arg: str) -> list[tf
             t = tf.convert_to_tensor(leaf)
         except (TypeError, ValueError) as e:
             raise TypeError(
-                f"scan: {arg} leaf {path} is {type(leaf).__name__} {leaf!r:.80}, which is not a "
+                f"{api}: {arg} leaf {path} is {type(leaf).__name__} {leaf!r:.80}, which is not a "
                 f"tensor or convertible to one ({e}). Pass tensors, NumPy arrays or Python numbers.") from None
         if t.dtype in (tf.string, tf.resource, tf.variant):
             raise TypeError(
-                f"scan: {arg} leaf {path} has dtype {t.dtype.name}; scan carries and slices numeric "
+                f"{api}: {arg} leaf {path} has dtype {t.dtype.name}; {api} takes numeric "
                 "and bool tensors only.")
         out.append(t)
     return out
@@ -122,22 +122,23 @@ def _check_length_arg(length: Any) -> Any:
 
 
 def check_carry(init_tree: TreeDef, out_tree: TreeDef, init: Sequence[tf.TensorSpec],
-                out: Sequence[tf.TensorSpec], paths: Sequence[str], what: str = "scan") -> None:
-    """``f``'s new carry must match ``init`` in structure, dtype and shape (``TypeError``)."""
-    fix = ("Fix: return a carry with exactly the structure, dtypes and shapes of init "
-           "(cast with tf.cast, reshape, or change init).")
+                out: Sequence[tf.TensorSpec], paths: Sequence[str], what: str = "scan",
+                fn: str = "f", init_name: str = "init") -> None:
+    """``fn``'s new carry must match ``init_name`` in structure, dtype and shape (``TypeError``)."""
+    fix = (f"Fix: return a carry with exactly the structure, dtypes and shapes of {init_name} "
+           f"(cast with tf.cast, reshape, or change {init_name}).")
     if init_tree != out_tree:
         raise TypeError(
-            f"{what}: f must return a carry with the same structure as init, but init has structure "
-            f"{init_tree} and f returned a carry with structure {out_tree}. {fix}")
+            f"{what}: {fn} must return a carry with the same structure as {init_name}, but {init_name} "
+            f"has structure {init_tree} and {fn} returned a carry with structure {out_tree}. {fix}")
     for path, a, b in zip(paths, init, out):
         if a.dtype != b.dtype:
             raise TypeError(
-                f"{what}: the carry leaf {path} of init has type {_typestr(a)} but f returned "
+                f"{what}: the carry leaf {path} of {init_name} has type {_typestr(a)} but {fn} returned "
                 f"{_typestr(b)} for it, so the dtypes do not match. {fix}")
         if not _shapes_match(a.shape, b.shape):
             raise TypeError(
-                f"{what}: the carry leaf {path} of init has type {_typestr(a)} but f returned "
+                f"{what}: the carry leaf {path} of {init_name} has type {_typestr(a)} but {fn} returned "
                 f"{_typestr(b)} for it, so the shapes do not match. {fix}")
 
 
@@ -153,3 +154,19 @@ def _shapes_match(a: tf.TensorShape, b: tf.TensorShape) -> bool:
 def _typestr(spec: tf.TensorSpec) -> str:
     dims = "?" if spec.shape.rank is None else ",".join("?" if d is None else str(d) for d in spec.shape.as_list())
     return f"{spec.dtype.name}[{dims}]"
+
+
+def check_remat(remat: Any) -> bool | int | str:
+    """``False``, ``True`` (``"full"``), ``"sqrt"`` or a positive int checkpoint interval."""
+    if isinstance(remat, (bool, np.bool_)):
+        return bool(remat)
+    if remat == "full":
+        return True
+    if remat == "sqrt":
+        return "sqrt"
+    if isinstance(remat, numbers.Integral) and remat > 0:
+        return int(remat)
+    raise ValueError(
+        f"scan: remat must be False (save each step's residuals), True or 'full' (save only the "
+        f"carries and recompute each step), 'sqrt' or a positive int k (save the carry every k "
+        f"steps), got {remat!r}.")

@@ -62,12 +62,7 @@ def specs(tensors: Sequence[tf.Tensor]) -> tuple:
 def to_tensors(api: str, tree: Any, root: str) -> tuple[list, list, _tree.TreeDef]:
     """Flatten an argument and convert its leaves as scan does; errors name ``api``."""
     leaves, paths, treedef = _tree.flatten_with_paths(tree, root)
-    try:
-        leaves = _checks.to_tensors(leaves, paths, root)
-    except TypeError as e:
-        msg = str(e)
-        raise TypeError(api + msg[len("scan"):] if msg.startswith("scan:") else msg) from None
-    return leaves, paths, treedef
+    return _checks.to_tensors(leaves, paths, root, api), paths, treedef
 
 
 def as_tensor(api: str, fn_name: str, value: Any, path: str, dtype: tf.DType | None = None) -> tf.Tensor:
@@ -93,24 +88,8 @@ def new_carry(api: str, fn_name: str, out: Any, carry_tree: _tree.TreeDef,
     else:
         leaves = [as_tensor(api, fn_name, v, p) for v, p in zip(leaves, paths)]
     _checks.check_carry(carry_tree, treedef, list(carry_specs), list(specs(leaves)),
-                        _tree.leaf_paths(carry_tree, root), api)
+                        _tree.leaf_paths(carry_tree, root), api, fn=fn_name, init_name=root)
     return leaves
-
-
-def keep_graph_alive() -> None:
-    """Keep the function graph being traced alive as long as the graph it is nested in.
-
-    Works around a core bug: ``Traced`` keeps only the GraphDef of a step, so functions the
-    step calls (``tf.vectorized_map`` wraps itself in one under XLA) are unregistered when
-    the traced graph is garbage-collected, and the compiled loop later fails with
-    "NotFoundError: Function __inference_f_... is not defined".
-    """
-    graph = ops.get_default_graph()
-    outer = getattr(graph, "outer_graph", None)
-    if outer is not None and outer is not graph:
-        if not hasattr(outer, "_tfscan_keep_alive"):
-            outer._tfscan_keep_alive = []
-        outer._tfscan_keep_alive.append(graph)
 
 
 def first_difference(a: _tree.TreeDef, b: _tree.TreeDef, path: str) -> tuple[str, str, str] | None:

@@ -448,8 +448,6 @@ def _vectorized(f: Callable, xs_tree: _tree.TreeDef) -> Callable:
             leaves = [_control.as_tensor("map", "f", v, p) for v, p in zip(leaves, paths)]
             return leaves or [tf.zeros([], tf.int32)]  # vectorized_map needs an output
 
-        if not tf.executing_eagerly():
-            _control.keep_graph_alive()
         outs = tf.vectorized_map(one, list(chunk), fallback_to_while_loop=True)
         return _tree.unflatten(box[0], list(outs)[: box[0].num_leaves])
     return vf

@@ -16,6 +16,7 @@ import collections
 from typing import Sequence
 
 import tensorflow as tf
+from tensorflow.python.eager import record
 
 from tfscan._graph_piece import GraphPiece
 from tfscan._plan import Plan
@@ -63,7 +64,9 @@ class ResidualSplit:
 
         specs = (list(plan.carry_specs) + list(plan.x_specs) + list(const_specs)
                  + [plan.carry_specs[i] for i in fc] + [plan.y_specs[i] for i in fy])
-        graph = tf.function(joint, autograph=False).get_concrete_function(*specs).graph
+        with record.stop_recording():
+            self._cf = tf.function(joint, autograph=False).get_concrete_function(*specs)
+        graph = self._cf.graph
         if graph.captures:
             raise NotSplittable("the VJP captures tensors")
         placeholders = [t.op.name for t in graph.inputs]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
 import tensorflow as tf
 from tensorflow.python.eager import record
@@ -12,6 +12,7 @@ from tfscan import _checks, _context, _tree
 from tfscan._autodiff import differentiable_scan
 from tfscan._plan import Plan
 from tfscan._program import Programs, Static, is_float
+from tfscan._remat import checkpointed_scan
 
 __all__ = ["scan"]
 
@@ -24,7 +25,7 @@ _PROGRAMS = _context.LRUCache(maxsize=256)
 
 def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
          length: int | tf.Tensor | None = None, reverse: bool = False,
-         unroll: int | bool = 1) -> tuple[Carry, Y]:
+         unroll: int | bool = 1, remat: bool | int | str = False) -> tuple[Carry, Y]:
     """Scan ``f`` over the leading axis of ``xs`` while carrying state, as ``jax.lax.scan``.
 
     Semantically (for a Python ``length``)::
@@ -49,6 +50,12 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
         size of every leaf of ``xs`` when both are given.
       reverse: walk from the last step to the first; ``ys[i]`` still belongs to ``xs[i]``.
       unroll: steps per loop iteration (a positive int), or ``True`` to unroll fully.
+      remat: what the gradient keeps from the forward pass. ``False`` (default): each
+        step's residuals, so the backward pass never recomputes a step (fastest,
+        ``O(T)`` memory). ``True`` or ``"full"``: only each step's input carry; the
+        backward pass recomputes the step. An int ``k`` or ``"sqrt"``: the carry every
+        ``k`` (or ``sqrt(T)``) steps; segments are recomputed, ``O(T/k + k)`` memory.
+        Values and gradients are the same under every policy.
 
     Returns:
       ``(final_carry, ys)`` where every leaf of ``ys`` has a new leading axis of size ``length``.
@@ -65,6 +72,7 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
     _checks.check_callable(f)
     unroll = _checks.check_unroll(unroll)
     reverse = _checks.check_reverse(reverse)
+    remat = _checks.check_remat(remat)
     init_leaves, init_paths, init_tree = _tree.flatten_with_paths(init, "init")
     xs_leaves, xs_paths, xs_tree = _tree.flatten_with_paths(xs, "xs")
     init_leaves = _checks.to_tensors(init_leaves, init_paths, "init")
@@ -73,14 +81,20 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
 
     if _context.jit_disabled():
         return _eager_scan(f, init_tree, init_leaves, xs_tree, xs_leaves, length_value, reverse)
+    if remat not in (True, False):
+        if static_length is None:
+            raise ValueError(f"scan: remat={remat!r} needs a length known when the scan is traced; "
+                             "use remat=True for a length known only at run time.")
+        return checkpointed_scan(scan, f, _tree.unflatten(init_tree, init_leaves),
+                                 _tree.unflatten(xs_tree, xs_leaves), static_length, reverse, unroll, remat)
 
     carry_specs = tuple(tf.TensorSpec(t.shape, t.dtype) for t in init_leaves)
     x_specs = tuple(tf.TensorSpec(t.shape[1:], t.dtype) for t in xs_leaves)
     static = Static(static_length, reverse, unroll)
     graph = None if tf.executing_eagerly() else _context._ById(ops.get_default_graph())
-    key = (_context.function_key(f), init_tree, xs_tree, carry_specs, x_specs, static.key(), graph)
+    key = (_context.function_key(f), init_tree, xs_tree, carry_specs, x_specs, static.key(), remat, graph)
     programs = _PROGRAMS.get_or_create(
-        key, lambda: Programs(Plan(f, init_tree, carry_specs, xs_tree, x_specs), static))
+        key, lambda: Programs(Plan(f, init_tree, carry_specs, xs_tree, x_specs), static, remat))
     plan = programs.plan
     consts = plan.step.const_values()
     dynamic_length = None if static_length is not None or xs_leaves else length_value

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
+from tensorflow.python.eager import record
 from tfscan._graph_piece import GraphPiece
 
 __all__ = []  # private module
@@ -28,7 +29,9 @@ class Traced:
 
     def __init__(self, fn: Callable[..., Sequence[tf.Tensor]], specs: Sequence[tf.TensorSpec],
                  name: str = "step"):
-        cf = tf.function(fn, autograph=False).get_concrete_function(*specs)
+        with record.stop_recording():  # an active ForwardAccumulator must not capture tangents
+            cf = tf.function(fn, autograph=False).get_concrete_function(*specs)
+        self._cf = cf  # keeps the functions the step calls registered with the runtime
         graph = cf.graph
         self.name = name
         self.n_args = len(specs)
