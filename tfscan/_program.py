@@ -155,6 +155,7 @@ class Programs:
     def __init__(self, plan: Plan, static: Static, remat: bool = False):
         self.plan, self.static, self.remat = plan, static, remat
         self._fns: dict = {}
+        self._concrete: dict = {}
         self._lock = threading.Lock()
         self._split: ResidualSplit | None | bool = False  # False: not tried yet
 
@@ -182,10 +183,19 @@ class Programs:
                 fn._omit_frequent_tracing_warning = True
             return fn
 
-    def _call(self, name: str, build, args: list):
+    def _call(self, name: str, build, args: list) -> list:
+        """``build(*args)`` (a flat list) inline under XLA, else through its compiled function."""
         if _context.in_xla_context():
-            return build(*args)
-        return self._compiled(name, build)(*args)
+            return list(build(*args))
+        fn = self._compiled(name, build)
+        if not tf.executing_eagerly():
+            return list(fn(*args))
+        # Eagerly, call the one concrete function directly: this skips tf.function's
+        # argument canonicalization, a large part of a short scan's cost.
+        concrete = self._concrete.get(name)
+        if concrete is None:
+            concrete = self._concrete[name] = fn.get_concrete_function(*args)
+        return list(concrete._call_flat(args, concrete.captured_inputs))
 
     def forward(self, init, xs, consts, dynamic_length=None, save=False):
         plan, static = self.plan, self.static
@@ -195,9 +205,12 @@ class Programs:
 
         def build(*args):
             i, x, k, dl = _split(args, n_i, n_x, len(consts))
-            return forward(plan, static, i, x, k, dl, save, split)
+            carry, ys, saved = forward(plan, static, i, x, k, dl, save, split)
+            return list(carry) + list(ys) + list(saved)
 
-        return self._call(f"forward_{save}", build, _join(init, xs, consts, dynamic_length))
+        flat = self._call(f"forward_{save}", build, _join(init, xs, consts, dynamic_length))
+        ny = len(plan.y_specs)
+        return flat[:n_i], flat[n_i: n_i + ny], flat[n_i + ny:]
 
     def backward(self, xs, consts, saved, d_carry, d_ys, dynamic_length=None):
         plan, static = self.plan, self.static
