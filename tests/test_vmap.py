@@ -219,6 +219,25 @@ def test_batched_while_loop_predicate(rng):
     assert_trees_match(got, jax.vmap(f_jax)(limits))
 
 
+def test_xla_slices_with_per_example_indices():
+    """XLA's dynamic (update) slice, the ops a scan's loop uses, batched at any index."""
+    from tensorflow.compiler.tf2xla.python import xla
+    buf = tf.reshape(tf.range(12.0), [4, 3])
+
+    def f(i, u):
+        written = xla.dynamic_update_slice(buf, tf.reshape(u * tf.constant([1.0, 2.0]), [1, 2]),
+                                           tf.stack([i, i % 2]))
+        return written, xla.dynamic_slice(buf, tf.stack([i, 0]), [2, 2])
+    idx, us = tf.constant([0, 1, 3]), tf.constant([1.0, 2.0, 3.0])
+    got = tfscan.vmap(f)(idx, us)
+    assert_trees_match(got, python_loop(f, (0, 0), [idx, us], 3))
+
+
+def test_op_without_batching_rule_is_a_clear_error():
+    with pytest.raises(NotImplementedError, match=r"op 'Unique' of type Unique, which has no batching rule"):
+        tfscan.vmap(lambda x: tf.unique(x)[0])(tf.constant([[1, 2, 2], [3, 3, 4]]))
+
+
 def test_one_while_loop_in_the_compiled_program(rng):
     """vmap of a scan is one loop over the batched carry, not a loop over examples."""
     w = [tf.constant(a, tf.float32) for a in seed_weights(rng)]
@@ -407,6 +426,8 @@ def test_error_in_axes_structure():
         tfscan.vmap(lambda x: x, in_axes=((0, (0, 0)),))((tf.ones([2]), tf.ones([2])))
     with pytest.raises(TypeError, match=r"in_axes must be an int, None"):
         tfscan.vmap(lambda x: x, in_axes=0.5)
+    with pytest.raises(TypeError, match=r"in_axes must be an int, None, or a tuple.*in_axes=\(\{'a': 0\},\)"):
+        tfscan.vmap(lambda x: x, in_axes={"a": 0})
     with pytest.raises(TypeError, match=r"axis_size"):
         tfscan.vmap(lambda x: x, axis_size=-1)
 

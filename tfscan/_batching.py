@@ -17,6 +17,12 @@ stand between ``pfor`` and a scan written as one compiled ``While`` loop:
   predicate itself is batched, the loop runs while any example runs and finished
   examples keep their values (``where``), exactly as ``jax.vmap`` does. Outside
   ``tfscan.vmap``, ``tf.vectorized_map`` keeps TensorFlow's own converter.
+
+Two more rules (also only inside ``tfscan.vmap``) keep the batched step as cheap as one
+written for the batch by hand: a scan reads ``xs[t]`` with a ``GatherV2`` at an index
+shared by the batch, which becomes a slice of the batched ``xs`` (pfor would build a
+general gather); and ``tf.linalg.matvec(W, v)`` of a batched ``v`` becomes one
+``v @ W^T`` (pfor would transpose the batch around the matmul on every step).
 """
 
 from __future__ import annotations
@@ -109,9 +115,6 @@ def _convert_dynamic_slice(pfor_input):
     return pfor_lib.wrap(tf.map_fn(
         lambda a: xla.dynamic_slice(a[0], a[1], static_sizes), (x, idx),
         fn_output_signature=tf.TensorSpec(static_sizes.tolist(), x.dtype)), True)
-
-
-_ORIGINAL = {name: pfor_lib._pfor_converter_registry[name] for name in ("GatherV2", "MatMul")}
 
 
 def _override(op_type: str):

@@ -10,9 +10,13 @@ input is shared), so scans inside keep tfscan's linear-time backward loop.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import logging
 import numbers
+import re
+import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -74,6 +78,11 @@ def vmap(fun: Callable[..., Any], in_axes: Any = 0, out_axes: Any = 0,
         raise TypeError(f"vmap: fun must be callable, got {fun!r:.80}.")
     if isinstance(in_axes, list):
         in_axes = tuple(in_axes)  # as jax.vmap: a list at the top level means a tuple
+    if not (_is_axis(in_axes) or type(in_axes) is tuple):
+        raise TypeError(
+            "vmap: in_axes must be an int, None, or a tuple with one entry per positional argument "
+            f"(entries may be nests matching the arguments), got {type(in_axes).__name__} {_short(in_axes)}. "
+            f"For one argument, write in_axes=({_short(in_axes)},).")
     _check_axes_spec(in_axes, "in_axes")
     _check_axes_spec(out_axes, "out_axes")
     if axis_size is not None:
@@ -401,7 +410,7 @@ class _Batched:
         inputs = list(op.inputs)[n_out:]
         n_s = len(inputs) - n_m - len(self.variables)
         m, s, c = inputs[:n_m], inputs[n_m: n_m + n_s], inputs[n_m + n_s:]
-        return [None] * n_out + _backward(self, m, s, c, list(d_outs[:n_out]))
+        return [None] * n_out + _backward(self, m, s, c, list(d_outs[:n_out]), list(op.outputs[:n_out]))
 
 
 def _drop(shape: tf.TensorShape, axis: int) -> tf.TensorShape:
@@ -427,16 +436,45 @@ def _pfor(loop_fn: Callable[[tf.Tensor], list], size: Any) -> list:
         loop_var = array_ops.placeholder_with_default(0, shape=[])
         outputs = loop_fn(loop_var)
     new_ops = set(graph.get_operations()) - existing
-    with ops.name_scope("vmap"), _batching.batching():
+    with ops.name_scope("vmap"), _batching.batching(), _quiet_pfor_errors():
         converter = pfor_lib.PFor(loop_var, size, new_ops, fallback_to_while_loop=False)
         try:
             return [converter._convert_helper(t) for t in outputs]
         except ValueError as e:
-            if "No pfor vectorization defined" not in str(e) and "pfor" not in str(e):
+            text = str(e)
+            found = re.search(r"No pfor vectorization defined for (\S+)\s+name: \"([^\"]+)\"", text)
+            if found is None:
                 raise
             raise NotImplementedError(
-                f"vmap: an op of the function has no batching rule, so it cannot be vectorized: "
-                f"{str(e).splitlines()[0]}") from e
+                f"vmap: the function uses the op {found.group(2)!r} of type {found.group(1)}, which has no "
+                "batching rule (no pfor converter), so it cannot be vectorized. Rewrite that part with "
+                "batchable ops, or map it with tfscan.map / tfscan.scan over the batch.") from None
+
+
+class _PforErrorFilter(logging.Filter):
+    """Drops pfor's own log of a failed conversion (we raise a short error instead)."""
+
+    def __init__(self):
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if threading.get_ident() != self.thread or record.levelno != logging.ERROR:
+            return True
+        msg = str(record.msg)
+        return not (msg.startswith("Got error while pfor was converting op") or "created at:" in msg
+                    or msg.startswith("%s\ncreated at:"))
+
+
+@contextlib.contextmanager
+def _quiet_pfor_errors():
+    logger = tf.get_logger()
+    f = _PforErrorFilter()
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)
 
 
 # ------------------------------------------------------------------------------------------
@@ -463,7 +501,7 @@ def _with_gradient(entry: _Batched, outs, mapped, shared, captured) -> list:
             resource_variable_ops.variable_accessed(v)  # so that tapes watch it
 
     def tape_gradient(*d_outs):
-        return _backward(entry, mapped, shared, captured, list(d_outs))
+        return _backward(entry, mapped, shared, captured, list(d_outs), outs)
 
     if not tf.executing_eagerly():
         with ops.get_default_graph().gradient_override_map({"IdentityN": entry.grad_name}):
@@ -472,7 +510,7 @@ def _with_gradient(entry: _Batched, outs, mapped, shared, captured) -> list:
     return outs
 
 
-def _backward(entry: _Batched, mapped, shared, captured, d_outs) -> list:
+def _backward(entry: _Batched, mapped, shared, captured, d_outs, outs) -> list:
     """Gradients for ``mapped + shared + captured`` (``None`` where there is none)."""
     mapped_axes = entry.mapped_axes
     size = entry.size
@@ -484,15 +522,11 @@ def _backward(entry: _Batched, mapped, shared, captured, d_outs) -> list:
     dys, dy_axes = [], []
     for i in float_outs:
         d, axis = d_outs[i], entry.out_axes[i]
-        shape = entry.pe.outputs[i].shape
-        if d is None:
-            d = _zeros_out(entry, i, mapped, size)
-        d = tf.convert_to_tensor(d)
+        d = tf.zeros_like(outs[i]) if d is None else tf.convert_to_tensor(d)
         if axis is None:
             rest = tf.zeros(tf.concat([tf.reshape(size - 1, [1]), tf.shape(d)], 0), d.dtype)
             d = tf.concat([d[None], rest], 0)
             axis = 0
-        del shape
         dys.append(d)
         dy_axes.append(axis)
     m_f = [j for j, t in enumerate(mapped) if _is_float(t.dtype)]
@@ -533,15 +567,3 @@ def _backward(entry: _Batched, mapped, shared, captured, d_outs) -> list:
         c_grads[j] = tf.reduce_sum(next(grads), 0)
     return result + c_grads
 
-
-def _zeros_out(entry: _Batched, i: int, mapped, size):
-    """Zeros shaped like output ``i`` of the batched call."""
-    shape = entry.pe.outputs[i].shape
-    axis = entry.out_axes[i]
-    if axis is None:
-        return tf.zeros(shape, entry.out_dtypes[i])
-    dims = tf.concat([tf.reshape(size, [1]), tf.constant(shape.as_list(), tf.int32)], 0) \
-        if shape.is_fully_defined() else None
-    if dims is None:
-        raise ValueError("vmap: cannot build a zero cotangent for an output of unknown shape.")
-    return _move_from_front(tf.zeros(dims, entry.out_dtypes[i]), axis % (shape.rank + 1))
