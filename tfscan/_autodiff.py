@@ -16,7 +16,8 @@ from tensorflow.python.eager import record
 from tensorflow.python.framework import ops
 
 from tfscan import _program
-from tfscan._program import Programs, is_float
+from tfscan._plan import float_indices, is_float
+from tfscan._program import Programs
 
 __all__ = []  # private module
 
@@ -27,16 +28,20 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     if not tf.executing_eagerly():
         return _graph_differentiable_scan(programs, init, xs, consts, dynamic_length)
     n_i, n_x = len(init), len(xs)
+    # Eagerly, the live tapes tell which inputs can be asked for a gradient: the backward
+    # loop then skips the others (e.g. the data in xs when only weights are trained).
+    wanted = tuple(record.should_record_backprop([t]) for t in list(xs) + list(consts))
+    wanted = None if all(wanted) else wanted
 
     @tf.custom_gradient
     def scan_vjp(*flat):
         init, xs, consts = flat[:n_i], flat[n_i: n_i + n_x], flat[n_i + n_x:]
         with record.stop_recording():  # the outer tape sees this call only through grad_fn
-            carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=True)
+            carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=True, wanted=wanted)
         outs = list(carry) + list(ys)
 
         def grad_fn(*d_outs, variables=None):
-            grads = _backward(programs, init, xs, consts, saved, d_outs, outs, dynamic_length)
+            grads = _backward(programs, init, xs, consts, saved, d_outs, outs, dynamic_length, wanted)
             if variables is not None:
                 return grads, [None] * len(variables)
             return grads
@@ -46,7 +51,8 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     return list(scan_vjp(*init, *xs, *consts))
 
 
-def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic_length) -> list:
+def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic_length,
+              wanted: tuple | None = None) -> list:
     """Flat gradients for ``init + xs + consts`` given the cotangents of ``outs``."""
     n_i = len(init)
     d_outs = [_zeros_if_none(d, o) for d, o in zip(d_outs, outs)]
@@ -54,7 +60,7 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
     if record.could_possibly_record():
         grads = _recorded_backward(programs, init, xs, consts, d_carry, d_ys, dynamic_length)
     else:
-        grads = programs.backward(xs, consts, saved, d_carry, d_ys, dynamic_length)
+        grads = programs.backward(xs, consts, saved, d_carry, d_ys, dynamic_length, wanted)
     return [g for part in grads for g in part]
 
 
@@ -121,7 +127,7 @@ def _recorded_backward(programs: Programs, init, xs, consts, d_carry, d_ys, dyna
     from tfscan._scan import scan  # the public scan differentiates this backward pass
 
     plan, static = programs.plan, programs.static
-    fc, fx, fy, fk = _program.float_indices(plan, consts)
+    fc, fx, fy, fk = float_indices(plan, consts)
     length = static.length if static.length is not None else dynamic_length
 
     def carries_step(c, x):

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 
 from tfscan import _checks, _tree
-from tfscan._program import is_float
+from tfscan._plan import is_float
 
 __all__ = ["grad", "value_and_grad"]
 

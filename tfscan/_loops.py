@@ -24,7 +24,8 @@ from tensorflow.python.eager import record
 
 from tfscan import _checks, _context, _control, _tree
 from tfscan._loop import _keep_shape
-from tfscan._program import _captured, is_float
+from tfscan._plan import is_float
+from tfscan._program import captured
 from tfscan._scan import scan
 from tfscan._step import Traced
 
@@ -175,7 +176,7 @@ class _WhilePlan:
 
         def body(v):
             c, tc = v[:n], v[n:]
-            k, t_k = _captured(kb), _captured(t_kb)
+            k, t_k = captured(kb), captured(t_kb)
             new = self.body.apply(c, k)
             targets = [new[i] for i in self.fc]
             sources = [c[i] for i in self.fc] + [k[i] for i in fk]

@@ -59,6 +59,26 @@ class Plan:
         return outs[: self.n_carry], outs[self.n_carry:]
 
 
+def is_float(dtype: tf.DType) -> bool:
+    """Whether leaves of ``dtype`` get gradients (floating or complex)."""
+    return dtype.is_floating or dtype.is_complex
+
+
+def float_indices(plan: Plan, consts: Sequence[Any], wanted: tuple | None = None):
+    """Indices of the leaves of (carry, x, y, consts) that get gradients.
+
+    ``wanted`` (a bool per x leaf then per constant, or ``None`` for all) drops the
+    gradients no tape asked for; the carry's are always needed (they chain the steps).
+    """
+    nx = len(plan.x_specs)
+    want = (lambda j: True) if wanted is None else (lambda j: wanted[j])
+    fc = [i for i, s in enumerate(plan.carry_specs) if is_float(s.dtype)]
+    fx = [i for i, s in enumerate(plan.x_specs) if is_float(s.dtype) and want(i)]
+    fy = [i for i, s in enumerate(plan.y_specs) if is_float(s.dtype)]
+    fk = [i for i, c in enumerate(consts) if is_float(c.dtype) and want(nx + i)]
+    return fc, fx, fy, fk
+
+
 def _as_tensor(v: Any, path: str, dtype: tf.DType | None, name: str) -> tf.Tensor:
     if isinstance(v, (tf.Tensor, tf.Variable)):
         return tf.convert_to_tensor(v)

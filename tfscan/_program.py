@@ -15,14 +15,10 @@ import tensorflow as tf
 from tensorflow.python.framework import ops
 
 from tfscan import _context, _loop
-from tfscan._plan import Plan
+from tfscan._plan import Plan, float_indices
 from tfscan._residuals import NotSplittable, ResidualSplit
 
 __all__ = []  # private module
-
-
-def is_float(dtype: tf.DType) -> bool:
-    return dtype.is_floating or dtype.is_complex
 
 
 class Static:
@@ -43,7 +39,7 @@ def _length(static: Static, xs: Sequence[tf.Tensor], dynamic: Any) -> Any:
     return dynamic
 
 
-def _captured(consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+def captured(consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
     graph = ops.get_default_graph()
     capture = getattr(graph, "capture", None)
     return [capture(c) if capture else c for c in consts]
@@ -59,7 +55,7 @@ def forward(plan: Plan, static: Static, init, xs, consts, dynamic_length=None, s
     length = _length(static, xs, dynamic_length)
 
     def body(carry, slices):
-        k = _captured(consts)
+        k = captured(consts)
         if save and split is not None:
             new_carry, ys, residuals = split.step_forward(carry, slices, k)
             return new_carry, list(ys) + [carry[i] for i in split.saved_carry] + list(residuals)
@@ -75,22 +71,13 @@ def forward(plan: Plan, static: Static, init, xs, consts, dynamic_length=None, s
     return carry, bufs[:ny], bufs[ny:]
 
 
-def float_indices(plan: Plan, consts: Sequence[tf.Tensor]):
-    """Indices of the float leaves of (carry, x, y, consts): the ones that get gradients."""
-    fc = [i for i, s in enumerate(plan.carry_specs) if is_float(s.dtype)]
-    fx = [i for i, s in enumerate(plan.x_specs) if is_float(s.dtype)]
-    fy = [i for i, s in enumerate(plan.y_specs) if is_float(s.dtype)]
-    fk = [i for i, c in enumerate(consts) if is_float(c.dtype)]
-    return fc, fx, fy, fk
-
-
-def step_vjp(plan: Plan, c_t, x_t, k, d_c, dy_t):
+def step_vjp(plan: Plan, c_t, x_t, k, d_c, dy_t, wanted=None):
     """Recompute one step and pull ``(d_new_carry, d_y)`` (float leaves) back to its inputs.
 
     Returns the gradients for the float leaves of the carry, of x and of the constants.
     """
-    k = _captured(k)
-    fc, fx, fy, fk = float_indices(plan, k)
+    k = captured(k)
+    fc, fx, fy, fk = float_indices(plan, k, wanted)
     new_c, y = plan.apply(c_t, x_t, k)
     targets = [new_c[i] for i in fc] + [y[i] for i in fy]
     sources = [c_t[i] for i in fc] + [x_t[i] for i in fx] + [k[i] for i in fk]
@@ -104,29 +91,29 @@ def step_vjp(plan: Plan, c_t, x_t, k, d_c, dy_t):
 
 
 def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynamic_length=None,
-             split: ResidualSplit | None = None):
+             split: ResidualSplit | None = None, wanted=None):
     """Gradients ``(d_init, d_xs, d_consts)`` for the float leaves (``None`` for the others).
 
     With a ``split`` each step reads its saved residuals; without one it recomputes the
     step from its saved input carry.
     """
     length = _length(static, xs, dynamic_length)
-    fc, fx, fy, fk = float_indices(plan, consts)
+    fc, fx, fy, fk = float_indices(plan, consts, wanted)
     nx, nc, ns = len(xs), len(plan.carry_specs), len(saved)
     invariants = split.invariants(consts) if split is not None else []
 
     def body(acc, slices):
-        k = _captured(consts)
+        k = captured(consts)
         d_c, d_k = acc[: len(fc)], acc[len(fc):]
         x_t, s_t, dy_t = slices[:nx], slices[nx: nx + ns], slices[nx + ns:]
         if split is None:
-            g_c, g_x, g_k = step_vjp(plan, s_t, x_t, k, d_c, dy_t)
+            g_c, g_x, g_k = step_vjp(plan, s_t, x_t, k, d_c, dy_t, wanted)
         else:
             c_t = [None] * nc
             for j, i in enumerate(split.saved_carry):
                 c_t[i] = s_t[j]
             residuals = s_t[len(split.saved_carry):]
-            g_c, g_x, g_k = split.step_backward(c_t, x_t, k, residuals, _captured(invariants), d_c, dy_t)
+            g_c, g_x, g_k = split.step_backward(c_t, x_t, k, residuals, captured(invariants), d_c, dy_t)
         return list(g_c) + [a + g for a, g in zip(d_k, g_k)], list(g_x)
 
     acc0 = [d_carry[i] for i in fc] + [tf.zeros_like(consts[i]) for i in fk]
@@ -157,20 +144,20 @@ class Programs:
         self._fns: dict = {}
         self._concrete: dict = {}
         self._lock = threading.Lock()
-        self._split: ResidualSplit | None | bool = False  # False: not tried yet
+        self._splits: dict = {}
 
-    def split(self, consts: Sequence[tf.Tensor]) -> ResidualSplit | None:
+    def split(self, consts: Sequence[tf.Tensor], wanted=None) -> ResidualSplit | None:
         """The step's VJP split for saving residuals, or ``None`` to recompute steps."""
         if self.remat:
             return None
         with self._lock:
-            if self._split is False:
+            if wanted not in self._splits:
                 specs = [tf.TensorSpec(c.shape, c.dtype) for c in consts]
                 try:
-                    self._split = ResidualSplit(self.plan, specs)
+                    self._splits[wanted] = ResidualSplit(self.plan, specs, wanted)
                 except NotSplittable:
-                    self._split = None
-            return self._split
+                    self._splits[wanted] = None
+            return self._splits[wanted]
 
     def _compiled(self, name: str, build):
         with self._lock:
@@ -197,25 +184,27 @@ class Programs:
             concrete = self._concrete[name] = fn.get_concrete_function(*args)
         return list(concrete._call_flat(args, concrete.captured_inputs))
 
-    def forward(self, init, xs, consts, dynamic_length=None, save=False):
+    def forward(self, init, xs, consts, dynamic_length=None, save=False, wanted=None):
+        """``(carry, ys, saved)``; ``wanted`` (a bool per xs and consts leaf, or ``None`` for
+        all) limits the residuals to what the gradients of those leaves need."""
         plan, static = self.plan, self.static
         n_i, n_x = len(init), len(xs)
 
-        split = self.split(consts) if save else None
+        split = self.split(consts, wanted) if save else None
 
         def build(*args):
             i, x, k, dl = _split(args, n_i, n_x, len(consts))
             carry, ys, saved = forward(plan, static, i, x, k, dl, save, split)
             return list(carry) + list(ys) + list(saved)
 
-        flat = self._call(f"forward_{save}", build, _join(init, xs, consts, dynamic_length))
+        flat = self._call(f"forward_{save}_{wanted}", build, _join(init, xs, consts, dynamic_length))
         ny = len(plan.y_specs)
         return flat[:n_i], flat[n_i: n_i + ny], flat[n_i + ny:]
 
-    def backward(self, xs, consts, saved, d_carry, d_ys, dynamic_length=None):
+    def backward(self, xs, consts, saved, d_carry, d_ys, dynamic_length=None, wanted=None):
         plan, static = self.plan, self.static
         n_x, n_k, n_s, n_c = len(xs), len(consts), len(saved), len(d_carry)
-        split = self.split(consts)
+        split = self.split(consts, wanted)
         # None entries (non-float leaves) cannot cross a function boundary: drop and restore.
         d_carry_idx = [i for i, d in enumerate(d_carry) if d is not None]
         d_ys_idx = [i for i, d in enumerate(d_ys) if d is not None]
@@ -232,15 +221,17 @@ class Programs:
             for i in d_ys_idx:
                 dy[i] = args.pop(0)
             dl = args[0] if args else None
-            d_init, d_xs, d_k = backward(plan, static, x, k, s, dc, dy, dl, split)
+            d_init, d_xs, d_k = backward(plan, static, x, k, s, dc, dy, dl, split, wanted)
             return [g for g in d_init + d_xs + d_k if g is not None]
 
         args = list(xs) + list(consts) + list(saved) + [d_carry[i] for i in d_carry_idx] + \
             [d_ys[i] for i in d_ys_idx] + ([dynamic_length] if dynamic_length is not None else [])
-        flat = list(self._call("backward", build, args))
-        specs = list(plan.carry_specs) + list(plan.x_specs) + [tf.TensorSpec(c.shape, c.dtype) for c in consts]
-        grads = [flat.pop(0) if is_float(s.dtype) else None for s in specs]
-        return grads[:n_c], grads[n_c: n_c + n_x], grads[n_c + n_x:]
+        flat = list(self._call(f"backward_{wanted}", build, args))
+        fc, fx, _, fk = float_indices(plan, consts, wanted)
+        d_init = [flat.pop(0) if i in fc else None for i in range(n_c)]
+        d_xs = [flat.pop(0) if i in fx else None for i in range(n_x)]
+        d_k = [flat.pop(0) if i in fk else None for i in range(n_k)]
+        return d_init, d_xs, d_k
 
 
 def _join(init, xs, consts, dynamic_length) -> list:

@@ -19,17 +19,13 @@ import tensorflow as tf
 from tensorflow.python.eager import record
 
 from tfscan._graph_piece import GraphPiece
-from tfscan._plan import Plan
+from tfscan._plan import Plan, float_indices
 
 __all__ = []  # private module
 
 
 class NotSplittable(Exception):
     """The step cannot be split (it uses resources or captures); recompute it instead."""
-
-
-def _is_float(dtype: tf.DType) -> bool:
-    return dtype.is_floating or dtype.is_complex
 
 
 class ResidualSplit:
@@ -40,14 +36,11 @@ class ResidualSplit:
       residual_specs: specs of the per-step residuals the forward piece also returns.
     """
 
-    def __init__(self, plan: Plan, const_specs: Sequence[tf.TensorSpec]):
+    def __init__(self, plan: Plan, const_specs: Sequence[tf.TensorSpec], wanted: tuple | None = None):
         if plan.step.has_resources:
             raise NotSplittable("the step uses resources")
         nc, nx, nk = len(plan.carry_specs), len(plan.x_specs), len(const_specs)
-        self.fc = [i for i, s in enumerate(plan.carry_specs) if _is_float(s.dtype)]
-        self.fx = [i for i, s in enumerate(plan.x_specs) if _is_float(s.dtype)]
-        self.fy = [i for i, s in enumerate(plan.y_specs) if _is_float(s.dtype)]
-        self.fk = [i for i, s in enumerate(const_specs) if _is_float(s.dtype)]
+        self.fc, self.fx, self.fy, self.fk = float_indices(plan, const_specs, wanted)
         fc, fx, fy, fk = self.fc, self.fx, self.fy, self.fk
         n_out = nc + len(plan.y_specs)
 

@@ -11,7 +11,8 @@ from tensorflow.python.framework import ops
 from tfscan import _checks, _context, _tree
 from tfscan._autodiff import differentiable_scan
 from tfscan._plan import Plan
-from tfscan._program import Programs, Static, is_float
+from tfscan._plan import is_float
+from tfscan._program import Programs, Static
 from tfscan._remat import checkpointed_scan
 
 __all__ = ["scan"]
