@@ -171,6 +171,10 @@ def main(argv=None) -> int:
     result = {"machine": machine, "mode": mode, "meta": meta, "workloads": wl_meta,
               "records": records, "goals": goals, "notes": notes}
     paths = _report.write(result, args.out)
+    out_abs = os.path.abspath(args.out)
+    if mode != "smoke" and os.path.basename(out_abs) == "results":
+        # results/ beside a README with the results markers: refresh its summary table.
+        _report.update_readme(result, os.path.join(os.path.dirname(out_abs), "README.md"))
     misses = [g for g in goals if g["status"] == "MISS"]
     log(f"[{time.perf_counter() - t_start:5.0f} s] wrote {paths['md']} and {paths['json']}; "
         f"{len(misses)} goal misses of {len(goals)} checks")

@@ -238,6 +238,55 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def headline(result: dict) -> str:
+    """The README's summary: per workload, at its largest T, JAX, tfscan, and the fastest other."""
+    meta = result["meta"]
+    lines = [f"Measured on `{result['machine']}` ({meta['cpu']}, {meta['cores']} cores), {meta['date']}, "
+             f"`--{result['mode']}` run; " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+             + f". Load average before/after: {meta['load_average']['before'][0]} / "
+             f"{meta['load_average']['after'][0]}.", "",
+             "| workload | T | JAX | tfscan (each variant, ×fastest other) | fastest other |",
+             "|---|---|---|---|---|"]
+    for wl in result["workloads"]:
+        rows = [r for r in result["records"] if r["workload"] == wl["key"] and _has_value(r)]
+        if not rows or wl.get("measure") == "peak_bytes":
+            continue
+        T = max(r["size"] for r in rows if _impls.impl(r["impl"]).family == "tfscan") if any(
+            _impls.impl(r["impl"]).family == "tfscan" for r in rows) else max(r["size"] for r in rows)
+        at = [r for r in rows if r["size"] == T]
+        ref = next((r for r in at if r["impl"] == wl.get("reference")), None)
+        tfs = sorted([r for r in at if _impls.impl(r["impl"]).family == "tfscan"
+                      and _impls.impl(r["impl"]).goal], key=lambda r: r["value"])
+        cells = "<br>".join(f"{r['impl']}: {fmt_time(r['value'])} ({fmt_ratio(r.get('ratio_best_other'))})"
+                            + (" **MISS**" if r.get("misses") else "") for r in tfs) or "—"
+        best = tfs[0].get("best_other") if tfs else None
+        best_r = next((r for r in at if r["impl"] == best), None)
+        lines.append(f"| {wl['title']} | {T} | {fmt_time(ref['value']) if ref else '—'} | {cells} | "
+                     + (f"{best}: {fmt_time(best_r['value'])}" if best_r else "—") + " |")
+    lines += ["", "Goals:", "", "| goal | tfscan variant | result | detail |", "|---|---|---|---|"]
+    lines += [ln for ln in markdown(result).split("## Goals", 1)[1].split("\n## ", 1)[0].split("\n")[4:]
+              if ln.startswith("| ")]
+    return "\n".join(lines)
+
+
+README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def update_readme(result: dict, readme: str) -> None:
+    """Replace the text between the README's results markers with the headline table."""
+    try:
+        with open(readme) as f:
+            text = f.read()
+    except OSError:
+        return
+    if README_BEGIN not in text or README_END not in text:
+        return
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    with open(readme, "w") as f:
+        f.write(head + README_BEGIN + "\n" + headline(result) + "\n" + README_END + tail)
+
+
 def plot(result: dict, out_dir: str) -> None:
     """One PNG per workload with several sizes: time vs T, log-log, a line per implementation."""
     import matplotlib

@@ -70,6 +70,8 @@ def run_workload(w: Workload, settings: _timing.Settings, seed: int = 0) -> list
                     timing = _timing.measure(fn, settings, first)
                     if key == ref_key:
                         ref_out = first[0]
+                    elif key not in checked:
+                        rec["note"] = f"not value-checked ({ref_key} failed)"
                     err = None
                 else:
                     # Check before timing: only the first call runs until the values agree.
