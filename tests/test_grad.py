@@ -295,3 +295,36 @@ def test_bad_remat():
         tfscan.scan(lambda c, x: (c, None), 0.0, length=2, remat="half")
     with pytest.raises(ValueError, match="remat"):
         tfscan.scan(lambda c, x: (c, None), 0.0, length=2, remat=0)
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_user_custom_gradient_and_tape_inside_the_step(remat):
+    @tf.custom_gradient
+    def clipped_square(x):
+        return x * x, lambda d: tf.clip_by_value(d * 2 * x, -3.0, 3.0)
+
+    def step(c, x):
+        with tf.GradientTape() as tape:  # per-step autodiff, e.g. a Hamiltonian's force
+            tape.watch(c)
+            energy = c * c * x
+        return c - 0.1 * tape.gradient(energy, c) + clipped_square(x), c
+
+    xs = tf.constant([1.0, 2.0, 3.0])
+    with tf.GradientTape() as tape:
+        tape.watch(xs)
+        c, ys = tfscan.scan(step, 0.5, xs, remat=remat)
+    g = tape.gradient(c, xs)
+    with tfscan.disable_jit():
+        c_ref, _ = tfscan.scan(step, 0.5, xs)
+    assert float(c) == pytest.approx(float(c_ref))
+    # d c_T / d x_t by hand: c' = c (1 - 0.2 x) + x^2, where the custom gradient clips the
+    # cotangent of x^2, d * 2x, to [-3, 3] (d = the product of the later (1 - 0.2 x)).
+    c_vals, cs = [0.5], 0.5
+    for x in [1.0, 2.0, 3.0]:
+        cs = cs * (1 - 0.2 * x) + x * x
+        c_vals.append(cs)
+    want = []
+    for t, x in enumerate([1.0, 2.0, 3.0]):
+        d = float(np.prod([1 - 0.2 * later for later in [1.0, 2.0, 3.0][t + 1:]]))
+        want.append(-0.2 * c_vals[t] * d + min(d * 2 * x, 3.0))
+    np.testing.assert_allclose(g.numpy(), want, rtol=1e-5)

@@ -32,6 +32,7 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     # loop then skips the others (e.g. the data in xs when only weights are trained).
     wanted = tuple(record.should_record_backprop([t]) for t in list(xs) + list(consts))
     wanted = None if all(wanted) else wanted
+    programs.vjp(consts, wanted)  # traced now, while a tape inside the step can still record
 
     @tf.custom_gradient
     def scan_vjp(*flat):
@@ -76,6 +77,7 @@ def _graph_differentiable_scan(programs: Programs, init, xs, consts, dynamic_len
     Here the forward results, the saved residuals and the inputs all pass through one
     ``IdentityN`` whose registered gradient finds them in ``op.inputs``.
     """
+    programs.vjp(consts)  # traced now, while a tape inside the step can still record
     with record.stop_recording():  # a tape recording this graph sees only the op below
         carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=True)
         outs = list(carry) + list(ys)
@@ -128,6 +130,7 @@ def _recorded_backward(programs: Programs, init, xs, consts, d_carry, d_ys, dyna
 
     plan, static = programs.plan, programs.static
     fc, fx, fy, fk = float_indices(plan, consts)
+    vjp = programs.vjp(consts)
     length = static.length if static.length is not None else dynamic_length
 
     def carries_step(c, x):
@@ -139,7 +142,7 @@ def _recorded_backward(programs: Programs, init, xs, consts, d_carry, d_ys, dyna
     def vjp_step(acc, sl):
         d_c, d_k = acc
         x_t, c_t, dy_t = sl
-        g_c, g_x, g_k = _program.step_vjp(plan, c_t, x_t, list(consts), d_c, dy_t)
+        g_c, g_x, g_k = _program.step_vjp(plan, c_t, x_t, list(consts), d_c, dy_t, vjp=vjp)
         return (g_c, [a + g for a, g in zip(d_k, g_k)]), g_x
 
     acc0 = ([d_carry[i] for i in fc], [tf.zeros_like(consts[i]) for i in fk])

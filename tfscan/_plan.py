@@ -51,6 +51,7 @@ class Plan:
             y_leaves = [_as_tensor(v, p, None, name) for v, p in zip(y_leaves, y_paths)]
             return c_leaves + y_leaves
 
+        self.flat_step = flat_step  # traced again (with its gradient) by _residuals.StepVJP
         self.step = Traced(flat_step, self.carry_specs + self.x_specs, name=name)
         self.y_specs = self.step.out_specs[self.n_carry:]
 

@@ -16,7 +16,7 @@ from tensorflow.python.framework import ops
 
 from tfscan import _context, _loop
 from tfscan._plan import Plan, float_indices
-from tfscan._residuals import NotSplittable, ResidualSplit
+from tfscan._residuals import NotSplittable, StepVJP
 
 __all__ = []  # private module
 
@@ -46,7 +46,7 @@ def captured(consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
 
 
 def forward(plan: Plan, static: Static, init, xs, consts, dynamic_length=None, save: bool = False,
-            split: ResidualSplit | None = None):
+            split=None):
     """``(carry, ys, saved)``; ``saved`` is empty unless ``save``.
 
     What is saved per step for the backward loop: with a ``split``, the carry leaves its
@@ -71,12 +71,16 @@ def forward(plan: Plan, static: Static, init, xs, consts, dynamic_length=None, s
     return carry, bufs[:ny], bufs[ny:]
 
 
-def step_vjp(plan: Plan, c_t, x_t, k, d_c, dy_t, wanted=None):
+def step_vjp(plan: Plan, c_t, x_t, k, d_c, dy_t, wanted=None, vjp: StepVJP | None = None):
     """Recompute one step and pull ``(d_new_carry, d_y)`` (float leaves) back to its inputs.
 
     Returns the gradients for the float leaves of the carry, of x and of the constants.
+    With a traced ``vjp`` its ops are emitted; otherwise (a step that could not be traced
+    with its gradient) ``tf.gradients`` differentiates the re-emitted step.
     """
     k = captured(k)
+    if vjp is not None:
+        return vjp.vjp(c_t, x_t, k, d_c, dy_t)
     fc, fx, fy, fk = float_indices(plan, k, wanted)
     new_c, y = plan.apply(c_t, x_t, k)
     targets = [new_c[i] for i in fc] + [y[i] for i in fy]
@@ -91,12 +95,13 @@ def step_vjp(plan: Plan, c_t, x_t, k, d_c, dy_t, wanted=None):
 
 
 def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynamic_length=None,
-             split: ResidualSplit | None = None, wanted=None):
+             vjp: StepVJP | None = None, remat: bool = False, wanted=None):
     """Gradients ``(d_init, d_xs, d_consts)`` for the float leaves (``None`` for the others).
 
-    With a ``split`` each step reads its saved residuals; without one it recomputes the
-    step from its saved input carry.
+    With ``vjp.split`` (and not ``remat``) each step reads its saved residuals; otherwise
+    it recomputes the step from its saved input carry.
     """
+    split = vjp.split if vjp is not None and not remat else None
     length = _length(static, xs, dynamic_length)
     fc, fx, fy, fk = float_indices(plan, consts, wanted)
     nx, nc, ns = len(xs), len(plan.carry_specs), len(saved)
@@ -107,7 +112,7 @@ def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynam
         d_c, d_k = acc[: len(fc)], acc[len(fc):]
         x_t, s_t, dy_t = slices[:nx], slices[nx: nx + ns], slices[nx + ns:]
         if split is None:
-            g_c, g_x, g_k = step_vjp(plan, s_t, x_t, k, d_c, dy_t, wanted)
+            g_c, g_x, g_k = step_vjp(plan, s_t, x_t, k, d_c, dy_t, wanted, vjp)
         else:
             c_t = [None] * nc
             for j, i in enumerate(split.saved_carry):
@@ -144,20 +149,23 @@ class Programs:
         self._fns: dict = {}
         self._concrete: dict = {}
         self._lock = threading.Lock()
-        self._splits: dict = {}
+        self._vjps: dict = {}
 
-    def split(self, consts: Sequence[tf.Tensor], wanted=None) -> ResidualSplit | None:
-        """The step's VJP split for saving residuals, or ``None`` to recompute steps."""
-        if self.remat:
-            return None
+    def vjp(self, consts: Sequence[tf.Tensor], wanted=None) -> StepVJP | None:
+        """The step's traced VJP (with its residual split when it has one), or ``None``."""
         with self._lock:
-            if wanted not in self._splits:
+            if wanted not in self._vjps:
                 specs = [tf.TensorSpec(c.shape, c.dtype) for c in consts]
                 try:
-                    self._splits[wanted] = ResidualSplit(self.plan, specs, wanted)
+                    self._vjps[wanted] = StepVJP(self.plan, specs, wanted)
                 except NotSplittable:
-                    self._splits[wanted] = None
-            return self._splits[wanted]
+                    self._vjps[wanted] = None
+            return self._vjps[wanted]
+
+    def split(self, consts: Sequence[tf.Tensor], wanted=None):
+        """The residual split the forward loop saves for, or ``None`` to save carries."""
+        vjp = None if self.remat else self.vjp(consts, wanted)
+        return vjp.split if vjp is not None else None
 
     def _compiled(self, name: str, build):
         with self._lock:
@@ -204,7 +212,7 @@ class Programs:
     def backward(self, xs, consts, saved, d_carry, d_ys, dynamic_length=None, wanted=None):
         plan, static = self.plan, self.static
         n_x, n_k, n_s, n_c = len(xs), len(consts), len(saved), len(d_carry)
-        split = self.split(consts, wanted)
+        vjp, remat = self.vjp(consts, wanted), self.remat
         # None entries (non-float leaves) cannot cross a function boundary: drop and restore.
         d_carry_idx = [i for i, d in enumerate(d_carry) if d is not None]
         d_ys_idx = [i for i, d in enumerate(d_ys) if d is not None]
@@ -221,7 +229,7 @@ class Programs:
             for i in d_ys_idx:
                 dy[i] = args.pop(0)
             dl = args[0] if args else None
-            d_init, d_xs, d_k = backward(plan, static, x, k, s, dc, dy, dl, split, wanted)
+            d_init, d_xs, d_k = backward(plan, static, x, k, s, dc, dy, dl, vjp, remat, wanted)
             return [g for g in d_init + d_xs + d_k if g is not None]
 
         args = list(xs) + list(consts) + list(saved) + [d_carry[i] for i in d_carry_idx] + \

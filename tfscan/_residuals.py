@@ -1,22 +1,27 @@
-"""The step's VJP split into three pieces, so the backward loop never recomputes the step.
+"""The step's VJP as explicit ops, split so the backward loop never recomputes the step.
 
-Trace ``joint(carry, x, consts, cotangents) = (step outputs, tf.gradients(...))`` once,
-then cut its graph: ops that depend on a cotangent form the *backward* piece; every
-forward tensor they read is a *residual*. A residual that depends on the carry or x is
-saved per step by the forward loop (into a preallocated buffer, like the ys); one that
-depends only on the constants (a transposed weight, say) is computed once, before the
-backward loop; pure constants are copied into the backward piece. This is what
-TensorFlow's own while-loop gradient does with TensorList accumulators — the cause of its
-quadratic time under XLA — done with plain tensors.
+``joint(carry, x, cotangents) = (f(carry, x), tf.gradients(...))`` is traced once by
+calling the user's step again, so gradients (including a user's ``tf.custom_gradient``
+or a nested scan) are built in the graph where the step's ops live. The result is then
+only ever *imported* (fed through ``input_map``), never differentiated again:
+
+* the whole VJP (``vjp``) serves the recompute policies (``remat=True``);
+* cut in three, it serves the default policy: ops that depend on a cotangent form the
+  *backward* piece, and every forward tensor they read is a *residual*. A residual that
+  depends on the carry or x is saved per step by the forward loop (into a preallocated
+  buffer, like the ys); one that depends only on the constants (a transposed weight) is
+  computed once before the backward loop; pure constants are copied into the backward
+  piece. This is what TensorFlow's own while-loop gradient does with TensorList
+  accumulators — the cause of its quadratic time under XLA — done with plain tensors.
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Sequence
+from typing import Any, Sequence
 
 import tensorflow as tf
-from tensorflow.python.eager import record
+from tensorflow.python.framework import ops
 
 from tfscan._graph_piece import GraphPiece
 from tfscan._plan import Plan, float_indices
@@ -25,50 +30,115 @@ __all__ = []  # private module
 
 
 class NotSplittable(Exception):
-    """The step cannot be split (it uses resources or captures); recompute it instead."""
+    """The VJP cannot be cut into pieces (recompute the step instead)."""
 
 
-class ResidualSplit:
-    """Forward-with-residuals, invariant and backward pieces of one step's VJP.
+class StepVJP:
+    """One step's vector-Jacobian product, traced once, emitted inline on demand.
 
-    Attributes:
-      saved_carry: indices of the carry leaves the backward piece reads directly.
-      residual_specs: specs of the per-step residuals the forward piece also returns.
+    ``const_sources`` of the plan's step say what each constant is (a tensor or a
+    variable); here every place the re-traced step reads it is fed with its value.
     """
 
     def __init__(self, plan: Plan, const_specs: Sequence[tf.TensorSpec], wanted: tuple | None = None):
-        if plan.step.has_resources:
-            raise NotSplittable("the step uses resources")
-        nc, nx, nk = len(plan.carry_specs), len(plan.x_specs), len(const_specs)
+        nc, nx = len(plan.carry_specs), len(plan.x_specs)
         self.fc, self.fx, self.fy, self.fk = float_indices(plan, const_specs, wanted)
         fc, fx, fy, fk = self.fc, self.fx, self.fy, self.fk
+        sources = plan.step.const_sources
+        by_tensor = {id(s): i for i, s in enumerate(sources) if not isinstance(s, tf.Variable)}
+        by_handle = {}
+        for i, s in enumerate(sources):
+            if isinstance(s, tf.Variable):
+                by_handle.setdefault(id(s.handle), i)
+        handles = {id(e): e for _, e in plan.step.handles}
+        const_feeds: list[tuple[str, int]] = []  # (tensor name in the joint graph, const index)
+        handle_feeds: list[tuple[str, Any]] = []  # (placeholder name, external resource)
         n_out = nc + len(plan.y_specs)
 
         def joint(*args):
-            c, x, k = args[:nc], args[nc: nc + nx], args[nc + nx: nc + nx + nk]
-            cts = list(args[nc + nx + nk:])
-            outs = plan.apply(c, x, k)
-            outs = list(outs[0]) + list(outs[1])
+            c, x, cts = args[:nc], args[nc: nc + nx], list(args[nc + nx:])
+            outs = list(plan.flat_step(*c, *x))
+            graph = ops.get_default_graph()
+            by_index = collections.defaultdict(list)
+            for external, internal in graph.captures:
+                if internal.dtype == tf.resource and id(external) in by_handle and \
+                        all(op.type == "ReadVariableOp" for op in internal.consumers()):
+                    for op in internal.consumers():
+                        by_index[by_handle[id(external)]].append(op.outputs[0])
+                elif internal.dtype == tf.resource and id(external) in handles:
+                    handle_feeds.append((internal.name, external))
+                elif id(external) in by_tensor:
+                    by_index[by_tensor[id(external)]].append(internal)
+                else:
+                    raise NotSplittable(f"the step captured {external!r:.60} on a second trace")
+            const_feeds.extend((t.name, i) for i, ts in by_index.items() for t in ts)
+            k_sources = [by_index[i] for i in fk]
             targets = [outs[i] for i in fc] + [outs[nc + i] for i in fy]
-            sources = [c[i] for i in fc] + [x[i] for i in fx] + [k[i] for i in fk]
-            grads = tf.gradients(targets, sources, grad_ys=cts,
-                                 unconnected_gradients=tf.UnconnectedGradients.ZERO) if targets else []
-            return outs + [tf.convert_to_tensor(g) for g in grads]
+            srcs = [c[i] for i in fc] + [x[i] for i in fx] + [t for ts in k_sources for t in ts]
+            grads = tf.gradients(targets, srcs, grad_ys=cts,
+                                 unconnected_gradients=tf.UnconnectedGradients.ZERO) if targets else \
+                [tf.zeros_like(s) for s in srcs]
+            grads = [tf.convert_to_tensor(g) for g in grads]
+            head, rest = grads[: len(fc) + len(fx)], grads[len(fc) + len(fx):]
+            summed = []
+            for ts, spec in zip(k_sources, [const_specs[i] for i in fk]):
+                part, rest = rest[: len(ts)], rest[len(ts):]
+                summed.append(tf.add_n(part) if part else tf.zeros(spec.shape, spec.dtype))
+            return outs + head + summed
 
-        specs = (list(plan.carry_specs) + list(plan.x_specs) + list(const_specs)
+        specs = (list(plan.carry_specs) + list(plan.x_specs)
                  + [plan.carry_specs[i] for i in fc] + [plan.y_specs[i] for i in fy])
-        with record.stop_recording():
+        try:  # with tapes live: a GradientTape inside the step must record
             self._cf = tf.function(joint, autograph=False).get_concrete_function(*specs)
+        except NotSplittable:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure: fall back to recomputing
+            raise NotSplittable(str(e)) from e
         graph = self._cf.graph
-        if graph.captures:
-            raise NotSplittable("the VJP captures tensors")
-        placeholders = [t.op.name for t in graph.inputs]
-        step_in = set(placeholders[: nc + nx])
-        const_in = set(placeholders[nc + nx: nc + nx + nk])
-        ct_in = set(placeholders[nc + nx + nk:])
-        fwd_outs = [t.name for t in graph.outputs[:n_out]]
-        grad_outs = list(graph.outputs[n_out:])
+        self._nc, self._nx = nc, nx
+        self._gd = graph.as_graph_def()
+        args = [t.name for t in graph.inputs[: nc + nx + len(fc) + len(fy)]]
+        self._step_names, self._ct_names = args[: nc + nx], args[nc + nx:]
+        self._const_feeds, self._handle_feeds = const_feeds, handle_feeds
+        outputs = list(graph.outputs)
+        self._fwd_outs = [t.name for t in outputs[:n_out]]
+        self._grad_outs = [t.name for t in outputs[n_out:]]
+        fed = self._fed_names(self._ct_names)
+        self.vjp_piece = GraphPiece(self._gd, fed, self._grad_outs, keep=_ancestors_of(graph, self._grad_outs, fed),
+                                    stub=self._stubs(graph), name="vjp")
+        try:
+            self.split = _Split(self, graph, outputs[n_out:])
+        except (NotSplittable, ValueError):
+            self.split = None
 
+    def _fed_names(self, extra: Sequence[str]) -> list[str]:
+        return self._step_names + [n for n, _ in self._const_feeds] + [n for n, _ in self._handle_feeds] + list(extra)
+
+    def _fed_values(self, carry, x, consts, extra) -> list:
+        return (list(carry) + list(x) + [consts[i] for _, i in self._const_feeds]
+                + [h for _, h in self._handle_feeds] + list(extra))
+
+    @staticmethod
+    def _stubs(graph) -> list[str]:
+        return [t.name for _, t in graph.captures if t.dtype == tf.resource]
+
+    def _grads(self, grads: list):
+        a, b = len(self.fc), len(self.fc) + len(self.fx)
+        return grads[:a], grads[a:b], grads[b:]
+
+    def vjp(self, carry, x, consts, d_carry, d_y):
+        """Gradients for the float carry, x and constant leaves of one step (recomputed)."""
+        return self._grads(self.vjp_piece.apply(self._fed_values(carry, x, consts, list(d_carry) + list(d_y))))
+
+
+class _Split:
+    """The forward-with-residuals, invariant and backward pieces of a :class:`StepVJP`."""
+
+    def __init__(self, vjp: StepVJP, graph, grad_outs: list):
+        nc = vjp._nc
+        step_in = {n.split(":")[0] for n in vjp._step_names}
+        const_in = {n.split(":")[0] for n, _ in vjp._const_feeds}
+        ct_in = {n.split(":")[0] for n in vjp._ct_names}
         ops_ = {op.name: op for op in graph.get_operations()}
         order = _topological(graph)
         dep_ct, dep_step, dep_k = {}, {}, {}
@@ -78,8 +148,7 @@ class ResidualSplit:
             dep_step[op.name] = op.name in step_in or any(dep_step[i] for i in ins)
             dep_k[op.name] = op.name in const_in or any(dep_k[i] for i in ins)
         backward = {n for n, d in dep_ct.items() if d}
-
-        boundary: dict[str, tf.Tensor] = {}
+        boundary: dict[str, Any] = {}
         for op in order:
             if op.name in backward:
                 for t in op.inputs:
@@ -89,61 +158,58 @@ class ResidualSplit:
             if t.op.name not in backward:
                 boundary[t.name] = t
 
-        # Feeds of the backward piece, by kind.
-        self._inputs: list[tuple[str, int]] = []  # (tensor, index into carry+x+consts)
-        self._per_step: list[str] = []
-        self._invariant: list[str] = []
-        copied: set[str] = set()
+        step_index = {n: i for i, n in enumerate(vjp._step_names)}
+        const_index = dict(vjp._const_feeds)
+        self.inputs: list[tuple[str, str, int]] = []  # (name, "step" | "const", index)
+        per_step, invariant, copied = [], [], set()
         for name, t in boundary.items():
             op = t.op.name
-            if op in step_in or op in const_in:
-                self._inputs.append((name, placeholders.index(op)))
+            if name in step_index:
+                self.inputs.append((name, "step", step_index[name]))
+            elif name in const_index:
+                self.inputs.append((name, "const", const_index[name]))
+            elif t.dtype == tf.resource:
+                raise NotSplittable("the backward pass reads a resource")
             elif dep_step[op]:
-                self._per_step.append(name)
+                per_step.append(name)
             elif dep_k[op]:
-                self._invariant.append(name)
+                invariant.append(name)
             else:
                 copied |= _ancestors([ops_[op]])
-        self.saved_carry = sorted({i for _, i in self._inputs if i < nc})
-        self.residual_specs = [tf.TensorSpec(boundary[n].shape, boundary[n].dtype) for n in self._per_step]
-        self._nc, self._nx = nc, nx
-
-        try:
-            self._build_pieces(graph, placeholders, nc, nx, nk, fwd_outs, grad_outs, ops_, backward, copied)
-        except ValueError as e:  # a piece would need an op it does not hold
-            raise NotSplittable(str(e)) from e
-
-    def _build_pieces(self, graph, placeholders, nc, nx, nk, fwd_outs, grad_outs, ops_, backward, copied):
-        step_in, const_in = set(placeholders[: nc + nx]), set(placeholders[nc + nx: nc + nx + nk])
-        gd = graph.as_graph_def()
-        fed_step = [f"{p}:0" for p in placeholders[: nc + nx + nk]]
-        fwd_keep = _ancestors([ops_[n.split(":")[0]] for n in fwd_outs + self._per_step], stop=step_in | const_in)
-        self.forward = GraphPiece(gd, fed_step, fwd_outs + self._per_step,
-                                  keep=fwd_keep | step_in | const_in, name="fwd")
-        inv_keep = _ancestors([ops_[n.split(":")[0]] for n in self._invariant], stop=const_in)
-        self.invariant = GraphPiece(gd, [f"{p}:0" for p in placeholders[nc + nx: nc + nx + nk]],
-                                    self._invariant, keep=inv_keep | const_in, name="inv")
-        bwd_fed = [f"{p}:0" for p in placeholders[nc + nx + nk:]] + [n for n, _ in self._inputs] + \
-            self._per_step + self._invariant
-        self.backward = GraphPiece(gd, bwd_fed, [t.name for t in grad_outs], keep=backward | copied, name="bwd")
+        self.per_step, self.invariant = per_step, invariant
+        self.saved_carry = sorted({i for _, kind, i in self.inputs if kind == "step" and i < nc})
+        self.residual_specs = [tf.TensorSpec(boundary[n].shape, boundary[n].dtype) for n in per_step]
+        self.vjp = vjp
+        stubs = vjp._stubs(graph)
+        fed_step = vjp._fed_names([])
+        self.forward = GraphPiece(vjp._gd, fed_step, vjp._fwd_outs + per_step,
+                                  keep=_ancestors_of(graph, vjp._fwd_outs + per_step, fed_step),
+                                  stub=stubs, name="fwd")
+        inv_fed = [n for n, _ in vjp._const_feeds] + [n for n, _ in vjp._handle_feeds]
+        self.invariant_piece = GraphPiece(vjp._gd, inv_fed, invariant,
+                                          keep=_ancestors_of(graph, invariant, inv_fed), stub=stubs, name="inv")
+        bwd_fed = list(vjp._ct_names) + [n for n, _, _ in self.inputs] + per_step + invariant
+        self.backward = GraphPiece(vjp._gd, bwd_fed, vjp._grad_outs, keep=backward | copied, stub=stubs,
+                                   name="bwd")
 
     def invariants(self, consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-        return self.invariant.apply(consts)
+        vjp = self.vjp
+        return self.invariant_piece.apply([consts[i] for _, i in vjp._const_feeds] +
+                                          [h for _, h in vjp._handle_feeds])
 
     def step_forward(self, carry, x, consts):
         """``(new_carry, ys, residuals)`` of one step."""
-        outs = self.forward.apply(list(carry) + list(x) + list(consts))
-        n = len(outs) - len(self._per_step)
-        return outs[: self._nc], outs[self._nc: n], outs[n:]
+        vjp = self.vjp
+        outs = self.forward.apply(vjp._fed_values(carry, x, consts, []))
+        n = len(outs) - len(self.per_step)
+        return outs[: vjp._nc], outs[vjp._nc: n], outs[n:]
 
     def step_backward(self, carry, x, consts, residuals, invariants, d_carry, d_y):
         """Gradients for the float carry, x and constant leaves of one step."""
-        step_args = list(carry) + list(x) + list(consts)
-        feeds = list(d_carry) + list(d_y) + [step_args[i] for _, i in self._inputs] + \
-            list(residuals) + list(invariants)
-        grads = self.backward.apply(feeds)
-        a, b = len(self.fc), len(self.fc) + len(self.fx)
-        return grads[:a], grads[a:b], grads[b:]
+        step_args = list(carry) + list(x)
+        inputs = [step_args[i] if kind == "step" else consts[i] for _, kind, i in self.inputs]
+        feeds = list(d_carry) + list(d_y) + inputs + list(residuals) + list(invariants)
+        return self.vjp._grads(self.backward.apply(feeds))
 
 
 def _topological(graph) -> list:
@@ -166,6 +232,11 @@ def _topological(graph) -> list:
     if len(order) != len(ops_):
         raise NotSplittable("the step graph has a cycle")
     return order
+
+
+def _ancestors_of(graph, names: Sequence[str], fed: Sequence[str]) -> set[str]:
+    stop = {n.split(":")[0] for n in fed}
+    return _ancestors([graph.get_operation_by_name(n.split(":")[0]) for n in names], stop) | stop
 
 
 def _ancestors(roots, stop: set[str] = frozenset()) -> set[str]:

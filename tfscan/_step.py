@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
-from tensorflow.python.eager import record
 from tfscan._graph_piece import GraphPiece
 
 __all__ = []  # private module
@@ -29,8 +28,8 @@ class Traced:
 
     def __init__(self, fn: Callable[..., Sequence[tf.Tensor]], specs: Sequence[tf.TensorSpec],
                  name: str = "step"):
-        with record.stop_recording():  # an active ForwardAccumulator must not capture tangents
-            cf = tf.function(fn, autograph=False).get_concrete_function(*specs)
+        # Traced with tapes live: a GradientTape used inside the step must record.
+        cf = tf.function(fn, autograph=False).get_concrete_function(*specs)
         self._cf = cf  # keeps the functions the step calls registered with the runtime
         graph = cf.graph
         self.name = name
@@ -65,9 +64,9 @@ class Traced:
         return [s.value() if isinstance(s, tf.Variable) else s for s in self.const_sources]
 
     @property
-    def has_resources(self) -> bool:
-        """Whether the step uses a resource other than by reading a variable (state, RNG)."""
-        return bool(self._handle_names)
+    def handles(self) -> list[tuple[str, Any]]:
+        """``(placeholder, external)`` of the resources used other than by variable reads."""
+        return list(self._handle_names)
 
     def feeds(self, args: Sequence[tf.Tensor], consts: Sequence[tf.Tensor]) -> list:
         """The values for ``piece.fed``: arguments, constants, then pass-through resources."""
