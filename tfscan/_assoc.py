@@ -140,7 +140,7 @@ def _check_output(out: Any, tree: _tree.TreeDef, paths: list, specs: tuple, a: l
             f"returned {out_tree}: at {path} elems has {want} and fn's output has {got}.")
     result = []
     for v, p, s, x in zip(leaves, paths, specs, a):
-        t = _control.as_tensor("associative_scan", "fn", v, p, s.dtype)
+        t = _checks.output_tensor(v, p, "associative_scan", "fn", s.dtype)
         if t.dtype != s.dtype:
             raise TypeError(f"associative_scan: fn returned dtype {t.dtype.name} for {p}, but elems "
                             f"has dtype {s.dtype.name} there. fn must preserve dtypes (use tf.cast).")

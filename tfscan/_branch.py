@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfscan import _context, _control, _tree
+from tfscan import _checks, _context, _control, _tree
 
 __all__ = ["cond", "switch"]
 
@@ -156,7 +156,7 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
                 def run():
                     out = fns[k](*_tree.unflatten(op_tree, list(args)))
                     out_leaves, out_paths, out_tree = _tree.flatten_with_paths(out, "output")
-                    out_leaves = [_control.as_tensor(api, names[k], v, p) for v, p in zip(out_leaves, out_paths)]
+                    out_leaves = [_checks.output_tensor(v, p, api, names[k]) for v, p in zip(out_leaves, out_paths)]
                     mine = (out_tree, _control.specs(out_leaves))
                     if seen:
                         _control.check_same_outputs(api, names[seen[0][0]], names[k], seen[0][1], mine)

@@ -62,6 +62,23 @@ def to_tensors(leaves: Sequence[Any], paths: Sequence[str], arg: str, api: str =
     return out
 
 
+def output_tensor(value: Any, path: str, api: str = "scan", fn: str = "f",
+                  dtype: tf.DType | None = None) -> tf.Tensor:
+    """A leaf a user function returned, as a tensor; a Python scalar takes ``dtype`` if given.
+
+    (A Python number returned for a float32 carry stays float32, as a weak type does in JAX.)
+    """
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        return tf.convert_to_tensor(value)
+    try:
+        if dtype is not None and isinstance(value, (bool, int, float)):
+            return tf.constant(value, dtype)
+        return tf.convert_to_tensor(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{api}: {fn} returned {type(value).__name__} {value!r:.80} at {path}, which is "
+                        f"not a tensor ({e}). Return tensors, NumPy arrays or Python numbers.") from None
+
+
 def scan_length(xs: Sequence[tf.Tensor], paths: Sequence[str], length: Any) -> tuple[int | None, Any]:
     """The number of steps: ``(static, value)`` where ``value`` is an int or a scalar int32 tensor.
 

@@ -65,28 +65,14 @@ def to_tensors(api: str, tree: Any, root: str) -> tuple[list, list, _tree.TreeDe
     return _checks.to_tensors(leaves, paths, root, api), paths, treedef
 
 
-def as_tensor(api: str, fn_name: str, value: Any, path: str, dtype: tf.DType | None = None) -> tf.Tensor:
-    """A function's output leaf as a tensor; a Python scalar takes ``dtype`` when given."""
-    if isinstance(value, (tf.Tensor, tf.Variable)):
-        return tf.convert_to_tensor(value)
-    try:
-        if dtype is not None and isinstance(value, (bool, int, float)):
-            return tf.constant(value, dtype)
-        return tf.convert_to_tensor(value)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{api}: {fn_name} returned {type(value).__name__} {value!r:.80} at {path}, "
-                        f"which is not a tensor ({e}). Return tensors, NumPy arrays or Python "
-                        "numbers.") from None
-
-
 def new_carry(api: str, fn_name: str, out: Any, carry_tree: _tree.TreeDef,
               carry_specs: Sequence[tf.TensorSpec], root: str) -> list:
     """``fn_name``'s output as the next carry: leaves converted, then checked like scan's."""
     leaves, paths, treedef = _tree.flatten_with_paths(out, root)
     if treedef == carry_tree:
-        leaves = [as_tensor(api, fn_name, v, p, s.dtype) for v, p, s in zip(leaves, paths, carry_specs)]
+        leaves = [_checks.output_tensor(v, p, api, fn_name, s.dtype) for v, p, s in zip(leaves, paths, carry_specs)]
     else:
-        leaves = [as_tensor(api, fn_name, v, p) for v, p in zip(leaves, paths)]
+        leaves = [_checks.output_tensor(v, p, api, fn_name) for v, p in zip(leaves, paths)]
     _checks.check_carry(carry_tree, treedef, list(carry_specs), list(specs(leaves)),
                         _tree.leaf_paths(carry_tree, root), api, fn=fn_name, init_name=root)
     return leaves

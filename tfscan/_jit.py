@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import ops
 
-from tfscan import _context, _tree
+from tfscan import _checks, _context, _tree
 
 __all__ = ["jit"]
 
@@ -189,7 +189,7 @@ class _Entry:
                     call_kwargs[where] = value
             out = fun(*call_args, **call_kwargs)
             out_leaves, out_paths, self.out_tree = _tree.flatten_with_paths(out, "output")
-            return [_output(v, p) for v, p in zip(out_leaves, out_paths)]
+            return [_checks.output_tensor(v, p, "jit", "the function") for v, p in zip(out_leaves, out_paths)]
 
         self.function = tf.function(traced, jit_compile=True, autograph=False, reduce_retracing=False)
         self.function._omit_frequent_tracing_warning = True
@@ -333,13 +333,3 @@ def _to_tensor(v: Any, path: str, specs_ok: bool) -> Any:
 def _spec_key(t: Any) -> tuple:
     shape = None if t.shape.rank is None else tuple(t.shape.as_list())
     return (shape, t.dtype)
-
-
-def _output(v: Any, path: str) -> tf.Tensor:
-    if isinstance(v, tf.Tensor):
-        return v
-    try:
-        return tf.convert_to_tensor(v)
-    except (TypeError, ValueError):
-        raise TypeError(f"jit: the function returned {type(v).__name__} {v!r:.80} at {path}, which is not "
-                        "a tensor.") from None

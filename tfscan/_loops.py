@@ -446,7 +446,7 @@ def _vectorized(f: Callable, xs_tree: _tree.TreeDef) -> Callable:
             out = f(_tree.unflatten(xs_tree, list(elems)))
             leaves, paths, tree = _tree.flatten_with_paths(out, "output")
             box[:] = [tree]
-            leaves = [_control.as_tensor("map", "f", v, p) for v, p in zip(leaves, paths)]
+            leaves = [_checks.output_tensor(v, p, "map", "f") for v, p in zip(leaves, paths)]
             return leaves or [tf.zeros([], tf.int32)]  # vectorized_map needs an output
 
         outs = tf.vectorized_map(one, list(chunk), fallback_to_while_loop=True)

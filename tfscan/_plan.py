@@ -42,13 +42,13 @@ class Plan:
             new_carry, y = out
             c_leaves, c_paths, c_tree = _tree.flatten_with_paths(new_carry, "carry")
             if c_tree == carry_tree:
-                c_leaves = [_as_tensor(v, p, s.dtype, name) for v, p, s in zip(c_leaves, c_paths, self.carry_specs)]
+                c_leaves = [_checks.output_tensor(v, p, name, dtype=s.dtype) for v, p, s in zip(c_leaves, c_paths, self.carry_specs)]
             else:
-                c_leaves = [_as_tensor(v, p, None, name) for v, p in zip(c_leaves, c_paths)]
+                c_leaves = [_checks.output_tensor(v, p, name) for v, p in zip(c_leaves, c_paths)]
             _checks.check_carry(carry_tree, c_tree, self.carry_specs,
                                 [tf.TensorSpec(t.shape, t.dtype) for t in c_leaves], carry_paths, name)
             y_leaves, y_paths, self.y_tree = _tree.flatten_with_paths(y, "y")
-            y_leaves = [_as_tensor(v, p, None, name) for v, p in zip(y_leaves, y_paths)]
+            y_leaves = [_checks.output_tensor(v, p, name) for v, p in zip(y_leaves, y_paths)]
             return c_leaves + y_leaves
 
         self.flat_step = flat_step  # traced again (with its gradient) by _residuals.StepVJP
@@ -78,15 +78,3 @@ def float_indices(plan: Plan, consts: Sequence[Any], wanted: tuple | None = None
     fy = [i for i, s in enumerate(plan.y_specs) if is_float(s.dtype)]
     fk = [i for i, c in enumerate(consts) if is_float(c.dtype) and want(nx + i)]
     return fc, fx, fy, fk
-
-
-def _as_tensor(v: Any, path: str, dtype: tf.DType | None, name: str) -> tf.Tensor:
-    if isinstance(v, (tf.Tensor, tf.Variable)):
-        return tf.convert_to_tensor(v)
-    try:
-        if dtype is not None and isinstance(v, (bool, int, float)):
-            return tf.constant(v, dtype)  # a Python scalar takes the carry's dtype, as in JAX
-        return tf.convert_to_tensor(v)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name}: f returned {type(v).__name__} {v!r:.80} for {path}, which is not "
-                        f"a tensor ({e}).") from None

@@ -27,7 +27,8 @@ from tensorflow.python.ops import array_ops
 from tensorflow.python.ops import resource_variable_ops
 from tensorflow.python.ops.parallel_for import pfor as pfor_lib
 
-from tfscan import _batching, _context, _tree
+from tfscan import _batching, _checks, _context, _tree
+from tfscan._plan import is_float
 
 __all__ = ["vmap"]
 
@@ -237,7 +238,7 @@ def _python_loop(fun, args_tree, leaves, size, out_axes):
     per_example = [_tree.flatten(r)[0] for r in results]
     outs = []
     for j, (axis, path) in enumerate(zip(axes, out_paths)):
-        column = [_output_tensor(r[j], path) for r in per_example]
+        column = [_checks.output_tensor(r[j], path, "vmap", "the function") for r in per_example]
         if axis is None:
             outs.append(column[0])
             continue
@@ -356,7 +357,7 @@ class _Batched:
             out = fun(*a, **kw)
             out_leaves, self.out_paths, self.out_tree = _tree.flatten_with_paths(out, "output")
             self.out_axes = _broadcast_axes(out_axes, out, "out_axes", "out_axes", "output")
-            return [_output_tensor(v, p) for v, p in zip(out_leaves, self.out_paths)]
+            return [_checks.output_tensor(v, p, "vmap", "the function") for v, p in zip(out_leaves, self.out_paths)]
 
         example_specs = [tf.TensorSpec(_drop(t.shape, ax), t.dtype) for t, ax in zip(mapped, self.mapped_axes)] + \
             [tf.TensorSpec(t.shape, t.dtype) for t in shared]
@@ -418,14 +419,6 @@ def _drop(shape: tf.TensorShape, axis: int) -> tf.TensorShape:
     return tf.TensorShape(dims[:axis] + dims[axis + 1:])
 
 
-def _output_tensor(v: Any, path: str) -> tf.Tensor:
-    if isinstance(v, tf.Tensor):
-        return v
-    try:
-        return tf.convert_to_tensor(v)
-    except (TypeError, ValueError):
-        raise TypeError(f"vmap: the function returned {type(v).__name__} {_short(v)} at {path}, which is "
-                        "not a tensor.") from None
 
 
 def _pfor(loop_fn: Callable[[tf.Tensor], list], size: Any) -> list:
@@ -480,17 +473,15 @@ def _quiet_pfor_errors():
 # ------------------------------------------------------------------------------------------
 # Gradients: grad(vmap(f)) = vmap(vjp(f)), summed over the batch for shared inputs.
 
-def _is_float(dtype: tf.DType) -> bool:
-    return dtype.is_floating or dtype.is_complex
 
 
 def _needs_gradient(inputs: Sequence[tf.Tensor], entry: _Batched) -> bool:
     """Whether a gradient could be asked for: a graph being built, or a live tape."""
-    if not any(_is_float(d) for d in entry.out_dtypes):
+    if not any(is_float(d) for d in entry.out_dtypes):
         return False
     if tf.executing_eagerly() and not record.could_possibly_record():
         return False
-    return any(_is_float(t.dtype) or t.dtype == tf.resource for t in inputs)
+    return any(is_float(t.dtype) or t.dtype == tf.resource for t in inputs)
 
 
 def _with_gradient(entry: _Batched, outs, mapped, shared, captured) -> list:
@@ -518,7 +509,7 @@ def _backward(entry: _Batched, mapped, shared, captured, d_outs, outs) -> list:
         size = tf.shape(mapped[0], out_type=tf.int32)[mapped_axes[0]]
     # The cotangent of an output that is not mapped (out_axes None) belongs to the whole
     # batch once: example 0 gets it, the others zeros.
-    float_outs = [i for i, d in enumerate(entry.out_dtypes) if _is_float(d)]
+    float_outs = [i for i, d in enumerate(entry.out_dtypes) if is_float(d)]
     dys, dy_axes = [], []
     for i in float_outs:
         d, axis = d_outs[i], entry.out_axes[i]
@@ -529,9 +520,9 @@ def _backward(entry: _Batched, mapped, shared, captured, d_outs, outs) -> list:
             axis = 0
         dys.append(d)
         dy_axes.append(axis)
-    m_f = [j for j, t in enumerate(mapped) if _is_float(t.dtype)]
-    s_f = [j for j, t in enumerate(shared) if _is_float(t.dtype)]
-    c_f = [j for j, t in enumerate(captured) if _is_float(t.dtype)]
+    m_f = [j for j, t in enumerate(mapped) if is_float(t.dtype)]
+    s_f = [j for j, t in enumerate(shared) if is_float(t.dtype)]
+    c_f = [j for j, t in enumerate(captured) if is_float(t.dtype)]
     c_v = [j for j, v in enumerate(entry.variables) if v is not None and v.trainable]
     pe = entry.pe
 
