@@ -282,3 +282,17 @@ def test_step_that_ignores_x_and_a_carry_leaf():
     assert float(a) == 3.0 and float(b) == 5.0 and ys.numpy().tolist() == [0.0, 1.0, 2.0]
     g_xs, g_b = tape.gradient(total, [xs, init[1]])
     assert g_xs.numpy().tolist() == [[0.0, 0.0]] * 3 and float(g_b) == 1.0
+
+
+def test_concurrent_calls_from_threads_are_correct():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(k):
+        xs = tf.fill([5], float(k))
+        carry, ys = tfscan.scan(lambda c, x: (c + x, c), 0.0, xs)
+        return float(carry), ys.numpy().tolist()
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(8)))
+    for k, (carry, ys) in enumerate(results):
+        assert carry == 5.0 * k and ys == [i * float(k) for i in range(5)]
