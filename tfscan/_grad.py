@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
-from tfscan import _checks, _tree
+from tfscan import _checks, _jit, _tree
 from tfscan._plan import is_float
 
 __all__ = ["grad", "value_and_grad"]
@@ -66,7 +66,7 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
         g = grads[0] if single else tuple(grads)
         return ((value, aux) if has_aux else value), g
 
-    compiled = tf.function(traced, jit_compile=True, autograph=False) if jit else traced
+    compiled: dict = {}  # static argument positions -> jitted function
 
     @functools.wraps(fun)
     def wrapper(*args):
@@ -74,9 +74,16 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
             if not -len(args) <= i < len(args):
                 raise ValueError(f"value_and_grad: argnums={argnums!r} refers to argument {i}, but "
                                  f"the function was called with {len(args)} positional arguments.")
-        args = [_as_tensors(a, f"args[{i}]", differentiable=(i in nums or i - len(args) in nums))
-                for i, a in enumerate(args)]
-        return compiled(*args)
+        wrt = [i in nums or i - len(args) in nums for i in range(len(args))]
+        args = [_as_tensors(a, f"args[{i}]", differentiable=d) for i, (a, d) in enumerate(zip(args, wrt))]
+        if not jit:
+            return traced(*args)
+        # Arguments not differentiated that hold no tensor (a Python scale, a config) stay
+        # Python values: static, as they would be closed over.
+        static = tuple(i for i, a in enumerate(args) if not wrt[i] and not _holds_tensors(a))
+        if static not in compiled:
+            compiled[static] = _jit.jit(traced, static_argnums=static)
+        return compiled[static](*args)
 
     return wrapper
 
@@ -103,6 +110,10 @@ def grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
         return (g, out[1]) if has_aux else g
 
     return wrapper
+
+
+def _holds_tensors(arg: Any) -> bool:
+    return any(isinstance(v, (tf.Tensor, tf.Variable)) or hasattr(v, "__array__") for v in _tree.flatten(arg)[0])
 
 
 def _split_aux(out: Any, has_aux: bool):

@@ -105,7 +105,10 @@ class Jitted:
         if _context.jit_disabled():
             return self._fun(*args, **kwargs)
         entry, flat = self._entry(args, kwargs)
-        outs = entry.concrete(*flat)
+        if tf.executing_eagerly():  # straight to the concrete function: no re-canonicalization
+            outs = entry.concrete._call_flat(flat, entry.concrete.captured_inputs)
+        else:
+            outs = entry.concrete(*flat)
         return _tree.unflatten(entry.out_tree, list(outs) if isinstance(outs, (list, tuple)) else [outs])
 
     def lower(self, *args: Any, **kwargs: Any) -> "Lowered":
