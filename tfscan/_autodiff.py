@@ -103,6 +103,8 @@ def _gradient_name(programs: Programs, counts: tuple, has_dl: bool) -> str:
         n_out, n_saved, n_i, n_x, n_k = counts
 
         def grad(op, *d_all):
+            if op is None:  # tf.saved_model traces registered gradients without an op
+                return [None] * len(d_all)  # a reloaded SavedModel serves the forward pass
             ins = list(op.inputs)
             outs, ins = ins[:n_out], ins[n_out:]
             saved, ins = ins[:n_saved], ins[n_saved:]
