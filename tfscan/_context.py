@@ -39,6 +39,17 @@ def in_xla_context() -> bool:
     return bool(control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph()))
 
 
+def trace_key() -> Hashable:
+    """Where a trace is valid: the graph being built (none eagerly) and the replica.
+
+    A trace captures the tensors of the graph it was made in, and under ``tf.distribute``
+    each replica (run concurrently in one graph) reads its own copy of every variable.
+    """
+    graph = None if tf.executing_eagerly() else _ById(ops.get_default_graph())
+    replica = tf.distribute.get_replica_context()
+    return graph, (None if replica is None else _ById(replica))
+
+
 class LRUCache:
     """A bounded, thread-safe map from hashable keys to values (least recently used out)."""
 

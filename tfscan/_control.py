@@ -13,7 +13,6 @@ import threading
 from typing import Any, Callable, Hashable, Sequence
 
 import tensorflow as tf
-from tensorflow.python.framework import ops
 
 from tfscan import _checks, _context, _tree
 
@@ -47,7 +46,7 @@ class Compiled:
 
 def graph_key() -> Hashable:
     """``None`` when eager, else the graph being built (its tensors cannot be shared)."""
-    return None if tf.executing_eagerly() else _context._ById(ops.get_default_graph())
+    return _context.trace_key()
 
 
 def compiled(key: tuple, make_build: Callable[[dict], Callable]) -> Compiled:

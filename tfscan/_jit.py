@@ -16,7 +16,6 @@ from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework import ops
 
 from tfscan import _checks, _context, _tree
 
@@ -164,7 +163,7 @@ class Jitted:
         flat = [_to_tensor(v, p, specs_ok) for v, p in zip(leaves, paths)]
         tree = _tree.flatten((tuple(dyn_args), dyn_kwargs))[1]
         specs = tuple(_spec_key(t) for t in flat)
-        graph = None if tf.executing_eagerly() else _context._ById(ops.get_default_graph())
+        graph = _context.trace_key()
         key = (tree, specs, static, graph)
         entry = self._cache.get_or_create(key, lambda: _Entry(self, args, kwargs, tree, static, flat))
         return entry, flat

@@ -6,7 +6,6 @@ from typing import Callable, TypeVar
 
 import tensorflow as tf
 from tensorflow.python.eager import record
-from tensorflow.python.framework import ops
 
 from tfscan import _checks, _context, _tree
 from tfscan._autodiff import differentiable_scan
@@ -92,7 +91,7 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
     carry_specs = tuple(tf.TensorSpec(t.shape, t.dtype) for t in init_leaves)
     x_specs = tuple(tf.TensorSpec(t.shape[1:], t.dtype) for t in xs_leaves)
     static = Static(static_length, reverse, unroll)
-    graph = None if tf.executing_eagerly() else _context._ById(ops.get_default_graph())
+    graph = _context.trace_key()
     key = (_context.function_key(f), init_tree, xs_tree, carry_specs, x_specs, static.key(), remat, graph)
     programs = _PROGRAMS.get_or_create(
         key, lambda: Programs(Plan(f, init_tree, carry_specs, xs_tree, x_specs), static, remat))

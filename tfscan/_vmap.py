@@ -211,7 +211,7 @@ def _call(fun, names, in_axes, out_axes, axis_size, args, kwargs):
     # What the traced functions need from this call: no tensor values (they are inputs).
     templates = tuple(_Leaf(lf.path, lf.axis, lf.value if lf.kind == "static" else None, lf.kind) for lf in leaves)
     static_key = tuple((j, _context._value_key(lf.value)) for j, lf in enumerate(leaves) if lf.kind == "static")
-    graph = None if tf.executing_eagerly() else _context._ById(ops.get_default_graph())
+    graph = _context.trace_key()
     key = (_context.function_key(fun), args_tree, tuple((lf.kind, lf.axis) for lf in leaves), static_key,
            _spec_key(out_axes), axis_size, tuple(_spec(t) for t in mapped + shared), graph)
     entry = _CACHE.get_or_create(
