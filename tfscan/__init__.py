@@ -13,3 +13,10 @@ __all__ = ["scan", "disable_jit", "grad", "value_and_grad",
            "fori_loop", "while_loop", "map", "associative_scan", "cond", "switch"]
 __all__ += ["vmap", "jit"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):  # ``tfscan.keras`` (Keras layers) loads on first use
+    if name == "keras":
+        import importlib
+        return importlib.import_module("tfscan.keras")
+    raise AttributeError(f"module 'tfscan' has no attribute {name!r}")

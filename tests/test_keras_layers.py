@@ -1,0 +1,250 @@
+"""tfscan.keras layers give keras.layers.RNN's outputs and gradients, train, and save."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tfscan  # noqa: E402
+import tfscan.keras as tk  # noqa: E402
+
+CELLS = [keras.layers.SimpleRNNCell, keras.layers.GRUCell, keras.layers.LSTMCell]
+N_STATES = {keras.layers.SimpleRNNCell: 1, keras.layers.GRUCell: 1, keras.layers.LSTMCell: 2}
+
+
+def _x(b=3, t=6, f=4, seed=0):
+    return np.random.default_rng(seed).normal(size=(b, t, f)).astype("float32")
+
+
+def _pair(make_cell, x, **kw):
+    """keras.layers.RNN and tfscan.keras.Scan around equal cells with the same weights."""
+    ref, ours = keras.layers.RNN(make_cell(), **kw), tk.Scan(make_cell(), **kw)
+    ref(x), ours(x)
+    ours.set_weights(ref.get_weights())
+    return ref, ours
+
+
+def _outputs_and_grads(layer, x, **call_kw):
+    """The layer's outputs and the gradient of a scalar of them wrt x, weights, initial states."""
+    x = tf.constant(x)
+    init = [tf.constant(s) for s in call_kw.pop("initial_state", [])]
+    with tf.GradientTape() as tape:
+        tape.watch([x] + init)
+        out = layer(x, initial_state=init or None, **call_kw)
+        loss = sum(tf.reduce_sum(tf.sin(o) * (i + 1.0)) for i, o in enumerate(tf.nest.flatten(out)))
+    grads = tape.gradient(loss, [x] + layer.trainable_weights + init)
+    return tf.nest.flatten(out), grads
+
+
+def _assert_close(a, b, rtol=1e-5, atol=1e-5):
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=atol)
+
+
+CONFIGS = [
+    dict(),
+    dict(return_sequences=True),
+    dict(return_state=True, go_backwards=True),
+    dict(return_sequences=True, return_state=True, go_backwards=True),
+]
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+def test_outputs_and_gradients_match_keras_rnn(cell):
+    x = _x()
+    for kw in CONFIGS:
+        ref, ours = _pair(lambda: cell(5), x, **kw)
+        out_r, g_r = _outputs_and_grads(ref, x)
+        out_o, g_o = _outputs_and_grads(ours, x)
+        _assert_close(out_o, out_r)
+        _assert_close(g_o, g_r, rtol=1e-4)
+        assert [o.shape for o in out_o] == [o.shape for o in out_r]
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+def test_initial_state_and_mask_match_keras_rnn(cell):
+    x = _x()
+    rng = np.random.default_rng(1)
+    init = [rng.normal(size=(3, 5)).astype("float32") for _ in range(N_STATES[cell])]
+    mask = np.ones((3, 6), bool)
+    mask[0, 4:] = False
+    mask[1, :2] = False
+    mask[2, 3] = False
+    for kw in [dict(return_state=True), dict(return_sequences=True, go_backwards=True),
+               dict(return_sequences=True, zero_output_for_mask=True)]:
+        ref, ours = _pair(lambda: cell(5), x, **kw)
+        for call_kw in [dict(initial_state=init), dict(mask=mask), dict(initial_state=init, mask=mask)]:
+            out_r, g_r = _outputs_and_grads(ref, x, **dict(call_kw))
+            out_o, g_o = _outputs_and_grads(ours, x, **dict(call_kw))
+            _assert_close(out_o, out_r)
+            _assert_close(g_o, g_r, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["SimpleRNN", "GRU", "LSTM"])
+def test_conveniences_match_keras_layers(name):
+    x = _x()
+    kw = dict(return_sequences=True, return_state=True)
+    ref = getattr(keras.layers, name)(5, **kw)
+    ours = getattr(tk, name)(5, **kw)
+    ref(x), ours(x)
+    assert [w.shape for w in ours.weights] == [w.shape for w in ref.weights]
+    ours.set_weights(ref.get_weights())
+    out_r, g_r = _outputs_and_grads(ref, x)
+    out_o, g_o = _outputs_and_grads(ours, x)
+    _assert_close(out_o, out_r)
+    _assert_close(g_o, g_r, rtol=1e-4)
+    clone = type(ours).from_config(ours.get_config())
+    assert clone.units == 5 and clone.return_state and isinstance(clone.cell, type(ours.cell))
+
+
+def test_dropout_masks_match_keras_and_are_fresh_each_call():
+    x = _x(t=4)
+    make = lambda: keras.layers.LSTMCell(5, dropout=0.4, recurrent_dropout=0.3, seed=7)  # noqa: E731
+    ref, ours = _pair(make, x)
+    out_r, g_r = _outputs_and_grads(ref, x, training=True)
+    out_o, g_o = _outputs_and_grads(ours, x, training=True)
+    _assert_close(out_o, out_r)
+    _assert_close(g_o, g_r, rtol=1e-4)
+    a, b = ours(x, training=True), ours(x, training=True)
+    assert not np.allclose(a, b)  # a new mask per call, not one baked into the compiled step
+    np.testing.assert_allclose(ours(x), ours(x))  # no dropout at inference
+
+
+def test_stacked_cells_and_bidirectional():
+    x = _x()
+    make = lambda: [keras.layers.GRUCell(3), keras.layers.LSTMCell(2)]  # noqa: E731
+    ref, ours = _pair(make, x, return_state=True)
+    _assert_close(tf.nest.flatten(ours(x)), tf.nest.flatten(ref(x)))
+    bi_ref = keras.layers.Bidirectional(keras.layers.GRU(3, return_sequences=True))
+    bi = keras.layers.Bidirectional(tk.GRU(3, return_sequences=True))
+    bi_ref(x), bi(x)
+    bi.set_weights(bi_ref.get_weights())
+    np.testing.assert_allclose(bi(x), bi_ref(x), rtol=1e-5, atol=1e-6)
+
+
+def test_options_do_not_change_values():
+    x = _x(t=8)
+    ref, ours = _pair(lambda: keras.layers.GRUCell(4), x, return_sequences=True)
+    want_out, want_g = _outputs_and_grads(ref, x)
+    for kw in [dict(unroll=3), dict(unroll=True), dict(remat=True), dict(remat=2), dict(remat="sqrt")]:
+        layer = tk.Scan(ours.cell, return_sequences=True, **kw)
+        out, g = _outputs_and_grads(layer, x)
+        _assert_close(out, want_out)
+        _assert_close(g, want_g, rtol=1e-4)
+    tm = tk.Scan(ours.cell, return_sequences=True, time_major=True)
+    np.testing.assert_allclose(tm(np.transpose(x, [1, 0, 2])), np.transpose(want_out[0], [1, 0, 2]),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("remat", [False, 2])
+def test_unknown_batch_and_time_in_a_tf_function(remat):
+    x = _x(b=3, t=6, f=4)
+    ref, ours = _pair(lambda: keras.layers.GRUCell(4), x, return_sequences=True)
+    ours.remat = remat
+
+    def value_and_grads(layer):
+        def run(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(tf.sin(layer(x)))
+            return loss, tape.gradient(loss, [x] + layer.trainable_weights)
+        return run
+
+    shape = [None, None, 4] if remat is False else [None, 6, 4]  # remat=k needs a static length
+    got = tf.function(value_and_grads(ours), input_signature=[tf.TensorSpec(shape)])(x)
+    want = value_and_grads(ref)(tf.constant(x))
+    _assert_close(tf.nest.flatten(got), tf.nest.flatten(want), rtol=1e-4)
+
+
+def test_time_axis_none():
+    layer = tk.LSTM(3, return_sequences=True)
+    fn = tf.function(layer, input_signature=[tf.TensorSpec([None, None, 2])])
+    ref = keras.layers.LSTM(3, return_sequences=True)
+    for t in (5, 2):
+        x = _x(b=2, t=t, f=2)
+        if not ref.built:
+            ref(x), layer(x)
+            layer.set_weights(ref.get_weights())
+        np.testing.assert_allclose(fn(x), ref(x), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(layer(x), ref(x), rtol=1e-5, atol=1e-6)
+
+
+def _models(layer_cls, ref_cls, masked=False):
+    keras.utils.set_random_seed(0)
+
+    def build(cls):
+        if masked:
+            inp = keras.Input((None,), dtype="int32")
+            h = keras.layers.Embedding(7, 3, mask_zero=True)(inp)
+        else:
+            inp = h = keras.Input((None, 3))
+        h = cls(4, return_sequences=True)(h)
+        h = cls(4)(h)
+        return keras.Model(inp, keras.layers.Dense(1)(h))
+
+    model, ref = build(layer_cls), build(ref_cls)
+    ref.set_weights(model.get_weights())
+    return model, ref
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_matches_keras(jit_compile):
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 7, size=(20, 5)).astype("int32")
+    tokens[:4, 3:] = 0  # padded: exercises the mask
+    X = [rng.normal(size=(20, 5, 3)).astype("float32"), tokens]  # 20 = 8 + 8 + 4: a partial batch
+    Y = rng.normal(size=(20, 1)).astype("float32")
+    for masked, (cls, ref_cls) in [(False, (tk.LSTM, keras.layers.LSTM)), (True, (tk.GRU, keras.layers.GRU))]:
+        model, ref = _models(cls, ref_cls, masked)
+        for m in (model, ref):
+            m.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit_compile)
+        x = X[masked]
+        hist = model.fit(x, Y, epochs=2, batch_size=8, verbose=0, shuffle=False)
+        ref.fit(x, Y, epochs=2, batch_size=8, verbose=0, shuffle=False)
+        assert hist.history["loss"][1] < hist.history["loss"][0]
+        _assert_close(model.get_weights(), ref.get_weights(), rtol=1e-4)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    x = _x(f=3)
+    inp = keras.Input((None, 3))
+    h = tk.Scan(keras.layers.GRUCell(4), return_sequences=True, go_backwards=True, remat=True)(inp)
+    h = tk.LSTM(4, unroll=2)(h)
+    model = keras.Model(inp, tk.SimpleRNN(2)(h[:, None, :]))
+    path = str(tmp_path / "x.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
+    assert {tk.Scan, tk.LSTM, tk.SimpleRNN} <= {type(layer) for layer in loaded.layers}
+    scan = next(layer for layer in loaded.layers if type(layer) is tk.Scan)
+    assert scan.go_backwards and scan.remat is True and isinstance(scan.cell, keras.layers.GRUCell)
+    assert next(layer for layer in loaded.layers if type(layer) is tk.LSTM).unroll == 2
+
+
+def test_clear_errors(monkeypatch):
+    with pytest.raises(NotImplementedError, match="stateful"):
+        tk.LSTM(3, stateful=True)
+    with pytest.raises(ValueError, match="state_size"):
+        tk.Scan(lambda x, s: (x, s))
+    with pytest.raises(TypeError, match="constants"):
+        tk.Scan(keras.layers.GRUCell(2))(_x(), constants=[tf.ones(2)])
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(RuntimeError, match="TensorFlow backend"):
+        tk.GRU(2)(_x())
+
+
+def test_tfscan_keras_is_a_lazy_attribute():
+    code = ("import sys, tfscan; assert 'tfscan.keras' not in sys.modules; "
+            "assert tfscan.keras.LSTM is sys.modules['tfscan.keras'].LSTM")
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+    assert tfscan.keras is tk

@@ -1,0 +1,435 @@
+"""Keras 3 recurrent layers that run their cell with :func:`tfscan.scan`.
+
+:class:`Scan` is a drop-in for ``keras.layers.RNN(cell, ...)``: the same cells
+(``SimpleRNNCell``, ``GRUCell``, ``LSTMCell``, ``StackedRNNCells`` or your own), the
+same call arguments (``initial_state``, ``mask``, ``training``), the same outputs and
+gradients given the same weights, but the time loop is one XLA-compiled ``tfscan.scan``
+with tfscan's linear-time gradient (and its ``remat`` policies).
+:class:`SimpleRNN`, :class:`GRU` and :class:`LSTM` are ``Scan`` around the matching
+Keras cell, with the constructor arguments of ``keras.layers.SimpleRNN`` / ``GRU`` / ``LSTM``.
+
+The layers need the TensorFlow backend of Keras (``KERAS_BACKEND=tensorflow``, Keras'
+default); building one under another backend raises ``RuntimeError``. ``tfscan.keras``
+is loaded on first use (``import tfscan`` does not load it). Import ``tfscan.keras`` before
+``keras.models.load_model`` of a model that uses these layers, so that they are registered.
+
+Differences from ``keras.layers.RNN``:
+
+* no ``stateful=True`` and no ``constants`` (raise ``NotImplementedError`` / ``TypeError``);
+* the input is one tensor (no nested inputs);
+* ``unroll`` is tfscan's: steps per loop iteration (an int), or ``True`` for a full unroll;
+* extra ``remat`` (see :func:`tfscan.scan`) and ``time_major`` arguments;
+* in a graph where the batch (or another non-time) dimension is unknown, e.g. a
+  ``tf.function`` with a ``None`` batch, the layer's gradient recomputes the step
+  (``remat=True``) whatever ``remat`` says: tfscan's other policies fail there for now;
+* a cell's per-step output must have shape ``(batch, *output_size)``, with
+  ``output_size`` the cell's attribute or else ``state_size[0]`` (as Keras assumes for
+  ``compute_output_shape``) when ``return_sequences=False`` or a mask is given.
+
+Example:
+
+>>> import numpy as np, keras, tfscan.keras
+>>> x = np.ones((2, 5, 3), "float32")
+>>> tuple(tfscan.keras.LSTM(4, return_sequences=True)(x).shape)
+(2, 5, 4)
+>>> out, h, c = tfscan.keras.Scan(keras.layers.LSTMCell(4), return_state=True)(x)
+>>> tuple(out.shape), tuple(c.shape)
+((2, 4), (2, 4))
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+import tfscan
+
+__all__ = ["Scan", "SimpleRNN", "GRU", "LSTM"]
+
+
+def _check_backend() -> None:
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"tfscan.keras layers need the TensorFlow backend of Keras, but Keras runs on "
+            f"{backend!r}. Set KERAS_BACKEND=tensorflow before importing keras.")
+
+
+def _dropout_cells(cell: Any) -> list:
+    """The cells (this one, or those of a ``StackedRNNCells``) that cache dropout masks."""
+    cells = list(getattr(cell, "cells", None) or [cell]) if isinstance(
+        cell, keras.layers.StackedRNNCells) else [cell]
+    return [c for c in cells if hasattr(c, "get_dropout_mask") and hasattr(c, "get_recurrent_dropout_mask")]
+
+
+def _skeleton(nest: Any) -> Any:
+    """``nest`` with every leaf replaced by 0: hashable by value, so a step keyed on it never retraces."""
+    return tf.nest.map_structure(lambda _: 0, nest)
+
+
+def _expand_mask(m: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """A ``[batch]`` bool mask shaped to broadcast against ``like`` (``[batch, ...]``)."""
+    return tf.reshape(m, tf.concat([tf.shape(m), tf.ones([like.shape.rank - 1], tf.int32)], 0))
+
+
+@keras.saving.register_keras_serializable(package="tfscan")
+class Scan(keras.layers.Layer):
+    """``keras.layers.RNN(cell, ...)`` with the time loop run by :func:`tfscan.scan`.
+
+    Args:
+      cell: a Keras RNN cell: ``cell(inputs_t, states, [training]) -> (output_t, new_states)``
+        with a ``state_size`` (an int or a list of them) and optionally
+        ``get_initial_state(batch_size)`` and ``output_size``. A list of cells is stacked
+        with ``keras.layers.StackedRNNCells``, as ``keras.layers.RNN`` does.
+      return_sequences: return every step's output (``[batch, time, units]``), not the last.
+      return_state: also return the final states: ``[output, *states]``.
+      go_backwards: walk the sequence from its end; returned sequences are in that
+        (reversed) order, as in Keras.
+      unroll: steps per compiled loop iteration (a positive int), or ``True`` to unroll fully.
+      remat: the gradient's memory policy, as :func:`tfscan.scan`'s ``remat``
+        (``False``, ``True``/``"full"``, an int ``k``, or ``"sqrt"``). Outputs and
+        gradients do not depend on it.
+      time_major: inputs (and returned sequences) are ``[time, batch, ...]``.
+      zero_output_for_mask: with a mask, masked steps output zeros instead of repeating
+        the previous output (as ``keras.layers.RNN``).
+      stateful: only ``False`` is supported.
+      **kwargs: ``keras.layers.Layer`` arguments (``name``, ``dtype``, ``trainable``, ...).
+
+    Call arguments:
+      sequences: ``[batch, time, features]`` (``time`` may be ``None``).
+      initial_state: a tensor or list of tensors, one per state; defaults to the cell's
+        ``get_initial_state`` (zeros).
+      mask: ``[batch, time]`` booleans (``True`` = use the step); a masked step keeps
+        the states and repeats the previous output.
+      training: passed to the cell (dropout).
+
+    Example:
+
+    >>> import numpy as np, keras, tfscan.keras
+    >>> layer = tfscan.keras.Scan(keras.layers.GRUCell(3), return_sequences=True)
+    >>> tuple(layer(np.zeros((2, 7, 5), "float32")).shape)
+    (2, 7, 3)
+    """
+
+    def __init__(self, cell, return_sequences: bool = False, return_state: bool = False,
+                 go_backwards: bool = False, unroll: int | bool = 1, remat: bool | int | str = False,
+                 time_major: bool = False, zero_output_for_mask: bool = False,
+                 stateful: bool = False, **kwargs):
+        if stateful:
+            raise NotImplementedError("tfscan.keras.Scan does not support stateful=True; "
+                                      "pass the previous final states as initial_state instead.")
+        if isinstance(cell, (list, tuple)):
+            cell = keras.layers.StackedRNNCells(cell)
+        if not callable(cell) and not hasattr(cell, "call"):
+            raise ValueError(f"Scan: cell must be a Keras RNN cell (a layer or callable with "
+                             f"call(inputs, states)); got {cell!r}.")
+        state_size = getattr(cell, "state_size", None)
+        if not isinstance(state_size, (int, list, tuple)):
+            raise ValueError(f"Scan: the cell needs a state_size attribute (an int, or a list of "
+                             f"ints with one per state); got state_size={state_size!r}.")
+        unroll = unroll if isinstance(unroll, bool) else int(unroll)
+        super().__init__(**kwargs)
+        self.cell = cell
+        self.return_sequences = bool(return_sequences)
+        self.return_state = bool(return_state)
+        self.go_backwards = bool(go_backwards)
+        self.unroll = unroll
+        self.remat = remat
+        self.time_major = bool(time_major)
+        self.zero_output_for_mask = bool(zero_output_for_mask)
+        self.stateful = False
+        self.supports_masking = True
+        self.input_spec = keras.layers.InputSpec(min_ndim=3)
+        self.single_state = isinstance(state_size, int)
+        self.state_size = [state_size] if self.single_state else list(state_size)
+        if isinstance(cell, keras.layers.Layer):
+            self._cell_takes_training = bool(getattr(cell, "_call_has_training_arg", False))
+        else:
+            call = cell.call if hasattr(cell, "call") else cell
+            try:
+                self._cell_takes_training = "training" in inspect.signature(call).parameters
+            except (TypeError, ValueError):
+                self._cell_takes_training = False
+
+    # -- shapes --------------------------------------------------------------------------
+
+    def _step_input_shape(self, sequences_shape):
+        sequences_shape = tuple(sequences_shape)
+        batch = sequences_shape[1] if self.time_major else sequences_shape[0]
+        return (batch,) + sequences_shape[2:]
+
+    def _output_size(self) -> tuple:
+        size = getattr(self.cell, "output_size", None)
+        if size is None:
+            size = self.state_size[0]
+        if isinstance(size, int):
+            return (size,)
+        if isinstance(size, (list, tuple, tf.TensorShape)) and all(isinstance(d, int) for d in size):
+            return tuple(size)
+        raise ValueError(f"Scan: cannot tell the shape of the cell's output: output_size={size!r}. "
+                         "Give the cell an int output_size (or return_sequences=True without a mask).")
+
+    def build(self, sequences_shape, initial_state_shape=None):
+        _check_backend()
+        if isinstance(self.cell, keras.layers.Layer) and not self.cell.built:
+            self.cell.build(self._step_input_shape(sequences_shape))
+            self.cell.built = True
+
+    def compute_output_shape(self, sequences_shape, initial_state_shape=None):
+        batch, length = sequences_shape[0], sequences_shape[1]
+        if self.time_major:
+            batch, length = length, batch
+        states = []
+        for size in self.state_size:
+            if isinstance(size, int):
+                states.append((batch, size))
+            else:
+                states.append([(batch, s) for s in size])
+        out = self._output_size()
+        if self.return_sequences:
+            output = (length, batch, *out) if self.time_major else (batch, length, *out)
+        else:
+            output = (batch, *out)
+        return (output, *states) if self.return_state else output
+
+    def compute_mask(self, _, mask):
+        mask = tf.nest.flatten(mask)[0] if mask is not None else None
+        output_mask = mask if self.return_sequences else None
+        return [output_mask] + [None for _ in self.state_size] if self.return_state else output_mask
+
+    # -- states --------------------------------------------------------------------------
+
+    def get_initial_state(self, batch_size):
+        """The cell's initial states (zeros by default), as a list with one entry per state."""
+        fn = getattr(self.cell, "get_initial_state", None)
+        if fn is None:
+            dtype = getattr(self.cell, "compute_dtype", self.compute_dtype)
+            return [tf.zeros((batch_size, d), dtype=dtype) for d in self.state_size]
+        state = fn(batch_size=batch_size)
+        return list(state) if tf.nest.is_nested(state) else [state]
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def call(self, sequences, initial_state=None, mask=None, training=None, constants=None):
+        if constants is not None:
+            raise TypeError("tfscan.keras.Scan does not support `constants`; close over the "
+                            "tensors in the cell instead.")
+        if tf.nest.is_nested(sequences):
+            raise TypeError("tfscan.keras.Scan takes one input tensor [batch, time, ...], "
+                            f"not a nest: {type(sequences).__name__}.")
+        training = bool(training) if isinstance(training, bool) or training is None else training
+        cell_dtype = getattr(self.cell, "compute_dtype", self.compute_dtype)
+        sequences = tf.convert_to_tensor(sequences)
+        x = sequences if self.time_major else tf.transpose(
+            sequences, [1, 0] + list(range(2, sequences.shape.rank)))
+        batch = tf.shape(x)[1] if x.shape[1] is None else x.shape[1]
+
+        if initial_state is None:
+            initial_state = self.get_initial_state(batch_size=batch)
+        if not tf.nest.is_nested(initial_state):
+            initial_state = [initial_state]
+        initial_state = tf.nest.map_structure(
+            lambda s: tf.cast(tf.convert_to_tensor(s), cell_dtype), list(initial_state))
+        skeleton = _skeleton(initial_state)
+
+        if mask is not None:
+            mask = tf.nest.flatten(mask)[0]
+            mask = tf.cast(mask, tf.bool) if mask.dtype != tf.bool else mask
+            if mask.shape.rank == 3:
+                mask = mask[..., 0]
+            m = mask if self.time_major else tf.transpose(mask, [1, 0])
+        else:
+            m = None
+
+        # Dropout masks are drawn once per call (as Keras does) and ride in the carry, so
+        # the compiled step never holds a stale mask from an earlier call.
+        dcells = _dropout_cells(self.cell)
+        self._config_dropout_masks(x[0], initial_state)
+        drops = tuple((getattr(c, "_dropout_mask", None), getattr(c, "_recurrent_dropout_mask", None))
+                      for c in dcells)
+
+        keep_last = (not self.return_sequences) or m is not None
+        last0 = tf.zeros(tf.concat([[batch], self._output_size()], 0), cell_dtype) if keep_last else None
+        flags = (training, m is not None, keep_last, self.return_sequences,
+                 self.zero_output_for_mask, skeleton)
+        step = self._make_step(flags)
+        carry0 = (tuple(tf.nest.flatten(initial_state)), last0, drops)
+        remat = self.remat
+        if (remat is False or x.shape[0] is not None) and not all(
+                t.shape.is_fully_defined() for t in tf.nest.flatten(carry0) + [x[0]] if t is not None):
+            # Workaround: with a dimension other than time (here: the batch) unknown at
+            # trace time, tfscan's residual-saving gradient (remat=False) and its segment
+            # checkpoints (remat=k) fail; full recomputation (remat=True) works and gives
+            # the same values and gradients.
+            remat = True
+        try:
+            (states, last, _), ys = tfscan.scan(step, carry0, (x, m), reverse=self.go_backwards,
+                                                unroll=self.unroll, remat=remat)
+        finally:
+            for c in dcells:
+                c.reset_dropout_mask()
+                c.reset_recurrent_dropout_mask()
+
+        if not keep_last:
+            last = ys[0] if self.go_backwards else ys[-1]
+        out_dtype = self.compute_dtype
+        if self.return_sequences:
+            if self.go_backwards:
+                ys = tf.reverse(ys, [0])
+            output = ys if self.time_major else tf.transpose(ys, [1, 0] + list(range(2, ys.shape.rank)))
+        else:
+            output = last
+        output = tf.cast(output, out_dtype)
+        if self.return_state:
+            states = tf.nest.pack_sequence_as(skeleton, [tf.cast(s, out_dtype) for s in states])
+            return (output, *states)
+        return output
+
+    def _make_step(self, flags):
+        """The scan step. It closes over ``self`` and hashable ``flags`` only, so calls with
+        the same configuration share one compiled program (see tfscan's trace cache)."""
+        layer = self
+
+        def step(carry, xt):
+            training, has_mask, keep_last, return_sequences, zero_output, skeleton = flags
+            leaves, prev, drops = carry
+            x_t, m_t = xt
+            for c, (dm, rdm) in zip(_dropout_cells(layer.cell), drops):
+                c._dropout_mask, c._recurrent_dropout_mask = dm, rdm
+            states = tuple(tf.nest.pack_sequence_as(skeleton, list(leaves)))
+            kw = {"training": training} if layer._cell_takes_training else {}
+            out, new_states = layer.cell(x_t, states, **kw)
+            new_leaves = tf.nest.flatten(new_states)
+            if len(new_leaves) != len(leaves):
+                raise ValueError(f"Scan: the cell returned {len(new_leaves)} state tensors for "
+                                 f"{len(leaves)} in its state_size / initial state.")
+            if has_mask:
+                fallback = tf.zeros_like(out) if zero_output else prev
+                out = tf.where(_expand_mask(m_t, out), out, fallback)
+                new_leaves = [tf.where(_expand_mask(m_t, n), n, o) for n, o in zip(new_leaves, leaves)]
+            new_leaves = [tf.cast(n, o.dtype) for n, o in zip(new_leaves, leaves)]
+            return ((tuple(new_leaves), out if keep_last else None, drops),
+                    out if return_sequences else None)
+
+        return step
+
+    def _config_dropout_masks(self, x0, initial_state):
+        """Draw the dropout masks the cells reuse at every step (``keras.layers.RNN``'s way)."""
+        cells = _dropout_cells(self.cell)
+        if not any(getattr(c, "dropout", 0) or getattr(c, "recurrent_dropout", 0) for c in cells):
+            return
+        if isinstance(self.cell, keras.layers.StackedRNNCells):
+            inputs = x0
+            for c, s in zip(self.cell.cells, initial_state):
+                s = list(s) if tf.nest.is_nested(s) else [s]
+                if c in cells:
+                    c.get_dropout_mask(inputs)
+                    c.get_recurrent_dropout_mask(s[0])
+                inputs, _ = c(inputs, s)
+        else:
+            self.cell.get_dropout_mask(x0)
+            self.cell.get_recurrent_dropout_mask(initial_state[0])
+
+    # -- serialization -------------------------------------------------------------------
+
+    def _scan_config(self) -> dict:
+        return {"return_sequences": self.return_sequences, "return_state": self.return_state,
+                "go_backwards": self.go_backwards, "unroll": self.unroll, "remat": self.remat,
+                "time_major": self.time_major, "zero_output_for_mask": self.zero_output_for_mask}
+
+    def get_config(self):
+        config = {**super().get_config(), **self._scan_config()}
+        config["cell"] = keras.saving.serialize_keras_object(self.cell)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        cell = keras.saving.deserialize_keras_object(config.pop("cell"), custom_objects=custom_objects)
+        return cls(cell, **config)
+
+
+class _CellLayer(Scan):
+    """``Scan`` around one Keras cell class, built from that cell's constructor arguments."""
+
+    _cell_class: type = None
+    _cell_name: str = ""
+
+    def __init__(self, units: int, return_sequences: bool = False, return_state: bool = False,
+                 go_backwards: bool = False, unroll: int | bool = 1, remat: bool | int | str = False,
+                 time_major: bool = False, zero_output_for_mask: bool = False,
+                 stateful: bool = False, **kwargs):
+        params = inspect.signature(self._cell_class.__init__).parameters
+        cell_kwargs = {k: kwargs.pop(k) for k in list(kwargs)
+                       if k in params and params[k].kind is not inspect.Parameter.VAR_KEYWORD
+                       and k not in ("self", "units")}
+        if "implementation" in kwargs:  # a keras.layers.LSTM / GRU argument the cells take via **kwargs
+            cell_kwargs["implementation"] = kwargs.pop("implementation")
+        kwargs.pop("use_cudnn", None)  # keras.layers.LSTM / GRU: irrelevant here
+        cell = self._cell_class(units, dtype=kwargs.get("dtype"), trainable=kwargs.get("trainable", True),
+                                name=self._cell_name, **cell_kwargs)
+        super().__init__(cell, return_sequences=return_sequences, return_state=return_state,
+                         go_backwards=go_backwards, unroll=unroll, remat=remat, time_major=time_major,
+                         zero_output_for_mask=zero_output_for_mask, stateful=stateful, **kwargs)
+
+    @property
+    def units(self) -> int:
+        return self.cell.units
+
+    def get_config(self):
+        cell_config = {k: v for k, v in self.cell.get_config().items()
+                       if k not in ("name", "trainable", "dtype")}
+        return {**keras.layers.Layer.get_config(self), **self._scan_config(), **cell_config}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="tfscan")
+class SimpleRNN(_CellLayer):
+    """``keras.layers.SimpleRNN`` run by :func:`tfscan.scan`: ``Scan(keras.layers.SimpleRNNCell(units, ...))``.
+
+    Takes ``keras.layers.SimpleRNNCell``'s arguments and :class:`Scan`'s.
+
+    >>> import numpy as np, tfscan.keras
+    >>> tuple(tfscan.keras.SimpleRNN(4)(np.zeros((2, 5, 3), "float32")).shape)
+    (2, 4)
+    """
+
+    _cell_class = keras.layers.SimpleRNNCell
+    _cell_name = "simple_rnn_cell"
+
+
+@keras.saving.register_keras_serializable(package="tfscan")
+class GRU(_CellLayer):
+    """``keras.layers.GRU`` run by :func:`tfscan.scan`: ``Scan(keras.layers.GRUCell(units, ...))``.
+
+    Takes ``keras.layers.GRUCell``'s arguments (e.g. ``reset_after``) and :class:`Scan`'s.
+
+    >>> import numpy as np, tfscan.keras
+    >>> out, h = tfscan.keras.GRU(4, return_state=True)(np.zeros((2, 5, 3), "float32"))
+    >>> tuple(h.shape)
+    (2, 4)
+    """
+
+    _cell_class = keras.layers.GRUCell
+    _cell_name = "gru_cell"
+
+
+@keras.saving.register_keras_serializable(package="tfscan")
+class LSTM(_CellLayer):
+    """``keras.layers.LSTM`` run by :func:`tfscan.scan`: ``Scan(keras.layers.LSTMCell(units, ...))``.
+
+    Takes ``keras.layers.LSTMCell``'s arguments and :class:`Scan`'s.
+
+    >>> import numpy as np, tfscan.keras
+    >>> tuple(tfscan.keras.LSTM(4, return_sequences=True)(np.zeros((2, 5, 3), "float32")).shape)
+    (2, 5, 4)
+    """
+
+    _cell_class = keras.layers.LSTMCell
+    _cell_name = "lstm_cell"
