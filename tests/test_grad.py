@@ -328,3 +328,21 @@ def test_user_custom_gradient_and_tape_inside_the_step(remat):
         d = float(np.prod([1 - 0.2 * later for later in [1.0, 2.0, 3.0][t + 1:]]))
         want.append(-0.2 * c_vals[t] * d + min(d * 2 * x, 3.0))
     np.testing.assert_allclose(g.numpy(), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("remat", [False, True, 2])
+def test_gradient_when_the_batch_is_unknown_until_run_time(remat, rng):
+    W = tf.constant(rng.normal(size=(4, 4)))
+
+    @tf.function(input_signature=[tf.TensorSpec([6, None, 4], tf.float64)])
+    def grad(xs):
+        with tf.GradientTape() as tape:
+            tape.watch(W)
+            _, hs = tfscan.scan(lambda h, x: (tf.tanh(h @ W + x),) * 2, tf.zeros_like(xs[0]), xs, remat=remat)
+            loss = tf.reduce_sum(hs)
+        return tape.gradient(loss, W)
+
+    xs = rng.normal(size=(6, 3, 4))
+    want = jax.grad(lambda W: jnp.sum(jax.lax.scan(lambda h, x: (jnp.tanh(h @ W + x),) * 2,
+                                                   jnp.zeros((3, 4)), xs)[1]))(W.numpy())
+    np.testing.assert_allclose(grad(tf.constant(xs)).numpy(), want, rtol=1e-9)

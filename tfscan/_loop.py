@@ -19,12 +19,15 @@ Body = Callable[[list, list], tuple[list, list]]
 
 
 def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], length: Any,
-        reverse: bool, unroll: int | bool, out_specs: Sequence[tf.TensorSpec]) -> tuple[list, list]:
+        reverse: bool, unroll: int | bool, out_specs: Sequence[tf.TensorSpec],
+        out_shapes: Sequence[Any] | None = None) -> tuple[list, list]:
     """Run ``body(carry, slices) -> (carry, outs)`` for ``length`` steps.
 
     ``seqs`` are read at the step index along axis 0; ``outs`` are stacked along a new
     axis 0 in index order (so with ``reverse`` the buffers still hold step ``i`` at ``i``).
     ``length`` is an int or a scalar int32 tensor (a trip count known at run time).
+    ``out_shapes`` (one per output, a list or a 1-D tensor) saves probing the body for
+    output shapes that are not static.
     """
     carry = list(carry)
     shapes = [c.shape for c in carry]
@@ -32,8 +35,9 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
     # A run-time length may be 0 while XLA still compiles the body, whose one-row update
     # must fit the buffer: allocate at least one row and cut back to ``length`` after.
     rows = length if static is not None else tf.maximum(length, 1)
-    bufs = [tf.zeros(_stacked_shape(rows, s), spec.dtype) for s, spec in
-            zip(_out_shapes(body, carry, seqs, out_specs), out_specs)]
+    if out_shapes is None:
+        out_shapes = _out_shapes(body, carry, seqs, out_specs)
+    bufs = [tf.zeros(_stacked_shape(rows, s), spec.dtype) for s, spec in zip(out_shapes, out_specs)]
     if static == 0:
         return carry, bufs
     unroll = static if (unroll is True and static is not None) else unroll

@@ -124,7 +124,9 @@ def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynam
     acc0 = [d_carry[i] for i in fc] + [tf.zeros_like(consts[i]) for i in fk]
     seqs = list(xs) + list(saved) + [d_ys[i] for i in fy]
     x_specs = [plan.x_specs[i] for i in fx]
-    acc, d_xs_f = _loop.run(body, acc0, seqs, length, not static.reverse, static.unroll, x_specs)
+    x_shapes = [xs[i].shape[1:].as_list() if xs[i].shape[1:].is_fully_defined() else tf.shape(xs[i])[1:]
+                for i in fx]  # d_x has x's shape: no probe of the body needed
+    acc, d_xs_f = _loop.run(body, acc0, seqs, length, not static.reverse, static.unroll, x_specs, x_shapes)
     d_init = [None] * nc
     for j, i in enumerate(fc):
         d_init[i] = acc[j]

@@ -27,13 +27,13 @@ def checkpointed_scan(scan: Callable, f: Callable, init: Any, xs: Any, length: i
         return scan(f, init, xs, length=length, reverse=reverse, unroll=unroll, remat=True)
     if reverse:  # walk the reversed sequence forwards, then put the ys back in order
         xs = _tree.map_leaves(lambda x: tf.reverse(x, [0]), xs)
-    main = _tree.map_leaves(lambda x: tf.reshape(x[: segments * k], [segments, k] + x.shape[1:].as_list()), xs)
+    main = _tree.map_leaves(lambda x: tf.reshape(x[: segments * k], _with_lead([segments, k], x, 1)), xs)
 
     def segment(carry, x_segment):
         return scan(f, carry, x_segment, length=k, unroll=unroll)
 
     carry, ys = scan(segment, init, main, length=segments, remat=True)
-    ys = _tree.map_leaves(lambda y: tf.reshape(y, [segments * k] + y.shape[2:].as_list()), ys)
+    ys = _tree.map_leaves(lambda y: tf.reshape(y, _with_lead([segments * k], y, 2)), ys)
     if tail:
         rest = _tree.map_leaves(lambda x: x[segments * k:], xs)
         carry, ys_tail = scan(f, carry, rest, length=tail, unroll=unroll)
@@ -41,3 +41,11 @@ def checkpointed_scan(scan: Callable, f: Callable, init: Any, xs: Any, length: i
     if reverse:
         ys = _tree.map_leaves(lambda y: tf.reverse(y, [0]), ys)
     return carry, ys
+
+
+def _with_lead(lead: list, t: tf.Tensor, drop: int):
+    """``lead + t.shape[drop:]``, from the run-time shape where it is not static."""
+    rest = t.shape[drop:]
+    if rest.is_fully_defined():
+        return lead + rest.as_list()
+    return tf.concat([tf.constant(lead, tf.int32), tf.shape(t, out_type=tf.int32)[drop:]], 0)

@@ -171,6 +171,10 @@ class _Split:
             elif t.dtype == tf.resource:
                 raise NotSplittable("the backward pass reads a resource")
             elif dep_step[op]:
+                if t.dtype.is_integer and any(ops_[a].type in _SHAPE_OPS for a in _ancestors([t.op], step_in)):
+                    # A shape known only at run time, read by the backward pass: saved per step it
+                    # would hide from XLA a value it must know when compiling (recompute instead).
+                    raise NotSplittable(f"the backward pass reads the run-time shape {name}")
                 per_step.append(name)
             elif dep_k[op]:
                 invariant.append(name)
@@ -210,6 +214,9 @@ class _Split:
         inputs = [step_args[i] if kind == "step" else consts[i] for _, kind, i in self.inputs]
         feeds = list(d_carry) + list(d_y) + inputs + list(residuals) + list(invariants)
         return self.vjp._grads(self.backward.apply(feeds))
+
+
+_SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "BroadcastGradientArgs"})
 
 
 def _topological(graph) -> list:

@@ -19,9 +19,6 @@ Differences from ``keras.layers.RNN``:
 * the input is one tensor (no nested inputs);
 * ``unroll`` is tfscan's: steps per loop iteration (an int), or ``True`` for a full unroll;
 * extra ``remat`` (see :func:`tfscan.scan`) and ``time_major`` arguments;
-* in a graph where the batch (or another non-time) dimension is unknown, e.g. a
-  ``tf.function`` with a ``None`` batch, the layer's gradient recomputes the step
-  (``remat=True``) whatever ``remat`` says: tfscan's other policies fail there for now;
 * a cell's per-step output must have shape ``(batch, *output_size)``, with
   ``output_size`` the cell's attribute or else ``state_size[0]`` (as Keras assumes for
   ``compute_output_shape``) when ``return_sequences=False`` or a mask is given.
@@ -258,13 +255,6 @@ class Scan(keras.layers.Layer):
         step = self._make_step(flags)
         carry0 = (tuple(tf.nest.flatten(initial_state)), last0, drops)
         remat = self.remat
-        if (remat is False or x.shape[0] is not None) and not all(
-                t.shape.is_fully_defined() for t in tf.nest.flatten(carry0) + [x[0]] if t is not None):
-            # Workaround: with a dimension other than time (here: the batch) unknown at
-            # trace time, tfscan's residual-saving gradient (remat=False) and its segment
-            # checkpoints (remat=k) fail; full recomputation (remat=True) works and gives
-            # the same values and gradients.
-            remat = True
         try:
             (states, last, _), ys = tfscan.scan(step, carry0, (x, m), reverse=self.go_backwards,
                                                 unroll=self.unroll, remat=remat)
