@@ -296,3 +296,22 @@ def test_concurrent_calls_from_threads_are_correct():
         results = list(pool.map(work, range(8)))
     for k, (carry, ys) in enumerate(results):
         assert carry == 5.0 * k and ys == [i * float(k) for i in range(5)]
+
+
+def test_values_reached_through_objects_are_not_stale():
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.t, holder.scale = tf.constant(1.0), 2.0
+    step = lambda c, x: (c + holder.t * holder.scale, c)  # noqa: E731
+    assert float(tfscan.scan(step, 0.0, tf.zeros(3))[0]) == 6.0
+    holder.t = tf.constant(10.0)
+    assert float(tfscan.scan(step, 0.0, tf.zeros(3))[0]) == 60.0  # as JAX: f is traced anew
+    holder.scale = 3.0
+    assert float(tfscan.scan(step, 0.0, tf.zeros(3))[0]) == 90.0
+    array = np.ones(2, np.float32)
+    step2 = lambda c, x: (c + array, c)  # noqa: E731
+    assert tfscan.scan(step2, tf.zeros(2), tf.zeros(2))[0].numpy().tolist() == [2.0, 2.0]
+    array[:] = 5.0
+    assert tfscan.scan(step2, tf.zeros(2), tf.zeros(2))[0].numpy().tolist() == [10.0, 10.0]

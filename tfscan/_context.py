@@ -59,17 +59,24 @@ class LRUCache:
         self._lock = threading.RLock()
 
     def get_or_create(self, key: Hashable, create: Callable[[], Any]) -> Any:
+        return self.lookup(key, create)[0]
+
+    def lookup(self, key: Hashable, create: Callable[[], Any]) -> tuple[Any, bool]:
+        """``(value, created)``: the cached value, or a new one from ``create()``."""
         with self._lock:
             if key in self._data:
                 self._data.move_to_end(key)
-                return self._data[key]
+                return self._data[key], False
         value = create()  # outside the lock: tracing may call scan recursively
+        self.put(key, value)
+        return value, True
+
+    def put(self, key: Hashable, value: Any) -> None:
         with self._lock:
             self._data[key] = value
             self._data.move_to_end(key)
             while len(self._data) > self.maxsize:
                 self._data.popitem(last=False)
-        return value
 
     def __len__(self) -> int:
         return len(self._data)
@@ -100,6 +107,15 @@ def function_key(f: Any, depth: int = 0) -> Hashable:
     return ("obj", _value_key(f, depth + 1))
 
 
+def is_exact(key: Any) -> bool:
+    """Whether a :func:`function_key` pins down everything a trace of the function reads."""
+    if isinstance(key, _ById):
+        return key.exact
+    if isinstance(key, tuple):
+        return all(is_exact(k) for k in key)
+    return True
+
+
 def _cell_full(cell: Any) -> bool:
     try:
         cell.cell_contents
@@ -112,13 +128,22 @@ def _is_tensorish(x: Any) -> bool:
     return isinstance(x, (tf.Tensor, tf.Variable, np.ndarray))
 
 
-class _ById:
-    """Hash by identity while keeping the object alive (so its id is never reused)."""
+_IMMUTABLE_BY_IDENTITY = (tf.Tensor, tf.Variable, types.ModuleType, type, types.BuiltinFunctionType)
 
-    __slots__ = ("obj",)
+
+class _ById:
+    """Hash by identity while keeping the object alive (so its id is never reused).
+
+    ``exact``: the identity determines what a trace reads from the object (a tensor is
+    immutable, a variable is read at run time); for any other object (a Keras layer, a
+    NumPy array) a later call may see different attributes or contents.
+    """
+
+    __slots__ = ("obj", "exact")
 
     def __init__(self, obj: Any):
         self.obj = obj
+        self.exact = isinstance(obj, _IMMUTABLE_BY_IDENTITY) or obj is None
 
     def __hash__(self) -> int:
         return id(self.obj)

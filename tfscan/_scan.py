@@ -92,9 +92,17 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
     x_specs = tuple(tf.TensorSpec(t.shape[1:], t.dtype) for t in xs_leaves)
     static = Static(static_length, reverse, unroll)
     graph = _context.trace_key()
-    key = (_context.function_key(f), init_tree, xs_tree, carry_specs, x_specs, static.key(), remat, graph)
-    programs = _PROGRAMS.get_or_create(
-        key, lambda: Programs(Plan(f, init_tree, carry_specs, xs_tree, x_specs), static, remat))
+    f_key = _context.function_key(f)
+    key = (f_key, init_tree, xs_tree, carry_specs, x_specs, static.key(), remat, graph)
+    make_plan = lambda: Plan(f, init_tree, carry_specs, xs_tree, x_specs)  # noqa: E731
+    programs, created = _PROGRAMS.lookup(key, lambda: Programs(make_plan(), static, remat))
+    if not created and not _context.is_exact(f_key):
+        # f reads objects whose contents may have changed (attributes of a layer, a NumPy
+        # array): trace again, and keep the compiled programs only if nothing changed.
+        plan = make_plan()
+        if plan.step.fingerprint() != programs.plan.step.fingerprint():
+            programs = Programs(plan, static, remat)
+            _PROGRAMS.put(key, programs)
     plan = programs.plan
     consts = plan.step.const_values()
     dynamic_length = None if static_length is not None or xs_leaves else length_value

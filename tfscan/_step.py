@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
+from tensorflow.core.framework import node_def_pb2
+
 from tfscan._graph_piece import GraphPiece
 
 __all__ = []  # private module
@@ -58,6 +60,19 @@ class Traced:
         # Resource placeholders whose every read is fed are left unused: stub them too.
         unused = [t.name for _, t in graph.captures if t.dtype == tf.resource and t.name not in fed]
         self.piece = GraphPiece(graph.as_graph_def(), fed, self._out_names, stub=unused, name=name)
+
+    def fingerprint(self) -> tuple:
+        """What a new trace must share with this one to reuse its compiled programs: the
+        same constants (by identity) and the same ops (nested function names aside)."""
+        nodes = []
+        for node in self.piece.graph_def.node:
+            node = node_def_pb2.NodeDef.FromString(node.SerializeToString())
+            for attr in node.attr.values():
+                attr.ClearField("func") if attr.HasField("func") else None
+                if attr.HasField("list"):
+                    del attr.list.func[:]
+            nodes.append(node.SerializeToString(deterministic=True))
+        return tuple(id(s) for s in self.const_sources), tuple(nodes)
 
     def const_values(self) -> list[tf.Tensor]:
         """The constants' current values; variables are read now (and seen by a tape)."""
