@@ -41,6 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--only", default=None,
                    help="comma-separated workloads to run (e.g. elman-grad,memory); default all")
     p.add_argument("--trace", action="store_true", help="print tracebacks of failing implementations")
+    p.add_argument("--rerender", metavar="JSON", default=None,
+                   help="measure nothing: recompute the ratios and goals of a results file and "
+                        "write its Markdown and plots again (into --out)")
     return p.parse_args(argv)
 
 
@@ -69,6 +72,17 @@ def _git_commit() -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.rerender:
+        from benchmarks import _report
+        import json
+        paths = _report.rerender(args.rerender, args.out)
+        with open(paths["json"]) as f:
+            result = json.load(f)
+        out_abs = os.path.abspath(args.out)
+        if result["mode"] != "smoke" and os.path.basename(out_abs) == "results":
+            _report.update_readme(result, os.path.join(os.path.dirname(out_abs), "README.md"))
+        print(f"wrote {paths['md']} and {paths['json']}", file=sys.stderr)
+        return 0
     mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
     machine = args.machine or default_machine()
     only = set(args.only.split(",")) if args.only else None

@@ -22,12 +22,37 @@ def _has_value(r: dict) -> bool:
     return r.get("status") in MEASURED and r.get("value") is not None
 
 
+def _group(r: dict) -> str:
+    """Rows compared with each other: the same workload and T (and, for Keras, the same layer)."""
+    if r["workload"] == "keras":
+        return r["impl"].split(".", 1)[-1].split("@")[0]
+    return ""
+
+
+DERIVED = ("ratio_jax", "ratio_best_other", "best_other", "misses")
+
+
+def rerender(json_path: str, out_dir: str) -> dict[str, str]:
+    """Recompute ratios and goals of a results file and write its tables and plots again."""
+    with open(json_path) as f:
+        result = json.load(f)
+    for r in result["records"]:
+        for k in DERIVED:
+            r.pop(k, None)
+    refs = {w["key"]: w.get("reference") for w in result["workloads"]}
+    kinds = {w["key"]: w.get("kind") for w in result["workloads"]}
+    kinds.setdefault("keras", "keras")
+    annotate(result["records"], refs)
+    result["goals"] = goals(result["records"], kinds, refs)
+    return write(result, out_dir)
+
+
 def annotate(records: list[dict], refs: dict[str, str]) -> None:
     """Add ``ratio_jax``, ``ratio_best_other`` and ``best_other`` to every measured record."""
     groups = defaultdict(list)
     for r in records:
-        groups[(r["workload"], r["size"])].append(r)
-    for (wl, _), group in groups.items():
+        groups[(r["workload"], r["size"], _group(r))].append(r)
+    for (wl, _, _), group in groups.items():
         measured = [r for r in group if _has_value(r)]
         ref = next((r for r in measured if r["impl"] == refs.get(wl)), None)
         for r in measured:
@@ -226,7 +251,7 @@ def markdown(result: dict) -> str:
             if r.get("status") in ("unavailable", "error", "wrong") or (val is None and r.get("status")):
                 cell = r["status"] if val is None else cell
             ext = ""
-            if memory and r.get("tf_allocator_peak") is not None:
+            if memory and r.get("tf_allocator_peak"):
                 r = dict(r, note=(r.get("note", "") + f" TF allocator peak: "
                                   f"{fmt_bytes(r['tf_allocator_peak'])}").strip())
             if compile_:
