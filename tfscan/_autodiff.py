@@ -24,32 +24,29 @@ __all__ = []  # private module
 
 def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[tf.Tensor],
                         consts: Sequence[tf.Tensor], dynamic_length: Any = None) -> list[tf.Tensor]:
-    """``carry + ys`` (flat) of the scan, with a gradient for every float input."""
-    if not tf.executing_eagerly():
-        return _graph_differentiable_scan(programs, init, xs, consts, dynamic_length)
-    n_i, n_x = len(init), len(xs)
-    # Eagerly, the live tapes tell which inputs can be asked for a gradient: the backward
-    # loop then skips the others (e.g. the data in xs when only weights are trained).
-    wanted = tuple(record.should_record_backprop([t]) for t in list(xs) + list(consts))
-    wanted = None if all(wanted) else wanted
+    """``carry + ys`` (flat) of the scan, recorded with its VJP for every float input.
+
+    Live tapes and accumulators see one operation whose backward function is the compiled
+    reverse loop. In a graph, the results also pass through an ``IdentityN`` whose
+    registered gradient reads everything from ``op.inputs`` (for ``tf.gradients``):
+    ``tf.custom_gradient`` would keep the forward tensors in a Python closure, which breaks
+    when the graph is copied, as a step holding a nested scan is, into the outer loop.
+    """
+    eager = tf.executing_eagerly()
+    wanted = None
+    if eager:  # the live tapes tell which inputs can be asked for a gradient: skip the others
+        wanted = tuple(record.should_record_backprop([t]) for t in list(xs) + list(consts))
+        wanted = None if all(wanted) else wanted
     programs.vjp(consts, wanted)  # traced now, while a tape inside the step can still record
-
-    @tf.custom_gradient
-    def scan_vjp(*flat):
-        init, xs, consts = flat[:n_i], flat[n_i: n_i + n_x], flat[n_i + n_x:]
-        with record.stop_recording():  # the outer tape sees this call only through grad_fn
-            carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=True, wanted=wanted)
+    with record.stop_recording():  # the tapes see only the operation recorded below
+        carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=True, wanted=wanted)
         outs = list(carry) + list(ys)
-
-        def grad_fn(*d_outs, variables=None):
-            grads = _backward(programs, init, xs, consts, saved, d_outs, outs, dynamic_length, wanted)
-            if variables is not None:
-                return grads, [None] * len(variables)
-            return grads
-
-        return outs, grad_fn
-
-    return list(scan_vjp(*init, *xs, *consts))
+        result = outs if eager else _with_registered_gradient(programs, outs, saved, init, xs, consts,
+                                                              dynamic_length)
+    record.record_operation(
+        "TfscanScan", result, list(init) + list(xs) + list(consts),
+        lambda *d_outs: _backward(programs, init, xs, consts, saved, d_outs, outs, dynamic_length, wanted))
+    return result
 
 
 def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic_length,
@@ -69,29 +66,13 @@ _registry_lock = threading.Lock()
 _registered: dict[int, str] = {}
 
 
-def _graph_differentiable_scan(programs: Programs, init, xs, consts, dynamic_length) -> list[tf.Tensor]:
-    """Graph mode: the gradient reads everything from the op, never from Python closures.
-
-    ``tf.custom_gradient`` in a graph keeps its forward tensors in a closure, which breaks
-    when the graph is copied — as a step holding a nested scan is, into the outer loop.
-    Here the forward results, the saved residuals and the inputs all pass through one
-    ``IdentityN`` whose registered gradient finds them in ``op.inputs``.
-    """
-    programs.vjp(consts)  # traced now, while a tape inside the step can still record
-    with record.stop_recording():  # a tape recording this graph sees only the op below
-        carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=True)
-        outs = list(carry) + list(ys)
-        dl = [dynamic_length] if dynamic_length is not None else []
-        flat = outs + list(saved) + list(init) + list(xs) + list(consts) + dl
-        counts = (len(outs), len(saved), len(init), len(xs), len(consts))
-        name = _gradient_name(programs, counts, bool(dl))
-        with ops.get_default_graph().gradient_override_map({"IdentityN": name}):
-            result = list(tf.identity_n(flat)[: len(outs)])
-    inputs = list(init) + list(xs) + list(consts)
-    record.record_operation(  # for a GradientTape active while this graph is built
-        "TfscanScan", result, inputs,
-        lambda *d_outs: _backward(programs, init, xs, consts, saved, d_outs, outs, dynamic_length))
-    return result
+def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts, dynamic_length) -> list:
+    dl = [dynamic_length] if dynamic_length is not None else []
+    flat = list(outs) + list(saved) + list(init) + list(xs) + list(consts) + dl
+    counts = (len(outs), len(saved), len(init), len(xs), len(consts))
+    name = _gradient_name(programs, counts, bool(dl))
+    with ops.get_default_graph().gradient_override_map({"IdentityN": name}):
+        return list(tf.identity_n(flat)[: len(outs)])
 
 
 def _gradient_name(programs: Programs, counts: tuple, has_dl: bool) -> str:

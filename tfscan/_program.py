@@ -201,9 +201,12 @@ class Programs:
         n_i, n_x = len(init), len(xs)
 
         split = self.split(consts, wanted) if save else None
+        n_k = len(consts)
 
+        # ``build`` is kept by the cached tf.function: it must close over counts, never over
+        # this call's tensors (they would stay alive as long as the cache entry).
         def build(*args):
-            i, x, k, dl = _split(args, n_i, n_x, len(consts))
+            i, x, k, dl = _split(args, n_i, n_x, n_k)
             carry, ys, saved = forward(plan, static, i, x, k, dl, save, split)
             return list(carry) + list(ys) + list(saved)
 
@@ -218,6 +221,7 @@ class Programs:
         # None entries (non-float leaves) cannot cross a function boundary: drop and restore.
         d_carry_idx = [i for i, d in enumerate(d_carry) if d is not None]
         d_ys_idx = [i for i, d in enumerate(d_ys) if d is not None]
+        n_y = len(d_ys)
 
         def build(*args):
             args = list(args)
@@ -227,7 +231,7 @@ class Programs:
             dc = [None] * n_c
             for i in d_carry_idx:
                 dc[i] = args.pop(0)
-            dy = [None] * len(d_ys)
+            dy = [None] * n_y
             for i in d_ys_idx:
                 dy[i] = args.pop(0)
             dl = args[0] if args else None
