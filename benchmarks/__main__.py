@@ -70,6 +70,19 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _update_readmes(result: dict, out: str) -> None:
+    """Results written to benchmarks/results/: refresh the summary table in the README
+    beside it and in the project's README (between their results markers)."""
+    from benchmarks import _report
+
+    out_abs = os.path.abspath(out)
+    if result["mode"] == "smoke" or os.path.basename(out_abs) != "results":
+        return
+    bench_dir = os.path.dirname(out_abs)
+    for readme in (os.path.join(bench_dir, "README.md"), os.path.join(os.path.dirname(bench_dir), "README.md")):
+        _report.update_readme(result, readme)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.rerender:
@@ -78,9 +91,7 @@ def main(argv=None) -> int:
         paths = _report.rerender(args.rerender, args.out)
         with open(paths["json"]) as f:
             result = json.load(f)
-        out_abs = os.path.abspath(args.out)
-        if result["mode"] != "smoke" and os.path.basename(out_abs) == "results":
-            _report.update_readme(result, os.path.join(os.path.dirname(out_abs), "README.md"))
+        _update_readmes(result, args.out)
         print(f"wrote {paths['md']} and {paths['json']}", file=sys.stderr)
         return 0
     mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
@@ -185,10 +196,7 @@ def main(argv=None) -> int:
     result = {"machine": machine, "mode": mode, "meta": meta, "workloads": wl_meta,
               "records": records, "goals": goals, "notes": notes}
     paths = _report.write(result, args.out)
-    out_abs = os.path.abspath(args.out)
-    if mode != "smoke" and os.path.basename(out_abs) == "results":
-        # results/ beside a README with the results markers: refresh its summary table.
-        _report.update_readme(result, os.path.join(os.path.dirname(out_abs), "README.md"))
+    _update_readmes(result, args.out)
     misses = [g for g in goals if g["status"] == "MISS"]
     log(f"[{time.perf_counter() - t_start:5.0f} s] wrote {paths['md']} and {paths['json']}; "
         f"{len(misses)} goal misses of {len(goals)} checks")
