@@ -58,14 +58,16 @@ def forward(plan: Plan, static: Static, init, xs, consts, dynamic_length=None, s
         k = captured(consts)
         if save and split is not None:
             new_carry, ys, residuals = split.step_forward(carry, slices, k)
-            return new_carry, list(ys) + [carry[i] for i in split.saved_carry] + list(residuals)
+            residuals = [r for j, r in enumerate(residuals) if j not in split.y_alias]
+            return new_carry, list(ys) + [carry[i] for i in split.saved_carry] + residuals
         new_carry, ys = plan.apply(carry, slices, k)
         return new_carry, list(ys) + (list(carry) if save else [])
 
     out_specs = list(plan.y_specs)
     if save:
         out_specs += (list(plan.carry_specs) if split is None else
-                      [plan.carry_specs[i] for i in split.saved_carry] + list(split.residual_specs))
+                      [plan.carry_specs[i] for i in split.saved_carry] +
+                      [r for j, r in enumerate(split.residual_specs) if j not in split.y_alias])
     carry, bufs = _loop.run(body, list(init), list(xs), length, static.reverse, static.unroll, out_specs)
     ny = len(plan.y_specs)
     return carry, bufs[:ny], bufs[ny:]
@@ -212,7 +214,13 @@ class Programs:
 
         flat = self._call(f"forward_{save}_{wanted}", build, _join(init, xs, consts, dynamic_length))
         ny = len(plan.y_specs)
-        return flat[:n_i], flat[n_i: n_i + ny], flat[n_i + ny:]
+        carry, ys, saved = flat[:n_i], flat[n_i: n_i + ny], flat[n_i + ny:]
+        if split is not None and split.y_alias:  # residuals that are ys: the ys buffers themselves
+            n_sc = len(split.saved_carry)
+            rest = iter(saved[n_sc:])
+            saved = saved[:n_sc] + [ys[split.y_alias[j]] if j in split.y_alias else next(rest)
+                                    for j in range(len(split.residual_specs))]
+        return carry, ys, saved
 
     def backward(self, xs, consts, saved, d_carry, d_ys, dynamic_length=None, wanted=None):
         plan, static = self.plan, self.static

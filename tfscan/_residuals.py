@@ -181,6 +181,12 @@ class _Split:
             else:
                 copied |= _ancestors([ops_[op]])
         self.per_step, self.invariant = per_step, invariant
+        # A residual that is one of the step's ys (an RNN's new hidden state) is not saved
+        # twice: the backward loop reads it from the ys buffer.
+        y_names = {graph.get_tensor_by_name(n).op.inputs[0].name: j
+                   for j, n in enumerate(vjp._fwd_outs[nc:])
+                   if graph.get_tensor_by_name(n).op.type == "Identity"}
+        self.y_alias = {k: y_names[n] for k, n in enumerate(per_step) if n in y_names}
         self.saved_carry = sorted({i for _, kind, i in self.inputs if kind == "step" and i < nc})
         self.residual_specs = [tf.TensorSpec(boundary[n].shape, boundary[n].dtype) for n in per_step]
         self.vjp = vjp
