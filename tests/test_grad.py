@@ -346,3 +346,28 @@ def test_gradient_when_the_batch_is_unknown_until_run_time(remat, rng):
     want = jax.grad(lambda W: jnp.sum(jax.lax.scan(lambda h, x: (jnp.tanh(h @ W + x),) * 2,
                                                    jnp.zeros((3, 4)), xs)[1]))(W.numpy())
     np.testing.assert_allclose(grad(tf.constant(xs)).numpy(), want, rtol=1e-9)
+
+
+def test_gradient_when_the_length_is_known_only_at_run_time(rng):
+    W = tf.constant(rng.normal(size=(3, 3)) * 0.5)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2, 3], tf.float64), tf.TensorSpec([], tf.int32)])
+    def grads(xs, n):
+        with tf.GradientTape() as tape:
+            tape.watch([W, xs])
+            h, hs = tfscan.scan(lambda h, x: (tf.tanh(h @ W + x),) * 2, tf.zeros([2, 3], tf.float64), xs)
+            c, _ = tfscan.scan(lambda c, _: (c @ W, None), tf.eye(3, dtype=tf.float64), length=n)
+            loss = tf.reduce_sum(hs) + tf.reduce_sum(c)
+        return tape.gradient(loss, [W, xs])
+
+    def loss_jax(W, xs, n):
+        _, hs = jax.lax.scan(lambda h, x: (jnp.tanh(h @ W + x),) * 2, jnp.zeros((2, 3)), xs)
+        c, _ = jax.lax.scan(lambda c, _: (c @ W, None), jnp.eye(3), length=n)
+        return jnp.sum(hs) + jnp.sum(c)
+
+    for T, n in [(4, 2), (7, 3), (0, 0)]:
+        xs = rng.normal(size=(T, 2, 3))
+        got = grads(tf.constant(xs), tf.constant(n))
+        want = jax.grad(loss_jax, argnums=(0, 1))(W.numpy(), xs, n)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g.numpy(), w, rtol=1e-9, atol=1e-12)
