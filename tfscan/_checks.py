@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfscan import _tree
 from tfscan._tree import TreeDef
 
 __all__ = []  # private module
@@ -187,3 +188,26 @@ def check_remat(remat: Any) -> bool | int | str:
         f"scan: remat must be False (save each step's residuals), True or 'full' (save only the "
         f"carries and recompute each step), 'sqrt' or a positive int k (save the carry every k "
         f"steps), got {remat!r}.")
+
+
+def new_carry(out: Any, carry_tree: TreeDef, carry_specs: Sequence[tf.TensorSpec], api: str = "scan",
+              fn: str = "f", root: str = "carry", init_name: str = "init") -> list[tf.Tensor]:
+    """What ``fn`` returned as the next carry, as tensors, checked against the carry's
+    structure, dtypes and shapes (a Python number takes its leaf's dtype)."""
+    leaves, paths, treedef = _tree.flatten_with_paths(out, root)
+    if treedef == carry_tree:
+        leaves = [output_tensor(v, p, api, fn, s.dtype) for v, p, s in zip(leaves, paths, carry_specs)]
+    else:
+        leaves = [output_tensor(v, p, api, fn) for v, p in zip(leaves, paths)]
+    check_carry(carry_tree, treedef, list(carry_specs), [tf.TensorSpec(t.shape, t.dtype) for t in leaves],
+                _tree.leaf_paths(carry_tree, root), api, fn=fn, init_name=init_name)
+    return leaves
+
+
+def step_pair(out: Any, api: str = "scan") -> tuple[Any, Any]:
+    """``f``'s result as ``(new_carry, y)``."""
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise TypeError(
+            f"{api}: f must return a pair (new_carry, y), got {type(out).__name__} {out!r:.100}. "
+            "Return `carry, y` (use y=None for no per-step output).")
+    return out[0], out[1]

@@ -24,7 +24,16 @@ def jit_disabled() -> bool:
 
 @contextlib.contextmanager
 def disable_jit() -> Iterator[None]:
-    """Run scans as plain eager Python loops inside this block (like ``jax.disable_jit``)."""
+    """Run scans as plain eager Python loops inside this block (like ``jax.disable_jit``).
+
+    The step then runs as ordinary Python, one call per step: ``print`` and ``pdb`` work.
+
+    >>> import tensorflow as tf, tfscan
+    >>> with tfscan.disable_jit():
+    ...     carry, ys = tfscan.scan(lambda c, x: (c + x, float(c)), 0.0, tf.constant([1.0, 2.0]))
+    >>> float(carry), ys.numpy().tolist()
+    (3.0, [0.0, 1.0])
+    """
     _state.disabled = getattr(_state, "disabled", 0) + 1
     try:
         yield

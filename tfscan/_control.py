@@ -64,19 +64,6 @@ def to_tensors(api: str, tree: Any, root: str) -> tuple[list, list, _tree.TreeDe
     return _checks.to_tensors(leaves, paths, root, api), paths, treedef
 
 
-def new_carry(api: str, fn_name: str, out: Any, carry_tree: _tree.TreeDef,
-              carry_specs: Sequence[tf.TensorSpec], root: str) -> list:
-    """``fn_name``'s output as the next carry: leaves converted, then checked like scan's."""
-    leaves, paths, treedef = _tree.flatten_with_paths(out, root)
-    if treedef == carry_tree:
-        leaves = [_checks.output_tensor(v, p, api, fn_name, s.dtype) for v, p, s in zip(leaves, paths, carry_specs)]
-    else:
-        leaves = [_checks.output_tensor(v, p, api, fn_name) for v, p in zip(leaves, paths)]
-    _checks.check_carry(carry_tree, treedef, list(carry_specs), list(specs(leaves)),
-                        _tree.leaf_paths(carry_tree, root), api, fn=fn_name, init_name=root)
-    return leaves
-
-
 def first_difference(a: _tree.TreeDef, b: _tree.TreeDef, path: str) -> tuple[str, str, str] | None:
     """The first path where two structures differ, with what each side has there."""
     if a == b:

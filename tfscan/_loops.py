@@ -138,7 +138,7 @@ class _WhilePlan:
 
         def flat_body(*carry):
             out = body_fun(_tree.unflatten(tree, list(carry)))
-            return _control.new_carry("while_loop", "body_fun", out, tree, self.specs, "init_val")
+            return _checks.new_carry(out, tree, self.specs, "while_loop", "body_fun", "init_val", "init_val")
 
         self.cond = Traced(flat_cond, self.specs, name="while_cond")
         self.body = Traced(flat_body, self.specs, name="while_body")
@@ -337,8 +337,7 @@ def _fori_scan_step(body_fun: Callable) -> Callable:
     def step(carry, _):
         i, val = carry
         leaves, _, tree = _tree.flatten_with_paths(val, "init_val")
-        new = _control.new_carry("fori_loop", "body_fun", body_fun(i, val), tree,
-                                 _control.specs(leaves), "init_val")
+        new = _checks.new_carry(body_fun(i, val), tree, _control.specs(leaves), "fori_loop", "body_fun", "init_val", "init_val")
         return (i + 1, _tree.unflatten(tree, new)), None
     return step
 
@@ -351,8 +350,7 @@ def _fori_while_body(body_fun: Callable) -> Callable:
     def body(carry):
         i, upper, val = carry
         leaves, _, tree = _tree.flatten_with_paths(val, "init_val")
-        new = _control.new_carry("fori_loop", "body_fun", body_fun(i, val), tree,
-                                 _control.specs(leaves), "init_val")
+        new = _checks.new_carry(body_fun(i, val), tree, _control.specs(leaves), "fori_loop", "body_fun", "init_val", "init_val")
         return i + 1, upper, _tree.unflatten(tree, new)
     return body
 

@@ -29,24 +29,12 @@ class Plan:
         self.n_carry = len(carry_specs)
         self.name = name
         self.y_tree: _tree.TreeDef | None = None
-        carry_paths = _tree.leaf_paths(carry_tree, "carry")
 
         def flat_step(*args):
             carry = _tree.unflatten(carry_tree, args[: self.n_carry])
             x = _tree.unflatten(x_tree, args[self.n_carry:])
-            out = f(carry, x)
-            if not isinstance(out, (tuple, list)) or len(out) != 2:
-                raise TypeError(
-                    f"{name}: f must return a pair (new_carry, y), got {type(out).__name__} "
-                    f"{out!r:.100}. Return `carry, y` (use y=None for no per-step output).")
-            new_carry, y = out
-            c_leaves, c_paths, c_tree = _tree.flatten_with_paths(new_carry, "carry")
-            if c_tree == carry_tree:
-                c_leaves = [_checks.output_tensor(v, p, name, dtype=s.dtype) for v, p, s in zip(c_leaves, c_paths, self.carry_specs)]
-            else:
-                c_leaves = [_checks.output_tensor(v, p, name) for v, p in zip(c_leaves, c_paths)]
-            _checks.check_carry(carry_tree, c_tree, self.carry_specs,
-                                [tf.TensorSpec(t.shape, t.dtype) for t in c_leaves], carry_paths, name)
+            new_carry, y = _checks.step_pair(f(carry, x), name)
+            c_leaves = _checks.new_carry(new_carry, carry_tree, self.carry_specs, name)
             y_leaves, y_paths, self.y_tree = _tree.flatten_with_paths(y, "y")
             y_leaves = [_checks.output_tensor(v, p, name) for v, p in zip(y_leaves, y_paths)]
             return c_leaves + y_leaves

@@ -95,7 +95,7 @@ class StepVJP:
         except Exception as e:  # noqa: BLE001 - any failure: fall back to recomputing
             raise NotSplittable(str(e)) from e
         graph = self._cf.graph
-        self._nc, self._nx = nc, nx
+        self._nc = nc
         self._gd = graph.as_graph_def()
         args = [t.name for t in graph.inputs[: nc + nx + len(fc) + len(fy)]]
         self._step_names, self._ct_names = args[: nc + nx], args[nc + nx:]

@@ -125,21 +125,13 @@ def _needs_gradient(*groups) -> bool:
 def _eager_scan(f, init_tree, init, xs_tree, xs, length, reverse):
     """``disable_jit``: the step runs as ordinary Python, one call per step."""
     carry = _tree.unflatten(init_tree, init)
+    specs = [tf.TensorSpec(t.shape, t.dtype) for t in init]
     n = int(length)
     ys = []
     for i in (reversed(range(n)) if reverse else range(n)):
         x = _tree.unflatten(xs_tree, [t[i] for t in xs])
-        out = f(carry, x)
-        if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise TypeError(f"scan: f must return a pair (new_carry, y), got {type(out).__name__}.")
-        new_carry, y = out
-        new_leaves, new_paths, new_tree = _tree.flatten_with_paths(new_carry, "carry")
-        new_leaves = [tf.convert_to_tensor(v, dtype=s.dtype if not isinstance(v, tf.Tensor) else None)
-                      for v, s in zip(new_leaves, init)] if new_tree == init_tree else new_leaves
-        _checks.check_carry(init_tree, new_tree, [tf.TensorSpec(t.shape, t.dtype) for t in init],
-                            [tf.TensorSpec(tf.convert_to_tensor(t).shape, tf.convert_to_tensor(t).dtype)
-                             for t in new_leaves], _tree.leaf_paths(init_tree, "carry"))
-        carry = _tree.unflatten(init_tree, new_leaves)
+        new_carry, y = _checks.step_pair(f(carry, x))
+        carry = _tree.unflatten(init_tree, _checks.new_carry(new_carry, init_tree, specs))
         ys.append(y)
     if reverse:
         ys.reverse()
