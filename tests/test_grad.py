@@ -371,3 +371,15 @@ def test_gradient_when_the_length_is_known_only_at_run_time(rng):
         want = jax.grad(loss_jax, argnums=(0, 1))(W.numpy(), xs, n)
         for g, w in zip(got, want):
             np.testing.assert_allclose(g.numpy(), w, rtol=1e-9, atol=1e-12)
+
+
+def test_random_draws_in_the_step_are_saved_not_redrawn():
+    generator = tf.random.Generator.from_seed(1)
+    xs = tf.ones([5, 3])
+    for draw in (lambda: tf.random.uniform([3]), lambda: generator.normal([3])):
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            c, _ = tfscan.scan(lambda c, x: (c + x * draw(), c), tf.zeros(3), xs)
+            loss = tf.reduce_sum(c)
+        # c = sum_t u_t * x_t with x = 1: the gradient rows are the u_t the forward pass drew.
+        np.testing.assert_allclose(tape.gradient(loss, xs).numpy().sum(0), c.numpy(), rtol=1e-5)

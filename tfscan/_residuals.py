@@ -138,6 +138,7 @@ class _Split:
         nc = vjp._nc
         step_in = {n.split(":")[0] for n in vjp._step_names}
         const_in = {n.split(":")[0] for n, _ in vjp._const_feeds}
+        const_in |= {n.split(":")[0] for n, _ in vjp._handle_feeds}  # resources: never copied
         ct_in = {n.split(":")[0] for n in vjp._ct_names}
         ops_ = {op.name: op for op in graph.get_operations()}
         order = _topological(graph)
@@ -145,7 +146,11 @@ class _Split:
         for op in order:
             ins = [t.op.name for t in op.inputs]
             dep_ct[op.name] = op.name in ct_in or any(dep_ct[i] for i in ins)
-            dep_step[op.name] = op.name in step_in or any(dep_step[i] for i in ins)
+            # A stateful op (a random draw) runs once per step in the forward loop: what the
+            # backward pass needs from it is saved per step, never recomputed.
+            stateful = op.op_def is not None and op.op_def.is_stateful and op.name not in const_in \
+                and op.type != "Placeholder"
+            dep_step[op.name] = op.name in step_in or stateful or any(dep_step[i] for i in ins)
             dep_k[op.name] = op.name in const_in or any(dep_k[i] for i in ins)
         backward = {n for n, d in dep_ct.items() if d}
         boundary: dict[str, Any] = {}
