@@ -23,7 +23,7 @@ import tensorflow as tf
 from tensorflow.python.eager import record
 
 from tfscan import _checks, _context, _control, _tree
-from tfscan._loop import _keep_shape
+from tfscan._buffered_loop import keep_shape
 from tfscan._plan import is_float
 from tfscan._program import captured
 from tfscan._scan import scan
@@ -152,7 +152,7 @@ class _WhilePlan:
         shapes = [t.shape for t in carry]
         return list(tf.while_loop(
             lambda *c: self.cond.apply(list(c[:len(self.specs)]), kc)[0],
-            lambda *c: [_keep_shape(t, s) for t, s in zip(body(list(c)), shapes)],
+            lambda *c: [keep_shape(t, s) for t, s in zip(body(list(c)), shapes)],
             carry))
 
     def _split(self, args: tuple, sizes: list) -> list:

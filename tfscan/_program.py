@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import tensorflow as tf
 from tensorflow.python.framework import ops
 
-from tfscan import _context, _loop
+from tfscan import _buffered_loop, _context
 from tfscan._plan import Plan, float_indices
 from tfscan._residuals import NotSplittable, StepVJP
 
@@ -68,7 +68,7 @@ def forward(plan: Plan, static: Static, init, xs, consts, dynamic_length=None, s
         out_specs += (list(plan.carry_specs) if split is None else
                       [plan.carry_specs[i] for i in split.saved_carry] +
                       [r for j, r in enumerate(split.residual_specs) if j not in split.y_alias])
-    carry, bufs = _loop.run(body, list(init), list(xs), length, static.reverse, static.unroll, out_specs)
+    carry, bufs = _buffered_loop.run(body, list(init), list(xs), length, static.reverse, static.unroll, out_specs)
     ny = len(plan.y_specs)
     return carry, bufs[:ny], bufs[ny:]
 
@@ -128,7 +128,7 @@ def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynam
     x_specs = [plan.x_specs[i] for i in fx]
     x_shapes = [xs[i].shape[1:].as_list() if xs[i].shape[1:].is_fully_defined() else tf.shape(xs[i])[1:]
                 for i in fx]  # d_x has x's shape: no probe of the body needed
-    acc, d_xs_f = _loop.run(body, acc0, seqs, length, not static.reverse, static.unroll, x_specs, x_shapes)
+    acc, d_xs_f = _buffered_loop.run(body, acc0, seqs, length, not static.reverse, static.unroll, x_specs, x_shapes)
     d_init = [None] * nc
     for j, i in enumerate(fc):
         d_init[i] = acc[j]

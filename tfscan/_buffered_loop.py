@@ -52,7 +52,7 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
                 idx = (length - 1 - t) if reverse else t
                 xs = [tf.gather(s, idx) for s in seqs]
                 carry, outs = body(list(carry), xs)
-                carry = [_keep_shape(c, s) for c, s in zip(carry, shapes)]
+                carry = [keep_shape(c, s) for c, s in zip(carry, shapes)]
                 bufs = [_write(b, o, idx) for b, o in zip(bufs, outs)]
             return i + 1, carry, bufs
         return loop_body
@@ -98,7 +98,7 @@ def _write(buf: tf.Tensor, value: tf.Tensor, idx: Any) -> tf.Tensor:
     return xla.dynamic_update_slice(buf, value[None], tf.cast(start, tf.int32))
 
 
-def _keep_shape(t: tf.Tensor, shape: tf.TensorShape) -> tf.Tensor:
+def keep_shape(t: tf.Tensor, shape: tf.TensorShape) -> tf.Tensor:
     if shape.is_compatible_with(t.shape) and t.shape.is_subtype_of(shape):
         return t
     return tf.ensure_shape(t, shape)
