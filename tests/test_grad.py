@@ -383,3 +383,21 @@ def test_random_draws_in_the_step_are_saved_not_redrawn():
             loss = tf.reduce_sum(c)
         # c = sum_t u_t * x_t with x = 1: the gradient rows are the u_t the forward pass drew.
         np.testing.assert_allclose(tape.gradient(loss, xs).numpy().sum(0), c.numpy(), rtol=1e-5)
+
+
+def test_forward_mode_through_a_closed_over_variable():
+    w = tf.Variable(1.5)
+    with tf.autodiff.ForwardAccumulator([w], [tf.constant(0.3)]) as acc:
+        y, _ = tfscan.scan(lambda c, _: (c * w, None), 2.0, length=3)
+    assert float(acc.jvp(y)) == pytest.approx(2.0 * 3 * 1.5 ** 2 * 0.3)  # d(2 w^3) = 6 w^2 dw
+
+
+def test_a_step_that_updates_a_variable_sees_its_own_writes():
+    counter = tf.Variable(0.0)
+
+    def step(c, x):
+        counter.assign_add(1.0)
+        return c + counter.read_value() * x, None
+
+    carry, _ = tfscan.scan(step, 0.0, tf.ones(4))
+    assert float(carry) == 1 + 2 + 3 + 4 and float(counter) == 4.0

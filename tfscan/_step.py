@@ -50,11 +50,14 @@ class Traced:
                 continue
             var = variables.get(id(external))
             consumers = internal.consumers()
-            if var is not None and consumers and all(op.type == "ReadVariableOp" for op in consumers):
-                for op in consumers:
+            reads = [op for op in consumers if op.type == "ReadVariableOp"]
+            if var is not None and not any(_writes(op) for op in consumers):
+                # Each read is fed with the value read at call time (so a tape sees it).
+                for op in reads:
                     self.const_sources.append(var)
                     self._const_names.append(op.outputs[0].name)
-            else:
+            if len(reads) < len(consumers) or var is None or any(_writes(op) for op in consumers):
+                # Other users of the resource (state, an RNG, a writer) get the handle itself.
                 self._handle_names.append((internal.name, external))
         fed = self._arg_names + self._const_names + [n for n, _ in self._handle_names]
         # Resource placeholders whose every read is fed are left unused: stub them too.
@@ -90,3 +93,8 @@ class Traced:
     def apply(self, args: Sequence[tf.Tensor], consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         """Emit the traced ops into the current graph, fed with ``args`` and ``consts``."""
         return self.piece.apply(self.feeds(args, consts))
+
+
+def _writes(op) -> bool:
+    """Whether ``op`` changes a variable (then its reads must stay reads, in order)."""
+    return op.type.startswith(("Assign", "ResourceApply", "ResourceScatter", "ResourceSparseApply"))
