@@ -11,7 +11,6 @@ from typing import Iterable, Sequence
 
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
-from tensorflow.python.eager import context
 from tensorflow.python.framework import func_graph as func_graph_module
 from tensorflow.python.framework import importer
 from tensorflow.python.framework import ops
@@ -57,7 +56,6 @@ class GraphPiece:
                 del new.input[:]
                 new.input.extend(inputs)
         self.graph_def = gd
-        _register_functions(gd)
         # import_graph_def rejects a mapping no imported node reads (a stub has no outputs).
         consumed = {_tensor_name(i) for n in gd.node for i in n.input if not i.startswith("^")}
         self._used = [n in consumed for n in self.fed]
@@ -77,25 +75,6 @@ class GraphPiece:
                                                  return_elements=self._computed, name=self.name)
         made = dict(zip(self._computed, computed))
         return [fed[n] if n in fed else made[n] for n in self.outputs]
-
-
-_known_functions: set[str] = set()
-
-
-def _register_functions(gd: graph_pb2.GraphDef) -> None:
-    """Make the piece's library functions (bodies of nested loops) known to the runtime.
-
-    Importing a GraphDef adds its functions to the graph but not to the Python-side list
-    that function graphs hand to their callers, so a call made outside XLA would not
-    find them; the eager context's library is global.
-    """
-    ctx = context.context()
-    for fdef in gd.library.function:
-        name = fdef.signature.name
-        if name not in _known_functions:
-            if not ctx.has_function(name):
-                ctx.add_function_def(fdef)
-            _known_functions.add(name)
 
 
 def _tensor_name(name: str) -> str:
