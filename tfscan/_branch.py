@@ -109,17 +109,23 @@ def switch(index: Any, branches: Sequence[Callable[..., Any]], *operands: Any) -
     return _select("switch", index, branches, names, operands, tf.switch_case)
 
 
+def _scalar(value: Any, api: str, arg: str, kind: str) -> tf.Tensor:
+    """``value`` (a Python number, a tensor or a variable) as a scalar tensor."""
+    if isinstance(value, (SequenceABC, str, bytes)):
+        raise TypeError(f"{api}: {arg} must be {kind} scalar, got {value!r:.60} of type {type(value).__name__}.")
+    try:
+        t = tf.convert_to_tensor(value.value() if isinstance(value, tf.Variable) else value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{api}: {arg} must be {kind} scalar, got {value!r:.60}.") from None
+    if t.shape.rank != 0:
+        raise TypeError(f"{api}: {arg} must be a scalar, got a tensor of shape {t.shape}.")
+    return t
+
+
 def _predicate(pred: Any) -> tf.Tensor:
     if pred is None:
         raise TypeError("cond: pred is None; pass a boolean scalar.")
-    if isinstance(pred, (SequenceABC, str, bytes)):
-        raise TypeError(f"cond: pred must be a scalar, got {pred!r:.60} of type {type(pred).__name__}.")
-    try:
-        t = tf.convert_to_tensor(pred.value() if isinstance(pred, tf.Variable) else pred)
-    except (TypeError, ValueError):
-        raise TypeError(f"cond: pred must be a boolean or number scalar, got {pred!r:.60}.") from None
-    if t.shape.rank != 0:
-        raise TypeError(f"cond: pred must be a scalar, got a tensor of shape {t.shape}.")
+    t = _scalar(pred, "cond", "pred", "a boolean or number")
     if t.dtype == tf.bool:
         return t
     if t.dtype.is_integer or t.dtype.is_floating:
@@ -128,15 +134,7 @@ def _predicate(pred: Any) -> tf.Tensor:
 
 
 def _index(index: Any) -> tf.Tensor:
-    if isinstance(index, (SequenceABC, str, bytes)):
-        raise TypeError(f"switch: index must be an integer scalar, got {index!r:.60} of type "
-                        f"{type(index).__name__}.")
-    try:
-        t = tf.convert_to_tensor(index.value() if isinstance(index, tf.Variable) else index)
-    except (TypeError, ValueError):
-        raise TypeError(f"switch: index must be an integer scalar, got {index!r:.60}.") from None
-    if t.shape.rank != 0:
-        raise TypeError(f"switch: index must be a scalar, got a tensor of shape {t.shape}.")
+    t = _scalar(index, "switch", "index", "an integer")
     if not t.dtype.is_integer or t.dtype == tf.bool:
         raise TypeError(f"switch: index must be an integer, got {index!r:.60} of dtype {t.dtype.name}.")
     return t
