@@ -69,6 +69,25 @@ class CumSum:
         return run
 
 
+def _elman_inputs(rng: np.random.Generator, B: int, I: int, H: int, xs_shape: tuple) -> dict:
+    """Elman RNN weights (scaled to keep the state in tanh's range), ``h0`` and ``xs``."""
+    f32 = np.float32
+    params = {"W_xh": (rng.normal(size=(I, H)) / np.sqrt(I)).astype(f32),
+              "W_hh": (rng.normal(size=(H, H)) * 0.9 / np.sqrt(H)).astype(f32),
+              "b": (rng.normal(size=H) * 0.1).astype(f32)}
+    return {"params": params, "init": (rng.normal(size=(B, H)) * 0.1).astype(f32),
+            "xs": rng.normal(size=xs_shape).astype(f32)}
+
+
+def _jax_elman_step(p):
+    W_xh, W_hh, b = p["W_xh"], p["W_hh"], p["b"]
+
+    def step(h, x):
+        h = jnp.tanh(h @ W_hh + x @ W_xh + b)
+        return h, h
+    return step
+
+
 class Elman:
     """``h = tanh(h @ W_hh + x @ W_xh + b)``, batch 32, input 64, hidden 128: a heavy step."""
     name = "elman"
@@ -78,13 +97,7 @@ class Elman:
         self.B, self.I, self.H = batch, inputs, hidden
 
     def inputs(self, T: int, rng: np.random.Generator) -> dict:
-        B, I, H = self.B, self.I, self.H
-        f32 = np.float32
-        params = {"W_xh": (rng.normal(size=(I, H)) / np.sqrt(I)).astype(f32),
-                  "W_hh": (rng.normal(size=(H, H)) * 0.9 / np.sqrt(H)).astype(f32),
-                  "b": (rng.normal(size=H) * 0.1).astype(f32)}
-        return {"params": params, "init": (rng.normal(size=(B, H)) * 0.1).astype(f32),
-                "xs": rng.normal(size=(T, B, I)).astype(f32)}
+        return _elman_inputs(rng, self.B, self.I, self.H, (T, self.B, self.I))
 
     def tf_step(self, p):
         W_xh, W_hh, b = p["W_xh"], p["W_hh"], p["b"]
@@ -95,12 +108,7 @@ class Elman:
         return step
 
     def jax_step(self, p):
-        W_xh, W_hh, b = p["W_xh"], p["W_hh"], p["b"]
-
-        def step(h, x):
-            h = jnp.tanh(h @ W_hh + x @ W_xh + b)
-            return h, h
-        return step
+        return _jax_elman_step(p)
 
     def tf_loss(self, ys):
         return tf.reduce_sum(ys)
@@ -167,13 +175,7 @@ class VmapElman:
         self.B, self.H, self.I = batch, hidden, inputs
 
     def inputs(self, T: int, rng: np.random.Generator) -> dict:
-        B, I, H = self.B, self.I, self.H
-        f32 = np.float32
-        params = {"W_xh": (rng.normal(size=(I, H)) / np.sqrt(I)).astype(f32),
-                  "W_hh": (rng.normal(size=(H, H)) * 0.9 / np.sqrt(H)).astype(f32),
-                  "b": (rng.normal(size=H) * 0.1).astype(f32)}
-        return {"params": params, "init": (rng.normal(size=(B, H)) * 0.1).astype(f32),
-                "xs": rng.normal(size=(B, T, I)).astype(f32)}
+        return _elman_inputs(rng, self.B, self.I, self.H, (self.B, T, self.I))
 
     @staticmethod
     def tf_step(p):
@@ -186,12 +188,7 @@ class VmapElman:
 
     @staticmethod
     def jax_step(p):
-        W_xh, W_hh, b = p["W_xh"], p["W_hh"], p["b"]
-
-        def step(h, x):
-            h = jnp.tanh(h @ W_hh + x @ W_xh + b)
-            return h, h
-        return step
+        return _jax_elman_step(p)
 
     def build(self, key: str, data: dict) -> Callable[[], Any]:
         """``(h_T, hs)`` for the whole batch: ``h_T`` (B, H), ``hs`` (B, T, H)."""
