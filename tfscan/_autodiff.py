@@ -1,6 +1,7 @@
-"""The gradient of a scan: a custom VJP whose forward saves each step's input carry.
+"""The gradient of a scan: a VJP of our own, recorded on the live tapes.
 
-First-order gradients run one compiled reverse loop (``_program.backward``). When the
+The forward loop saves what the backward pass needs (``_residuals``); first-order
+gradients run one compiled reverse loop (``_program.backward``). When the
 gradient itself is being recorded (nested tapes, ``ForwardAccumulator``), the backward
 pass is instead written as two differentiable scans — recompute the carries, then walk
 back — so gradients of gradients come out of the same machinery.
@@ -16,7 +17,7 @@ from tensorflow.python.eager import record
 from tensorflow.python.framework import ops
 
 from tfscan import _program
-from tfscan._plan import float_indices, is_float
+from tfscan._plan import float_indices, is_float, scatter
 from tfscan._program import Programs
 
 __all__ = []  # private module
@@ -131,11 +132,4 @@ def _recorded_backward(programs: Programs, init, xs, consts, d_carry, d_ys, dyna
     acc0 = ([d_carry[i] for i in fc], [tf.zeros_like(consts[i]) for i in fk])
     seqs = (list(xs), list(carries), [d_ys[i] for i in fy])
     (g_c, g_k), g_x = scan(vjp_step, acc0, seqs, length=length, reverse=not static.reverse)
-    d_init, d_xs, d_k = [None] * len(init), [None] * len(xs), [None] * len(consts)
-    for j, i in enumerate(fc):
-        d_init[i] = g_c[j]
-    for j, i in enumerate(fx):
-        d_xs[i] = g_x[j]
-    for j, i in enumerate(fk):
-        d_k[i] = g_k[j]
-    return d_init, d_xs, d_k
+    return scatter(len(init), fc, g_c), scatter(len(xs), fx, g_x), scatter(len(consts), fk, g_k)

@@ -48,6 +48,14 @@ class Plan:
         return outs[: self.n_carry], outs[self.n_carry:]
 
 
+def scatter(n: int, indices: Sequence[int], values: Sequence[Any]) -> list:
+    """A list of ``n`` entries: ``values`` at ``indices``, ``None`` elsewhere."""
+    out: list = [None] * n
+    for i, v in zip(indices, values):
+        out[i] = v
+    return out
+
+
 def is_float(dtype: tf.DType) -> bool:
     """Whether leaves of ``dtype`` get gradients (floating or complex)."""
     return dtype.is_floating or dtype.is_complex

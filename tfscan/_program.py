@@ -15,7 +15,7 @@ import tensorflow as tf
 from tensorflow.python.framework import ops
 
 from tfscan import _buffered_loop, _context
-from tfscan._plan import Plan, float_indices
+from tfscan._plan import Plan, float_indices, scatter
 from tfscan._residuals import NotSplittable, StepVJP
 
 __all__ = []  # private module
@@ -116,9 +116,7 @@ def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynam
         if split is None:
             g_c, g_x, g_k = step_vjp(plan, s_t, x_t, k, d_c, dy_t, wanted, vjp)
         else:
-            c_t = [None] * nc
-            for j, i in enumerate(split.saved_carry):
-                c_t[i] = s_t[j]
+            c_t = scatter(nc, split.saved_carry, s_t)
             residuals = s_t[len(split.saved_carry):]
             g_c, g_x, g_k = split.step_backward(c_t, x_t, k, residuals, captured(invariants), d_c, dy_t)
         return list(g_c) + [a + g for a, g in zip(d_k, g_k)], list(g_x)
@@ -129,16 +127,7 @@ def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynam
     x_shapes = [xs[i].shape[1:].as_list() if xs[i].shape[1:].is_fully_defined() else tf.shape(xs[i])[1:]
                 for i in fx]  # d_x has x's shape: no probe of the body needed
     acc, d_xs_f = _buffered_loop.run(body, acc0, seqs, length, not static.reverse, static.unroll, x_specs, x_shapes)
-    d_init = [None] * nc
-    for j, i in enumerate(fc):
-        d_init[i] = acc[j]
-    d_xs = [None] * nx
-    for j, i in enumerate(fx):
-        d_xs[i] = d_xs_f[j]
-    d_consts = [None] * len(consts)
-    for j, i in enumerate(fk):
-        d_consts[i] = acc[len(fc) + j]
-    return d_init, d_xs, d_consts
+    return scatter(nc, fc, acc), scatter(nx, fx, d_xs_f), scatter(len(consts), fk, acc[len(fc):])
 
 
 def _dense(g: Any) -> tf.Tensor:
@@ -236,12 +225,8 @@ class Programs:
             x, args = args[:n_x], args[n_x:]
             k, args = args[:n_k], args[n_k:]
             s, args = args[:n_s], args[n_s:]
-            dc = [None] * n_c
-            for i in d_carry_idx:
-                dc[i] = args.pop(0)
-            dy = [None] * n_y
-            for i in d_ys_idx:
-                dy[i] = args.pop(0)
+            dc, args = scatter(n_c, d_carry_idx, args), args[len(d_carry_idx):]
+            dy, args = scatter(n_y, d_ys_idx, args), args[len(d_ys_idx):]
             dl = args[0] if args else None
             d_init, d_xs, d_k = backward(plan, static, x, k, s, dc, dy, dl, vjp, remat, wanted)
             return [g for g in d_init + d_xs + d_k if g is not None]
@@ -250,10 +235,8 @@ class Programs:
             [d_ys[i] for i in d_ys_idx] + ([dynamic_length] if dynamic_length is not None else [])
         flat = list(self._call(f"backward_{wanted}", build, args))
         fc, fx, _, fk = float_indices(plan, consts, wanted)
-        d_init = [flat.pop(0) if i in fc else None for i in range(n_c)]
-        d_xs = [flat.pop(0) if i in fx else None for i in range(n_x)]
-        d_k = [flat.pop(0) if i in fk else None for i in range(n_k)]
-        return d_init, d_xs, d_k
+        a, b = len(fc), len(fc) + len(fx)
+        return scatter(n_c, fc, flat[:a]), scatter(n_x, fx, flat[a:b]), scatter(n_k, fk, flat[b:])
 
 
 def _join(init, xs, consts, dynamic_length) -> list:
