@@ -100,7 +100,7 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
         # f reads objects whose contents may have changed (attributes of a layer, a NumPy
         # array): trace again, and keep the compiled programs only if nothing changed.
         plan = make_plan()
-        if plan.step.fingerprint() != programs.plan.step.fingerprint():
+        if plan.step.fingerprint != programs.plan.step.fingerprint:
             programs = Programs(plan, static, remat)
             _PROGRAMS.put(key, programs)
     plan = programs.plan

@@ -10,6 +10,7 @@ imports it inline into the graph being built, fed with the given arguments and c
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
@@ -64,6 +65,7 @@ class Traced:
         unused = [t.name for _, t in graph.captures if t.dtype == tf.resource and t.name not in fed]
         self.piece = GraphPiece(graph.as_graph_def(), fed, self._out_names, stub=unused, name=name)
 
+    @functools.cached_property
     def fingerprint(self) -> tuple:
         """What a new trace must share with this one to reuse its compiled programs: the
         same constants (by identity) and the same ops (nested function names aside)."""
@@ -71,7 +73,8 @@ class Traced:
         for node in self.piece.graph_def.node:
             node = node_def_pb2.NodeDef.FromString(node.SerializeToString())
             for attr in node.attr.values():
-                attr.ClearField("func") if attr.HasField("func") else None
+                if attr.HasField("func"):
+                    attr.ClearField("func")
                 if attr.HasField("list"):
                     del attr.list.func[:]
             nodes.append(node.SerializeToString(deterministic=True))
