@@ -9,7 +9,9 @@ back — so gradients of gradients come out of the same machinery.
 
 from __future__ import annotations
 
+import itertools
 import threading
+import weakref
 from typing import Any, Sequence
 
 import tensorflow as tf
@@ -64,7 +66,7 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
 
 
 _registry_lock = threading.Lock()
-_registered: dict[int, str] = {}
+_names = itertools.count()
 
 
 def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts, dynamic_length) -> list:
@@ -77,16 +79,28 @@ def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts,
 
 
 def _gradient_name(programs: Programs, counts: tuple, has_dl: bool) -> str:
-    key = id(programs)
+    """The name of the gradient registered for ``programs`` (registered on first use).
+
+    TensorFlow's gradient registry lives as long as the process, so what is registered
+    holds ``programs`` only weakly: the graph that traced the scan owns them (its cache
+    entry), and they are freed with it.
+    """
     with _registry_lock:
-        if key in _registered:
-            return _registered[key]
-        name = f"TfscanScanGrad_{len(_registered)}_{key}"
+        name = getattr(programs, "gradient_name", None)
+        if name is not None:
+            return name
+        name = f"TfscanScanGrad_{next(_names)}"
         n_out, n_saved, n_i, n_x, n_k = counts
+        ref = weakref.ref(programs)
 
         def grad(op, *d_all):
             if op is None:  # tf.saved_model traces registered gradients without an op
                 return [None] * len(d_all)  # a reloaded SavedModel serves the forward pass
+            programs = ref()
+            if programs is None:
+                raise RuntimeError(
+                    "tfscan: this scan's gradient was freed with the function graph that traced it. "
+                    "Differentiate inside the tf.function that calls scan (or keep that function alive).")
             ins = list(op.inputs)
             outs, ins = ins[:n_out], ins[n_out:]
             saved, ins = ins[:n_saved], ins[n_saved:]
@@ -98,7 +112,7 @@ def _gradient_name(programs: Programs, counts: tuple, has_dl: bool) -> str:
             return [None] * (n_out + n_saved) + grads + ([None] if has_dl else [])
 
         ops.RegisterGradient(name)(grad)
-        _registered[key] = name  # TF's registry keeps ``grad`` and so ``programs``: ids stay unique
+        programs.gradient_name = name
         return name
 
 

@@ -18,11 +18,15 @@ reuses its compiled program. A capture that came from no slot (read through an o
 the walk does not open) makes the feed ``complete=False``: such a trace is reused only
 for the same function object, or after checking that a new trace is identical.
 
-**Scope.** :func:`lookup` keeps eager entries in a bounded, thread-safe LRU per cache
-name (process-wide), and entries made while a graph is built in a dict owned by that
-graph (:func:`_graph_store`), so they are freed with it: a notebook or a sweep that
-traces hundreds of graphs does not accumulate their programs. Under ``tf.distribute``
-each replica (run concurrently in one graph) gets its own entries.
+**Scope.** :func:`lookup` keeps entries in a bounded, thread-safe LRU per cache name
+(process-wide), shared by eager code and every graph: a notebook or a sweep that traces
+hundreds of graphs of the same program compiles it once (TensorFlow's XLA cache keeps
+every compiled cluster for the life of the process, so a new program per graph would
+grow without bound). A graph that uses an entry pins it in a store owned by the graph
+(:func:`_graph_store`), so it outlives LRU eviction while the graph lives. An entry that
+holds one graph's tensors, or belongs to one replica of a ``tf.distribute`` strategy
+(replicas run concurrently in one graph, each reading its own variables), lives only in
+that graph's store and is freed with it.
 """
 
 from __future__ import annotations
@@ -79,17 +83,17 @@ class LRUCache:
             self._data.clear()
 
 
-_EAGER: dict[str, LRUCache] = {}
-_EAGER_LOCK = threading.Lock()
+_SHARED: dict[str, LRUCache] = {}
+_LOCK = threading.Lock()
 _GRAPH_ATTR = "_tfscan_programs"
 
 
 def eager_cache(name: str, maxsize: int = 256) -> LRUCache:
-    """The process-wide LRU of cache ``name`` (eager entries)."""
-    with _EAGER_LOCK:
-        cache = _EAGER.get(name)
+    """The process-wide LRU of cache ``name``."""
+    with _LOCK:
+        cache = _SHARED.get(name)
         if cache is None:
-            cache = _EAGER[name] = LRUCache(maxsize)
+            cache = _SHARED[name] = LRUCache(maxsize)
         return cache
 
 
@@ -97,7 +101,7 @@ def _graph_store(graph: Any) -> LRUCache:
     """The entries owned by ``graph`` (an attribute of it: they live and die with it)."""
     store = getattr(graph, _GRAPH_ATTR, None)
     if store is None:
-        with _EAGER_LOCK:
+        with _LOCK:
             store = getattr(graph, _GRAPH_ATTR, None)
             if store is None:
                 store = LRUCache(maxsize=4096)
@@ -105,44 +109,64 @@ def _graph_store(graph: Any) -> LRUCache:
     return store
 
 
-def scope() -> tuple[Any, Hashable]:
-    """``(graph or None, replica key)``: where entries made now are valid."""
-    graph = None if tf.executing_eagerly() else _tf.default_graph()
-    replica = tf.distribute.get_replica_context()
-    return graph, (None if replica is None else id(replica))
-
-
 def lookup(name: str, key: Hashable, create: Callable[[], Any]) -> tuple[Any, bool]:
-    """``(value, created)`` for ``key`` in cache ``name``, in the current scope.
+    """``(value, created)`` for ``key`` in cache ``name``.
 
-    Eagerly, a bounded process-wide LRU; while a graph is built, the graph's own store
-    (keyed also on the replica under ``tf.distribute``), freed with the graph.
+    Eagerly and in graphs alike, a bounded process-wide LRU: a program traced in one
+    graph serves the next (Keras retracing, a sweep of fresh ``tf.function``s) without
+    compiling again, and each graph that uses it keeps it alive (pinned in the graph's
+    own store). A value that holds tensors of the graph it was made in
+    (``value.graph_bound``) or that was made inside a replica of a ``tf.distribute``
+    strategy lives only in that graph's store, and is freed with the graph.
     """
-    graph, replica = scope()
-    if graph is None:
+    if tf.executing_eagerly():
         return eager_cache(name).lookup(key, create)
-    return _graph_store(graph).lookup((name, replica, key), create)
+    graph, local_key = _local(name, key)
+    store = _graph_store(graph)
+    with store._lock:
+        if local_key in store._data:
+            return store._data[local_key], False
+    shared = local_key[1] is None  # not inside a replica
+    if shared:
+        cache = eager_cache(name)
+        with cache._lock:
+            if key in cache._data:
+                cache._data.move_to_end(key)
+                value = cache._data[key]
+                store.put(local_key, value)
+                return value, False
+    value = create()
+    put(name, key, value)
+    return value, True
 
 
 def put(name: str, key: Hashable, value: Any) -> None:
-    """Replace the entry of ``key`` in cache ``name`` (current scope)."""
-    graph, replica = scope()
-    if graph is None:
+    """Set the entry of ``key`` in cache ``name`` (where :func:`lookup` finds it)."""
+    if tf.executing_eagerly():
         eager_cache(name).put(key, value)
-    else:
-        _graph_store(graph).put((name, replica, key), value)
+        return
+    graph, local_key = _local(name, key)
+    _graph_store(graph).put(local_key, value)
+    if local_key[1] is None and not getattr(value, "graph_bound", False):
+        eager_cache(name).put(key, value)
+
+
+def _local(name: str, key: Hashable) -> tuple[Any, tuple]:
+    """The graph being built and ``key`` in its store (with the replica, if any)."""
+    replica = tf.distribute.get_replica_context() if tf.distribute.has_strategy() else None
+    return _tf.default_graph(), (name, None if replica is None else id(replica), key)
 
 
 def sizes() -> dict[str, int]:
     """The number of eager entries of each cache (for tests and diagnostics)."""
-    with _EAGER_LOCK:
-        return {name: len(cache) for name, cache in _EAGER.items()}
+    with _LOCK:
+        return {name: len(cache) for name, cache in _SHARED.items()}
 
 
 def clear() -> None:
     """Drop every eager entry (graph-owned entries go with their graphs)."""
-    with _EAGER_LOCK:
-        caches = list(_EAGER.values())
+    with _LOCK:
+        caches = list(_SHARED.values())
     for cache in caches:
         cache.clear()
 
@@ -200,6 +224,8 @@ class _Walk:
             return ("tensor", shape, x.dtype, j)  # j: the same tensor met twice stays one slot
         if isinstance(x, (types.FunctionType, types.MethodType, _PARTIAL)):
             return self.function(x, depth)
+        if _tf.is_autograph_scope(x):
+            return ("autograph-scope",)  # a fresh one per trace; it holds no value
         if isinstance(x, (bool, int, float, complex, str, bytes, type(None), np.generic)):
             return (type(x), x)
         if isinstance(x, (tuple, list)) and len(x) < 64:

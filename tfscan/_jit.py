@@ -210,6 +210,7 @@ class _Entry:
         self.specs = [t if isinstance(t, tf.TensorSpec) else tf.TensorSpec(t.shape, t.dtype) for t in flat]
         self.concrete = self.function.get_concrete_function(*self.specs)
         self.feed = _cache.Feed(self.concrete.captured_inputs, slots)
+        self.graph_bound = any(tf.is_symbolic_tensor(t) for t in self.concrete.captured_inputs)
 
 
 class Lowered:

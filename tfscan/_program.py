@@ -144,6 +144,11 @@ class Programs:
         self._lock = threading.Lock()
         self._vjps: dict = {}
 
+    @property
+    def graph_bound(self) -> bool:
+        """Whether these programs hold tensors of one graph (and so must stay in it)."""
+        return self.plan.step.graph_bound
+
     def vjp(self, consts: Sequence[tf.Tensor], wanted=None) -> StepVJP | None:
         """The step's traced VJP (with its residual split when it has one), or ``None``."""
         with self._lock:

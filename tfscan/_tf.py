@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import tensorflow as tf
+from tensorflow.python.autograph.core import function_wrappers as _autograph_wrappers
 from tensorflow.python.framework import ops as _ops
 
 __all__ = []  # private module
@@ -53,3 +54,14 @@ def quiet_retracing(fn: Any) -> Any:
     """
     fn._omit_frequent_tracing_warning = True  # noqa: SLF001 - see docstring
     return fn
+
+
+def is_autograph_scope(x: Any) -> bool:
+    """Whether ``x`` is the ``FunctionScope`` AutoGraph puts in a converted function's closure.
+
+    Why private: a lambda defined inside a ``tf.function`` (AutoGraph on, the default)
+    closes over a new ``FunctionScope`` on every trace; it only names ops and carries no
+    value a trace depends on, so the cache key must ignore it, or every graph (each
+    Keras retrace) would compile the same scan again. No public type exists to test.
+    """
+    return isinstance(x, _autograph_wrappers.FunctionScope)
