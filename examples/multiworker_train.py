@@ -249,7 +249,8 @@ def train(args: argparse.Namespace) -> int:
                 time.sleep(args.step_delay)
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
             tf.errors.AbortedError, tf.errors.InternalError, tf.errors.FailedPreconditionError) as e:
-        _log(log, event="peer_lost", error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        message = " ".join(line.strip() for line in str(e.message).splitlines() if line.strip())
+        _log(log, event="peer_lost", error=f"{type(e).__name__}: {message[-400:]}")
         return PEER_LOST
     if manager is not None and not chief:
         shutil.rmtree(manager.directory, ignore_errors=True)
