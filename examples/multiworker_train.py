@@ -212,7 +212,7 @@ def train(args: argparse.Namespace) -> int:
     _log(log, event="start", step=start, pid=os.getpid(), restored=start > 0)
 
     ds = tf.data.Dataset.range(start, args.steps).map(lambda i: global_batch(i, args))
-    ds = ds.unbatch().batch(args.batch, drop_remainder=True)
+    ds = ds.unbatch().batch(args.batch, drop_remainder=True).prefetch(2)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     batches = iter(strategy.experimental_distribute_dataset(ds.with_options(options)))
@@ -280,7 +280,7 @@ def read_log(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def load_weights(path: str) -> tuple[list, "object"]:
+def load_weights(path: str) -> tuple[list, "np.ndarray"]:
     """(weights, losses) from a worker's ``.npz``."""
     import numpy as np
     with np.load(path) as z:
@@ -291,22 +291,26 @@ def load_weights(path: str) -> tuple[list, "object"]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.launch:
-        argv = [a for a in (sys.argv[1:] if argv is None else argv)]
-        i = argv.index("--launch")
-        del argv[i:i + 2]
+        argv, given = [], list(sys.argv[1:] if argv is None else argv)
+        while given:  # the workers get every argument but --launch N
+            a = given.pop(0)
+            if a == "--launch":
+                given.pop(0)
+            elif not a.startswith("--launch="):
+                argv.append(a)
         log_dir = args.out_dir or os.path.join(os.getcwd(), "multiworker_logs")
         codes = launch(args.launch, argv, log_dir, timeout=args.timeout)
         print(f"worker exit codes: {codes}; logs in {log_dir}")
-        return max(codes)
-    code = train(args)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip interpreter teardown: a finished worker must not wait on its peers' gRPC server.
-    os._exit(code)
+        return next((c for c in codes if c), 0)
+    return train(args)
 
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: a finished worker must not wait on its peers' gRPC server.
+    os._exit(code)

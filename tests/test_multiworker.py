@@ -41,7 +41,10 @@ def _tail(out_dir: str) -> str:
 
 def _run_job(out_dir: str, argv: list[str]) -> list:
     """Run two workers to completion; both workers' (weights, losses)."""
-    codes = mw.launch(2, [*argv, "--out-dir", out_dir], out_dir, timeout=JOB_TIMEOUT)
+    try:
+        codes = mw.launch(2, [*argv, "--out-dir", out_dir], out_dir, timeout=JOB_TIMEOUT)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}\n{_tail(out_dir)}") from None
     assert codes == [0, 0], f"worker exit codes {codes}\n{_tail(out_dir)}"
     return [mw.load_weights(os.path.join(out_dir, f"worker{i}.npz")) for i in range(2)]
 
@@ -117,6 +120,7 @@ def _check_mid_training_checkpoints(ckpt_dir: str) -> int:
     return step
 
 
+@pytest.mark.slow  # ~40 s of wall time on an idle machine (a 20 s collective timeout among it)
 def test_job_survives_a_killed_worker(tmp_path, tmp_path_factory):
     """Kill worker 1 mid-run: worker 0 gives up (collective timeout) instead of hanging; the
     relaunched job resumes at the last checkpoint and ends with the uninterrupted run's weights."""
