@@ -139,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--length", type=int, default=6, help="sequence length")
     p.add_argument("--features", type=int, default=3)
     p.add_argument("--units", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate")
+    p.add_argument("--lr", type=float, default=0.05, help="learning rate of SGD with momentum 0.9")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-dir", default=None, help="checkpoint directory (restored from if it has one)")
     p.add_argument("--ckpt-every", type=int, default=2)
@@ -197,7 +197,7 @@ def train(args: argparse.Namespace) -> int:
     chief = task == 0
     with strategy.scope():
         model = build_model(args.model, args)
-        optimizer = keras.optimizers.Adam(args.lr)
+        optimizer = keras.optimizers.SGD(args.lr, momentum=0.9)  # its update scales with the gradient
         optimizer.build(model.trainable_variables)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     manager = None

@@ -107,7 +107,7 @@ def _check_mid_training_checkpoints(ckpt_dir: str) -> int:
         saved = [z[f"arr_{i}"] for i in range(len(z.files))]
     args = mw.parse_args(["--model", "lstm", *SCHEDULE, "--seed", "1"])  # other initial weights
     model = mw.build_model("lstm", args)
-    optimizer = keras.optimizers.Adam()
+    optimizer = keras.optimizers.SGD(momentum=0.9)
     optimizer.build(model.trainable_variables)
     tf.train.Checkpoint(model=model, optimizer=optimizer).restore(latest).assert_consumed()
     _assert_same_weights(model.get_weights(), saved, exact=True, what=f"tf.train.Checkpoint {latest}")
