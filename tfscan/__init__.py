@@ -13,6 +13,8 @@ and Keras layers in ``tfscan.keras`` (loaded on first use).
 
 import importlib as _importlib
 
+import tensorflow as _tensorflow
+
 from tfscan._assoc import associative_scan
 from tfscan._branch import cond, switch
 from tfscan._context import disable_jit
@@ -21,6 +23,12 @@ from tfscan._jit import jit
 from tfscan._loops import fori_loop, map, while_loop
 from tfscan._scan import scan
 from tfscan._vmap import vmap
+
+# Called inside a tf.function (AutoGraph on, the default), tfscan's own code must run as
+# written: AutoGraph would otherwise convert every tfscan function it reaches, each trace.
+(scan, grad, value_and_grad, jit, vmap, fori_loop, while_loop, map, associative_scan, cond, switch) = (
+    _tensorflow.autograph.experimental.do_not_convert(f) for f in
+    (scan, grad, value_and_grad, jit, vmap, fori_loop, while_loop, map, associative_scan, cond, switch))
 
 __all__ = [
     "scan",

@@ -6,9 +6,11 @@ static arguments — but never on the *values* of tensors. :func:`closure` walks
 function (its closure cells, defaults, the globals its code names, the functions those
 name, a bound method's object) and returns a :class:`Closure`: a hashable ``key`` in
 which every closed-over ``tf.Tensor`` appears as its shape and dtype only, and the
-list of those ``tensors`` (the *slots*). ``tf.Variable``s and other objects count by
-identity (a variable is read when the program runs; another object's attributes may
-change: ``exact`` is then ``False``).
+list of those ``tensors`` (the *slots*). ``tf.Variable``s, modules and classes count by
+identity (a variable is read when the program runs). Any other object (a Keras layer, a
+distribution, a NumPy array) counts by its type, and the closure is not ``exact``: its
+attributes may change between calls, so each call traces the function again and reuses
+the compiled programs when the new trace is the same (:attr:`tfscan._step.Traced.fingerprint`).
 
 **Feeding.** A trace captures the tensors it closes over. :class:`Feed` records, once
 per trace, which captured input came from which slot; on every later call the tensors
@@ -233,9 +235,12 @@ class _Walk:
         return self.identity(x)
 
     def identity(self, x: Any) -> Hashable:
-        key = _Identity(x)
-        self.exact = self.exact and key.exact
-        return key
+        """A variable, module or class by identity; any other object by its type only, and
+        the walk is then not ``exact`` (what a trace reads from it is checked by tracing)."""
+        if isinstance(x, _IMMUTABLE_BY_IDENTITY) or x is None:
+            return _Identity(x)
+        self.exact = False
+        return ("object", type(x))
 
 
 _PARTIAL = type(__import__("functools").partial(int))
@@ -274,18 +279,14 @@ _IMMUTABLE_BY_IDENTITY = (tf.Tensor, tf.Variable, types.ModuleType, type, types.
 
 
 class _Identity:
-    """A key part that compares by identity and keeps the object alive (its id is never reused).
+    """A key part that compares by identity and keeps the object alive (its id is never
+    reused): for objects whose identity fixes what a trace reads from them (a variable is
+    read at run time, a module or a class is fixed)."""
 
-    ``exact``: the identity determines what a trace reads from the object (a variable is
-    read at run time, a module or class is fixed); for any other object (a Keras layer, a
-    NumPy array) a later call may see different attributes or contents.
-    """
-
-    __slots__ = ("obj", "exact")
+    __slots__ = ("obj",)
 
     def __init__(self, obj: Any):
         self.obj = obj
-        self.exact = isinstance(obj, _IMMUTABLE_BY_IDENTITY) or obj is None
 
     def __hash__(self) -> int:
         return id(self.obj)

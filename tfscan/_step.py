@@ -75,9 +75,9 @@ class Traced:
 
     @functools.cached_property
     def fingerprint(self) -> tuple:
-        """What a new trace must share with this one to reuse its compiled programs: the
-        same variables, constants of the same shapes and dtypes (their values are inputs)
-        and the same ops (nested function names aside)."""
+        """What a new trace must share with this one to reuse its compiled programs:
+        constants and variable reads of the same shapes and dtypes (their values are
+        inputs), the same other resources, and the same ops (nested function names aside)."""
         nodes = []
         for node in self.piece.graph_def.node:
             node = node_def_pb2.NodeDef.FromString(node.SerializeToString())
@@ -87,9 +87,12 @@ class Traced:
                 if attr.HasField("list"):
                     del attr.list.func[:]
             nodes.append(node.SerializeToString(deterministic=True))
-        consts = tuple(("variable", id(s)) if isinstance(s, tf.Variable) else
-                       ("tensor", tuple(s.shape.as_list()) if s.shape.rank is not None else None, s.dtype)
+        # Variables are read and passed in like tensors: their shapes and dtypes count; a
+        # resource used otherwise (state, an RNG) is captured by the programs: its identity.
+        consts = tuple((("variable" if isinstance(s, tf.Variable) else "tensor"),
+                        tuple(s.shape.as_list()) if s.shape.rank is not None else None, s.dtype)
                        for s in self.const_sources)
+        consts += tuple(("resource", id(e)) for _, e in self._handle_names)
         return consts, tuple(nodes)
 
     def const_values(self, slots: Sequence[tf.Tensor] | None = None) -> list[tf.Tensor]:
