@@ -242,9 +242,28 @@ def test_clear_errors(monkeypatch):
         tk.GRU(2)(_x())
 
 
-def test_tfscan_keras_is_a_lazy_attribute():
-    code = ("import sys, tfscan; assert 'tfscan.keras' not in sys.modules; "
-            "assert tfscan.keras.LSTM is sys.modules['tfscan.keras'].LSTM")
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+def _fresh(code: str, **env) -> str:
+    """Run ``code`` in a new Python process (this worktree's tfscan); returns its stdout."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(tfscan.__file__))), **env}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+def test_import_tfscan_registers_the_layers_for_load_model(tmp_path):
+    inp = keras.Input((None, 3))
+    h = tk.Scan([keras.layers.GRUCell(4), keras.layers.SimpleRNNCell(3)], return_sequences=True)(inp)
+    model = keras.Model(inp, tk.LSTM(2)(tk.GRU(3, return_sequences=True, go_backwards=True)(h)))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    np.save(tmp_path / "x.npy", _x(f=3))
+    np.save(tmp_path / "want.npy", model(_x(f=3)).numpy())
+    check = (f"x, want = np.load({str(tmp_path / 'x.npy')!r}), np.load({str(tmp_path / 'want.npy')!r}); "
+             f"np.testing.assert_array_equal(keras.models.load_model({path!r})(x), want); "
+             "assert tfscan.keras.LSTM is sys.modules['tfscan.keras'].LSTM")
+    _fresh("import sys, numpy as np, keras, tfscan; " + check)
+    # Keras not loaded by TensorFlow (legacy tf.keras): registered on the first `import keras`.
+    _fresh("import sys, numpy as np, tfscan; assert 'keras' not in sys.modules; "
+           "import keras; " + check, TF_USE_LEGACY_KERAS="1")
     assert tfscan.keras is tk
