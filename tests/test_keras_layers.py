@@ -179,7 +179,7 @@ def test_time_axis_none():
 
 
 @pytest.mark.parametrize("name", ["SimpleRNN", "GRU", "LSTM"])
-def test_stateful_matches_keras_across_batches_and_resets(name):
+def test_stateful_matches_keras_across_batches_and_resets(name, tmp_path):
     kw = dict(stateful=True, return_sequences=True, return_state=True)
     ref, ours = getattr(keras.layers, name)(4, **kw), getattr(tk, name)(4, **kw)
     x1, x2 = _x(b=3, t=5, f=2, seed=1), _x(b=3, t=5, f=2, seed=2)
@@ -203,6 +203,13 @@ def test_stateful_matches_keras_across_batches_and_resets(name):
     models[0].set_weights(models[1].get_weights())
     x = np.concatenate([x1, x2])
     _assert_close([models[0].predict(x, batch_size=3, verbose=0)], [models[1].predict(x, batch_size=3, verbose=0)])
+    path = str(tmp_path / "s.keras")
+    models[0].save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.layers[1].stateful
+    for m in (loaded, models[0]):
+        m.layers[1].reset_states()
+    _assert_close([loaded.predict(x, batch_size=3, verbose=0)], [models[0].predict(x, batch_size=3, verbose=0)])
 
 
 @keras.saving.register_keras_serializable(package="tfscan_tests")
