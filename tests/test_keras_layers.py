@@ -178,6 +178,94 @@ def test_time_axis_none():
         np.testing.assert_allclose(layer(x), ref(x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["SimpleRNN", "GRU", "LSTM"])
+def test_stateful_matches_keras_across_batches_and_resets(name, tmp_path):
+    kw = dict(stateful=True, return_sequences=True, return_state=True)
+    ref, ours = getattr(keras.layers, name)(4, **kw), getattr(tk, name)(4, **kw)
+    x1, x2 = _x(b=3, t=5, f=2, seed=1), _x(b=3, t=5, f=2, seed=2)
+    ref(x1), ours(x1)
+    ours.set_weights(ref.get_weights())
+    ref.reset_states(), ours.reset_states()
+    first = tf.nest.flatten(ours(x1))
+    _assert_close(first, tf.nest.flatten(ref(x1)))
+    out_r, g_r = _outputs_and_grads(ref, x2)  # starts from the states x1 left
+    out_o, g_o = _outputs_and_grads(ours, x2)
+    _assert_close(out_o, out_r)
+    _assert_close(g_o, g_r, rtol=1e-4)
+    _assert_close([v.numpy() for v in ours.states], [v.numpy() for v in ref.states])
+    ours.reset_states()
+    assert all(not np.any(v.numpy()) for v in ours.states)
+    _assert_close(tf.nest.flatten(ours(x1)), first)
+    # In a compiled model: predict over consecutive batches carries the states too.
+    inp = keras.Input((5, 2), batch_size=3)
+    models = [keras.Model(inp, layer_cls(4, stateful=True)(inp)) for layer_cls in (getattr(tk, name),
+                                                                                 getattr(keras.layers, name))]
+    models[0].set_weights(models[1].get_weights())
+    x = np.concatenate([x1, x2])
+    _assert_close([models[0].predict(x, batch_size=3, verbose=0)], [models[1].predict(x, batch_size=3, verbose=0)])
+    path = str(tmp_path / "s.keras")
+    models[0].save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.layers[1].stateful
+    for m in (loaded, models[0]):
+        m.layers[1].reset_states()
+    _assert_close([loaded.predict(x, batch_size=3, verbose=0)], [models[0].predict(x, batch_size=3, verbose=0)])
+
+
+@keras.saving.register_keras_serializable(package="tfscan_tests")
+class ConstantsCell(keras.layers.Layer):
+    """An Elman cell that adds a per-sequence bias given as ``constants``."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.state_size, self.output_size = units, units, units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), name="kernel")
+        self.recurrent = self.add_weight(shape=(self.units, self.units), name="recurrent")
+
+    def call(self, inputs, states, constants=None):
+        h = tf.tanh(inputs @ self.kernel + states[0] @ self.recurrent + constants[0] @ constants[1])
+        return h, [h]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_constants_reach_the_cell_with_their_gradient(tmp_path):
+    x = _x(b=3, t=5, f=2)
+    c = [np.random.default_rng(3).normal(size=(3, 2)).astype("float32"),
+         np.random.default_rng(4).normal(size=(2, 4)).astype("float32")]
+    layer = tk.Scan(ConstantsCell(4), return_sequences=True, return_state=True, go_backwards=True)
+    layer(x, constants=c)
+
+    def run(run_layer):
+        xt, ct = tf.constant(x), [tf.constant(v) for v in c]
+        with tf.GradientTape() as tape:
+            tape.watch([xt] + ct)
+            out = run_layer(xt, ct)
+            loss = sum(tf.reduce_sum(tf.sin(o) * (i + 1.0)) for i, o in enumerate(tf.nest.flatten(out)))
+        return tf.nest.flatten(out), tape.gradient(loss, [xt] + ct + layer.trainable_weights)
+
+    def python_loop(xt, ct):  # the oracle: the cell called once per step, last step first
+        h, ys = tf.zeros((3, 4)), []
+        for t in reversed(range(x.shape[1])):
+            y, (h,) = layer.cell(xt[:, t], [h], constants=ct)
+            ys.append(y)
+        return tf.stack(ys, 1), h
+
+    got, want = run(lambda xt, ct: layer(xt, constants=ct)), run(python_loop)
+    _assert_close(got[0], want[0])
+    _assert_close(got[1], want[1], rtol=1e-4)
+    # As a Keras functional input, saved and loaded.
+    inp, k0, k1 = keras.Input((None, 2)), keras.Input((2,)), keras.Input((4,), batch_size=2)
+    model = keras.Model([inp, k0, k1], tk.Scan(ConstantsCell(4))(inp, constants=[k0, k1]))
+    path = str(tmp_path / "c.keras")
+    model.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path)([x, c[0], c[1]]), model([x, c[0], c[1]]),
+                               rtol=1e-6)
+
+
 def _models(layer_cls, ref_cls, masked=False):
     keras.utils.set_random_seed(0)
 
@@ -231,20 +319,43 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_clear_errors(monkeypatch):
-    with pytest.raises(NotImplementedError, match="stateful"):
-        tk.LSTM(3, stateful=True)
-    with pytest.raises(ValueError, match="state_size"):
+    with pytest.raises(ValueError, match="Keras RNN cell"):
         tk.Scan(lambda x, s: (x, s))
-    with pytest.raises(TypeError, match="constants"):
+    with pytest.raises(ValueError, match="state_size"):
+        tk.Scan(keras.layers.Dense(2))
+    with pytest.raises(TypeError, match="GRUCell.call takes no `constants`"):
         tk.Scan(keras.layers.GRUCell(2))(_x(), constants=[tf.ones(2)])
+    layer = tk.GRU(2, stateful=True)
+    layer(_x(b=3))
+    with pytest.raises(ValueError, match="batch size"):
+        layer(_x(b=2))
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(RuntimeError, match="TensorFlow backend"):
         tk.GRU(2)(_x())
 
 
-def test_tfscan_keras_is_a_lazy_attribute():
-    code = ("import sys, tfscan; assert 'tfscan.keras' not in sys.modules; "
-            "assert tfscan.keras.LSTM is sys.modules['tfscan.keras'].LSTM")
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+def _fresh(code: str, **env) -> str:
+    """Run ``code`` in a new Python process (this worktree's tfscan); returns its stdout."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(tfscan.__file__))), **env}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+def test_import_tfscan_registers_the_layers_for_load_model(tmp_path):
+    inp = keras.Input((None, 3))
+    h = tk.Scan([keras.layers.GRUCell(4), keras.layers.SimpleRNNCell(3)], return_sequences=True)(inp)
+    model = keras.Model(inp, tk.LSTM(2)(tk.GRU(3, return_sequences=True, go_backwards=True)(h)))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    np.save(tmp_path / "x.npy", _x(f=3))
+    np.save(tmp_path / "want.npy", model(_x(f=3)).numpy())
+    check = (f"x, want = np.load({str(tmp_path / 'x.npy')!r}), np.load({str(tmp_path / 'want.npy')!r}); "
+             f"np.testing.assert_array_equal(keras.models.load_model({path!r})(x), want); "
+             "assert tfscan.keras.LSTM is sys.modules['tfscan.keras'].LSTM")
+    _fresh("import sys, numpy as np, keras, tfscan; " + check)
+    # Keras not loaded by TensorFlow (legacy tf.keras): registered on the first `import keras`.
+    _fresh("import sys, numpy as np, tfscan; assert 'keras' not in sys.modules; "
+           "import keras; " + check, TF_USE_LEGACY_KERAS="1")
     assert tfscan.keras is tk

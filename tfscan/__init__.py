@@ -8,10 +8,18 @@
 The public API: :func:`scan`; the transformations :func:`grad`, :func:`value_and_grad`,
 :func:`jit`, :func:`vmap`; scan's siblings :func:`fori_loop`, :func:`while_loop`,
 :func:`map`, :func:`associative_scan`, :func:`cond`, :func:`switch`; :func:`disable_jit`;
-and Keras layers in ``tfscan.keras`` (loaded on first use).
+and Keras layers in ``tfscan.keras``.
+
+``import tfscan`` registers the Keras layers with Keras' serialization once Keras 3 is
+loaded (TensorFlow loads it; otherwise on the first ``import keras``), so
+``keras.models.load_model`` finds them without ``import tfscan.keras``: Keras only
+imports the module a saved class names from its own packages.
 """
 
 import importlib as _importlib
+import importlib.abc as _importlib_abc
+import importlib.util as _importlib_util
+import sys as _sys
 
 import tensorflow as _tensorflow
 
@@ -43,3 +51,34 @@ def __getattr__(name: str):
     if name == "keras":  # Keras layers load on first use
         return _importlib.import_module("tfscan.keras")
     raise AttributeError(f"module 'tfscan' has no attribute {name!r}")
+
+
+def _register_keras_layers() -> None:
+    try:
+        _importlib.import_module("tfscan.keras")  # ~3 ms with Keras loaded; registers the layers
+    except ImportError:  # Keras without layers we can register (e.g. Keras 2): nothing to load
+        pass
+
+
+class _OnKerasImport(_importlib_abc.MetaPathFinder):
+    """Registers the layers right after the first ``import keras`` (if Keras is not loaded yet)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        _sys.meta_path.remove(self)
+        spec = _importlib_util.find_spec(name)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                _register_keras_layers()
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+if "keras.src.saving" in _sys.modules:
+    _register_keras_layers()
+elif "keras" not in _sys.modules:
+    _sys.meta_path.insert(0, _OnKerasImport())

@@ -18,7 +18,7 @@ import tensorflow as tf
 from tensorflow.python.eager import record
 from tensorflow.python.framework import ops
 
-from tfscan import _program
+from tfscan import _context, _program
 from tfscan._plan import float_indices, is_float, scatter
 from tfscan._program import Programs
 
@@ -66,54 +66,62 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
 
 
 _registry_lock = threading.Lock()
-_names = itertools.count()
+_sites = itertools.count()
 
 
 def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts, dynamic_length) -> list:
     dl = [dynamic_length] if dynamic_length is not None else []
     flat = list(outs) + list(saved) + list(init) + list(xs) + list(consts) + dl
     counts = (len(outs), len(saved), len(init), len(xs), len(consts))
-    name = _gradient_name(programs, counts, bool(dl))
+    site: list = []  # the IdentityN, weakly, once made
+    name = _register_gradient(programs, counts, bool(dl), site, not _context.in_internal_trace())
     with ops.get_default_graph().gradient_override_map({"IdentityN": name}):
-        return list(tf.identity_n(flat)[: len(outs)])
+        result = tf.identity_n(flat)
+    site.append(weakref.ref(result[0].op))
+    return list(result[: len(outs)])
 
 
-def _gradient_name(programs: Programs, counts: tuple, has_dl: bool) -> str:
-    """The name of the gradient registered for ``programs`` (registered on first use).
-
-    TensorFlow's gradient registry lives as long as the process, so what is registered
-    holds ``programs`` only weakly: the graph that traced the scan owns them (its cache
-    entry), and they are freed with it.
-    """
+def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: list, exported: bool) -> str:
+    """A gradient name for one ``IdentityN``: one per op, since ``tf.saved_model`` saves one
+    traced gradient function per name, capturing that op's inputs. A scan built inside a
+    step tfscan traces and copies (``exported=False``) has no op of its own in a SavedModel:
+    its copies are differentiated by the enclosing scan's saved gradient, and a saved
+    gradient for the copies alone raises when run."""
     with _registry_lock:
-        name = getattr(programs, "gradient_name", None)
-        if name is not None:
-            return name
-        name = f"TfscanScanGrad_{next(_names)}"
-        n_out, n_saved, n_i, n_x, n_k = counts
-        ref = weakref.ref(programs)
+        name = f"TfscanScanGrad_{next(_sites)}"
+    n_out, n_saved, n_i, n_x, n_k = counts
+    # TF's registry keeps ``grad`` for the life of the process: it holds ``programs`` only
+    # weakly (the graphs that use them keep them alive, :mod:`tfscan._cache`).
+    ref = weakref.ref(programs)
 
-        def grad(op, *d_all):
-            if op is None:  # tf.saved_model traces registered gradients without an op
-                return [None] * len(d_all)  # a reloaded SavedModel serves the forward pass
-            programs = ref()
-            if programs is None:
-                raise RuntimeError(
-                    "tfscan: this scan's gradient was freed with the function graph that traced it. "
-                    "Differentiate inside the tf.function that calls scan (or keep that function alive).")
-            ins = list(op.inputs)
-            outs, ins = ins[:n_out], ins[n_out:]
-            saved, ins = ins[:n_saved], ins[n_saved:]
-            init, ins = ins[:n_i], ins[n_i:]
-            xs, ins = ins[:n_x], ins[n_x:]
-            consts, ins = ins[:n_k], ins[n_k:]
-            dl = ins[0] if has_dl else None
-            grads = _backward(programs, init, xs, consts, saved, d_all[:n_out], outs, dl)
-            return [None] * (n_out + n_saved) + grads + ([None] if has_dl else [])
+    def grad(op, *d_all):
+        programs = ref()
+        if programs is None:
+            raise RuntimeError(
+                f"tfscan: the gradient of this scan ({name}) was freed with the function graph that "
+                "traced it. Differentiate inside the tf.function that calls scan (or keep it alive).")
+        if op is None and not exported:
+            tf.debugging.Assert(False, [f"tfscan: the gradient of a scan nested in a step ({name}) "
+                                        "was not saved on its own; differentiate the enclosing scan."])
+            return [None] * len(d_all)
+        if op is None:  # tf.saved_model traces the gradient to save it: read the op's inputs
+            op = site[0]() if site else None  # (captured by the saved gradient function)
+            if op is None:
+                raise ValueError(f"tfscan: cannot save the gradient of a scan ({name}): its graph "
+                                 "is gone. Save with tf.saved_model.SaveOptions("
+                                 "experimental_custom_gradients=False) to save the forward pass only.")
+        ins = list(op.inputs)
+        outs, ins = ins[:n_out], ins[n_out:]
+        saved, ins = ins[:n_saved], ins[n_saved:]
+        init, ins = ins[:n_i], ins[n_i:]
+        xs, ins = ins[:n_x], ins[n_x:]
+        consts, ins = ins[:n_k], ins[n_k:]
+        dl = ins[0] if has_dl else None
+        grads = _backward(programs, init, xs, consts, saved, d_all[:n_out], outs, dl)
+        return [None] * (n_out + n_saved) + grads + ([None] if has_dl else [])
 
-        ops.RegisterGradient(name)(grad)
-        programs.gradient_name = name
-        return name
+    ops.RegisterGradient(name)(grad)
+    return name
 
 
 def _zeros_if_none(d: Any, out: tf.Tensor) -> Any:

@@ -41,6 +41,21 @@ def disable_jit() -> Iterator[None]:
         _state.disabled -= 1
 
 
+@contextlib.contextmanager
+def internal_trace() -> Iterator[None]:
+    """While tfscan traces user code into a graph it only copies (a step, its VJP, a vmapped
+    function): what is built there is never itself saved in a SavedModel."""
+    _state.internal = getattr(_state, "internal", 0) + 1
+    try:
+        yield
+    finally:
+        _state.internal -= 1
+
+
+def in_internal_trace() -> bool:
+    return getattr(_state, "internal", 0) > 0
+
+
 def in_xla_context() -> bool:
     """True while tracing a function that XLA compiles as a whole (``jit_compile=True``)."""
     if tf.executing_eagerly():

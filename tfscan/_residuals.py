@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import tensorflow as tf
 from tensorflow.python.framework import ops
 
+from tfscan import _context
 from tfscan._graph_piece import GraphPiece
 from tfscan._plan import Plan, float_indices
 
@@ -89,7 +90,8 @@ class StepVJP:
         specs = (list(plan.carry_specs) + list(plan.x_specs)
                  + [plan.carry_specs[i] for i in fc] + [plan.y_specs[i] for i in fy])
         try:  # with tapes live: a GradientTape inside the step must record
-            self._cf = tf.function(joint, autograph=False).get_concrete_function(*specs)
+            with _context.internal_trace():
+                self._cf = tf.function(joint, autograph=False).get_concrete_function(*specs)
         except NotSplittable:
             raise
         except Exception as e:  # noqa: BLE001 - any failure: fall back to recomputing

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
 
+from tfscan import _context
 from tfscan._cache import Feed
 from tfscan._graph_piece import GraphPiece
 
@@ -36,7 +37,8 @@ class Traced:
     def __init__(self, fn: Callable[..., Sequence[tf.Tensor]], specs: Sequence[tf.TensorSpec],
                  name: str = "step", slots: Sequence[tf.Tensor] = ()):
         # Traced with tapes live: a GradientTape used inside the step must record.
-        cf = tf.function(fn, autograph=False).get_concrete_function(*specs)
+        with _context.internal_trace():
+            cf = tf.function(fn, autograph=False).get_concrete_function(*specs)
         self._cf = cf  # keeps the functions the step calls registered with the runtime
         graph = cf.graph
         self.name = name

@@ -361,7 +361,8 @@ class _Batched:
 
         example_specs = [tf.TensorSpec(_drop(t.shape, ax), t.dtype) for t, ax in zip(mapped, self.mapped_axes)] + \
             [tf.TensorSpec(t.shape, t.dtype) for t in shared]
-        self.pe = tf.function(per_example, autograph=False).get_concrete_function(*example_specs)
+        with _context.internal_trace():
+            self.pe = tf.function(per_example, autograph=False).get_concrete_function(*example_specs)
         self.out_dtypes = [t.dtype for t in self.pe.outputs]
         self.function = tf.function(self._batched, jit_compile=True, autograph=False, reduce_retracing=False)
         self.function._omit_frequent_tracing_warning = True

@@ -8,17 +8,25 @@ with tfscan's linear-time gradient (and its ``remat`` policies).
 :class:`SimpleRNN`, :class:`GRU` and :class:`LSTM` are ``Scan`` around the matching
 Keras cell, with the constructor arguments of ``keras.layers.SimpleRNN`` / ``GRU`` / ``LSTM``.
 
+``Scan`` subclasses ``keras.layers.RNN`` and replaces its ``call``/``inner_loop``: the
+cell's initial states, ``stateful=True`` state variables and ``reset_state()``, the
+dropout masks (drawn once per call) and the configuration are Keras' own. ``call`` is
+ours rather than ``RNN.call`` because the loop differs in ways ``RNN.call`` hard-codes:
+its ``unroll`` is a bool (ours counts steps per iteration and needs no static length),
+it has no ``time_major`` and no ``constants`` (Keras 3 dropped them; ours passes them
+to the cell as Keras 2 did), and its ``inner_loop`` takes batch-major sequences.
+
 The layers need the TensorFlow backend of Keras (``KERAS_BACKEND=tensorflow``, Keras'
-default); building one under another backend raises ``RuntimeError``. ``tfscan.keras``
-is loaded on first use (``import tfscan`` does not load it). Import ``tfscan.keras`` before
-``keras.models.load_model`` of a model that uses these layers, so that they are registered.
+default); building one under another backend raises ``RuntimeError``. ``import tfscan``
+registers them for ``keras.models.load_model``.
 
 Differences from ``keras.layers.RNN``:
 
-* no ``stateful=True`` and no ``constants`` (raise ``NotImplementedError`` / ``TypeError``);
-* the input is one tensor (no nested inputs);
+* the input is one tensor (no nested inputs), and the cell must be a Keras cell (a
+  ``call`` method);
 * ``unroll`` is tfscan's: steps per loop iteration (an int), or ``True`` for a full unroll;
-* extra ``remat`` (see :func:`tfscan.scan`) and ``time_major`` arguments;
+* extra ``remat`` (see :func:`tfscan.scan`) and ``time_major`` arguments, and the call
+  argument ``constants``;
 * a cell's per-step output must have shape ``(batch, *output_size)``, with
   ``output_size`` the cell's attribute or else ``state_size[0]`` (as Keras assumes for
   ``compute_output_shape``) when ``return_sequences=False`` or a mask is given.
@@ -62,6 +70,14 @@ def _dropout_cells(cell: Any) -> list:
     return [c for c in cells if hasattr(c, "get_dropout_mask") and hasattr(c, "get_recurrent_dropout_mask")]
 
 
+def _parameters(fn: Any) -> set:
+    """The names of ``fn``'s parameters (none if they cannot be read)."""
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 def _skeleton(nest: Any) -> Any:
     """``nest`` with every leaf replaced by 0: hashable by value, so a step keyed on it never retraces."""
     return tf.nest.map_structure(lambda _: 0, nest)
@@ -73,35 +89,44 @@ def _expand_mask(m: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="tfscan")
-class Scan(keras.layers.Layer):
+class Scan(keras.layers.RNN):
     """``keras.layers.RNN(cell, ...)`` with the time loop run by :func:`tfscan.scan`.
 
+    A subclass of ``keras.layers.RNN``: states, ``stateful`` state variables and
+    ``reset_state()``, dropout masks, masks and serialization are Keras'; ``call`` runs
+    the time loop as one compiled ``tfscan.scan`` (:meth:`inner_loop`).
+
     Args:
-      cell: a Keras RNN cell: ``cell(inputs_t, states, [training]) -> (output_t, new_states)``
-        with a ``state_size`` (an int or a list of them) and optionally
-        ``get_initial_state(batch_size)`` and ``output_size``. A list of cells is stacked
-        with ``keras.layers.StackedRNNCells``, as ``keras.layers.RNN`` does.
+      cell: a Keras RNN cell: ``cell.call(inputs_t, states, [training], [constants])
+        -> (output_t, new_states)`` with a ``state_size`` (an int or a list of them) and
+        optionally ``get_initial_state(batch_size)`` and ``output_size``. A list of cells
+        is stacked with ``keras.layers.StackedRNNCells``, as ``keras.layers.RNN`` does.
       return_sequences: return every step's output (``[batch, time, units]``), not the last.
       return_state: also return the final states: ``[output, *states]``.
       go_backwards: walk the sequence from its end; returned sequences are in that
         (reversed) order, as in Keras.
-      unroll: steps per compiled loop iteration (a positive int), or ``True`` to unroll fully.
+      stateful: keep the final states of a batch in variables and start the next call
+        from them (needs a static batch size); ``reset_state()`` zeroes them.
+      unroll: steps per compiled loop iteration (a positive int; ``False`` is 1), or
+        ``True`` to unroll fully.
       remat: the gradient's memory policy, as :func:`tfscan.scan`'s ``remat``
         (``False``, ``True``/``"full"``, an int ``k``, or ``"sqrt"``). Outputs and
         gradients do not depend on it.
       time_major: inputs (and returned sequences) are ``[time, batch, ...]``.
       zero_output_for_mask: with a mask, masked steps output zeros instead of repeating
         the previous output (as ``keras.layers.RNN``).
-      stateful: only ``False`` is supported.
       **kwargs: ``keras.layers.Layer`` arguments (``name``, ``dtype``, ``trainable``, ...).
 
     Call arguments:
       sequences: ``[batch, time, features]`` (``time`` may be ``None``).
-      initial_state: a tensor or list of tensors, one per state; defaults to the cell's
-        ``get_initial_state`` (zeros).
+      initial_state: a tensor or list of tensors, one per state; defaults to the
+        ``stateful`` variables, else the cell's ``get_initial_state`` (zeros).
       mask: ``[batch, time]`` booleans (``True`` = use the step); a masked step keeps
         the states and repeats the previous output.
       training: passed to the cell (dropout).
+      constants: a tensor or list of tensors passed unchanged to every step as the
+        cell's ``constants`` argument (Keras 2's ``RNN`` convention; Keras 3's ``RNN``
+        has no ``constants``). Gradients flow to them.
 
     Example:
 
@@ -112,51 +137,34 @@ class Scan(keras.layers.Layer):
     """
 
     def __init__(self, cell, return_sequences: bool = False, return_state: bool = False,
-                 go_backwards: bool = False, unroll: int | bool = 1, remat: bool | int | str = False,
-                 time_major: bool = False, zero_output_for_mask: bool = False,
-                 stateful: bool = False, **kwargs):
-        if stateful:
-            raise NotImplementedError("tfscan.keras.Scan does not support stateful=True; "
-                                      "pass the previous final states as initial_state instead.")
+                 go_backwards: bool = False, stateful: bool = False, unroll: int | bool = 1,
+                 remat: bool | int | str = False, time_major: bool = False,
+                 zero_output_for_mask: bool = False, **kwargs):
         if isinstance(cell, (list, tuple)):
             cell = keras.layers.StackedRNNCells(cell)
-        if not callable(cell) and not hasattr(cell, "call"):
-            raise ValueError(f"Scan: cell must be a Keras RNN cell (a layer or callable with "
+        if not hasattr(cell, "call"):
+            raise ValueError(f"Scan: cell must be a Keras RNN cell (a layer with "
                              f"call(inputs, states)); got {cell!r}.")
         state_size = getattr(cell, "state_size", None)
         if not isinstance(state_size, (int, list, tuple)):
             raise ValueError(f"Scan: the cell needs a state_size attribute (an int, or a list of "
                              f"ints with one per state); got state_size={state_size!r}.")
-        unroll = unroll if isinstance(unroll, bool) else int(unroll)
-        super().__init__(**kwargs)
-        self.cell = cell
-        self.return_sequences = bool(return_sequences)
-        self.return_state = bool(return_state)
-        self.go_backwards = bool(go_backwards)
-        self.unroll = unroll
+        super().__init__(cell, return_sequences=bool(return_sequences), return_state=bool(return_state),
+                         go_backwards=bool(go_backwards), stateful=bool(stateful), unroll=False,
+                         zero_output_for_mask=bool(zero_output_for_mask), **kwargs)
+        self.unroll = True if unroll is True else 1 if unroll is False else int(unroll)  # Keras' False: 1
         self.remat = remat
         self.time_major = bool(time_major)
-        self.zero_output_for_mask = bool(zero_output_for_mask)
-        self.stateful = False
-        self.supports_masking = True
         self.input_spec = keras.layers.InputSpec(min_ndim=3)
-        self.single_state = isinstance(state_size, int)
-        self.state_size = [state_size] if self.single_state else list(state_size)
-        if isinstance(cell, keras.layers.Layer):
-            self._cell_takes_training = bool(getattr(cell, "_call_has_training_arg", False))
-        else:
-            call = cell.call if hasattr(cell, "call") else cell
-            try:
-                self._cell_takes_training = "training" in inspect.signature(call).parameters
-            except (TypeError, ValueError):
-                self._cell_takes_training = False
+        params = _parameters(cell.call)
+        self._cell_takes_training = bool(getattr(cell, "_call_has_training_arg", "training" in params))
+        self._cell_takes_constants = "constants" in params
 
     # -- shapes --------------------------------------------------------------------------
 
-    def _step_input_shape(self, sequences_shape):
-        sequences_shape = tuple(sequences_shape)
-        batch = sequences_shape[1] if self.time_major else sequences_shape[0]
-        return (batch,) + sequences_shape[2:]
+    def _batch_major(self, shape):
+        shape = tuple(shape)
+        return (shape[1], shape[0]) + shape[2:] if self.time_major else shape
 
     def _output_size(self) -> tuple:
         size = getattr(self.cell, "output_size", None)
@@ -169,22 +177,13 @@ class Scan(keras.layers.Layer):
         raise ValueError(f"Scan: cannot tell the shape of the cell's output: output_size={size!r}. "
                          "Give the cell an int output_size (or return_sequences=True without a mask).")
 
-    def build(self, sequences_shape, initial_state_shape=None):
+    def build(self, sequences_shape, initial_state_shape=None, constants_shape=None):
         _check_backend()
-        if isinstance(self.cell, keras.layers.Layer) and not self.cell.built:
-            self.cell.build(self._step_input_shape(sequences_shape))
-            self.cell.built = True
+        super().build(self._batch_major(sequences_shape))  # builds the cell; stateful variables
 
-    def compute_output_shape(self, sequences_shape, initial_state_shape=None):
-        batch, length = sequences_shape[0], sequences_shape[1]
-        if self.time_major:
-            batch, length = length, batch
-        states = []
-        for size in self.state_size:
-            if isinstance(size, int):
-                states.append((batch, size))
-            else:
-                states.append([(batch, s) for s in size])
+    def compute_output_shape(self, sequences_shape, initial_state_shape=None, constants_shape=None):
+        batch, length = self._batch_major(sequences_shape)[:2]
+        states = [(batch, s) if isinstance(s, int) else [(batch, d) for d in s] for s in self.state_size]
         out = self._output_size()
         if self.return_sequences:
             output = (length, batch, *out) if self.time_major else (batch, length, *out)
@@ -192,91 +191,83 @@ class Scan(keras.layers.Layer):
             output = (batch, *out)
         return (output, *states) if self.return_state else output
 
-    def compute_mask(self, _, mask):
-        mask = tf.nest.flatten(mask)[0] if mask is not None else None
-        output_mask = mask if self.return_sequences else None
-        return [output_mask] + [None for _ in self.state_size] if self.return_state else output_mask
-
-    # -- states --------------------------------------------------------------------------
-
-    def get_initial_state(self, batch_size):
-        """The cell's initial states (zeros by default), as a list with one entry per state."""
-        fn = getattr(self.cell, "get_initial_state", None)
-        if fn is None:
-            dtype = getattr(self.cell, "compute_dtype", self.compute_dtype)
-            return [tf.zeros((batch_size, d), dtype=dtype) for d in self.state_size]
-        state = fn(batch_size=batch_size)
-        return list(state) if tf.nest.is_nested(state) else [state]
-
     # -- the loop ------------------------------------------------------------------------
 
     def call(self, sequences, initial_state=None, mask=None, training=None, constants=None):
-        if constants is not None:
-            raise TypeError("tfscan.keras.Scan does not support `constants`; close over the "
-                            "tensors in the cell instead.")
         if tf.nest.is_nested(sequences):
             raise TypeError("tfscan.keras.Scan takes one input tensor [batch, time, ...], "
                             f"not a nest: {type(sequences).__name__}.")
+        if constants is not None and not self._cell_takes_constants:
+            raise TypeError(f"tfscan.keras.Scan: `constants` were given but the cell "
+                            f"{type(self.cell).__name__}.call takes no `constants` argument.")
         training = bool(training) if isinstance(training, bool) or training is None else training
         cell_dtype = getattr(self.cell, "compute_dtype", self.compute_dtype)
         sequences = tf.convert_to_tensor(sequences)
         x = sequences if self.time_major else tf.transpose(
             sequences, [1, 0] + list(range(2, sequences.shape.rank)))
         batch = tf.shape(x)[1] if x.shape[1] is None else x.shape[1]
-
         if initial_state is None:
-            initial_state = self.get_initial_state(batch_size=batch)
+            initial_state = self.states if self.stateful else self.get_initial_state(batch_size=batch)
+        if self.stateful and None not in (self._expected_batch_size, x.shape[1]) and \
+                x.shape[1] != self._expected_batch_size:
+            raise ValueError(f"tfscan.keras.Scan(stateful=True): the batch size of the sequences "
+                             f"({x.shape[1]}) must be the one the states were built for "
+                             f"({self._expected_batch_size}).")
         if not tf.nest.is_nested(initial_state):
             initial_state = [initial_state]
         initial_state = tf.nest.map_structure(
             lambda s: tf.cast(tf.convert_to_tensor(s), cell_dtype), list(initial_state))
-        skeleton = _skeleton(initial_state)
+        if constants is not None:
+            constants = [tf.convert_to_tensor(c) for c in tf.nest.flatten(constants)]
 
+        # Dropout masks are drawn once per call (Keras' way) and ride in the scan's carry,
+        # so the compiled step never holds a stale mask from an earlier call.
+        self._maybe_config_dropout_masks(self.cell, x[0], initial_state)
+        try:
+            last, outputs, states = self.inner_loop(x, initial_state, mask, training, constants)
+        finally:
+            self._maybe_reset_dropout_masks(self.cell)
+        out_dtype = self.compute_dtype
+        states = [tf.nest.map_structure(lambda s: tf.cast(s, out_dtype), s) for s in states]
+        if self.stateful:
+            for var, s in zip(tf.nest.flatten(self.states), tf.nest.flatten(states)):
+                var.assign(s)
+        output = tf.cast(outputs if self.return_sequences else last, out_dtype)
+        return (output, *states) if self.return_state else output
+
+    def inner_loop(self, sequences, initial_state, mask, training=False, constants=None):
+        """``(last_output, outputs, final_states)`` from one ``tfscan.scan`` over time.
+
+        Unlike ``keras.layers.RNN.inner_loop``, ``sequences`` (and ``outputs``) are in the
+        layer's layout: time-major when ``time_major``, else batch-major.
+        """
+        x = sequences
+        batch = tf.shape(x)[1] if x.shape[1] is None else x.shape[1]
+        cell_dtype = tf.nest.flatten(initial_state)[0].dtype
+        skeleton = _skeleton(initial_state)
+        m = None
         if mask is not None:
             mask = tf.nest.flatten(mask)[0]
             mask = tf.cast(mask, tf.bool) if mask.dtype != tf.bool else mask
             if mask.shape.rank == 3:
                 mask = mask[..., 0]
             m = mask if self.time_major else tf.transpose(mask, [1, 0])
-        else:
-            m = None
-
-        # Dropout masks are drawn once per call (as Keras does) and ride in the carry, so
-        # the compiled step never holds a stale mask from an earlier call.
-        dcells = _dropout_cells(self.cell)
-        self._config_dropout_masks(x[0], initial_state)
         drops = tuple((getattr(c, "_dropout_mask", None), getattr(c, "_recurrent_dropout_mask", None))
-                      for c in dcells)
-
+                      for c in _dropout_cells(self.cell))
         keep_last = (not self.return_sequences) or m is not None
         last0 = tf.zeros(tf.concat([[batch], self._output_size()], 0), cell_dtype) if keep_last else None
         flags = (training, m is not None, keep_last, self.return_sequences,
-                 self.zero_output_for_mask, skeleton)
-        step = self._make_step(flags)
-        carry0 = (tuple(tf.nest.flatten(initial_state)), last0, drops)
-        remat = self.remat
-        try:
-            (states, last, _), ys = tfscan.scan(step, carry0, (x, m), reverse=self.go_backwards,
-                                                unroll=self.unroll, remat=remat)
-        finally:
-            for c in dcells:
-                c.reset_dropout_mask()
-                c.reset_recurrent_dropout_mask()
-
+                 self.zero_output_for_mask, skeleton, constants is not None)
+        carry0 = (tuple(tf.nest.flatten(initial_state)), last0, drops, constants)
+        (leaves, last, _, _), ys = tfscan.scan(self._make_step(flags), carry0, (x, m),
+                                               reverse=self.go_backwards, unroll=self.unroll,
+                                               remat=self.remat)
         if not keep_last:
             last = ys[0] if self.go_backwards else ys[-1]
-        out_dtype = self.compute_dtype
         if self.return_sequences:
-            if self.go_backwards:
-                ys = tf.reverse(ys, [0])
-            output = ys if self.time_major else tf.transpose(ys, [1, 0] + list(range(2, ys.shape.rank)))
-        else:
-            output = last
-        output = tf.cast(output, out_dtype)
-        if self.return_state:
-            states = tf.nest.pack_sequence_as(skeleton, [tf.cast(s, out_dtype) for s in states])
-            return (output, *states)
-        return output
+            ys = tf.reverse(ys, [0]) if self.go_backwards else ys
+            ys = ys if self.time_major else tf.transpose(ys, [1, 0] + list(range(2, ys.shape.rank)))
+        return last, ys, tf.nest.pack_sequence_as(skeleton, list(leaves))
 
     def _make_step(self, flags):
         """The scan step. It closes over ``self`` and hashable ``flags`` only, so calls with
@@ -284,13 +275,15 @@ class Scan(keras.layers.Layer):
         layer = self
 
         def step(carry, xt):
-            training, has_mask, keep_last, return_sequences, zero_output, skeleton = flags
-            leaves, prev, drops = carry
+            training, has_mask, keep_last, return_sequences, zero_output, skeleton, has_k = flags
+            leaves, prev, drops, constants = carry
             x_t, m_t = xt
             for c, (dm, rdm) in zip(_dropout_cells(layer.cell), drops):
                 c._dropout_mask, c._recurrent_dropout_mask = dm, rdm
             states = tuple(tf.nest.pack_sequence_as(skeleton, list(leaves)))
             kw = {"training": training} if layer._cell_takes_training else {}
+            if has_k:
+                kw["constants"] = list(constants)
             out, new_states = layer.cell(x_t, states, **kw)
             new_leaves = tf.nest.flatten(new_states)
             if len(new_leaves) != len(leaves):
@@ -301,45 +294,21 @@ class Scan(keras.layers.Layer):
                 out = tf.where(_expand_mask(m_t, out), out, fallback)
                 new_leaves = [tf.where(_expand_mask(m_t, n), n, o) for n, o in zip(new_leaves, leaves)]
             new_leaves = [tf.cast(n, o.dtype) for n, o in zip(new_leaves, leaves)]
-            return ((tuple(new_leaves), out if keep_last else None, drops),
+            return ((tuple(new_leaves), out if keep_last else None, drops, constants),
                     out if return_sequences else None)
 
         return step
-
-    def _config_dropout_masks(self, x0, initial_state):
-        """Draw the dropout masks the cells reuse at every step (``keras.layers.RNN``'s way)."""
-        cells = _dropout_cells(self.cell)
-        if not any(getattr(c, "dropout", 0) or getattr(c, "recurrent_dropout", 0) for c in cells):
-            return
-        if isinstance(self.cell, keras.layers.StackedRNNCells):
-            inputs = x0
-            for c, s in zip(self.cell.cells, initial_state):
-                s = list(s) if tf.nest.is_nested(s) else [s]
-                if c in cells:
-                    c.get_dropout_mask(inputs)
-                    c.get_recurrent_dropout_mask(s[0])
-                inputs, _ = c(inputs, s)
-        else:
-            self.cell.get_dropout_mask(x0)
-            self.cell.get_recurrent_dropout_mask(initial_state[0])
 
     # -- serialization -------------------------------------------------------------------
 
     def _scan_config(self) -> dict:
         return {"return_sequences": self.return_sequences, "return_state": self.return_state,
-                "go_backwards": self.go_backwards, "unroll": self.unroll, "remat": self.remat,
-                "time_major": self.time_major, "zero_output_for_mask": self.zero_output_for_mask}
+                "go_backwards": self.go_backwards, "stateful": self.stateful, "unroll": self.unroll,
+                "remat": self.remat, "time_major": self.time_major,
+                "zero_output_for_mask": self.zero_output_for_mask}
 
     def get_config(self):
-        config = {**super().get_config(), **self._scan_config()}
-        config["cell"] = keras.saving.serialize_keras_object(self.cell)
-        return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        cell = keras.saving.deserialize_keras_object(config.pop("cell"), custom_objects=custom_objects)
-        return cls(cell, **config)
+        return {**super().get_config(), **self._scan_config()}
 
 
 class _CellLayer(Scan):
