@@ -252,21 +252,22 @@ test_hlo_is_one_while_whatever_the_length.sizes = {}
 # --- the trace cache ----------------------------------------------------------------
 
 def test_fresh_lambdas_reuse_one_cache_entry_and_the_cache_is_bounded():
-    from tfscan import _scan
+    from tfscan import _cache
 
+    programs = _cache.eager_cache("scan")
     xs = tf.ones(3)
 
     def call_with_a_fresh_lambda():
         return tfscan.scan(lambda c, x: (c + x, None), 0.0, xs)
 
     call_with_a_fresh_lambda()
-    n = len(_scan._PROGRAMS)
+    n = len(programs)
     for _ in range(5):
         call_with_a_fresh_lambda()
-    assert len(_scan._PROGRAMS) == n
-    for i in range(_scan._PROGRAMS.maxsize + 10):
+    assert len(programs) == n
+    for i in range(programs.maxsize + 10):
         tfscan.scan(lambda c, _: (c + i, None), 0, length=1)
-    assert len(_scan._PROGRAMS) <= _scan._PROGRAMS.maxsize
+    assert len(programs) <= programs.maxsize
 
 
 def test_step_that_ignores_x_and_a_carry_leaf():

@@ -4,6 +4,11 @@ A trace is keyed on what JAX keys it on: the structure of the arguments, the sha
 and dtype of every tensor leaf, and the values of the static arguments. Python numbers
 are tensors (``int`` -> int32, ``float`` -> float32, as ``tf.constant``), so a new value
 never retraces. Each trace is one ``tf.function(jit_compile=True)`` concrete function.
+
+The traces live in tfscan's one cache (:mod:`tfscan._cache`), keyed on the function's
+code and what it closes over (closed-over tensors by shape and dtype, fed at call time),
+not on the ``Jitted`` object: ``tfscan.jit(f)(x)`` written inside a loop, or
+``tfscan.grad(loss)(params)`` re-wrapped each step, traces and compiles once.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any, Callable, Hashable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfscan import _checks, _context, _tree
+from tfscan import _cache, _checks, _context, _tf, _tree
 
 __all__ = ["jit"]
 
@@ -77,7 +82,7 @@ class Jitted:
             raise TypeError(f"jit: fun must be callable, got {fun!r:.80}.")
         self._fun = fun
         self._lock = threading.Lock()
-        self._cache = _context.LRUCache(maxsize=1024)
+        self._keys: dict = {}  # signature -> the closure key of its first trace
         self._trace_count = 0
         self._params = _positional_params(fun)
         self._static_nums, self._static_names = _static_args(fun, self._params, static_argnums, static_argnames)
@@ -89,11 +94,8 @@ class Jitted:
         return self._trace_count
 
     def _cache_size(self) -> int:
-        """The number of compiled programs in the cache (``jax.jit``'s ``_cache_size``)."""
-        return len(self._cache)
-
-    def clear_cache(self) -> None:
-        self._cache.clear()
+        """The number of compiled programs this function has used (``jax.jit``'s ``_cache_size``)."""
+        return len(self._keys)
 
     def __get__(self, instance: Any, owner: Any = None) -> Any:
         if instance is None:
@@ -103,19 +105,18 @@ class Jitted:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _context.jit_disabled():
             return self._fun(*args, **kwargs)
-        entry, flat = self._entry(args, kwargs)
-        if tf.executing_eagerly():  # straight to the concrete function: no re-canonicalization
-            outs = entry.concrete._call_flat(flat, entry.concrete.captured_inputs)
-        else:
-            outs = entry.concrete(*flat)
-        return _tree.unflatten(entry.out_tree, list(outs) if isinstance(outs, (list, tuple)) else [outs])
+        entry, flat, captured = self._entry(args, kwargs)
+        # Straight to the concrete function (no re-canonicalization), fed this call's
+        # closed-over tensors in place of those the trace captured.
+        outs = _tf.call_concrete(entry.concrete, flat, captured)
+        return _tree.unflatten(entry.out_tree, outs)
 
     def lower(self, *args: Any, **kwargs: Any) -> "Lowered":
         """The program for these arguments (traced if needed), for inspection.
 
         Leaves may be ``tf.TensorSpec``s instead of tensors.
         """
-        entry, flat = self._entry(args, kwargs, specs_ok=True)
+        entry, flat, _ = self._entry(args, kwargs, specs_ok=True)
         return Lowered(entry, flat)
 
     # -- tracing ---------------------------------------------------------------------------
@@ -163,26 +164,37 @@ class Jitted:
         flat = [_to_tensor(v, p, specs_ok) for v, p in zip(leaves, paths)]
         tree = _tree.flatten((tuple(dyn_args), dyn_kwargs))[1]
         specs = tuple(_spec_key(t) for t in flat)
-        graph = _context.trace_key()
-        key = (tree, specs, static, graph)
-        entry = self._cache.get_or_create(key, lambda: _Entry(self, args, kwargs, tree, static, flat))
-        return entry, flat
-
-    def _count_trace(self) -> None:
+        signature = (self._static_nums, self._static_names, tree, specs, static)
+        closure = _cache.closure(self._fun)
         with self._lock:
-            self._trace_count += 1
+            first = self._keys.setdefault(signature, closure.key)
+        # As jax.jit, a function once traced for a signature is not traced again when what
+        # it closes over changes structure (a list it appends to): its trace is kept.
+        fresh = first == closure.key
+        key = (first,) + signature
+        make = lambda: _Entry(self._fun, tree, static, flat, closure.tensors)  # noqa: E731
+        entry, created = _cache.lookup("jit", key, make)
+        if not created and not entry.owner.owns(self._fun) and not (
+                fresh and closure.exact and entry.feed.complete):
+            # The trace read something the key cannot see by value (an object's attributes,
+            # a tensor reached through one): reuse it only for the function that made it.
+            entry, created = make(), True
+            _cache.put("jit", key, entry)
+        with self._lock:
+            self._trace_count += created
+        captured = entry.concrete.captured_inputs
+        return entry, flat, entry.feed.values(captured, closure.tensors) if fresh else captured
 
 
 class _Entry:
     """One trace: a concrete XLA-compiled function of the flat dynamic leaves."""
 
-    def __init__(self, jitted: Jitted, args: tuple, kwargs: dict, tree, static, flat):
-        fun = jitted._fun
+    def __init__(self, fun: Callable, tree, static, flat, slots: Sequence[tf.Tensor]):
         statics = {(kind, where): _unwrap(value) for kind, where, value in static}
         self.out_tree = None
+        self.owner = _cache.Owner(fun)
 
         def traced(*leaves):
-            jitted._count_trace()
             dyn_args, dyn_kwargs = _tree.unflatten(tree, list(leaves))
             call_args = [statics[("pos", i)] if ("pos", i) in statics else a for i, a in enumerate(dyn_args)]
             call_kwargs = dict(dyn_kwargs)
@@ -193,10 +205,11 @@ class _Entry:
             out_leaves, out_paths, self.out_tree = _tree.flatten_with_paths(out, "output")
             return [_checks.output_tensor(v, p, "jit", "the function") for v, p in zip(out_leaves, out_paths)]
 
-        self.function = tf.function(traced, jit_compile=True, autograph=False, reduce_retracing=False)
-        self.function._omit_frequent_tracing_warning = True
+        self.function = _tf.quiet_retracing(
+            tf.function(traced, jit_compile=True, autograph=False, reduce_retracing=False))
         self.specs = [t if isinstance(t, tf.TensorSpec) else tf.TensorSpec(t.shape, t.dtype) for t in flat]
         self.concrete = self.function.get_concrete_function(*self.specs)
+        self.feed = _cache.Feed(self.concrete.captured_inputs, slots)
 
 
 class Lowered:

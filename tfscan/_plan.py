@@ -21,7 +21,8 @@ class Plan:
     """``f(carry, x) -> (carry, y)`` as a flat step ``(carry..., x...) -> (carry..., y...)``."""
 
     def __init__(self, f: Callable, carry_tree: _tree.TreeDef, carry_specs: Sequence[tf.TensorSpec],
-                 x_tree: _tree.TreeDef, x_specs: Sequence[tf.TensorSpec], name: str = "scan"):
+                 x_tree: _tree.TreeDef, x_specs: Sequence[tf.TensorSpec], name: str = "scan",
+                 slots: Sequence[tf.Tensor] = ()):
         self.carry_tree = carry_tree
         self.x_tree = x_tree
         self.carry_specs = list(carry_specs)
@@ -40,7 +41,7 @@ class Plan:
             return c_leaves + y_leaves
 
         self.flat_step = flat_step  # traced again (with its gradient) by _residuals.StepVJP
-        self.step = Traced(flat_step, self.carry_specs + self.x_specs, name=name)
+        self.step = Traced(flat_step, self.carry_specs + self.x_specs, name=name, slots=slots)
         self.y_specs = self.step.out_specs[self.n_carry:]
 
     def apply(self, carry: Sequence[tf.Tensor], x: Sequence[tf.Tensor], consts: Sequence[tf.Tensor]):

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import tensorflow as tf
 from tensorflow.python.framework import ops
 
-from tfscan import _buffered_loop, _context
+from tfscan import _buffered_loop, _context, _tf
 from tfscan._plan import Plan, float_indices, scatter
 from tfscan._residuals import NotSplittable, StepVJP
 
@@ -164,11 +164,10 @@ class Programs:
         with self._lock:
             fn = self._fns.get(name)
             if fn is None:
-                fn = self._fns[name] = tf.function(build, jit_compile=True, autograph=False,
-                                                   reduce_retracing=False)
                 # One tf.function per plan, each traced once: TF's "frequent retracing" warning
                 # (it counts all functions sharing this code) does not apply.
-                fn._omit_frequent_tracing_warning = True
+                fn = self._fns[name] = _tf.quiet_retracing(
+                    tf.function(build, jit_compile=True, autograph=False, reduce_retracing=False))
             return fn
 
     def _call(self, name: str, build, args: list) -> list:
@@ -183,7 +182,7 @@ class Programs:
         concrete = self._concrete.get(name)
         if concrete is None:
             concrete = self._concrete[name] = fn.get_concrete_function(*args)
-        return list(concrete._call_flat(args, concrete.captured_inputs))
+        return _tf.call_concrete(concrete, args)
 
     def forward(self, init, xs, consts, dynamic_length=None, save=False, wanted=None):
         """``(carry, ys, saved)``; ``wanted`` (a bool per xs and consts leaf, or ``None`` for

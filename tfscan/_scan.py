@@ -7,7 +7,7 @@ from typing import Callable, TypeVar
 import tensorflow as tf
 from tensorflow.python.eager import record
 
-from tfscan import _checks, _context, _tree
+from tfscan import _cache, _checks, _context, _tree
 from tfscan._autodiff import differentiable_scan
 from tfscan._plan import Plan
 from tfscan._plan import is_float
@@ -19,9 +19,6 @@ __all__ = ["scan"]
 Carry = TypeVar("Carry")
 X = TypeVar("X")
 Y = TypeVar("Y")
-
-_PROGRAMS = _context.LRUCache(maxsize=256)
-
 
 def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
          length: int | tf.Tensor | None = None, reverse: bool = False,
@@ -91,20 +88,25 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
     carry_specs = tuple(tf.TensorSpec(t.shape, t.dtype) for t in init_leaves)
     x_specs = tuple(tf.TensorSpec(t.shape[1:], t.dtype) for t in xs_leaves)
     static = Static(static_length, reverse, unroll)
-    graph = _context.trace_key()
-    f_key = _context.function_key(f)
-    key = (f_key, init_tree, xs_tree, carry_specs, x_specs, static.key(), remat, graph)
-    make_plan = lambda: Plan(f, init_tree, carry_specs, xs_tree, x_specs)  # noqa: E731
-    programs, created = _PROGRAMS.lookup(key, lambda: Programs(make_plan(), static, remat))
-    if not created and not _context.is_exact(f_key):
-        # f reads objects whose contents may have changed (attributes of a layer, a NumPy
-        # array): trace again, and keep the compiled programs only if nothing changed.
-        plan = make_plan()
-        if plan.step.fingerprint != programs.plan.step.fingerprint:
-            programs = Programs(plan, static, remat)
-            _PROGRAMS.put(key, programs)
+    closure = _cache.closure(f)
+    key = (closure.key, init_tree, xs_tree, carry_specs, x_specs, static.key(), remat)
+    make_plan = lambda: Plan(f, init_tree, carry_specs, xs_tree, x_specs, slots=closure.tensors)  # noqa: E731
+    programs, created = _cache.lookup("scan", key, lambda: Programs(make_plan(), static, remat))
     plan = programs.plan
-    consts = plan.step.const_values()
+    if created:
+        consts = plan.step.const_values()
+    elif closure.exact and plan.step.feed.complete:
+        consts = plan.step.const_values(closure.tensors)  # this call's closed-over tensors
+    else:
+        # f reads objects whose contents may have changed (attributes of a layer, a NumPy
+        # array, a distribution object): trace again, and keep the compiled programs if the
+        # new trace has the same ops and constants of the same types (their values are inputs).
+        fresh = make_plan()
+        if fresh.step.fingerprint != plan.step.fingerprint:
+            programs = Programs(fresh, static, remat)
+            _cache.put("scan", key, programs)
+            plan = fresh
+        consts = fresh.step.const_values()
     dynamic_length = None if static_length is not None or xs_leaves else length_value
     if _needs_gradient(init_leaves, xs_leaves, consts):
         outs = differentiable_scan(programs, init_leaves, xs_leaves, consts, dynamic_length)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
 
+from tfscan._cache import Feed
 from tfscan._graph_piece import GraphPiece
 
 __all__ = []  # private module
@@ -27,10 +28,13 @@ class Traced:
     Attributes:
       out_specs: ``tf.TensorSpec`` of every output.
       const_sources: what feeds each constant: a captured tensor or a ``tf.Variable``.
+      feed: which constants came from which slot of the function's
+        :class:`tfscan._cache.Closure` (``slots``: its tensors when this trace was made);
+        :meth:`const_values` feeds a later call's slot tensors in their place.
     """
 
     def __init__(self, fn: Callable[..., Sequence[tf.Tensor]], specs: Sequence[tf.TensorSpec],
-                 name: str = "step"):
+                 name: str = "step", slots: Sequence[tf.Tensor] = ()):
         # Traced with tapes live: a GradientTape used inside the step must record.
         cf = tf.function(fn, autograph=False).get_concrete_function(*specs)
         self._cf = cf  # keeps the functions the step calls registered with the runtime
@@ -64,11 +68,13 @@ class Traced:
         # Resource placeholders whose every read is fed are left unused: stub them too.
         unused = [t.name for _, t in graph.captures if t.dtype == tf.resource and t.name not in fed]
         self.piece = GraphPiece(graph.as_graph_def(), fed, self._out_names, stub=unused, name=name)
+        self.feed = Feed(self.const_sources, slots)
 
     @functools.cached_property
     def fingerprint(self) -> tuple:
         """What a new trace must share with this one to reuse its compiled programs: the
-        same constants (by identity) and the same ops (nested function names aside)."""
+        same variables, constants of the same shapes and dtypes (their values are inputs)
+        and the same ops (nested function names aside)."""
         nodes = []
         for node in self.piece.graph_def.node:
             node = node_def_pb2.NodeDef.FromString(node.SerializeToString())
@@ -78,11 +84,16 @@ class Traced:
                 if attr.HasField("list"):
                     del attr.list.func[:]
             nodes.append(node.SerializeToString(deterministic=True))
-        return tuple(id(s) for s in self.const_sources), tuple(nodes)
+        consts = tuple(("variable", id(s)) if isinstance(s, tf.Variable) else
+                       ("tensor", tuple(s.shape.as_list()) if s.shape.rank is not None else None, s.dtype)
+                       for s in self.const_sources)
+        return consts, tuple(nodes)
 
-    def const_values(self) -> list[tf.Tensor]:
-        """The constants' current values; variables are read now (and seen by a tape)."""
-        return [s.value() if isinstance(s, tf.Variable) else s for s in self.const_sources]
+    def const_values(self, slots: Sequence[tf.Tensor] | None = None) -> list[tf.Tensor]:
+        """The constants' current values: variables are read now (and seen by a tape);
+        with ``slots`` (a later call's closure tensors) those replace the traced ones."""
+        sources = self.const_sources if slots is None else self.feed.values(self.const_sources, slots)
+        return [s.value() if isinstance(s, tf.Variable) else s for s in sources]
 
     @property
     def handles(self) -> list[tuple[str, Any]]:

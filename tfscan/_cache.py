@@ -1,0 +1,322 @@
+"""One cache discipline for every traced or compiled program tfscan keeps.
+
+**Keys.** A program depends on what its trace read: the user function's code, the
+Python values it closes over (by value), the argument structure, shapes, dtypes and
+static arguments — but never on the *values* of tensors. :func:`closure` walks a
+function (its closure cells, defaults, the globals its code names, the functions those
+name, a bound method's object) and returns a :class:`Closure`: a hashable ``key`` in
+which every closed-over ``tf.Tensor`` appears as its shape and dtype only, and the
+list of those ``tensors`` (the *slots*). ``tf.Variable``s and other objects count by
+identity (a variable is read when the program runs; another object's attributes may
+change: ``exact`` is then ``False``).
+
+**Feeding.** A trace captures the tensors it closes over. :class:`Feed` records, once
+per trace, which captured input came from which slot; on every later call the tensors
+found in the slots *now* are fed in their place, so a step that closes over a tensor
+recomputed each iteration (``log_A = tf.nn.log_softmax(logits)`` in a training loop)
+reuses its compiled program. A capture that came from no slot (read through an object
+the walk does not open) makes the feed ``complete=False``: such a trace is reused only
+for the same function object, or after checking that a new trace is identical.
+
+**Scope.** :func:`lookup` keeps eager entries in a bounded, thread-safe LRU per cache
+name (process-wide), and entries made while a graph is built in a dict owned by that
+graph (:func:`_graph_store`), so they are freed with it: a notebook or a sweep that
+traces hundreds of graphs does not accumulate their programs. Under ``tf.distribute``
+each replica (run concurrently in one graph) gets its own entries.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import types
+import weakref
+from typing import Any, Callable, Hashable, NamedTuple, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfscan import _tf
+
+__all__ = []  # private module
+
+_MAX_DEPTH = 4  # how deep the walk follows functions called by the function
+
+
+class LRUCache:
+    """A bounded, thread-safe map from hashable keys to values (least recently used out)."""
+
+    def __init__(self, maxsize: int = 256):
+        self.maxsize = maxsize
+        self._data: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.RLock()
+
+    def lookup(self, key: Hashable, create: Callable[[], Any]) -> tuple[Any, bool]:
+        """``(value, created)``: the cached value, or a new one from ``create()``."""
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key], False
+        value = create()  # outside the lock: tracing may call scan recursively
+        self.put(key, value)
+        return value, True
+
+    def get_or_create(self, key: Hashable, create: Callable[[], Any]) -> Any:
+        return self.lookup(key, create)[0]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+_EAGER: dict[str, LRUCache] = {}
+_EAGER_LOCK = threading.Lock()
+_GRAPH_ATTR = "_tfscan_programs"
+
+
+def eager_cache(name: str, maxsize: int = 256) -> LRUCache:
+    """The process-wide LRU of cache ``name`` (eager entries)."""
+    with _EAGER_LOCK:
+        cache = _EAGER.get(name)
+        if cache is None:
+            cache = _EAGER[name] = LRUCache(maxsize)
+        return cache
+
+
+def _graph_store(graph: Any) -> LRUCache:
+    """The entries owned by ``graph`` (an attribute of it: they live and die with it)."""
+    store = getattr(graph, _GRAPH_ATTR, None)
+    if store is None:
+        with _EAGER_LOCK:
+            store = getattr(graph, _GRAPH_ATTR, None)
+            if store is None:
+                store = LRUCache(maxsize=4096)
+                setattr(graph, _GRAPH_ATTR, store)
+    return store
+
+
+def scope() -> tuple[Any, Hashable]:
+    """``(graph or None, replica key)``: where entries made now are valid."""
+    graph = None if tf.executing_eagerly() else _tf.default_graph()
+    replica = tf.distribute.get_replica_context()
+    return graph, (None if replica is None else id(replica))
+
+
+def lookup(name: str, key: Hashable, create: Callable[[], Any]) -> tuple[Any, bool]:
+    """``(value, created)`` for ``key`` in cache ``name``, in the current scope.
+
+    Eagerly, a bounded process-wide LRU; while a graph is built, the graph's own store
+    (keyed also on the replica under ``tf.distribute``), freed with the graph.
+    """
+    graph, replica = scope()
+    if graph is None:
+        return eager_cache(name).lookup(key, create)
+    return _graph_store(graph).lookup((name, replica, key), create)
+
+
+def put(name: str, key: Hashable, value: Any) -> None:
+    """Replace the entry of ``key`` in cache ``name`` (current scope)."""
+    graph, replica = scope()
+    if graph is None:
+        eager_cache(name).put(key, value)
+    else:
+        _graph_store(graph).put((name, replica, key), value)
+
+
+def sizes() -> dict[str, int]:
+    """The number of eager entries of each cache (for tests and diagnostics)."""
+    with _EAGER_LOCK:
+        return {name: len(cache) for name, cache in _EAGER.items()}
+
+
+def clear() -> None:
+    """Drop every eager entry (graph-owned entries go with their graphs)."""
+    with _EAGER_LOCK:
+        caches = list(_EAGER.values())
+    for cache in caches:
+        cache.clear()
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+class Closure(NamedTuple):
+    """What a function's traces depend on.
+
+    ``key``: hashable; closed-over tensors appear as ``("tensor", shape, dtype, alias)``.
+    ``tensors``: those tensors, in walk order (fed in place of the trace's captures).
+    ``exact``: no object whose contents could change between calls was met.
+    """
+
+    key: Hashable
+    tensors: tuple
+    exact: bool
+
+
+class _Walk:
+    def __init__(self):
+        self.tensors: list = []
+        self._slot_of: dict[int, int] = {}
+        self.exact = True
+        self._seen: set[int] = set()
+
+    def function(self, f: Any, depth: int) -> Hashable:
+        if depth > _MAX_DEPTH or id(f) in self._seen:
+            return self.identity(f)
+        if isinstance(f, types.MethodType):
+            return ("method", self.function(f.__func__, depth + 1), self.value(f.__self__, depth + 1))
+        if isinstance(f, types.FunctionType):
+            self._seen.add(id(f))
+            try:
+                cells = tuple(self.value(c.cell_contents, depth + 1) if _cell_full(c) else None
+                              for c in (f.__closure__ or ()))
+                defaults = tuple(self.value(d, depth + 1) for d in (f.__defaults__ or ()))
+                kwdefaults = tuple((k, self.value(v, depth + 1)) for k, v in sorted((f.__kwdefaults__ or {}).items()))
+                globs = tuple((n, self.value(f.__globals__[n], depth + 1)) for n in _global_names(f.__code__)
+                              if n in f.__globals__ and _walks_global(f.__globals__[n]))
+            finally:
+                self._seen.discard(id(f))
+            return ("fn", f.__code__, cells, defaults, kwdefaults, globs)
+        if isinstance(f, _PARTIAL):
+            return ("partial", self.function(f.func, depth + 1), self.value(f.args, depth + 1),
+                    self.value(tuple(sorted(f.keywords.items())), depth + 1))
+        return ("obj", self.value(f, depth + 1))
+
+    def value(self, x: Any, depth: int) -> Hashable:
+        if isinstance(x, tf.Tensor) and x.dtype != tf.resource:
+            j = self._slot_of.setdefault(id(x), len(self.tensors))
+            if j == len(self.tensors):
+                self.tensors.append(x)
+            shape = None if x.shape.rank is None else tuple(x.shape.as_list())
+            return ("tensor", shape, x.dtype, j)  # j: the same tensor met twice stays one slot
+        if isinstance(x, (types.FunctionType, types.MethodType, _PARTIAL)):
+            return self.function(x, depth)
+        if isinstance(x, (bool, int, float, complex, str, bytes, type(None), np.generic)):
+            return (type(x), x)
+        if isinstance(x, (tuple, list)) and len(x) < 64:
+            return (type(x), tuple(self.value(v, depth) for v in x))
+        return self.identity(x)
+
+    def identity(self, x: Any) -> Hashable:
+        key = _Identity(x)
+        self.exact = self.exact and key.exact
+        return key
+
+
+_PARTIAL = type(__import__("functools").partial(int))
+
+
+def _cell_full(cell: Any) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def _global_names(code: types.CodeType) -> list[str]:
+    """The global names ``code`` and the code objects nested in it (lambdas, comprehensions) read."""
+    names, stack = [], [code]
+    while stack:
+        c = stack.pop()
+        names.extend(c.co_names)
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return list(dict.fromkeys(names))
+
+
+def _walks_global(x: Any) -> bool:
+    """Globals that can change what a trace reads: tensors, variables, arrays and the
+    user's own functions (library functions and modules are left out)."""
+    if isinstance(x, (tf.Tensor, tf.Variable, np.ndarray)):
+        return True
+    if isinstance(x, types.FunctionType):
+        module = getattr(x, "__module__", "") or ""
+        return not module.startswith(("tensorflow", "keras", "tf_keras", "numpy", "tfscan.", "jax"))
+    return False
+
+
+_IMMUTABLE_BY_IDENTITY = (tf.Tensor, tf.Variable, types.ModuleType, type, types.BuiltinFunctionType)
+
+
+class _Identity:
+    """A key part that compares by identity and keeps the object alive (its id is never reused).
+
+    ``exact``: the identity determines what a trace reads from the object (a variable is
+    read at run time, a module or class is fixed); for any other object (a Keras layer, a
+    NumPy array) a later call may see different attributes or contents.
+    """
+
+    __slots__ = ("obj", "exact")
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+        self.exact = isinstance(obj, _IMMUTABLE_BY_IDENTITY) or obj is None
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, _Identity) and other.obj is self.obj
+
+
+def closure(f: Any) -> Closure:
+    """The :class:`Closure` of ``f`` (see the module docstring)."""
+    walk = _Walk()
+    key = walk.function(f, 0)
+    return Closure(key, tuple(walk.tensors), walk.exact)
+
+
+def value_key(x: Any) -> tuple[Hashable, bool]:
+    """``(key, exact)`` of one Python value (a static argument, a ``vmap`` template)."""
+    walk = _Walk()
+    key = walk.value(x, 0)
+    return key, walk.exact and not walk.tensors
+
+
+# -- feeding ------------------------------------------------------------------------------------
+
+class Feed:
+    """Which captured input of a trace came from which slot of the :class:`Closure`.
+
+    Built once per trace from its captured inputs (in order) and the slot tensors of the
+    call that traced it; :meth:`values` gives the captured inputs for a later call.
+    """
+
+    def __init__(self, captured: Sequence[Any], tensors: Sequence[tf.Tensor]):
+        index: dict[int, int] = {}
+        for j, t in enumerate(tensors):
+            index.setdefault(id(t), j)
+        self.slots = [index.get(id(c)) for c in captured]
+        self.complete = all(s is not None or not _is_value_tensor(c) for c, s in zip(captured, self.slots))
+
+    def values(self, captured: Sequence[Any], tensors: Sequence[tf.Tensor]) -> list:
+        """``captured`` with every slotted entry replaced by this call's tensor."""
+        return [c if s is None else tensors[s] for c, s in zip(captured, self.slots)]
+
+
+def _is_value_tensor(c: Any) -> bool:
+    return isinstance(c, tf.Tensor) and c.dtype != tf.resource
+
+
+class Owner:
+    """Remembers which function object made a trace (weakly when it can)."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, f: Any):
+        try:
+            self._ref = weakref.ref(f)
+        except TypeError:
+            self._ref = lambda f=f: f
+
+    def owns(self, f: Any) -> bool:
+        return self._ref() is f

@@ -1,0 +1,55 @@
+"""The one door to TensorFlow internals: every use of a private TensorFlow API is here.
+
+Each entry says what it is, why no public API serves, and the TensorFlow versions it
+was checked on. Everything else in tfscan uses public ``tf.*`` APIs only, so a
+TensorFlow release that moves an internal breaks this module (and its smoke test,
+``tests/test_tf_adapter.py``), not code scattered across the package.
+
+Checked on: TensorFlow 2.21.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import tensorflow as tf
+from tensorflow.python.framework import ops as _ops
+
+__all__ = []  # private module
+
+
+def default_graph() -> Any:
+    """The graph being built (a ``FuncGraph`` inside ``tf.function``).
+
+    Public ``tf.compat.v1.get_default_graph`` returns the same object; this name avoids
+    the ``compat.v1`` namespace in code that is TF2-only.
+    """
+    return _ops.get_default_graph()
+
+
+def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = None) -> list:
+    """Call a ``ConcreteFunction`` on flat tensors, feeding ``captured`` for its captures.
+
+    Why private: ``ConcreteFunction._call_flat`` is the only way to (1) skip
+    ``tf.function``'s argument canonicalization (a large part of a short scan's eager
+    cost) and (2) feed new values for a trace's captured inputs, so that a function
+    closing over a tensor recomputed each call reuses its compiled program instead of
+    being traced again. Works eagerly and while building a graph.
+    """
+    if captured is None:
+        captured = concrete.captured_inputs
+    outs = concrete._call_flat(list(args), list(captured))  # noqa: SLF001 - see docstring
+    if outs is None:
+        return []
+    return list(outs) if isinstance(outs, (list, tuple)) else [outs]
+
+
+def quiet_retracing(fn: Any) -> Any:
+    """Silence ``tf.function``'s "frequent retracing" warning for ``fn``.
+
+    Why private: the warning counts traces of every ``tf.function`` made from the same
+    Python code; tfscan makes one function per cache entry, each traced once, so the
+    warning would be wrong. No public switch exists.
+    """
+    fn._omit_frequent_tracing_warning = True  # noqa: SLF001 - see docstring
+    return fn
