@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
-from tfscan import _checks, _tree
+from tfscan import _checks, _step_errors, _tree
 from tfscan._step import Traced
 
 __all__ = []  # private module
@@ -31,10 +31,14 @@ class Plan:
         self.name = name
         self.y_tree: _tree.TreeDef | None = None
 
+        def traced_on() -> str:
+            return _step_errors.describe([("carry", _tree.leaf_paths(carry_tree, "carry"), self.carry_specs),
+                                          ("x", _tree.leaf_paths(x_tree, "x"), self.x_specs)])
+
         def flat_step(*args):
             carry = _tree.unflatten(carry_tree, args[: self.n_carry])
             x = _tree.unflatten(x_tree, args[self.n_carry:])
-            new_carry, y = _checks.step_pair(f(carry, x), name)
+            new_carry, y = _checks.step_pair(_step_errors.call(f, (carry, x), name, "f", traced_on), name)
             c_leaves = _checks.new_carry(new_carry, carry_tree, self.carry_specs, name)
             y_leaves, y_paths, self.y_tree = _tree.flatten_with_paths(y, "y")
             y_leaves = [_checks.output_tensor(v, p, name) for v, p in zip(y_leaves, y_paths)]
