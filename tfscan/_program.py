@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import tensorflow as tf
 from tensorflow.python.framework import ops
 
-from tfscan import _buffered_loop, _context
+from tfscan import _buffered_loop, _context, _remat
 from tfscan._plan import Plan, float_indices, scatter
 from tfscan._residuals import NotSplittable, StepVJP
 
@@ -103,6 +103,9 @@ def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynam
     With ``vjp.split`` (and not ``remat``) each step reads its saved residuals; otherwise
     it recomputes the step from its saved input carry.
     """
+    if _remat.is_binomial(remat):  # ``saved`` is the initial carry; see _remat
+        return _remat.binomial_backward(plan, static.length, static.reverse, xs, consts, saved, d_carry, d_ys,
+                                        remat[1], lambda *a: step_vjp(*a, vjp=vjp), captured, wanted)
     split = vjp.split if vjp is not None and not remat else None
     length = _length(static, xs, dynamic_length)
     fc, fx, fy, fk = float_indices(plan, consts, wanted)
@@ -196,14 +199,19 @@ class Programs:
 
         # ``build`` is kept by the cached tf.function: it must close over counts, never over
         # this call's tensors (they would stay alive as long as the cache entry).
+        binomial = save and _remat.is_binomial(self.remat)  # keeps only the initial carry
+        per_step = save and not binomial
+
         def build(*args):
             i, x, k, dl = _split(args, n_i, n_x, n_k)
-            carry, ys, saved = forward(plan, static, i, x, k, dl, save, split)
+            carry, ys, saved = forward(plan, static, i, x, k, dl, per_step, split)
             return list(carry) + list(ys) + list(saved)
 
-        flat = self._call(f"forward_{save}_{wanted}", build, _join(init, xs, consts, dynamic_length))
+        flat = self._call(f"forward_{per_step}_{wanted}", build, _join(init, xs, consts, dynamic_length))
         ny = len(plan.y_specs)
         carry, ys, saved = flat[:n_i], flat[n_i: n_i + ny], flat[n_i + ny:]
+        if binomial:
+            saved = list(init)
         if split is not None and split.y_alias:  # residuals that are ys: the ys buffers themselves
             n_sc = len(split.saved_carry)
             rest = iter(saved[n_sc:])
