@@ -103,8 +103,8 @@ def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_va
     >>> i, x = tfscan.while_loop(lambda c: c[1] < 100.0, lambda c: (c[0] + 1, c[1] * 3.0), (0, 1.0))
     >>> int(i), float(x)
     (5, 243.0)
-    >>> tfscan.grad(lambda x: tfscan.while_loop(lambda c: c < 100.0, lambda c: c * 3.0, x,
-    ...                                         max_steps=50))(1.0).numpy()  # 243 x
+    >>> float(tfscan.grad(lambda x: tfscan.while_loop(lambda c: c < 100.0, lambda c: c * 3.0, x,
+    ...                                               max_steps=50))(1.0))  # d(243 x)/dx
     243.0
     """
     if not (callable(cond_fun) and callable(body_fun)):
