@@ -10,6 +10,7 @@ would ("over budget, not run").
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import re
 import sys
@@ -35,6 +36,9 @@ def log(msg: str) -> None:
 
 
 def run_workload(w: Workload, settings: _timing.Settings, seed: int = 0) -> list[dict]:
+    if w.budget_s:  # a workload of slow calls (seconds): its own budget and first-call limit
+        settings = dataclasses.replace(settings, series_budget_s=w.budget_s,
+                                       abort_first_s=max(settings.abort_first_s, w.budget_s))
     records: list[dict] = []
     stopped: dict[str, tuple[str, str]] = {}      # impl -> (status, note) for the sizes left
     series: dict[str, list[tuple[float, float]]] = {k: [] for k in w.impls}
@@ -55,7 +59,7 @@ def run_workload(w: Workload, settings: _timing.Settings, seed: int = 0) -> list
             if key in stopped:
                 rec["status"], rec["note"] = stopped[key]
                 continue
-            budget_s = w.budget_s or settings.series_budget_s
+            budget_s = settings.series_budget_s
             est = _timing.predicted_over_budget(series[key], size, budget_s)
             if est is not None:
                 note = f"over budget, not run (predicted {est:.3g} s per call > {budget_s:g} s)"
@@ -88,7 +92,7 @@ def run_workload(w: Workload, settings: _timing.Settings, seed: int = 0) -> list
                         log(f"  {w.key} T={size} {key}: WRONG ({err:.2g})")
                         continue
                     checked.add(key)
-                    if first_s > max(settings.abort_first_s, w.budget_s or 0):
+                    if first_s > settings.abort_first_s:
                         timing = _timing.Timing(first_s, float("nan"), float("nan"), 0, 0, [], aborted=True)
                     else:
                         timing = _timing.measure(fn, settings)  # its first call is a warm-up here

@@ -21,12 +21,19 @@ import tfscan
 from tfscan import _remat
 
 
-def simulate(length: int, slots: int) -> tuple[list[int], int]:
-    """Run a schedule on carries that are their own positions: ``(backward steps, advances)``."""
+def simulate(length: int, slots: int, forward: bool = False) -> tuple[list[int], int]:
+    """Run a schedule on carries that are their own positions: ``(backward steps, advances)``.
+
+    With ``forward``, the forward pass first writes the spine's snapshots (step ``t`` its
+    input carry into ``slot_at[t]``) and the backward pass starts after the spine's rows.
+    """
     table = _remat.schedule(length, slots)
-    snaps = {0: 0}
+    snaps, start = {0: 0}, 0
+    if forward:
+        start, slot_at = _remat.spine(length, slots)
+        snaps = {int(w): t for t, w in enumerate(slot_at) if w < slots}
     seen, advances = [], 0
-    for s, p, n, w, b in table.tolist():
+    for s, p, n, w, b in table[start:].tolist():
         assert s in snaps and snaps[s] == p, f"row restores slot {s} holding {snaps.get(s)}, wants {p}"
         assert 0 <= s < slots and 0 <= w <= slots
         carry = p + n
@@ -55,6 +62,11 @@ def test_schedule_reverses_every_length_with_k_snapshots(slots):
         assert seen == list(reversed(range(length)))
         if slots == 1:
             assert advances == length * (length - 1) // 2
+        seen, after_forward = simulate(length, slots, forward=True)
+        assert seen == list(reversed(range(length)))
+        spine_rows = _remat.spine(length, slots)[0]
+        saved = int(_remat.schedule(length, slots)[:spine_rows, _remat.ADVANCE].sum())
+        assert after_forward == _remat.forward_steps(length, slots) == advances - saved
 
 
 def test_schedule_is_optimal_and_logarithmic():
@@ -65,7 +77,7 @@ def test_schedule_is_optimal_and_logarithmic():
     for T in (2000, 20000):
         k = _remat.binomial_slots(("binomial", None), T)[1]
         assert k == int(np.ceil(np.log2(T)))
-        assert _remat.forward_steps(T, k) <= 6 * T and len(_remat.schedule(T, k)) <= 2 * T
+        assert _remat.forward_steps(T, k) <= 5 * T and len(_remat.schedule(T, k)) <= 2 * T
 
 
 def _programs(remat, reverse):
@@ -146,3 +158,22 @@ def test_binomial_errors():
         return tfscan.scan(lambda c, x: (c + x, None), 0.0, xs, remat="binomial")[0]
     with pytest.raises(ValueError, match="needs a length known when the scan is traced"):
         run.get_concrete_function()
+
+
+def test_binomial_hessian_vector_product_equals_remat_false(rng):
+    xs = tf.constant(rng.normal(size=(12, 3)))
+    w = tf.constant([0.3, -0.2, 0.5], tf.float64)
+
+    def hvp(remat):
+        with tf.GradientTape() as outer:
+            outer.watch(w)
+            with tf.GradientTape() as inner:
+                inner.watch(w)
+                c, _ = tfscan.scan(lambda c, x: (tf.sin(c * w + x), None), tf.ones(3, tf.float64), xs, remat=remat)
+                loss = tf.reduce_sum(c * c)
+            g = inner.gradient(loss, w)
+            s = tf.reduce_sum(g * tf.constant([1.0, 2.0, 3.0], tf.float64))
+        return g, outer.gradient(s, w)
+
+    for got, want in zip(hvp("binomial"), hvp(False)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-10)

@@ -103,7 +103,7 @@ def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynam
     With ``vjp.split`` (and not ``remat``) each step reads its saved residuals; otherwise
     it recomputes the step from its saved input carry.
     """
-    if _remat.is_binomial(remat):  # ``saved`` is the initial carry; see _remat
+    if _remat.is_binomial(remat):  # ``saved``: the forward pass's snapshots; see _remat
         return _remat.binomial_backward(plan, static.length, static.reverse, xs, consts, saved, d_carry, d_ys,
                                         remat[1], lambda *a: step_vjp(*a, vjp=vjp), captured, wanted)
     split = vjp.split if vjp is not None and not remat else None
@@ -199,19 +199,20 @@ class Programs:
 
         # ``build`` is kept by the cached tf.function: it must close over counts, never over
         # this call's tensors (they would stay alive as long as the cache entry).
-        binomial = save and _remat.is_binomial(self.remat)  # keeps only the initial carry
-        per_step = save and not binomial
+        binomial = save and _remat.is_binomial(self.remat)  # keeps a few snapshots, see _remat
 
         def build(*args):
             i, x, k, dl = _split(args, n_i, n_x, n_k)
-            carry, ys, saved = forward(plan, static, i, x, k, dl, per_step, split)
+            if binomial:
+                carry, ys, saved = _remat.binomial_forward(plan, static.length, static.reverse, static.unroll,
+                                                           i, x, k, self.remat[1], captured)
+            else:
+                carry, ys, saved = forward(plan, static, i, x, k, dl, save, split)
             return list(carry) + list(ys) + list(saved)
 
-        flat = self._call(f"forward_{per_step}_{wanted}", build, _join(init, xs, consts, dynamic_length))
+        flat = self._call(f"forward_{save}_{wanted}", build, _join(init, xs, consts, dynamic_length))
         ny = len(plan.y_specs)
         carry, ys, saved = flat[:n_i], flat[n_i: n_i + ny], flat[n_i + ny:]
-        if binomial:
-            saved = list(init)
         if split is not None and split.y_alias:  # residuals that are ys: the ys buffers themselves
             n_sc = len(split.saved_carry)
             rest = iter(saved[n_sc:])

@@ -27,7 +27,8 @@ that position (an inner ``While`` of 0 or 1 trips, so the loop body has no
 conditional). The table has ``O(T)`` rows; the program is the same size for every
 ``T``, unlike a recursion of nested scans (whose HLO grows with the depth ``log T``
 and which cannot place segments of unequal, binomial lengths). The forward pass saves
-nothing but the initial carry. Values are those of the plain loop: the same step runs
+only the snapshots of the schedule's first rows (its "spine", which only advances): the
+backward pass starts after them. Values are those of the plain loop: the same step runs
 on the same carries, so gradients equal ``remat=False``'s to float rounding.
 """
 
@@ -135,14 +136,53 @@ def schedule(length: int, slots: int) -> np.ndarray:
     return np.asarray(rows, np.int32).reshape([-1, 5])
 
 
+@functools.lru_cache(maxsize=64)
+def spine(length: int, slots: int) -> tuple[int, np.ndarray]:
+    """``(rows, slot_at)``: the schedule's first ``rows`` rows only advance along the forward
+    sweep and take snapshots; the forward pass takes them instead (step ``t`` writes its
+    input carry into slot ``slot_at[t]``, ``slots`` being the scratch slot)."""
+    table = schedule(length, slots)
+    slot_at = np.full([length], slots, np.int32)
+    if length:
+        slot_at[0] = 0
+    r = s = 0
+    while r < len(table) and table[r, BACKWARD] == 0 and table[r, RESTORE] == s:
+        s = int(table[r, STORE])
+        slot_at[table[r, POS] + table[r, ADVANCE]] = s
+        r += 1
+    return r, slot_at
+
+
 def forward_steps(length: int, slots: int) -> int:
-    """How many steps the binomial backward pass recomputes (its ``ADVANCE`` column summed)."""
-    return int(schedule(length, slots)[:, ADVANCE].sum())
+    """How many steps the binomial backward pass recomputes (``ADVANCE`` summed after the spine)."""
+    return int(schedule(length, slots)[spine(length, slots)[0]:, ADVANCE].sum())
 
 
-def binomial_backward(plan: Plan, length: int, reverse: bool, xs, consts, init, d_carry, d_ys,
+def binomial_forward(plan: Plan, length: int, reverse: bool, unroll, init, xs, consts, slots: int,
+                     captured: Callable):
+    """``(carry, ys, snapshots)``: the scan, writing the spine's snapshots into ``[slots + 1, ...]``."""
+    from tfscan import _buffered_loop
+
+    n = len(init)
+    slot_at = spine(length, slots)[1]
+    order = tf.constant(slot_at[::-1].copy() if reverse else slot_at)  # read at the step's index
+    snaps0 = [tf.repeat(tf.convert_to_tensor(c)[None], slots + 1, axis=0) for c in init]
+
+    def body(carry, slices):
+        c, snaps = carry[:n], carry[n:]
+        snaps = [_write(b, v, slices[-1]) for b, v in zip(snaps, c)]
+        new_c, ys = plan.apply(c, slices[:-1], captured(consts))
+        return list(new_c) + snaps, ys
+
+    carry, ys = _buffered_loop.run(body, list(init) + snaps0, list(xs) + [order], length, reverse, unroll,
+                                   plan.y_specs)
+    return carry[:n], ys, carry[n:]
+
+
+def binomial_backward(plan: Plan, length: int, reverse: bool, xs, consts, snaps, d_carry, d_ys,
                       slots: int, step_vjp: Callable, captured: Callable, wanted=None):
-    """``(d_init, d_xs, d_consts)`` of a scan whose forward pass kept only ``init``.
+    """``(d_init, d_xs, d_consts)`` of a scan whose forward pass kept the ``snaps`` of
+    :func:`binomial_forward`.
 
     ``step_vjp(plan, c_t, x_t, k, d_c, dy_t, wanted)`` recomputes one step and pulls the
     cotangents back (``tfscan._program.step_vjp`` bound to the step's traced VJP).
@@ -155,8 +195,7 @@ def binomial_backward(plan: Plan, length: int, reverse: bool, xs, consts, init, 
     table = schedule(length, slots)
     if length == 0:
         return scatter(nc, fc, d_c0), scatter(nx, fx, d_x0), scatter(len(consts), fk, d_k0)
-    shapes = [c.shape for c in init]
-    snaps0 = [tf.repeat(tf.convert_to_tensor(c)[None], slots + 1, axis=0) for c in init]
+    shapes = [c.shape[1:] for c in snaps]
     dys = [d_ys[i] for i in fy]
 
     def index(p):  # execution position -> index along the time axis
@@ -187,6 +226,7 @@ def binomial_backward(plan: Plan, length: int, reverse: bool, xs, consts, init, 
         return r + 1, snaps, d_c, d_k, d_x
 
     tbl = tf.constant(table)
+    first = spine(length, slots)[0]
     _, _, d_c, d_k, d_x = tf.while_loop(lambda r, *_: r < table.shape[0], row_body,
-                                        (tf.constant(0), snaps0, d_c0, d_k0, d_x0))
+                                        (tf.constant(first), list(snaps), d_c0, d_k0, d_x0))
     return scatter(nc, fc, d_c), scatter(nx, fx, d_x), scatter(len(consts), fk, d_k)
