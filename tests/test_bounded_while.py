@@ -188,3 +188,4 @@ def test_bounded_while_loop_errors():
             tape.watch(x)
             y = tfscan.while_loop(cond, body, x)
         tape.gradient(y, x)
+

@@ -63,11 +63,7 @@ class Reverse:
         self.plan, self.cond, self.N, self.k = plan, cond, max_steps, every
         self.fc = [i for i, s in enumerate(plan.carry_specs) if is_float(s.dtype)]
         self.n_seg = -(-max_steps // every) if max_steps else 1
-        specs = [tf.TensorSpec(c.shape, c.dtype) for c in plan.step.const_values()]
-        try:
-            self.vjp = StepVJP(plan, specs)
-        except NotSplittable:
-            self.vjp = None
+        self._vjp_traced = False
         self._forward = _control.Compiled(lambda meta: self._forward_build)
         self._backward = _control.Compiled(lambda meta: self._backward_build)
         self._grad_name = None
@@ -109,6 +105,17 @@ class Reverse:
         return flat[:n], flat[n], flat[n + 1:]
 
     # ---------------------------------------------------------------- backward
+    def trace_vjp(self, kb: list) -> None:
+        """Trace the step's VJP (once): called before recording stops, so that a tape used
+        inside ``body_fun`` records, as scan does (``_autodiff.differentiable_scan``)."""
+        with self._lock:
+            if not self._vjp_traced:
+                try:
+                    self.vjp = StepVJP(self.plan, [tf.TensorSpec(c.shape, c.dtype) for c in kb])
+                except NotSplittable:
+                    self.vjp = None
+                self._vjp_traced = True
+
     def _vjp(self, carry, kb, d_c):
         g_c, _, g_k = step_vjp(self.plan, carry, [], captured(kb), d_c, [], vjp=self.vjp)
         return list(g_c), list(g_k)
@@ -157,6 +164,7 @@ class Reverse:
         nc = len(self.plan.carry_specs)
         _, _, _, fk = float_indices(self.plan, kb)
         d_final = [tf.zeros_like(bufs[i][0]) if d_outs[i] is None else d_outs[i] for i in self.fc]
+        self.trace_vjp(kb)
         flat = self._backward(steps, *bufs, *kb, *d_final)
         return scatter(nc, self.fc, flat[: len(self.fc)]) + scatter(len(kb), fk, flat[len(self.fc):])
 

@@ -234,6 +234,8 @@ class _WhilePlan:
     def run(self, carry: list) -> list:
         kc, kb = self.cond.const_values(), self.body.const_values()
         recording = record.could_possibly_record()
+        if self.reverse is not None and (recording or not tf.executing_eagerly()):
+            self.reverse.trace_vjp(kb)
         with record.stop_recording() if recording else contextlib.nullcontext():
             if self.reverse is None:
                 outs = self._forward(*carry, *kc, *kb)
