@@ -161,7 +161,7 @@ def main(argv=None) -> int:
 
     if not only or "memory-final" in only:
         sizes = _workloads.SIZES[mode]["final"]
-        variants = _workloads.FINAL_MEMORY_IMPLS
+        variants = _workloads.FINAL_MEMORY_IMPLS if mode != "smoke" else ["jax", "tfscan[remat=binomial]"]
         log(f"[{time.perf_counter() - t_start:5.0f} s] 8. peak memory per checkpointing policy, T={sizes}")
         refs["memory-final"], kinds["memory-final"] = "jax", "memory"
         note = ("Peak memory of one gradient call of the Elman RNN (B=32, I=64, H=128) whose loss reads "
