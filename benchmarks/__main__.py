@@ -159,6 +159,30 @@ def main(argv=None) -> int:
                         "measure": "peak_bytes", "kind": "memory", "per_step": False, "sizes": [T],
                         "reference": "jax", "note": note})
 
+    if not only or "memory-final" in only:
+        sizes = _workloads.SIZES[mode]["final"]
+        variants = _workloads.FINAL_MEMORY_IMPLS if mode != "smoke" else ["jax", "tfscan[remat=binomial]"]
+        log(f"[{time.perf_counter() - t_start:5.0f} s] 8. peak memory per checkpointing policy, T={sizes}")
+        refs["memory-final"], kinds["memory-final"] = "jax", "memory"
+        note = ("Peak memory of one gradient call of the Elman RNN (B=32, I=64, H=128) whose loss reads "
+                "only the final carry (no per-step output), per checkpointing policy, each T in a fresh "
+                "subprocess.")
+        for T in sizes:
+            try:
+                rep = _memory.measure(T, variants, allocator_stats=mode != "smoke", problem="elman-final")
+                for r in rep["results"]:
+                    r.update(workload="memory-final", size=T, metric="peak_bytes")
+                    records.append(r)
+                    log(f"  memory-final T={T} {r['impl']}: " + (
+                        f"{r['value'] / 2**20:.1f} MiB" if r["status"] == "ok" else r.get("note", "")))
+            except Exception as e:  # noqa: BLE001
+                notes.append(f"8. Peak memory per checkpointing policy, T={T}: failed: {e}")
+                log(f"  memory-final T={T}: FAILED {e}")
+        note += f" Method: {rep['method']}." if "rep" in locals() and "method" in rep else ""
+        wl_meta.append({"key": "memory-final", "title": "8. Peak memory per checkpointing policy (Elman RNN, "
+                        "loss on the final carry)", "measure": "peak_bytes", "kind": "memory",
+                        "per_step": False, "sizes": sizes, "reference": "jax", "note": note})
+
     if not only or "keras" in only:
         log(f"[{time.perf_counter() - t_start:5.0f} s] 7. Keras training step")
         krecs, knote = _keras.run(_workloads.SIZES[mode]["keras"], settings, log)

@@ -69,6 +69,8 @@ IMPLS = {
         Impl("keras.eager", "keras.ops.scan, eager", "keras"),
         # memory workload
         Impl("jax.checkpoint", "jax.lax.scan of jax.checkpoint(step) in jax.jit", "jax"),
+        Impl("jax.checkpoint[dots_saveable]", "jax.lax.scan of jax.checkpoint(step, "
+             "policy=dots_saveable) in jax.jit", "jax"),
         # parallel prefix scans (a different algorithm: shown, not a peer, no goal)
         Impl("jax.assoc", "jax.lax.associative_scan in jax.jit", "jax", peer=False, goal=False),
         Impl("tfscan.assoc", "tfscan.associative_scan (eager call)", "tfscan", peer=False, goal=False),
@@ -203,20 +205,24 @@ def forward_fixed_step(key: str, problem, data: dict) -> Callable[[], Any]:
 def gradient(key: str, problem, data: dict) -> Callable[[], Any]:
     """A callable returning the gradient of ``sum(ys)`` w.r.t. ``problem.wrt`` (a tuple)."""
     idx = tuple(WRT.index(w) for w in problem.wrt)
-    if key in ("jax", "jax.checkpoint"):
+    final = getattr(problem, "final", False)  # the loss reads the final carry, not the ys
+    if key in ("jax", "jax.checkpoint") or key.startswith("jax.checkpoint["):
         def loss(params, init, xs):
             step = problem.jax_step(params)
             if key == "jax.checkpoint":
                 step = jax.checkpoint(step)
-            _, ys = jax.lax.scan(step, init, xs)
-            return problem.jax_loss(ys)
+            elif key.startswith("jax.checkpoint["):  # e.g. jax.checkpoint[dots_saveable]
+                policy = getattr(jax.checkpoint_policies, key[len("jax.checkpoint["):-1])
+                step = jax.checkpoint(step, policy=policy)
+            carry, ys = jax.lax.scan(step, init, xs)
+            return problem.jax_loss(carry if final else ys)
         fn = jax.jit(jax.grad(loss, argnums=idx))
         args = jax_data(data)
         return lambda: block(fn(*args))
     if key == "tfscan.grad":
         def loss(params, init, xs):
-            _, ys = tfscan.scan(problem.tf_step(params), init, xs)
-            return problem.tf_loss(ys)
+            carry, ys = tfscan.scan(problem.tf_step(params), init, xs)
+            return problem.tf_loss(carry if final else ys)
         fn = tfscan.grad(loss, argnums=idx)
         args = tf_data(data)
         return lambda: tuple(fn(*args))
@@ -231,8 +237,8 @@ def gradient(key: str, problem, data: dict) -> Callable[[], Any]:
         wrt = tuple(args[i] for i in idx)
         with tf.GradientTape() as tape:
             tape.watch(wrt)
-            _, ys = adapter(problem.tf_step(params), init, xs)
-            loss = problem.tf_loss(ys)
+            carry, ys = adapter(problem.tf_step(params), init, xs)
+            loss = problem.tf_loss(carry if final else ys)
         return tuple(tape.gradient(loss, wrt))
     fn = wrap_tf(run, where)
     args = tf_data(data)

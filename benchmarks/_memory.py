@@ -70,9 +70,9 @@ def child(cfg: dict) -> dict:
     import numpy as np
     import tensorflow as tf
     from benchmarks import _impls
-    from benchmarks._workloads import Elman
+    from benchmarks._workloads import Elman, ElmanFinal
 
-    problem = Elman()
+    problem = ElmanFinal() if cfg.get("problem") == "elman-final" else Elman()
     data = problem.inputs(cfg["T"], np.random.default_rng(0))
     out = {"T": cfg["T"], "results": []}
     method = None
@@ -127,7 +127,8 @@ def _run_child(cfg: dict, extra_env: dict, timeout_s: float) -> dict:
     return json.loads(lines[-1])
 
 
-def measure(T: int, variants: list[str], allocator_stats: bool = True, timeout_s: float = 900) -> dict:
+def measure(T: int, variants: list[str], allocator_stats: bool = True, timeout_s: float = 900,
+            problem: str = "elman") -> dict:
     """Peak memory of each variant's gradient: ``{"T", "method", "results": [...]}``.
 
     Two children: the first measures RSS for every variant with oneDNN off (oneDNN's CPU
@@ -135,7 +136,7 @@ def measure(T: int, variants: list[str], allocator_stats: bool = True, timeout_s
     the second, with TensorFlow's default allocator, reads TensorFlow's own allocator peak
     (``get_memory_info``, which sees TensorFlow's allocations only) for the TF variants.
     """
-    rss = _run_child({"T": T, "variants": variants, "method": "rss"},
+    rss = _run_child({"T": T, "variants": variants, "method": "rss", "problem": problem},
                      {"TF_ENABLE_ONEDNN_OPTS": "0"}, timeout_s)
     method = ("peak RSS growth of one gradient call: VmHWM (reset through /proc/self/clear_refs) "
               "minus the RSS before the call, in a fresh subprocess with TF_ENABLE_ONEDNN_OPTS=0 "
@@ -147,7 +148,7 @@ def measure(T: int, variants: list[str], allocator_stats: bool = True, timeout_s
         rss["method"] = method
         return rss
     try:
-        stats = _run_child({"T": T, "variants": tf_variants, "method": "tf"}, {}, timeout_s)
+        stats = _run_child({"T": T, "variants": tf_variants, "method": "tf", "problem": problem}, {}, timeout_s)
         by_impl = {r["impl"]: r for r in stats["results"]}
         for r in rss["results"]:
             s = by_impl.get(r["impl"])

@@ -12,6 +12,8 @@ from benchmarks import _impls
 
 MISS_ALLOWANCE = 1.10   # "no slower than": a tfscan row misses when > 1.10x (timing noise)
 LINEAR_LIMIT = 1.3      # gradient per-step time, largest T vs T=500 (or the smallest T)
+BINOMIAL_MEMORY_LIMIT = 2.0  # issue 13: peak at T=20,000 within 2x of T=2,000
+BINOMIAL_TIME_LIMIT = 3.0  # issue 13: within 3x of remat=False
 COMPILE_LIMIT = 1.5     # compile time at the largest T vs the smallest
 VECTORIZED_MAP_SPEEDUP = 20.0
 
@@ -155,6 +157,22 @@ def goals(records: list[dict], kinds: dict[str, str], refs_jax: dict[str, str] |
             ratio = r["value"] / ref["value"]
             add("T=10 eager call no slower than un-jitted jax.lax.scan", "tfscan",
                 ratio <= MISS_ALLOWANCE, f"{ratio:.2f}x jax.nojit", [r])
+    # G6 (issue 13): binomial checkpointing: memory O(log T), time within 3x of remat=False.
+    binom = "tfscan[remat=binomial]"
+    mem = sorted([r for r in records if r["workload"] == "memory-final" and r["impl"] == binom
+                  and _has_value(r)], key=lambda r: r["size"])
+    if len(mem) >= 2:
+        ratio = mem[-1]["value"] / max(mem[0]["value"], 1.0)
+        add("binomial checkpointing: peak memory grows like log T", binom, ratio <= BINOMIAL_MEMORY_LIMIT,
+            f"peak at T={mem[-1]['size']} is {ratio:.2f}x that at T={mem[0]['size']} "
+            f"(limit {BINOMIAL_MEMORY_LIMIT})", [mem[-1]])
+    fin = [r for r in records if r["workload"] == "final-grad" and _has_value(r)]
+    for r in [r for r in fin if r["impl"] == binom]:
+        base = next((o for o in fin if o["impl"] == "tfscan[remat=False]" and o["size"] == r["size"]), None)
+        if base is not None:
+            ratio = r["value"] / base["value"]
+            add("binomial checkpointing: time within 3x of remat=False", f"{binom} T={r['size']}",
+                ratio <= BINOMIAL_TIME_LIMIT, f"{ratio:.2f}x tfscan[remat=False]", [r])
     return out
 
 

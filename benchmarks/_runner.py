@@ -10,6 +10,7 @@ would ("over budget, not run").
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import re
 import sys
@@ -35,6 +36,9 @@ def log(msg: str) -> None:
 
 
 def run_workload(w: Workload, settings: _timing.Settings, seed: int = 0) -> list[dict]:
+    if w.budget_s:  # a workload of slow calls (seconds): its own budget and first-call limit
+        settings = dataclasses.replace(settings, series_budget_s=w.budget_s,
+                                       abort_first_s=max(settings.abort_first_s, w.budget_s))
     records: list[dict] = []
     stopped: dict[str, tuple[str, str]] = {}      # impl -> (status, note) for the sizes left
     series: dict[str, list[tuple[float, float]]] = {k: [] for k in w.impls}

@@ -117,6 +117,24 @@ class Elman:
         return jnp.sum(ys)
 
 
+class ElmanFinal(Elman):
+    """The Elman step with no per-step output; the loss reads only the final carry ``h_T``.
+
+    Nothing of size ``T`` is produced but the residuals the gradient keeps, so peak memory
+    shows each checkpointing policy: ``O(T)`` carries (``remat=False``/``True``,
+    ``jax.checkpoint``), ``O(sqrt T)`` (``"sqrt"``) or ``O(log T)`` (``"binomial"``)."""
+    name = "elman-final"
+    final = True  # _impls.gradient: the loss reads the final carry
+
+    def tf_step(self, p):
+        step = super().tf_step(p)
+        return lambda h, x: (step(h, x)[0], None)
+
+    def jax_step(self, p):
+        step = super().jax_step(p)
+        return lambda h, x: (step(h, x)[0], None)
+
+
 class Light:
     """The scalar recurrence ``c = tanh(a*c + x)``: a light step, all overhead."""
     name = "light"
@@ -244,6 +262,7 @@ class Workload:
     per_step: bool = True        # report ns per step
     requires: dict = field(default_factory=dict)  # impl -> tfscan attribute it needs
     note: str = ""
+    budget_s: float | None = None  # overrides the mode's series budget and first-call limit
 
 
 SIZES = {
@@ -251,20 +270,20 @@ SIZES = {
              "elman": [250, 500, 1000, 2000, 4000, 8000],
              "light": [10**3, 10**4, 10**5, 10**6],
              "vmap": [1000], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
-             "memory": 8000, "keras": [100, 1000]},
+             "memory": 8000, "keras": [100, 1000], "final": [2000, 20000]},
     "quick": {"cumsum": [10**3, 10**4, 10**5, 10**6],
               "elman": [250, 500, 1000, 2000],
               "light": [10**3, 10**4, 10**5],
               "vmap": [1000], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
-              "memory": 2000, "keras": [100]},
+              "memory": 2000, "keras": [100], "final": [2000, 20000]},
     "smoke": {"cumsum": [20], "elman": [10], "light": [20], "vmap": [10],
-              "compile": [10, 20], "overhead": [10], "memory": 20, "keras": [8]},
+              "compile": [10, 20], "overhead": [10], "memory": 20, "keras": [8], "final": [20]},
 }
 
 
 def workloads(mode: str) -> list[Workload]:
     s = SIZES[mode]
-    cumsum, elman, light, fresh = CumSum(), Elman(), Light(), LightFresh()
+    cumsum, elman, light, fresh, final = CumSum(), Elman(), Light(), LightFresh(), ElmanFinal()
     vm = VmapElman()
     fwd = lambda p: (lambda key, data: _impls.forward(key, p, data))  # noqa: E731
     grad = lambda p: (lambda key, data: _impls.gradient(key, p, data))  # noqa: E731
@@ -304,7 +323,16 @@ def workloads(mode: str) -> list[Workload]:
                   "keras.eager", "keras"],
                  lambda key, data: _impls.forward_fixed_step(key, light, data), light.inputs,
                  tol=1e-5, per_step=False),
+        Workload("final-grad", "8. Checkpointing: Elman RNN gradient of sum(h_T) (final carry only) "
+                 "w.r.t. params and h0, per remat policy", "time", "remat", s["final"], FINAL_IMPLS,
+                 grad(final), final.inputs, tol=1e-3, budget_s=60.0),
     ]
+
+
+FINAL_IMPLS = ["jax", "jax.checkpoint", "tfscan[remat=False]", "tfscan[remat=True]", "tfscan[remat=sqrt]",
+               "tfscan[remat=binomial]"]
+# Peak memory on the same workload: also JAX's policy that keeps the matmuls, and tf.scan.
+FINAL_MEMORY_IMPLS = FINAL_IMPLS[:2] + ["jax.checkpoint[dots_saveable]", "tf.scan"] + FINAL_IMPLS[2:]
 
 
 REQUIRES = {"tfscan.jit": ("jit",), "tfscan.grad": ("grad",), "tfscan.vmap": ("vmap",),

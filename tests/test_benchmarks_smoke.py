@@ -21,7 +21,7 @@ def test_benchmarks_smoke(tmp_path):
     assert result["mode"] == "smoke"
     workloads = {r["workload"] for r in result["records"]}
     assert {"cumsum", "elman-fwd", "elman-grad", "light-fwd", "light-grad", "vmap",
-            "compile-fwd", "compile-grad", "overhead"} <= workloads
+            "compile-fwd", "compile-grad", "overhead", "final-grad", "memory-final"} <= workloads
     # Every implementation that ran agreed with the reference: none is marked wrong.
     assert not [r for r in result["records"] if r["status"] == "wrong"]
     # tfscan and JAX were measured on every timing workload.

@@ -174,20 +174,27 @@ def _typestr(spec: tf.TensorSpec) -> str:
     return f"{spec.dtype.name}[{dims}]"
 
 
-def check_remat(remat: Any) -> bool | int | str:
-    """``False``, ``True`` (``"full"``), ``"sqrt"`` or a positive int checkpoint interval."""
+def check_remat(remat: Any, api: str = "scan") -> bool | int | str | tuple:
+    """``False``, ``True`` (``"full"``), ``"sqrt"``, a positive int checkpoint interval, or
+    ``("binomial", k)`` (``k`` snapshots, ``None`` when ``"binomial"`` picks it from the length)."""
     if isinstance(remat, (bool, np.bool_)):
         return bool(remat)
-    if remat == "full":
+    if isinstance(remat, str) and remat == "full":
         return True
-    if remat == "sqrt":
-        return "sqrt"
+    if isinstance(remat, str) and remat in ("sqrt", "binomial"):
+        return "sqrt" if remat == "sqrt" else ("binomial", None)
     if isinstance(remat, numbers.Integral) and remat > 0:
         return int(remat)
+    if isinstance(remat, tuple) and len(remat) == 2 and remat[0] == "binomial":
+        k = remat[1]
+        if isinstance(k, numbers.Integral) and not isinstance(k, (bool, np.bool_)) and k >= 1:
+            return ("binomial", int(k))
+        raise ValueError(f"{api}: remat=('binomial', k) needs k, the number of snapshots, a positive "
+                         f"int; got k={k!r}.")
     raise ValueError(
-        f"scan: remat must be False (save each step's residuals), True or 'full' (save only the "
+        f"{api}: remat must be False (save each step's residuals), True or 'full' (save only the "
         f"carries and recompute each step), 'sqrt' or a positive int k (save the carry every k "
-        f"steps), got {remat!r}.")
+        f"steps), 'binomial' or ('binomial', k) (k snapshots, binomial checkpointing), got {remat!r}.")
 
 
 def new_carry(out: Any, carry_tree: TreeDef, carry_specs: Sequence[tf.TensorSpec], api: str = "scan",

@@ -4,8 +4,10 @@
 closed-over tensors and variables become explicit inputs, as for scan) and runs one
 compiled XLA ``While``. A while loop has no reverse-mode derivative (its trip count is
 data-dependent, so nothing bounds the memory of a backward pass); as in JAX, asking for
-one raises a ``ValueError``. Forward mode (``tf.autodiff.ForwardAccumulator``) works:
-the tangents run in a second compiled loop alongside the primal carry.
+one raises a ``ValueError`` — unless the loop is given ``max_steps=N``: then it stops
+after at most ``N`` steps and ``tfscan._bounded`` reverses it (checkpointed by ``remat``,
+in time linear in the steps actually taken). Forward mode (``tf.autodiff.ForwardAccumulator``)
+works either way: the tangents run in a second compiled loop alongside the primal carry.
 
 ``fori_loop`` with bounds known when it is called becomes a ``tfscan.scan`` (so it is
 reverse-differentiable); otherwise it is a ``while_loop``. ``map`` is a scan with no
@@ -22,9 +24,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record
 
-from tfscan import _checks, _context, _control, _tree
+from tfscan import _bounded, _checks, _context, _control, _tree
 from tfscan._buffered_loop import keep_shape
-from tfscan._plan import is_float
+from tfscan._plan import Plan, is_float
 from tfscan._program import captured
 from tfscan._scan import scan
 from tfscan._step import Traced
@@ -36,7 +38,8 @@ T = TypeVar("T")
 _REVERSE_ERROR = (
     "Reverse-mode differentiation does not work for tfscan.while_loop or tfscan.fori_loop "
     "with dynamic start/stop values (bounds known only at run time). Try using tfscan.scan, "
-    "or using fori_loop with static start/stop (Python ints).")
+    "or using fori_loop with static start/stop (Python ints), or pass max_steps=N (a Python "
+    "int bounding the number of steps) to tfscan.while_loop.")
 
 _SYMBOLIC_ERROR = _REVERSE_ERROR + (
     " (Forward mode works with a tf.autodiff.ForwardAccumulator opened eagerly or inside the "
@@ -45,7 +48,8 @@ _SYMBOLIC_ERROR = _REVERSE_ERROR + (
 _PLANS = _context.LRUCache(maxsize=256)
 
 
-def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_val: T) -> T:
+def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_val: T, *,
+               max_steps: int | None = None, remat: bool | int | str = False) -> T:
     """Repeat ``body_fun`` while ``cond_fun`` is true, as ``jax.lax.while_loop``.
 
     Semantically::
@@ -61,8 +65,18 @@ def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_va
 
     Differentiation: forward mode (``tf.autodiff.ForwardAccumulator`` around the call,
     eager or inside the same ``tf.function``) works, for the carry and for closed-over
-    tensors and variables. Reverse mode raises ``ValueError`` as in JAX (use
-    ``tfscan.scan``, or ``fori_loop`` with static bounds).
+    tensors and variables. Reverse mode raises ``ValueError`` as in JAX, unless
+    ``max_steps`` is given.
+
+    Beyond JAX — ``max_steps=N``: the loop stops when ``cond_fun`` is false *or* after
+    ``N`` steps (running into the bound is not an error: the result is the carry after
+    ``N`` steps, what ``jax.lax.scan`` of length ``N`` with a ``done`` mask computes), and
+    it is reverse-differentiable (``tfscan.grad``, ``tf.GradientTape``, ``tf.gradients``)
+    w.r.t. ``init_val`` and closed-over tensors and variables, in time linear in the
+    steps actually taken. ``remat`` bounds the memory of the backward pass:
+    ``False``/``True`` keep every step's carry (``N`` carries), an int ``k`` keeps one
+    carry every ``k`` steps and recomputes the rest, ``"sqrt"`` takes ``k = sqrt(N)``
+    (``2 sqrt(N)`` carries: use it for large bounds). See ``tfscan._bounded``.
 
     Args:
       cond_fun: ``cond_fun(val)`` returns a boolean scalar (a bool tensor of shape ``()``).
@@ -71,9 +85,11 @@ def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_va
         of the carry leaf it replaces).
       init_val: the initial carry, any pytree of tensors (Python numbers become
         ``tf.constant``s: float32 / int32).
+      max_steps: ``None`` (JAX's loop), or a non-negative Python int bounding the steps.
+      remat: with ``max_steps``, what the backward pass keeps (above).
 
     Returns:
-      The carry when ``cond_fun`` first returns false.
+      The carry when ``cond_fun`` first returns false (or after ``max_steps`` steps).
 
     Differences from JAX: TensorFlow has no weak types, so ``init_val=0`` is an int32
     carry and a body returning a float for it is a ``TypeError`` (JAX would promote the
@@ -87,21 +103,39 @@ def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_va
     >>> i, x = tfscan.while_loop(lambda c: c[1] < 100.0, lambda c: (c[0] + 1, c[1] * 3.0), (0, 1.0))
     >>> int(i), float(x)
     (5, 243.0)
+    >>> float(tfscan.grad(lambda x: tfscan.while_loop(lambda c: c < 100.0, lambda c: c * 3.0, x,
+    ...                                               max_steps=50))(1.0))  # d(243 x)/dx
+    243.0
     """
     if not (callable(cond_fun) and callable(body_fun)):
         raise TypeError("while_loop: cond_fun and body_fun arguments should be callable, got "
                         f"cond_fun={cond_fun!r:.60} and body_fun={body_fun!r:.60}.")
+    max_steps, remat = _check_bound(max_steps, remat)
     leaves, _, tree = _control.to_tensors("while_loop", init_val, "init_val")
     if _context.jit_disabled() and tf.executing_eagerly():
-        val = _tree.unflatten(tree, leaves)
-        while bool(_bool_scalar(cond_fun(val))):
-            val = body_fun(val)
+        val, i = _tree.unflatten(tree, leaves), 0
+        while (max_steps is None or i < max_steps) and bool(_bool_scalar(cond_fun(val))):
+            val, i = body_fun(val), i + 1
         return val
     carry_specs = _control.specs(leaves)
     key = (_context.function_key(cond_fun), _context.function_key(body_fun), tree, carry_specs,
-           _control.graph_key())
-    plan = _PLANS.get_or_create(key, lambda: _untaped(_WhilePlan, cond_fun, body_fun, tree, carry_specs))
+           max_steps, remat, _control.graph_key())
+    plan = _PLANS.get_or_create(key, lambda: _untaped(_WhilePlan, cond_fun, body_fun, tree, carry_specs,
+                                                      max_steps, remat))
     return _tree.unflatten(tree, plan.run(leaves))
+
+
+def _check_bound(max_steps: Any, remat: Any) -> tuple[int | None, Any]:
+    if max_steps is None:
+        if remat is not False:
+            raise ValueError(f"while_loop: remat={remat!r} needs max_steps (a Python int bounding the "
+                             "number of steps): without it the loop has no reverse mode to checkpoint.")
+        return None, False
+    if isinstance(max_steps, (bool, np.bool_)) or not isinstance(max_steps, numbers.Integral) or max_steps < 0:
+        raise TypeError(f"while_loop: max_steps must be None or a non-negative Python int (known when the "
+                        f"loop is traced), got {type(max_steps).__name__} {max_steps!r:.60}.")
+    remat = _checks.check_remat(remat, "while_loop")
+    return int(max_steps), _bounded.interval(remat, int(max_steps))
 
 
 def _untaped(fn: Callable, *args):
@@ -130,8 +164,10 @@ def _bool_scalar(out: Any) -> tf.Tensor:
 class _WhilePlan:
     """The traced ``cond_fun`` / ``body_fun`` of a while loop and its compiled programs."""
 
-    def __init__(self, cond_fun: Callable, body_fun: Callable, tree: _tree.TreeDef, carry_specs: tuple):
+    def __init__(self, cond_fun: Callable, body_fun: Callable, tree: _tree.TreeDef, carry_specs: tuple,
+                 max_steps: int | None = None, every: int = 1):
         self.specs = list(carry_specs)
+        self.max_steps = max_steps
 
         def flat_cond(*carry):
             return [_bool_scalar(cond_fun(_tree.unflatten(tree, list(carry))))]
@@ -141,7 +177,14 @@ class _WhilePlan:
             return _checks.new_carry(out, tree, self.specs, "while_loop", "body_fun", "init_val", "init_val")
 
         self.cond = Traced(flat_cond, self.specs, name="while_cond")
-        self.body = Traced(flat_body, self.specs, name="while_body")
+        self.reverse = None
+        if max_steps is None:
+            self.body = Traced(flat_body, self.specs, name="while_body")
+        else:  # a scan step (no xs, no ys), for the step's traced VJP
+            step = lambda c, _: (_tree.unflatten(tree, flat_body(*_tree.flatten(c)[0])), None)  # noqa: E731
+            plan = Plan(step, tree, self.specs, _tree.flatten(None)[1], [], name="while_loop")
+            self.body = plan.step
+            self.reverse = _bounded.Reverse(plan, self.cond, max_steps, every)
         self.fc = [i for i, s in enumerate(self.specs) if is_float(s.dtype)]
         self._forward = _control.Compiled(lambda meta: self._forward_build)
         self._jvp = _control.Compiled(lambda meta: self._jvp_build)
@@ -153,7 +196,7 @@ class _WhilePlan:
         return list(tf.while_loop(
             lambda *c: self.cond.apply(list(c[:len(self.specs)]), kc)[0],
             lambda *c: [keep_shape(t, s) for t, s in zip(body(list(c)), shapes)],
-            carry))
+            carry, maximum_iterations=self.max_steps))
 
     def _split(self, args: tuple, sizes: list) -> list:
         out, args = [], list(args)
@@ -191,10 +234,17 @@ class _WhilePlan:
     def run(self, carry: list) -> list:
         kc, kb = self.cond.const_values(), self.body.const_values()
         recording = record.could_possibly_record()
+        if self.reverse is not None and (recording or not tf.executing_eagerly()):
+            self.reverse.trace_vjp(kb)
         with record.stop_recording() if recording else contextlib.nullcontext():
-            outs = self._forward(*carry, *kc, *kb)
+            if self.reverse is None:
+                outs = self._forward(*carry, *kc, *kb)
+            else:
+                outs, steps, bufs = self.reverse.forward(carry, kc, kb)
             if not tf.executing_eagerly() and any(is_float(t.dtype) for t in outs):
-                outs = _no_reverse(outs)  # symbolic gradients: tf.gradients, a tape outside the function
+                # symbolic gradients: tf.gradients, a tape outside the function
+                outs = _no_reverse(outs) if self.reverse is None else \
+                    self.reverse.with_registered_gradient(outs, steps, bufs, carry, kb)
         if not (recording and outs):
             return outs
         n, fk = len(carry), self._float_consts(kb)
@@ -208,8 +258,10 @@ class _WhilePlan:
                 result[i] = out[j]
             return result
 
-        def backward_function(*_):
-            raise ValueError(_REVERSE_ERROR)
+        def backward_function(*d_outs):
+            if self.reverse is None:
+                raise ValueError(_REVERSE_ERROR)
+            return self.reverse.backward(steps, bufs, kb, list(d_outs))
 
         record.record_operation("tfscan_while_loop", outs, list(carry) + list(kb),
                                 backward_function, forward_function)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import tensorflow as tf
 from tensorflow.python.framework import ops
 
-from tfscan import _buffered_loop, _context, _tf
+from tfscan import _buffered_loop, _context, _remat, _tf
 from tfscan._plan import Plan, float_indices, scatter
 from tfscan._residuals import NotSplittable, StepVJP
 
@@ -103,6 +103,9 @@ def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynam
     With ``vjp.split`` (and not ``remat``) each step reads its saved residuals; otherwise
     it recomputes the step from its saved input carry.
     """
+    if _remat.is_binomial(remat):  # ``saved``: the forward pass's snapshots; see _remat
+        return _remat.binomial_backward(plan, static.length, static.reverse, xs, consts, saved, d_carry, d_ys,
+                                        remat[1], lambda *a: step_vjp(*a, vjp=vjp), captured, wanted)
     split = vjp.split if vjp is not None and not remat else None
     length = _length(static, xs, dynamic_length)
     fc, fx, fy, fk = float_indices(plan, consts, wanted)
@@ -200,9 +203,15 @@ class Programs:
 
         # ``build`` is kept by the cached tf.function: it must close over counts, never over
         # this call's tensors (they would stay alive as long as the cache entry).
+        binomial = save and _remat.is_binomial(self.remat)  # keeps a few snapshots, see _remat
+
         def build(*args):
             i, x, k, dl = _split(args, n_i, n_x, n_k)
-            carry, ys, saved = forward(plan, static, i, x, k, dl, save, split)
+            if binomial:
+                carry, ys, saved = _remat.binomial_forward(plan, static.length, static.reverse, static.unroll,
+                                                           i, x, k, self.remat[1], captured)
+            else:
+                carry, ys, saved = forward(plan, static, i, x, k, dl, save, split)
             return list(carry) + list(ys) + list(saved)
 
         flat = self._call(f"forward_{save}_{wanted}", build, _join(init, xs, consts, dynamic_length))

@@ -12,7 +12,7 @@ from tfscan._autodiff import differentiable_scan
 from tfscan._plan import Plan
 from tfscan._plan import is_float
 from tfscan._program import Programs, Static
-from tfscan._remat import checkpointed_scan
+from tfscan._remat import binomial_slots, checkpointed_scan, is_binomial
 
 __all__ = ["scan"]
 
@@ -22,7 +22,7 @@ Y = TypeVar("Y")
 
 def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
          length: int | tf.Tensor | None = None, reverse: bool = False,
-         unroll: int | bool = 1, remat: bool | int | str = False) -> tuple[Carry, Y]:
+         unroll: int | bool = 1, remat: bool | int | str | tuple = False) -> tuple[Carry, Y]:
     """Scan ``f`` over the leading axis of ``xs`` while carrying state, as ``jax.lax.scan``.
 
     Semantically (for a Python ``length``)::
@@ -52,6 +52,9 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
         ``O(T)`` memory). ``True`` or ``"full"``: only each step's input carry; the
         backward pass recomputes the step. An int ``k`` or ``"sqrt"``: the carry every
         ``k`` (or ``sqrt(T)``) steps; segments are recomputed, ``O(T/k + k)`` memory.
+        ``"binomial"`` or ``("binomial", k)``: Griewank's binomial checkpointing with
+        ``k`` snapshots (``ceil(log2 T)`` by default): ``O(k)`` carries, the backward
+        pass recomputes ``O(T log T / log k)`` steps (``unroll`` is not applied to it).
         Values and gradients are the same under every policy.
 
     Returns:
@@ -82,8 +85,11 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
         if static_length is None:
             raise ValueError(f"scan: remat={remat!r} needs a length known when the scan is traced; "
                              "use remat=True for a length known only at run time.")
-        return checkpointed_scan(scan, f, _tree.unflatten(init_tree, init_leaves),
-                                 _tree.unflatten(xs_tree, xs_leaves), static_length, reverse, unroll, remat)
+        if is_binomial(remat):
+            remat = binomial_slots(remat, static_length)
+        else:
+            return checkpointed_scan(scan, f, _tree.unflatten(init_tree, init_leaves),
+                                     _tree.unflatten(xs_tree, xs_leaves), static_length, reverse, unroll, remat)
 
     carry_specs = tuple(tf.TensorSpec(t.shape, t.dtype) for t in init_leaves)
     x_specs = tuple(tf.TensorSpec(t.shape[1:], t.dtype) for t in xs_leaves)

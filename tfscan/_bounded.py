@@ -1,0 +1,192 @@
+"""The reverse-mode derivative of ``while_loop(..., max_steps=N)``.
+
+A while loop's trip count depends on its data, so JAX refuses its reverse mode: nothing
+bounds the memory a backward pass would need. With a bound ``N`` known when the loop is
+traced, every buffer has a static size and the loop can be reversed:
+
+* the forward pass is one compiled ``While`` that stops when ``cond_fun`` is false or
+  after ``N`` steps (a documented stop, not an error: the values are then those of the
+  first ``N`` steps, as with ``jax.lax.scan`` of length ``N`` and a ``done`` mask). It
+  counts the steps actually taken, ``n``, and writes the carry every ``k`` steps into a
+  ``[ceil(N / k), ...]`` checkpoint buffer (``k = 1``: every carry);
+* the backward pass is one compiled ``While`` over the ``ceil(n / k)`` segments actually
+  run, last first: it reloads the segment's checkpoint, recomputes the segment's carries
+  into a ``[k, ...]`` buffer (``k - 1`` steps), then walks them back applying the step's
+  VJP (``tfscan._program.step_vjp``, traced once from ``body_fun``), accumulating the
+  gradients of the closed-over tensors and variables. Time is ``O(n)`` — the unused
+  ``N - n`` steps cost nothing — and memory ``O(N / k + k)`` carries.
+
+The policy is scan's ``remat``: ``False``/``True`` keep every carry (``k = 1``; the backward
+pass recomputes each step's VJP from it), an int ``k`` or ``"sqrt"`` (``k = sqrt(N)``)
+keep one carry per segment. Forward mode (JVP) runs the bounded loop of
+``tfscan._loops`` on (carry, tangents). Symbolic gradients (``tf.gradients``, a tape
+outside the ``tf.function``) reach the backward pass through an ``IdentityN`` with a
+registered gradient that reads everything from its op's inputs, as scan's do
+(``tfscan._autodiff``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import tensorflow as tf
+from tensorflow.python.framework import ops
+
+from tfscan import _control
+from tfscan._buffered_loop import _write, keep_shape
+from tfscan._plan import Plan, float_indices, is_float, scatter
+from tfscan._program import captured, step_vjp
+from tfscan._residuals import NotSplittable, StepVJP
+
+__all__ = []  # private module
+
+
+def interval(remat: Any, max_steps: int) -> int:
+    """The checkpoint interval ``k`` of a ``remat`` policy (already checked) for ``N`` steps."""
+    if remat in (True, False):
+        return 1
+    if remat == "sqrt":
+        return max(1, math.isqrt(max_steps))
+    if isinstance(remat, int):
+        return remat
+    raise ValueError(f"while_loop: remat={remat!r} is not supported with max_steps (the binomial "
+                     "schedule needs the number of steps when the loop is traced); use False, True, "
+                     "an int k or 'sqrt'.")
+
+
+class Reverse:
+    """The checkpointing forward loop and the backward loop of one bounded while loop."""
+
+    def __init__(self, plan: Plan, cond, max_steps: int, every: int):
+        self.plan, self.cond, self.N, self.k = plan, cond, max_steps, every
+        self.fc = [i for i, s in enumerate(plan.carry_specs) if is_float(s.dtype)]
+        self.n_seg = -(-max_steps // every) if max_steps else 1
+        self._vjp_traced = False
+        self._forward = _control.Compiled(lambda meta: self._forward_build)
+        self._backward = _control.Compiled(lambda meta: self._backward_build)
+        self._grad_name = None
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- forward
+    def _step(self, carry, kb):
+        new, _ = self.plan.apply(carry, [], captured(kb))
+        return [keep_shape(c, t.shape) for c, t in zip(new, carry)]
+
+    def _go(self, carry, kc):
+        return self.cond.apply(list(carry), captured(kc))[0]
+
+    def _forward_build(self, *args):
+        """``carry, n, checkpoints`` of the loop on ``(carry, cond consts, body consts)``."""
+        n, nc = len(self.plan.carry_specs), len(self.cond.const_sources)
+        carry, kc, kb = list(args[:n]), list(args[n: n + nc]), list(args[n + nc:])
+        bufs = [tf.repeat(c[None], self.n_seg, axis=0) for c in carry]
+        k, N = self.k, self.N
+
+        def outer(i, go, carry, bufs):
+            bufs = [_write(b, c, i // k) for b, c in zip(bufs, carry)]
+
+            def inner(j, i, go, carry):
+                carry = self._step(carry, kb)
+                return j + 1, i + 1, self._go(carry, kc), carry
+
+            _, i, go, carry = tf.while_loop(lambda j, i, go, c: go & (j < k) & (i < N), inner,
+                                            (tf.constant(0), i, go, carry))
+            return i, go, carry, bufs
+
+        i, _, carry, bufs = tf.while_loop(lambda i, go, c, b: go & (i < N), outer,
+                                          (tf.constant(0), self._go(carry, kc), carry, bufs))
+        return list(carry) + [i] + list(bufs)
+
+    def forward(self, carry: list, kc: list, kb: list) -> tuple[list, tf.Tensor, list]:
+        flat = self._forward(*carry, *kc, *kb)
+        n = len(carry)
+        return flat[:n], flat[n], flat[n + 1:]
+
+    # ---------------------------------------------------------------- backward
+    def trace_vjp(self, kb: list) -> None:
+        """Trace the step's VJP (once): called before recording stops, so that a tape used
+        inside ``body_fun`` records, as scan does (``_autodiff.differentiable_scan``)."""
+        with self._lock:
+            if not self._vjp_traced:
+                try:
+                    self.vjp = StepVJP(self.plan, [tf.TensorSpec(c.shape, c.dtype) for c in kb])
+                except NotSplittable:
+                    self.vjp = None
+                self._vjp_traced = True
+
+    def _vjp(self, carry, kb, d_c):
+        g_c, _, g_k = step_vjp(self.plan, carry, [], captured(kb), d_c, [], vjp=self.vjp)
+        return list(g_c), list(g_k)
+
+    def _backward_build(self, *args):
+        """``d_init, d_consts`` (float leaves) from ``(n, checkpoints, body consts, d_final)``."""
+        nc, nk = len(self.plan.carry_specs), len(self.plan.step.const_sources)
+        steps, bufs, kb, d_final = args[0], list(args[1: 1 + nc]), list(args[1 + nc: 1 + nc + nk]), \
+            list(args[1 + nc + nk:])
+        _, _, _, fk = float_indices(self.plan, kb)
+        k = self.k
+        d_k0 = [tf.zeros_like(kb[i]) for i in fk]
+
+        def segment(s, d_c, d_k):
+            s = s - 1
+            start = s * k
+            length = tf.minimum(k, steps - start)
+            c0 = [tf.gather(b, s) for b in bufs]
+            if k == 1:
+                g_c, g_k = self._vjp(c0, kb, d_c)
+                return s, g_c, [a + g for a, g in zip(d_k, g_k)]
+            seg0 = [tf.repeat(c[None], k, axis=0) for c in c0]
+
+            def recompute(j, c, seg):
+                seg = [_write(b, v, j) for b, v in zip(seg, c)]
+                return j + 1, self._step(c, kb), seg
+
+            _, last, seg = tf.while_loop(lambda j, c, seg: j < length - 1, recompute,
+                                         (tf.constant(0), c0, seg0))
+            seg = [_write(b, v, length - 1) for b, v in zip(seg, last)]
+
+            def back(j, d_c, d_k):
+                j = j - 1
+                g_c, g_k = self._vjp([tf.gather(b, j) for b in seg], kb, d_c)
+                return j, g_c, [a + g for a, g in zip(d_k, g_k)]
+
+            _, d_c, d_k = tf.while_loop(lambda j, d_c, d_k: j > 0, back, (length, d_c, d_k))
+            return s, d_c, d_k
+
+        n_used = (steps + k - 1) // k
+        _, d_c, d_k = tf.while_loop(lambda s, d_c, d_k: s > 0, segment, (n_used, d_final, d_k0))
+        return list(d_c) + list(d_k)
+
+    def backward(self, steps, bufs, kb, d_outs) -> list:
+        """Gradients for ``carry + body consts`` (``None`` for leaves that get none)."""
+        nc = len(self.plan.carry_specs)
+        _, _, _, fk = float_indices(self.plan, kb)
+        d_final = [tf.zeros_like(bufs[i][0]) if d_outs[i] is None else d_outs[i] for i in self.fc]
+        self.trace_vjp(kb)
+        flat = self._backward(steps, *bufs, *kb, *d_final)
+        return scatter(nc, self.fc, flat[: len(self.fc)]) + scatter(len(kb), fk, flat[len(self.fc):])
+
+    # ---------------------------------------------------------------- symbolic gradients
+    def with_registered_gradient(self, outs, steps, bufs, carry, kb) -> list:
+        """``outs`` through an ``IdentityN`` whose gradient is :meth:`backward` (graph mode)."""
+        flat = list(outs) + [steps] + list(bufs) + list(carry) + list(kb)
+        n_out, n_b, n_c = len(outs), len(bufs), len(carry)
+        with self._lock:
+            if self._grad_name is None:
+                name = f"TfscanBoundedWhileGrad_{ops.uid()}"
+
+                def grad(op, *d_all):
+                    if op is None:  # tf.saved_model traces registered gradients without an op
+                        return [None] * len(d_all)
+                    ins = list(op.inputs)
+                    steps_, bufs_ = ins[n_out], ins[n_out + 1: n_out + 1 + n_b]
+                    kb_ = ins[n_out + 1 + n_b + n_c:]
+                    grads = self.backward(steps_, bufs_, kb_, list(d_all[:n_out]))
+                    return [None] * (n_out + 1 + n_b) + grads
+
+                ops.RegisterGradient(name)(grad)
+                self._grad_name = name
+        with ops.get_default_graph().gradient_override_map({"IdentityN": self._grad_name}):
+            return list(tf.identity_n(flat)[:n_out])
