@@ -14,6 +14,7 @@ import datetime  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
@@ -36,7 +37,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="smaller sizes: under 3 minutes on 2 cores")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repetition: only proves it runs")
-    p.add_argument("--out", default=os.path.join(HERE, "results"), help="output directory")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: benchmarks/results, or a temporary one for --smoke, "
+                        "so a smoke run never overwrites the committed results)")
     p.add_argument("--machine", default=None, help="name of the results files (default: cpu-<N>core)")
     p.add_argument("--only", default=None,
                    help="comma-separated workloads to run (e.g. elman-grad,memory); default all")
@@ -85,6 +88,8 @@ def _update_readmes(result: dict, out: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.out is None:
+        args.out = tempfile.mkdtemp(prefix="tfscan-bench-smoke-") if args.smoke else os.path.join(HERE, "results")
     if args.rerender:
         from benchmarks import _report
         import json

@@ -17,11 +17,32 @@ imports the module a saved class names from its own packages.
 """
 
 import importlib as _importlib
-import importlib.abc as _importlib_abc
-import importlib.util as _importlib_util
+import os as _os
 import sys as _sys
 
-import tensorflow as _tensorflow
+
+def _import_tensorflow(quiet: bool):
+    """``import tensorflow``; ``quiet`` (the demo, ``python -m tfscan``) keeps the start-up
+    probes TensorFlow's C++ prints before its logging is set up (cuInit on a machine with
+    no GPU, oneDNN notes: ``TF_CPP_MIN_LOG_LEVEL`` does not reach them) off the terminal.
+    An import error is still raised, with its message."""
+    if not quiet:
+        return _importlib.import_module("tensorflow")
+    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # and the messages after set-up
+    saved, null = _os.dup(2), _os.open(_os.devnull, _os.O_WRONLY)
+    _os.dup2(null, 2)
+    try:
+        return _importlib.import_module("tensorflow")
+    finally:
+        _os.dup2(saved, 2)
+        _os.close(null)
+        _os.close(saved)
+
+
+_tensorflow = _import_tensorflow(getattr(_sys, "orig_argv", [])[1:3] == ["-m", "tfscan"])
+import importlib.abc as _importlib_abc
+import importlib.util as _importlib_util
+
 
 from tfscan._assoc import associative_scan
 from tfscan._branch import cond, switch
