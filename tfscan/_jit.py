@@ -16,6 +16,7 @@ from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import record
 
 from tfscan import _checks, _context, _tree
 
@@ -104,7 +105,12 @@ class Jitted:
         if _context.jit_disabled():
             return self._fun(*args, **kwargs)
         entry, flat = self._entry(args, kwargs)
-        if tf.executing_eagerly():  # straight to the concrete function: no re-canonicalization
+        if tf.executing_eagerly() and record.could_possibly_record():
+            # Through the tf.function, which builds the gradient and forward-mode functions
+            # TensorFlow derives for this call in an XLA context (as the function itself):
+            # a conditional's gradient then saves plain tensors, not Optionals XLA lacks.
+            outs = entry.function(*flat)
+        elif tf.executing_eagerly():  # straight to the concrete function: no re-canonicalization
             outs = entry.concrete._call_flat(flat, entry.concrete.captured_inputs)
         else:
             outs = entry.concrete(*flat)

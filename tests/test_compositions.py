@@ -1,0 +1,107 @@
+"""Transformations composed with each other, each checked against the same program in JAX.
+
+The first part has one focused test per behaviour of issue #9 (forward mode through
+steps that differentiate, compiled functions, conditionals, vmapped nested calls, weak
+types); each fails on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfscan
+
+FA = tf.autodiff.ForwardAccumulator
+f32 = np.float32
+
+
+def tf_jvp(fn, primal, tangent=1.0):
+    """``(fn(primal), d fn . tangent)`` by a ForwardAccumulator around an eager call."""
+    x = tf.constant(f32(primal))
+    with FA(x, tf.constant(f32(tangent))) as acc:
+        out = fn(x)
+    return out.numpy(), acc.jvp(out).numpy()
+
+
+def jax_jvp(fn, primal, tangent=1.0):
+    out, t = jax.jvp(fn, (f32(primal),), (f32(tangent),))
+    return np.asarray(out), np.asarray(t)
+
+
+def tf_jvp2(fn, primal):
+    """The second derivative by a JVP of a JVP (nested accumulators)."""
+    x = tf.constant(f32(primal))
+    with FA(x, tf.constant(f32(1.0))) as outer:
+        with FA(x, tf.constant(f32(1.0))) as inner:
+            out = fn(x)
+        t = inner.jvp(out)
+    return outer.jvp(t).numpy()
+
+
+def jax_jvp2(fn, primal):
+    first = lambda v: jax.jvp(fn, (v,), (f32(1.0),))[1]  # noqa: E731
+    return np.asarray(jax.jvp(first, (f32(primal),), (f32(1.0),))[1])
+
+
+def close(got, want, rtol=1e-5, atol=1e-6):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=rtol, atol=atol)
+
+
+# -- 1. forward mode through a scan whose step calls grad (was silently 0.0) -------------------
+
+def test_jvp_of_scan_whose_step_calls_grad():
+    def loop(v):
+        return tfscan.scan(lambda x, i: (tfscan.grad(tf.cos)(x), i), v, tf.range(10))[0]
+
+    def jloop(v):
+        return jax.lax.scan(lambda x, i: (jax.grad(jnp.cos)(x), i), v, jnp.arange(10))[0]
+
+    got, want = tf_jvp(loop, 0.5), jax_jvp(jloop, 0.5)
+    close(got, want)
+    assert abs(got[1]) > 0.1  # ~0.3827, the issue's value
+
+
+def test_jvp_of_scan_whose_step_calls_grad_and_closes_over_the_primal():
+    # the tangent of a closed-over tensor reaches the step's own gradient too
+    def loop(v):
+        return tfscan.scan(lambda c, _: (2 * tf.sin(c * v) + tfscan.grad(tf.cos)(c * v), None),
+                           1.3, length=3)[0]
+
+    def jloop(v):
+        return jax.lax.scan(lambda c, _: (2 * jnp.sin(c * v) + jax.grad(jnp.cos)(c * v), None),
+                            f32(1.3), length=3)[0]
+
+    close(tf_jvp(loop, 0.7), jax_jvp(jloop, 0.7))
+
+
+def test_jvp_of_scan_whose_step_uses_a_tape_with_zero_unconnected_gradients():
+    def gcos(x):
+        with tf.GradientTape() as t:
+            t.watch(x)
+            y = tf.cos(x)
+        return t.gradient(y, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    loop = lambda v: tfscan.scan(lambda x, i: (gcos(x), i), v, tf.range(3))[0]  # noqa: E731
+    jloop = lambda v: jax.lax.scan(lambda x, i: (jax.grad(jnp.cos)(x), i), v, jnp.arange(3))[0]  # noqa: E731
+    close(tf_jvp(loop, 0.5), jax_jvp(jloop, 0.5))
+
+
+# -- 2. forward mode around a jitted function with a conditional -------------------------------
+
+@pytest.mark.parametrize("kind", ["tf.cond", "cond", "switch"])
+def test_jvp_of_jit_with_a_conditional(kind):
+    branches = {
+        "tf.cond": lambda x: tf.cond(x > 0, lambda: tf.sin(x) * x, lambda: x),
+        "cond": lambda x: tfscan.cond(x > 0, lambda y: tf.sin(y) * y, lambda y: y, x),
+        "switch": lambda x: tfscan.switch(tf.cast(x > 0, tf.int32), [lambda y: y, lambda y: tf.sin(y) * y], x),
+    }
+    f = tfscan.jit(branches[kind])
+    jf = lambda x: jax.lax.cond(x > 0, lambda y: jnp.sin(y) * y, lambda y: y, x)  # noqa: E731
+    close(tf_jvp(f, 0.5), jax_jvp(jf, 0.5))
+    close(tf_jvp2(f, 0.5), jax_jvp2(jf, 0.5))
+    close(f(tf.constant(f32(-0.5))), jf(f32(-0.5)))
+    assert f.trace_count == 1  # the accumulator does not retrace the function
