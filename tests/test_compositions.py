@@ -105,3 +105,33 @@ def test_jvp_of_jit_with_a_conditional(kind):
     close(tf_jvp2(f, 0.5), jax_jvp2(jf, 0.5))
     close(f(tf.constant(f32(-0.5))), jf(f32(-0.5)))
     assert f.trace_count == 1  # the accumulator does not retrace the function
+
+
+# -- 12. a Python bool returned for a float carry leaf is rejected (JAX: TypeError) -----------
+
+def test_python_bool_for_a_float_carry_is_rejected_as_in_jax():
+    with pytest.raises(TypeError, match="equal types"):
+        jax.lax.scan(lambda c, _: (True, None), f32(0.0), length=3)
+    with pytest.raises(TypeError, match=r"carry leaf carry of init has type float32\[\] but f returned bool\[\]"):
+        tfscan.scan(lambda c, _: (True, None), 0.0, length=3)
+    with pytest.raises(TypeError, match=r"init_val.*float32\[\] but body_fun returned bool\[\]"):
+        tfscan.while_loop(lambda c: c < 1.0, lambda c: True, 0.0)
+    with pytest.raises(TypeError, match=r"int32\[\] but f returned float32\[\]"):
+        tfscan.scan(lambda c, _: (1.5, None), 0, length=3)  # JAX: a float is no int either
+    # a Python number of the leaf's kind still takes its dtype (a weak type in JAX)
+    assert tfscan.scan(lambda c, _: (1.5, None), tf.constant(0.0, tf.float16), length=2)[0].dtype == tf.float16
+
+
+def test_every_mismatched_carry_leaf_is_listed():
+    with pytest.raises(TypeError, match=r"2 leaves:[\s\S]*carry\[0\][\s\S]*carry\[1\]"):
+        tfscan.scan(lambda c, _: ((True, tf.zeros(2)), None), (0.0, 0.0), length=3)
+
+
+# -- 13. unroll=0 unrolls fully, as in JAX ------------------------------------------------------
+
+def test_unroll_zero_unrolls_fully():
+    xs = np.arange(1.0, 5.0, dtype=f32)
+    want = jax.lax.scan(lambda c, x: (c * x + 1, c), f32(1.0), xs, unroll=0)
+    got = tfscan.scan(lambda c, x: (c * x + 1, c), 1.0, tf.constant(xs), unroll=0)
+    close(got[0], want[0])
+    close(got[1], want[1])

@@ -49,7 +49,8 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
         ``tf.function`` when it is known only at run time. Must equal the leading
         size of every leaf of ``xs`` when both are given.
       reverse: walk from the last step to the first; ``ys[i]`` still belongs to ``xs[i]``.
-      unroll: steps per loop iteration (a positive int), or ``True`` to unroll fully.
+      unroll: steps per loop iteration (a positive int), or ``True`` (or ``0``, as in JAX) to
+        unroll fully.
       remat: what the gradient keeps from the forward pass. ``False`` (default): each
         step's residuals, so the backward pass never recomputes a step (fastest,
         ``O(T)`` memory). ``True`` or ``"full"``: only each step's input carry; the
