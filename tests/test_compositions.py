@@ -135,3 +135,51 @@ def test_unroll_zero_unrolls_fully():
     got = tfscan.scan(lambda c, x: (c * x + 1, c), 1.0, tf.constant(xs), unroll=0)
     close(got[0], want[0])
     close(got[1], want[1])
+
+
+# -- 14. a Python scalar in init takes the step's dtype (JAX's weak types) ---------------------
+
+def test_python_scalar_init_takes_the_steps_dtype():
+    xs = np.arange(1, 4, dtype=np.int8)
+    want = jax.lax.scan(lambda c, x: (c + x, c), 0, xs)
+    got = tfscan.scan(lambda c, x: (c + x, c), 0, tf.constant(xs))
+    assert got[0].dtype == tf.int8 == want[0].dtype and got[1].dtype == tf.int8
+    close(got[0], want[0])
+    # a Python-scalar leaf beside tensor leaves; float scalars too
+    h = np.ones(3, np.float16)
+    want = jax.lax.scan(lambda c, x: ((c[0] + x, c[1] + 1), None), (0.0, np.int32(0)), h)[0]
+    got = tfscan.scan(lambda c, x: ((c[0] + x, c[1] + 1), None), (0.0, tf.constant(0)), tf.constant(h))[0]
+    assert got[0].dtype == tf.float16 == want[0].dtype and got[1].dtype == tf.int32
+    # while_loop: the body's own constant fixes the dtype
+    one = np.int8(1)
+    want = jax.lax.while_loop(lambda c: c < 3, lambda c: c + one, 0)
+    got = tfscan.while_loop(lambda c: c < 3, lambda c: c + tf.constant(1, tf.int8), 0)
+    assert got.dtype == tf.int8 == want.dtype and int(got) == int(want) == 3
+
+
+def test_a_tensor_leaf_never_changes_dtype():
+    xs = tf.ones(3, tf.int8)
+    with pytest.raises(TypeError):
+        jax.lax.scan(lambda c, x: (c + x, None), jnp.int32(0), jnp.ones(3, jnp.int8).astype(jnp.float32))
+    with pytest.raises(TypeError):
+        tfscan.scan(lambda c, x: (c + x, None), tf.constant(0), xs)
+    # a Python int becomes float when the step makes it one (JAX promotes the weak int)
+    want = jax.lax.scan(lambda c, x: (c * 0.5, None), 3, jnp.ones(2))[0]
+    got = tfscan.scan(lambda c, x: (tf.cast(c, tf.float32) * 0.5, None), 3, xs[:2])[0]
+    assert got.dtype == tf.float32
+    close(got, want)
+
+
+# -- 15. fori_loop with float bounds -----------------------------------------------------------
+
+def test_fori_loop_with_whole_float_bounds():
+    want = jax.lax.fori_loop(0.0, 3.0, lambda i, c: c + i, 0.0)
+    got = tfscan.fori_loop(0.0, 3.0, lambda i, c: c + i, 0.0)
+    assert got.dtype == tf.float32  # JAX: float32 (float64 under x64, as the tests run it)
+    close(got, want)
+    with pytest.raises(TypeError, match="equal types"):
+        jax.lax.fori_loop(0, 3.0, lambda i, c: c, 0.0)
+    with pytest.raises(TypeError, match="equal types"):
+        tfscan.fori_loop(0, 3.0, lambda i, c: c, 0.0)
+    with pytest.raises(TypeError, match=r"upper=3\.5 is a float that is not a whole number.*upper=3"):
+        tfscan.fori_loop(0.0, 3.5, lambda i, c: c, 0.0)
