@@ -183,3 +183,105 @@ def test_fori_loop_with_whole_float_bounds():
         tfscan.fori_loop(0, 3.0, lambda i, c: c, 0.0)
     with pytest.raises(TypeError, match=r"upper=3\.5 is a float that is not a whole number.*upper=3"):
         tfscan.fori_loop(0.0, 3.5, lambda i, c: c, 0.0)
+
+
+# -- the pairwise matrix: {scan, fori_loop, while_loop, cond, switch, map} x {jit, grad, jvp, vmap}
+#
+# Each program maps a float32 vector of 3 to a float32 vector of 3; each transformation is
+# applied to it in tfscan and in JAX. Inputs JAX rejects (reverse mode through while_loop)
+# must be rejected by tfscan too.
+
+_W = np.array([[0.5, -1.0, 0.25], [1.5, 0.5, -0.5]], f32)
+
+
+def _programs(lib, inner="none"):
+    """``{name: f(x)}`` written once against a small facade over tfscan or jax.lax.
+
+    ``inner`` is how the loop bodies and branches compute ``sin``: directly, through a
+    jitted function, or as a gradient (``-grad(sum(cos))``): a transformation nested
+    inside the control flow, composed with the one applied outside.
+    """
+    if lib == "tf":
+        scan, fori, while_, cond, switch, map_ = (tfscan.scan, tfscan.fori_loop, tfscan.while_loop,
+                                                  tfscan.cond, tfscan.switch, tfscan.map)
+        sin, cos, cast_i, W = tf.sin, tf.cos, (lambda b: tf.cast(b, tf.int32)), tf.constant(_W)
+        total, jit, grad = tf.reduce_sum, tfscan.jit, tfscan.grad
+    else:
+        L = jax.lax
+        scan, fori, while_, cond, switch, map_ = L.scan, L.fori_loop, L.while_loop, L.cond, L.switch, L.map
+        sin, cos, cast_i, W = jnp.sin, jnp.cos, (lambda b: b.astype(jnp.int32)), jnp.asarray(_W)
+        total, jit, grad = jnp.sum, jax.jit, jax.grad
+    if inner == "jit":
+        sin = jit(sin)
+    elif inner == "grad":
+        neg_sin = grad(lambda v: total(cos(v)))
+        sin = lambda v: -neg_sin(v)  # noqa: E731
+    return {
+        "scan": lambda x: (lambda c, ys: c + total(ys, 0))(*scan(lambda c, w: (sin(c) * w + c, c * w), x, W)),
+        "fori_loop": lambda x: fori(0, 3, lambda i, c: sin(c) * 1.5 + 0.1, x),
+        "while_loop": lambda x: while_(lambda c: c[0] < 3, lambda c: (c[0] + 1, sin(c[1]) * 1.5), (0, x))[1],
+        "cond": lambda x: cond(total(x) > 0, lambda y: sin(y) * y, lambda y: cos(y), x),
+        "switch": lambda x: switch(cast_i(x[0] > 0) + cast_i(x[1] > 0), [sin, cos, lambda y: y * y], x),
+        "map": lambda x: map_(lambda v: sin(v) * v, x),
+    }
+
+
+_TF = {inner: _programs("tf", inner) for inner in ("none", "jit", "grad")}
+_JAX = {inner: _programs("jax", inner) for inner in ("none", "jit", "grad")}
+_X = np.array([0.3, -0.7, 1.1], f32)
+_XS = np.array([[0.3, -0.7, 1.1], [-0.4, -0.2, 0.9]], f32)  # two examples, different branches
+_T = np.array([1.0, -0.5, 2.0], f32)
+
+
+def _reverse_rejected(name):
+    return name == "while_loop"
+
+
+_PAIRS = ([(name, t, "none") for name in _TF["none"] for t in ("jit", "grad", "jvp", "vmap")]
+          + [(name, t, inner) for inner in ("jit", "grad") for name in _TF["none"] for t in ("grad", "jvp", "vmap")])
+
+
+# Pairs that do not work yet (README, "Known limitations"); strict, so a fix is noticed.
+_VMAP_NESTED = ("vmap of a loop whose body calls a compiled function (pfor cannot convert an imported "
+                "function call: '_DefinedFunction' object has no attribute 'graph')")
+_JVP_OF_GRAD = ("forward mode through a loop or cond whose body takes a gradient of a reduction: XLA "
+                "needs the shape the gradient of the gradient reshapes to as a compile-time constant")
+_KNOWN = {**{(n, "vmap", i): _VMAP_NESTED for n in ("scan", "fori_loop", "while_loop", "map")
+             for i in ("jit", "grad")},
+          **{(n, "jvp", "grad"): _JVP_OF_GRAD for n in ("scan", "fori_loop", "while_loop", "cond")}}
+_PAIRS = [pytest.param(*p, marks=pytest.mark.xfail(strict=True, reason=_KNOWN[p])) if p in _KNOWN else p
+          for p in _PAIRS]
+
+
+@pytest.mark.parametrize("name,transform,inner", _PAIRS)
+def test_matrix(name, transform, inner):
+    f, jf = _TF[inner][name], _JAX[inner][name]
+    x = tf.constant(_X)
+    if transform == "jit":
+        close(tfscan.jit(f)(x), jax.jit(jf)(_X))
+    elif transform == "grad":
+        loss, jloss = (lambda v: tf.reduce_sum(f(v) ** 2)), (lambda v: jnp.sum(jf(v) ** 2))
+        if _reverse_rejected(name):
+            with pytest.raises(ValueError, match="Reverse-mode differentiation does not work"):
+                jax.grad(jloss)(_X)
+            with pytest.raises(ValueError, match="Reverse-mode differentiation does not work"):
+                tfscan.grad(loss)(x)
+        else:
+            close(tfscan.grad(loss)(x), jax.grad(jloss)(_X), rtol=1e-4, atol=1e-5)
+    elif transform == "jvp":
+        with FA(x, tf.constant(_T)) as acc:
+            out = f(x)
+        want = jax.jvp(jf, (_X,), (_T,))
+        close(out, want[0])
+        close(acc.jvp(out), want[1], rtol=1e-4, atol=1e-5)
+    else:
+        close(tfscan.vmap(f)(tf.constant(_XS)), jax.vmap(jf)(_XS))
+
+
+def test_while_loop_body_that_differentiates_under_an_accumulator():
+    # the body is traced with the accumulator live: its own tape must still record
+    neg_sin = tfscan.grad(tf.cos)
+    jneg_sin = jax.grad(jnp.cos)
+    f = lambda v: tfscan.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, -neg_sin(c[1]) * 1.5), (0, v))[1]  # noqa: E731
+    jf = lambda v: jax.lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, -jneg_sin(c[1]) * 1.5), (0, v))[1]  # noqa: E731
+    close(tf_jvp(f, 0.4), jax_jvp(jf, 0.4))

@@ -101,7 +101,7 @@ def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_va
     key = (_context.function_key(cond_fun), _context.function_key(body_fun), tree, carry_specs,
            _control.graph_key())
     try:
-        plan = _PLANS.get_or_create(key, lambda: _untaped(_WhilePlan, cond_fun, body_fun, tree, carry_specs))
+        plan = _PLANS.get_or_create(key, lambda: _WhilePlan(cond_fun, body_fun, tree, carry_specs))
     except (TypeError, ValueError):  # a Python scalar in init_val may need the body's dtype (weak type)
         retyped = _weak.retype(lambda *a: body_fun(_tree.unflatten(tree, list(a))), _tree.flatten(init_val)[0],
                                leaves, [])
@@ -109,13 +109,6 @@ def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_va
             raise
         return while_loop(cond_fun, body_fun, _tree.unflatten(tree, retyped))
     return _tree.unflatten(tree, plan.run(leaves))
-
-
-def _untaped(fn: Callable, *args):
-    """Trace with no tape or accumulator recording: an active ``ForwardAccumulator`` would
-    otherwise capture its tangents into the traced graph and hide the variable reads."""
-    with record.stop_recording():
-        return fn(*args)
 
 
 def _bool_scalar(out: Any) -> tf.Tensor:
