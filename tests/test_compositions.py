@@ -285,3 +285,15 @@ def test_while_loop_body_that_differentiates_under_an_accumulator():
     f = lambda v: tfscan.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, -neg_sin(c[1]) * 1.5), (0, v))[1]  # noqa: E731
     jf = lambda v: jax.lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, -jneg_sin(c[1]) * 1.5), (0, v))[1]  # noqa: E731
     close(tf_jvp(f, 0.4), jax_jvp(jf, 0.4))
+
+
+# -- 4. forward mode through cond whose branch closes over the differentiated tensor -----------
+
+def test_jvp_through_cond_closing_over_the_primal():
+    jf = lambda v: jax.lax.cond(v > 0, lambda y: y * v, lambda y: y, f32(2.0))  # noqa: E731
+    f = tfscan.jit(lambda v: tfscan.cond(v > 0, lambda y: y * v, lambda y: y, tf.constant(2.0)))
+    close(tf_jvp(f, 0.5), jax_jvp(jf, 0.5))
+    # called eagerly, TensorFlow's conditional cannot do it: a tfscan error names the fix
+    eager = lambda v: tfscan.cond(v > 0, lambda y: y * v, lambda y: y, tf.constant(2.0))  # noqa: E731
+    with pytest.raises(TypeError, match=r"cond: forward mode .* closes over .* as an operand"):
+        tf_jvp(eager, 0.5)

@@ -170,5 +170,16 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
         return build
 
     program = _control.compiled(key, make_build)
-    outs = program(selector, *leaves)
+    try:
+        outs = program(selector, *leaves)
+    except AttributeError as e:
+        if "Tensor.graph is undefined" not in str(e):
+            raise
+        # TensorFlow's conditional cannot take a forward-mode derivative, while it is traced,
+        # of an eager tensor a branch closes over (tf.cond in a tf.function fails alike).
+        raise TypeError(
+            f"{api}: forward mode (tf.autodiff.ForwardAccumulator) through {api} called eagerly "
+            f"does not reach a tensor that a branch ({', '.join(names)}) closes over and that is "
+            f"being differentiated. Pass that tensor to {api} as an operand "
+            f"({api}(..., *operands)), or call {api} inside a tfscan.jit function.") from None
     return _tree.unflatten(program.meta["tree"], outs)
