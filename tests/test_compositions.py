@@ -297,3 +297,23 @@ def test_jvp_through_cond_closing_over_the_primal():
     eager = lambda v: tfscan.cond(v > 0, lambda y: y * v, lambda y: y, tf.constant(2.0))  # noqa: E731
     with pytest.raises(TypeError, match=r"cond: forward mode .* closes over .* as an operand"):
         tf_jvp(eager, 0.5)
+
+
+# -- 11. a value passed unchanged through control flow stays unbatched under vmap -------------
+
+@pytest.mark.parametrize("kind", ["cond", "scan", "while_loop"])
+def test_forwarded_value_stays_unbatched(kind):
+    progs = {
+        "cond": (lambda x, w: tfscan.cond(x > 0, lambda a, b: (a * 2, b), lambda a, b: (a, b), x, w),
+                 lambda x, w: jax.lax.cond(x > 0, lambda a, b: (a * 2, b), lambda a, b: (a, b), x, w)),
+        "scan": (lambda x, w: tfscan.scan(lambda c, i: ((c[0] + i, c[1]), None), (x, w), tf.ones(3))[0],
+                 lambda x, w: jax.lax.scan(lambda c, i: ((c[0] + i, c[1]), None), (x, w), jnp.ones(3, f32))[0]),
+        "while_loop": (lambda x, w: tfscan.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, c[1]), (x, w)),
+                       lambda x, w: jax.lax.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, c[1]), (x, w))),
+    }
+    f, jf = progs[kind]
+    xs, w = np.array([1.0, -1.0], f32), f32(3.0)
+    want = jax.vmap(jf, in_axes=(0, None), out_axes=(0, None))(xs, w)
+    got = tfscan.vmap(f, in_axes=(0, None), out_axes=(0, None))(tf.constant(xs), tf.constant(w))
+    close(got[0], want[0])
+    close(got[1], want[1])

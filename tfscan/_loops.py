@@ -108,7 +108,8 @@ def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_va
         if retyped is None:
             raise
         return while_loop(cond_fun, body_fun, _tree.unflatten(tree, retyped))
-    return _tree.unflatten(tree, plan.run(leaves))
+    out = [t if same else o for t, o, same in zip(leaves, plan.run(leaves), plan.unchanged)]
+    return _tree.unflatten(tree, out)
 
 
 def _bool_scalar(out: Any) -> tf.Tensor:
@@ -138,7 +139,11 @@ class _WhilePlan:
 
         def flat_body(*carry):
             out = body_fun(_tree.unflatten(tree, list(carry)))
-            return _checks.new_carry(out, tree, self.specs, "while_loop", "body_fun", "init_val", "init_val")
+            new = _checks.new_carry(out, tree, self.specs, "while_loop", "body_fun", "init_val", "init_val")
+            # Leaves the body returns unchanged are forwarded past the loop (as JAX does): an
+            # unbatched value stays unbatched under vmap.
+            self.unchanged = [a is b for a, b in zip(new, carry)]
+            return new
 
         self.cond = Traced(flat_cond, self.specs, name="while_cond")
         self.body = Traced(flat_body, self.specs, name="while_body")
