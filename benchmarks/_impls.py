@@ -288,3 +288,34 @@ def max_rel_error(got: Any, ref: Any) -> float:
             return float("inf")
         worst = max(worst, err)
     return worst
+
+
+def jvp2(key: str, problem, data: dict) -> Callable[[], Any]:
+    """A callable returning the final carry, its JVP and its second-order JVP (a JVP of a
+    JVP) w.r.t. the step parameter ``a``, which travels in the carry: ``jax.jvp`` of
+    ``jax.jvp`` under ``jax.jit``, or nested ``tf.autodiff.ForwardAccumulator``s around a
+    ``tfscan.scan`` called eagerly."""
+    if key == "jax":
+        step = problem.jax_step2()
+
+        def run(a, init, xs):
+            def final(a):
+                return jax.lax.scan(step, (init, a), xs)[0][0]
+
+            def first(a):
+                return jax.jvp(final, (a,), (jnp.ones_like(a),))
+            (c, t), (_, tt) = jax.jvp(first, (a,), (jnp.ones_like(a),))
+            return c, t, tt
+        fn = jax.jit(run)
+        args = (jnp.asarray(data["params"]["a"]), jnp.asarray(data["init"]), jnp.asarray(data["xs"]))
+        return lambda: block(fn(*args))
+    step = problem.tf_step2()
+    a, init, xs = tf.constant(data["params"]["a"]), tf.constant(data["init"]), tf.constant(data["xs"])
+
+    def run():
+        with tf.autodiff.ForwardAccumulator(a, tf.ones_like(a)) as outer:
+            with tf.autodiff.ForwardAccumulator(a, tf.ones_like(a)) as inner:
+                c = tfscan.scan(step, (init, a), xs)[0][0]
+            t = inner.jvp(c)
+        return c, t, outer.jvp(t)
+    return run

@@ -177,6 +177,20 @@ class LightFresh(Light):
     def jax_step(self, p):
         return _fresh_code(super().jax_step(p))
 
+    @staticmethod
+    def _step2(tanh):
+        def step(carry, x):  # the parameter rides in the carry: forward mode differentiates it
+            c, a = carry
+            c = tanh(a * c + x)
+            return (c, a), c
+        return _fresh_code(step)
+
+    def tf_step2(self):
+        return self._step2(tf.tanh)
+
+    def jax_step2(self):
+        return self._step2(jnp.tanh)
+
 
 def _fresh_code(fn):
     """``fn`` with a code object of its own (caches keyed on code see a new function)."""
@@ -270,14 +284,15 @@ SIZES = {
              "elman": [250, 500, 1000, 2000, 4000, 8000],
              "light": [10**3, 10**4, 10**5, 10**6],
              "vmap": [1000], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
-             "memory": 8000, "keras": [100, 1000], "final": [2000, 20000]},
+             "compile-jvp2": [10**2, 10**3], "memory": 8000, "keras": [100, 1000], "final": [2000, 20000]},
     "quick": {"cumsum": [10**3, 10**4, 10**5, 10**6],
               "elman": [250, 500, 1000, 2000],
               "light": [10**3, 10**4, 10**5],
               "vmap": [1000], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
-              "memory": 2000, "keras": [100], "final": [2000, 20000]},
+              "compile-jvp2": [10**2], "memory": 2000, "keras": [100], "final": [2000, 20000]},
     "smoke": {"cumsum": [20], "elman": [10], "light": [20], "vmap": [10],
-              "compile": [10, 20], "overhead": [10], "memory": 20, "keras": [8], "final": [20]},
+              "compile": [10, 20], "overhead": [10], "compile-jvp2": [10], "memory": 20, "keras": [8],
+              "final": [20]},
 }
 
 
@@ -317,6 +332,10 @@ def workloads(mode: str) -> list[Workload]:
                  "gradient", "compile", "gradient", s["compile"],
                  ["jax", "tfscan", "tfscan@xla", "tfscan.grad", "tf.scan@xla", "while@xla"],
                  grad(fresh), fresh.inputs, tol=1e-3, per_step=False, requires={"tfscan.grad": ("grad",)}),
+        Workload("compile-jvp2", "4b. Compile time vs T (first call minus steady call), light step, "
+                 "second-order forward mode (a JVP of a JVP; goal: within 3x JAX)", "compile", "jvp2",
+                 s["compile-jvp2"], ["jax", "tfscan"],
+                 lambda key, data: _impls.jvp2(key, fresh, data), fresh.inputs, tol=1e-3, per_step=False),
         Workload("overhead", "5. Call overhead: light step, T=10, called from eager code", "time",
                  "overhead", s["overhead"],
                  ["jax.nojit", "jax", "tfscan", "tfscan.jit", "tf.scan.eager", "tf.scan", "tf.scan@xla",

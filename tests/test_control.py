@@ -136,7 +136,8 @@ def test_fori_loop_errors_match_jax():
                 lambda: jax.lax.fori_loop(0, 3, lambda i, x: (x, x), f32(0)),
                 TypeError, match="fori_loop: .*structure")
     with pytest.raises(TypeError, match=r"init_val\['a'\].*dtypes"):
-        tfscan.fori_loop(0, 3, lambda i, x: {"a": tf.cast(x["a"], tf.float64)}, {"a": 1.0})
+        # a tensor leaf (a Python 1.0 would take float64, as a JAX weak type does)
+        tfscan.fori_loop(0, 3, lambda i, x: {"a": tf.cast(x["a"], tf.float64)}, {"a": tf.constant(1.0)})
     with pytest.raises(TypeError, match="lower must be an integer scalar"):
         tfscan.fori_loop(tf.zeros([2], tf.int32), 3, lambda i, x: x, 0.0)
 

@@ -100,7 +100,7 @@ def test_python_scalars_and_numpy_are_converted():
 # --- 4. reverse, 6. unroll -------------------------------------------------------------
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("unroll", [1, 2, 3, 7, True])
+@pytest.mark.parametrize("unroll", [1, 2, 3, 7, True, 0])
 def test_reverse_and_unroll_match_jax(reverse, unroll, rng):
     xs = rng.normal(size=(7, 3))
 

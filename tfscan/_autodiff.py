@@ -15,7 +15,7 @@ import weakref
 from typing import Any, Sequence
 
 import tensorflow as tf
-from tensorflow.python.eager import record
+from tensorflow.python.eager import forwardprop_util, record
 from tensorflow.python.framework import ops
 
 from tfscan import _context, _program
@@ -38,8 +38,14 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     eager = tf.executing_eagerly()
     wanted = None
     if eager:  # the live tapes tell which inputs can be asked for a gradient: skip the others
-        wanted = tuple(record.should_record_backprop([t]) for t in list(xs) + list(consts))
+        inputs = list(init) + list(xs) + list(consts)
+        # A forward accumulator's tangents are pulled through this VJP too (double-back).
+        tangent = {i for acc in forwardprop_util.pack_tangents(inputs).indices for i, _ in acc}
+        wanted = tuple(i in tangent or record.should_record_backprop([t])
+                       for i, t in enumerate(inputs) if i >= len(init))
         wanted = None if all(wanted) else wanted
+        if tangent:
+            programs.vjp(consts)  # what forward mode pulls through _recorded_backward
     programs.vjp(consts, wanted)  # traced now, while a tape inside the step can still record
     with record.stop_recording():  # the tapes see only the operation recorded below
         carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=True, wanted=wanted)
@@ -131,7 +137,13 @@ def _zeros_if_none(d: Any, out: tf.Tensor) -> Any:
 
 
 def _recorded_backward(programs: Programs, init, xs, consts, d_carry, d_ys, dynamic_length):
-    """The VJP as differentiable scans (for higher-order and forward-mode derivatives)."""
+    """The VJP as differentiable scans (for higher-order and forward-mode derivatives).
+
+    Its step VJP (for every float input) was traced by the forward call when an accumulator
+    had a tangent for an input: traced here, inside the accumulator's computation, a
+    ``GradientTape`` inside the user's step would record nothing, and the step's own
+    gradient would come out as zero.
+    """
     from tfscan._scan import scan  # the public scan differentiates this backward pass
 
     plan, static = programs.plan, programs.static

@@ -155,6 +155,11 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
                     out = fns[k](*_tree.unflatten(op_tree, list(args)))
                     out_leaves, out_paths, out_tree = _tree.flatten_with_paths(out, "output")
                     out_leaves = [_checks.output_tensor(v, p, api, names[k]) for v, p in zip(out_leaves, out_paths)]
+                    # Leaves every branch returns unchanged are forwarded past the conditional
+                    # (as JAX does): an unbatched operand stays unbatched under vmap.
+                    same = [next((i for i, a in enumerate(args) if v is a), None) for v in out_leaves]
+                    meta["forward"] = same if "forward" not in meta else [
+                        a if a == b else None for a, b in zip(meta["forward"], same)]
                     mine = (out_tree, _control.specs(out_leaves))
                     if seen:
                         _control.check_same_outputs(api, names[seen[0][0]], names[k], seen[0][1], mine)
@@ -170,5 +175,18 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
         return build
 
     program = _control.compiled(key, make_build)
-    outs = program(selector, *leaves)
+    try:
+        outs = program(selector, *leaves)
+    except AttributeError as e:
+        if "Tensor.graph is undefined" not in str(e):
+            raise
+        # TensorFlow's conditional cannot take a forward-mode derivative, while it is traced,
+        # of an eager tensor a branch closes over (tf.cond in a tf.function fails alike).
+        raise TypeError(
+            f"{api}: forward mode (tf.autodiff.ForwardAccumulator) through {api} called eagerly "
+            f"does not reach a tensor that a branch ({', '.join(names)}) closes over and that is "
+            f"being differentiated. Pass that tensor to {api} as an operand "
+            f"({api}(..., *operands)), or call {api} inside a tfscan.jit function.") from None
+    forward = program.meta.get("forward") or [None] * len(outs)
+    outs = [leaves[i] if i is not None else o for o, i in zip(outs, forward)]
     return _tree.unflatten(program.meta["tree"], outs)

@@ -28,13 +28,13 @@ def check_unroll(unroll: Any) -> int | bool:
     if isinstance(unroll, (bool, np.bool_)):
         return True if unroll else 1
     if isinstance(unroll, numbers.Integral):
-        if unroll <= 0:
+        if unroll < 0:
             raise ValueError(
-                f"scan: unroll must be a positive int or a bool, got unroll={unroll}. "
-                "Use unroll=1 for a rolled loop or unroll=True to unroll it fully.")
-        return int(unroll)
+                f"scan: unroll must be a bool or a non-negative int, got unroll={unroll}. "
+                "Use unroll=1 for a rolled loop or unroll=True (or 0, as in JAX) to unroll it fully.")
+        return True if unroll == 0 else int(unroll)  # JAX: 0 unrolls fully, as True
     raise TypeError(
-        f"scan: unroll must be a positive int or a bool, got {type(unroll).__name__} {unroll!r}.")
+        f"scan: unroll must be a bool or a non-negative int, got {type(unroll).__name__} {unroll!r}.")
 
 
 def check_reverse(reverse: Any, api: str = "scan") -> bool:
@@ -67,17 +67,27 @@ def output_tensor(value: Any, path: str, api: str = "scan", fn: str = "f",
                   dtype: tf.DType | None = None) -> tf.Tensor:
     """A leaf a user function returned, as a tensor; a Python scalar takes ``dtype`` if given.
 
-    (A Python number returned for a float32 carry stays float32, as a weak type does in JAX.)
+    (A Python number returned for a float32 carry stays float32, as a weak type does in JAX;
+    as there, a Python bool is a bool, and a float for an integer or bool leaf stays a float,
+    so that the carry check rejects it instead of converting it.)
     """
     if isinstance(value, (tf.Tensor, tf.Variable)):
         return tf.convert_to_tensor(value)
     try:
-        if dtype is not None and isinstance(value, (bool, int, float)):
+        if dtype is not None and isinstance(value, (bool, int, float)) and _weakly_fits(value, dtype):
             return tf.constant(value, dtype)
         return tf.convert_to_tensor(value)
     except (TypeError, ValueError) as e:
         raise TypeError(f"{api}: {fn} returned {type(value).__name__} {value!r:.80} at {path}, which is "
                         f"not a tensor ({e}). Return tensors, NumPy arrays or Python numbers.") from None
+
+
+def _weakly_fits(value: bool | int | float, dtype: tf.DType) -> bool:
+    """Whether a Python scalar may take ``dtype`` (JAX's weak types: no bool <-> number,
+    no float -> integer)."""
+    if isinstance(value, bool) or dtype == tf.bool:
+        return isinstance(value, bool) and dtype == tf.bool
+    return isinstance(value, int) or dtype.is_floating or dtype.is_complex
 
 
 def scan_length(xs: Sequence[tf.Tensor], paths: Sequence[str], length: Any) -> tuple[int | None, Any]:
@@ -149,15 +159,18 @@ def check_carry(init_tree: TreeDef, out_tree: TreeDef, init: Sequence[tf.TensorS
         raise TypeError(
             f"{what}: {fn} must return a carry with the same structure as {init_name}, but {init_name} "
             f"has structure {init_tree} and {fn} returned a carry with structure {out_tree}. {fix}")
+    bad = []  # every mismatched leaf, as JAX lists them
     for path, a, b in zip(paths, init, out):
-        if a.dtype != b.dtype:
-            raise TypeError(
-                f"{what}: the carry leaf {path} of {init_name} has type {_typestr(a)} but {fn} returned "
-                f"{_typestr(b)} for it, so the dtypes do not match. {fix}")
-        if not _shapes_match(a.shape, b.shape):
-            raise TypeError(
-                f"{what}: the carry leaf {path} of {init_name} has type {_typestr(a)} but {fn} returned "
-                f"{_typestr(b)} for it, so the shapes do not match. {fix}")
+        what_differs = "dtypes" if a.dtype != b.dtype else None if _shapes_match(a.shape, b.shape) else "shapes"
+        if what_differs:
+            bad.append(f"the carry leaf {path} of {init_name} has type {_typestr(a)} but {fn} returned "
+                       f"{_typestr(b)} for it, so the {what_differs} do not match")
+    if len(bad) == 1:
+        raise TypeError(f"{what}: {bad[0]}. {fix}")
+    if bad:
+        listing = "".join(f"\n  * {b}" for b in bad)
+        raise TypeError(f"{what}: {fn} returned a carry whose types differ from {init_name} at "
+                        f"{len(bad)} leaves:{listing}\n{fix}")
 
 
 def _shapes_match(a: tf.TensorShape, b: tf.TensorShape) -> bool:

@@ -3,6 +3,13 @@
 ``import_graph_def`` still imports a node whose outputs are remapped, so every fed node
 becomes a ``NoOp`` stub (a leftover placeholder or variable read would be an unfed input
 XLA cannot compile); nodes outside the piece are dropped with the control edges to them.
+
+A GraphDef does not carry what TensorFlow keeps on the Python ``Operation`` only: the
+gradient function of a call to a ``tf.function`` (its forward/backward pair, set when the
+call op is created). Without it, ``tf.gradients`` of an imported call falls back to a
+run-time ``SymbolicGradient`` that XLA cannot always compile, and forward mode silently
+loses the call's derivative. So a piece built from a live graph remembers those gradient
+functions by node name and gives them back to each imported copy.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ class GraphPiece:
     """
 
     def __init__(self, graph_def: graph_pb2.GraphDef, fed: Sequence[str], outputs: Sequence[str],
-                 keep: Iterable[str] | None = None, stub: Iterable[str] = (), name: str = "piece"):
+                 keep: Iterable[str] | None = None, stub: Iterable[str] = (), name: str = "piece",
+                 source: ops.Graph | None = None):
         self.fed, self.outputs, self.name = list(fed), list(outputs), name
         stubs = {node_name(t) for t in self.fed} | {node_name(t) for t in stub}
         keep = None if keep is None else set(keep) | stubs
@@ -60,6 +68,9 @@ class GraphPiece:
         consumed = {_tensor_name(i) for n in gd.node for i in n.input if not i.startswith("^")}
         self._used = [n in consumed for n in self.fed]
         self._computed = [n for n in self.outputs if n not in self.fed]
+        kept = {n.name for n in gd.node if n.op != "NoOp"}
+        self._grad_fns = {} if source is None else {
+            name: fn for name, fn in gradient_functions(source).items() if name in kept}
 
     def apply(self, feeds: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         """Emit the piece into the current graph, fed with ``feeds`` (in the order of ``fed``).
@@ -71,10 +82,21 @@ class GraphPiece:
         input_map = {n: in_graph(graph, t) for n, t, used in zip(self.fed, feeds, self._used) if used}
         computed = []
         if self._computed:
+            op_names = list(self._grad_fns)
             computed = importer.import_graph_def(self.graph_def, input_map=input_map,
-                                                 return_elements=self._computed, name=self.name)
+                                                 return_elements=self._computed + op_names, name=self.name)
+            for op, name in zip(computed[len(self._computed):], op_names):
+                op._gradient_function = self._grad_fns[name]  # pylint: disable=protected-access
+            computed = computed[: len(self._computed)]
         made = dict(zip(self._computed, computed))
         return [fed[n] if n in fed else made[n] for n in self.outputs]
+
+
+def gradient_functions(graph: ops.Graph) -> dict:
+    """``{op name: gradient function}`` of the ops of ``graph`` whose gradient function is
+    set on the op itself (calls to a ``tf.function``), not registered by op type."""
+    return {op.name: op._gradient_function for op in graph.get_operations()  # pylint: disable=protected-access
+            if getattr(op, "_gradient_function", None) is not None}
 
 
 def _tensor_name(name: str) -> str:

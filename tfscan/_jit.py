@@ -21,6 +21,7 @@ from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import record
 
 from tfscan import _cache, _checks, _context, _tf, _tree
 
@@ -106,9 +107,19 @@ class Jitted:
         if _context.jit_disabled():
             return self._fun(*args, **kwargs)
         entry, flat, captured = self._entry(args, kwargs)
-        # Straight to the concrete function (no re-canonicalization), fed this call's
-        # closed-over tensors in place of those the trace captured.
-        outs = _tf.call_concrete(entry.concrete, flat, captured)
+        if tf.executing_eagerly() and record.could_possibly_record():
+            # Through the tf.function, which builds the gradient and forward-mode functions
+            # TensorFlow derives for this call in an XLA context (as the function itself):
+            # a conditional's gradient then saves plain tensors, not Optionals XLA lacks.
+            # It feeds the trace's own captures: a call with other closed-over tensors traces anew.
+            if any(c is not t for c, t in zip(captured, entry.concrete.captured_inputs)):
+                entry = self._retrace(args, kwargs)
+            outs = entry.function(*flat)
+            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        else:
+            # Straight to the concrete function (no re-canonicalization), fed this call's
+            # closed-over tensors in place of those the trace captured.
+            outs = _tf.call_concrete(entry.concrete, flat, captured)
         return _tree.unflatten(entry.out_tree, outs)
 
     def lower(self, *args: Any, **kwargs: Any) -> "Lowered":
@@ -148,7 +159,11 @@ class Jitted:
     def _label(self, i: int) -> str:
         return self._params[i] if i < len(self._params) else f"args[{i}]"
 
-    def _entry(self, args: tuple, kwargs: dict, specs_ok: bool = False):
+    def _retrace(self, args: tuple, kwargs: dict) -> "_Entry":
+        """A new trace of this function for these arguments (replacing the cached one)."""
+        return self._entry(args, kwargs, fresh_trace=True)[0]
+
+    def _entry(self, args: tuple, kwargs: dict, specs_ok: bool = False, fresh_trace: bool = False):
         dyn_args, dyn_kwargs, static = self._split(args, kwargs)
         leaves, paths = [], []
         for i, a in enumerate(dyn_args):
@@ -174,8 +189,8 @@ class Jitted:
         key = (first,) + signature
         make = lambda: _Entry(self._fun, tree, static, flat, closure.tensors)  # noqa: E731
         entry, created = _cache.lookup("jit", key, make)
-        if not created and not entry.owner.owns(self._fun) and not (
-                fresh and closure.exact and entry.feed.complete):
+        if not created and (fresh_trace or not entry.owner.owns(self._fun) and not (
+                fresh and closure.exact and entry.feed.complete)):
             # The trace read something the key cannot see by value (an object's attributes,
             # a tensor reached through one): reuse it only for the function that made it.
             entry, created = make(), True

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record
 
-from tfscan import _bounded, _checks, _context, _control, _tree
+from tfscan import _bounded, _checks, _context, _control, _tree, _weak
 from tfscan._buffered_loop import keep_shape
 from tfscan._plan import Plan, is_float
 from tfscan._program import captured
@@ -91,9 +91,9 @@ def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_va
     Returns:
       The carry when ``cond_fun`` first returns false (or after ``max_steps`` steps).
 
-    Differences from JAX: TensorFlow has no weak types, so ``init_val=0`` is an int32
-    carry and a body returning a float for it is a ``TypeError`` (JAX would promote the
-    carry); give ``init_val`` the dtype you mean. Forward mode does not reach through a
+    A Python scalar in ``init_val`` takes the dtype the body returns for it, as JAX's
+    weak types do (``init_val=0`` with a body adding an int8 tensor carries int8); a
+    tensor leaf never changes dtype. Differences from JAX: forward mode does not reach through a
     ``tf.function`` call from an accumulator opened outside it (that raises the
     reverse-mode ``ValueError``).
 
@@ -110,6 +110,7 @@ def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_va
     if not (callable(cond_fun) and callable(body_fun)):
         raise TypeError("while_loop: cond_fun and body_fun arguments should be callable, got "
                         f"cond_fun={cond_fun!r:.60} and body_fun={body_fun!r:.60}.")
+    asked = (max_steps, remat)
     max_steps, remat = _check_bound(max_steps, remat)
     leaves, _, tree = _control.to_tensors("while_loop", init_val, "init_val")
     if _context.jit_disabled() and tf.executing_eagerly():
@@ -120,9 +121,16 @@ def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_va
     carry_specs = _control.specs(leaves)
     key = (_context.function_key(cond_fun), _context.function_key(body_fun), tree, carry_specs,
            max_steps, remat, _control.graph_key())
-    plan = _PLANS.get_or_create(key, lambda: _untaped(_WhilePlan, cond_fun, body_fun, tree, carry_specs,
-                                                      max_steps, remat))
-    return _tree.unflatten(tree, plan.run(leaves))
+    try:
+        plan = _PLANS.get_or_create(key, lambda: _WhilePlan(cond_fun, body_fun, tree, carry_specs, max_steps, remat))
+    except (TypeError, ValueError):  # a Python scalar in init_val may need the body's dtype (weak type)
+        retyped = _weak.retype(lambda *a: body_fun(_tree.unflatten(tree, list(a))), _tree.flatten(init_val)[0],
+                               leaves, [])
+        if retyped is None:
+            raise
+        return while_loop(cond_fun, body_fun, _tree.unflatten(tree, retyped), max_steps=asked[0], remat=asked[1])
+    out = [t if same else o for t, o, same in zip(leaves, plan.run(leaves), plan.unchanged)]
+    return _tree.unflatten(tree, out)
 
 
 def _check_bound(max_steps: Any, remat: Any) -> tuple[int | None, Any]:
@@ -136,13 +144,6 @@ def _check_bound(max_steps: Any, remat: Any) -> tuple[int | None, Any]:
                         f"loop is traced), got {type(max_steps).__name__} {max_steps!r:.60}.")
     remat = _checks.check_remat(remat, "while_loop")
     return int(max_steps), _bounded.interval(remat, int(max_steps))
-
-
-def _untaped(fn: Callable, *args):
-    """Trace with no tape or accumulator recording: an active ``ForwardAccumulator`` would
-    otherwise capture its tangents into the traced graph and hide the variable reads."""
-    with record.stop_recording():
-        return fn(*args)
 
 
 def _bool_scalar(out: Any) -> tf.Tensor:
@@ -174,7 +175,11 @@ class _WhilePlan:
 
         def flat_body(*carry):
             out = body_fun(_tree.unflatten(tree, list(carry)))
-            return _checks.new_carry(out, tree, self.specs, "while_loop", "body_fun", "init_val", "init_val")
+            new = _checks.new_carry(out, tree, self.specs, "while_loop", "body_fun", "init_val", "init_val")
+            # Leaves the body returns unchanged are forwarded past the loop (as JAX does): an
+            # unbatched value stays unbatched under vmap.
+            self.unchanged = [a is b for a, b in zip(new, carry)]
+            return new
 
         self.cond = Traced(flat_cond, self.specs, name="while_cond")
         self.reverse = None
@@ -325,7 +330,8 @@ def fori_loop(lower: int | tf.Tensor, upper: int | tf.Tensor, body_fun: Callable
     Returns:
       The final value.
 
-    Differences from JAX: bounds must be integers (JAX silently truncates floats); ``i``
+    Bounds that are two whole Python floats (``0.0, 3.0``) are accepted as in JAX; ``i``
+    is then float32. Differences from JAX: other float bounds are a ``TypeError``; ``i``
     is int32 for Python-int bounds even where JAX's x64 mode would make it int64; a Python
     number returned for a carry leaf takes that leaf's dtype (as in ``tfscan.scan``).
 
@@ -359,6 +365,10 @@ def _bounds(lower: Any, upper: Any):
     """``((tensor, static int or None), (...), dtype)`` with JAX's dtype rule for the bounds."""
     lo, lo_dtype = _bound(lower, "lower")
     hi, hi_dtype = _bound(upper, "upper")
+    if (lo_dtype is None) != (hi_dtype is None) and tf.float32 in (lo_dtype, hi_dtype):
+        raise TypeError("fori_loop: lower and upper arguments to fori_loop must have equal types, got "
+                        f"{type(lower).__name__} {lower!r} and {type(upper).__name__} {upper!r}. Pass two "
+                        "ints (or two whole floats).")
     if lo_dtype is None or hi_dtype is None or lo_dtype == hi_dtype:
         dtype = lo_dtype or hi_dtype or tf.int32
     else:
@@ -373,14 +383,20 @@ def _bound(value: Any, name: str):
         raise TypeError(f"fori_loop: {name} must be an integer scalar, got bool {value!r}.")
     if isinstance(value, numbers.Integral) and not isinstance(value, np.integer):
         return (value, int(value)), None
+    if isinstance(value, float) and not isinstance(value, np.generic):
+        # JAX takes float bounds; a scan of whole steps needs integral ones (i is float32).
+        if not value.is_integer():
+            raise TypeError(f"fori_loop: {name}={value!r} is a float that is not a whole number; the loop "
+                            f"runs whole steps. Pass integer bounds (e.g. {name}={int(value)}).")
+        return (value, int(value)), tf.float32
     try:
         t = tf.convert_to_tensor(value.value() if isinstance(value, tf.Variable) else value)
     except (TypeError, ValueError):
         raise TypeError(f"fori_loop: {name} must be an integer scalar, got {type(value).__name__} "
                         f"{value!r:.60}.") from None
     if t.shape.rank != 0 or not t.dtype.is_integer:
-        raise TypeError(f"fori_loop: {name} must be an integer scalar, got a {t.dtype.name} tensor of "
-                        f"shape {t.shape}.")
+        raise TypeError(f"fori_loop: {name} must be an integer scalar (or a whole Python float), got a "
+                        f"{t.dtype.name} tensor of shape {t.shape}. Cast it: tf.cast({name}, tf.int32).")
     static = tf.get_static_value(t)
     return (t, None if static is None else int(static)), t.dtype
 

@@ -25,6 +25,7 @@ from tensorflow.python.framework import ops
 
 from tfscan import _context
 from tfscan._graph_piece import GraphPiece
+from tfscan._step import _writes
 from tfscan._plan import Plan, float_indices
 
 __all__ = []  # private module
@@ -62,10 +63,15 @@ class StepVJP:
             graph = ops.get_default_graph()
             by_index = collections.defaultdict(list)
             for external, internal in graph.captures:
-                if internal.dtype == tf.resource and id(external) in by_handle and \
-                        all(op.type == "ReadVariableOp" for op in internal.consumers()):
-                    for op in internal.consumers():
-                        by_index[by_handle[id(external)]].append(op.outputs[0])
+                consumers = internal.consumers() if internal.dtype == tf.resource else []
+                if id(external) in by_handle and not any(_writes(op) for op in consumers):
+                    # Each read is fed (and differentiated) as the plan's step feeds it; other
+                    # users of the handle (a forward accumulator's JVP of the read) get it too.
+                    for op in consumers:
+                        if op.type == "ReadVariableOp":
+                            by_index[by_handle[id(external)]].append(op.outputs[0])
+                    if id(external) in handles and any(op.type != "ReadVariableOp" for op in consumers):
+                        handle_feeds.append((internal.name, external))
                 elif internal.dtype == tf.resource and id(external) in handles:
                     handle_feeds.append((internal.name, external))
                 elif id(external) in by_tensor:
@@ -107,7 +113,7 @@ class StepVJP:
         self._grad_outs = [t.name for t in outputs[n_out:]]
         fed = self._fed_names(self._ct_names)
         self.vjp_piece = GraphPiece(self._gd, fed, self._grad_outs, keep=_ancestors_of(graph, self._grad_outs, fed),
-                                    stub=self._stubs(graph), name="vjp")
+                                    stub=self._stubs(graph), name="vjp", source=graph)
         try:
             self.split = _Split(self, graph, outputs[n_out:])
         except (NotSplittable, ValueError):
@@ -201,13 +207,13 @@ class _Split:
         fed_step = vjp._fed_names([])
         self.forward = GraphPiece(vjp._gd, fed_step, vjp._fwd_outs + per_step,
                                   keep=_ancestors_of(graph, vjp._fwd_outs + per_step, fed_step),
-                                  stub=stubs, name="fwd")
+                                  stub=stubs, name="fwd", source=graph)
         inv_fed = [n for n, _ in vjp._const_feeds] + [n for n, _ in vjp._handle_feeds]
         self.invariant_piece = GraphPiece(vjp._gd, inv_fed, invariant,
-                                          keep=_ancestors_of(graph, invariant, inv_fed), stub=stubs, name="inv")
+                                          keep=_ancestors_of(graph, invariant, inv_fed), stub=stubs, name="inv", source=graph)
         bwd_fed = list(vjp._ct_names) + [n for n, _, _ in self.inputs] + per_step + invariant
         self.backward = GraphPiece(vjp._gd, bwd_fed, vjp._grad_outs, keep=backward | copied, stub=stubs,
-                                   name="bwd")
+                                   name="bwd", source=graph)
 
     def invariants(self, consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         vjp = self.vjp

@@ -7,7 +7,7 @@ from typing import Callable, TypeVar
 import tensorflow as tf
 from tensorflow.python.eager import record
 
-from tfscan import _cache, _checks, _context, _tree
+from tfscan import _cache, _checks, _context, _tree, _weak
 from tfscan._autodiff import differentiable_scan
 from tfscan._plan import Plan
 from tfscan._plan import is_float
@@ -40,13 +40,16 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
       f: ``f(carry, x) -> (new_carry, y)``. ``new_carry`` must match ``init`` in
         structure, dtypes and shapes; ``y`` may be any nest (``None`` for no output).
       init: the initial carry, any nest of tensors (tuples, lists, dicts, namedtuples,
-        ``None`` leaves). Python numbers become ``tf.constant``s (float32 / int32).
+        ``None`` leaves). Python numbers become ``tf.constant``s (float32 / int32), unless
+        the step returns another dtype for them (JAX's weak types: ``scan(f, 0, xs_int8)``
+        carries int8).
       xs: a nest of tensors sliced along axis 0, or ``None`` (then pass ``length``).
       length: the number of steps: an int, or a scalar int tensor inside a
         ``tf.function`` when it is known only at run time. Must equal the leading
         size of every leaf of ``xs`` when both are given.
       reverse: walk from the last step to the first; ``ys[i]`` still belongs to ``xs[i]``.
-      unroll: steps per loop iteration (a positive int), or ``True`` to unroll fully.
+      unroll: steps per loop iteration (a positive int), or ``True`` (or ``0``, as in JAX) to
+        unroll fully.
       remat: what the gradient keeps from the forward pass. ``False`` (default): each
         step's residuals, so the backward pass never recomputes a step (fastest,
         ``O(T)`` memory). ``True`` or ``"full"``: only each step's input carry; the
@@ -75,6 +78,7 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
     remat = _checks.check_remat(remat)
     init_leaves, init_paths, init_tree = _tree.flatten_with_paths(init, "init")
     xs_leaves, xs_paths, xs_tree = _tree.flatten_with_paths(xs, "xs")
+    raw_init = init_leaves
     init_leaves = _checks.to_tensors(init_leaves, init_paths, "init")
     xs_leaves = _checks.to_tensors(xs_leaves, xs_paths, "xs")
     static_length, length_value = _checks.scan_length(xs_leaves, xs_paths, length)
@@ -97,7 +101,15 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
     closure = _cache.closure(f)
     key = (closure.key, init_tree, xs_tree, carry_specs, x_specs, static.key(), remat)
     make_plan = lambda: Plan(f, init_tree, carry_specs, xs_tree, x_specs, slots=closure.tensors)  # noqa: E731
-    programs, created = _cache.lookup("scan", key, lambda: Programs(make_plan(), static, remat))
+    try:
+        programs, created = _cache.lookup("scan", key, lambda: Programs(make_plan(), static, remat))
+    except (TypeError, ValueError):  # a Python scalar in init may need the step's dtype (weak type)
+        retyped = _weak.retype(lambda *a: f(_tree.unflatten(init_tree, a[:len(init_leaves)]),
+                                            _tree.unflatten(xs_tree, a[len(init_leaves):]))[0],
+                               raw_init, init_leaves, x_specs)
+        if retyped is None:
+            raise
+        return scan(f, _tree.unflatten(init_tree, retyped), xs, length, reverse, unroll, remat)
     plan = programs.plan
     if created:
         consts = plan.step.const_values()

@@ -69,7 +69,7 @@ class Traced:
         fed = self._arg_names + self._const_names + [n for n, _ in self._handle_names]
         # Resource placeholders whose every read is fed are left unused: stub them too.
         unused = [t.name for _, t in graph.captures if t.dtype == tf.resource and t.name not in fed]
-        self.piece = GraphPiece(graph.as_graph_def(), fed, self._out_names, stub=unused, name=name)
+        self.piece = GraphPiece(graph.as_graph_def(), fed, self._out_names, stub=unused, name=name, source=graph)
         self.feed = Feed(self.const_sources, slots)
         # Tensors of the graph being built (not eager ones) tie this trace to that graph.
         self.graph_bound = any(tf.is_symbolic_tensor(t) for t in self.const_sources + [e for _, e in self._handle_names]

@@ -1,0 +1,319 @@
+"""Transformations composed with each other, each checked against the same program in JAX.
+
+The first part has one focused test per behaviour of issue #9 (forward mode through
+steps that differentiate, compiled functions, conditionals, vmapped nested calls, weak
+types); each fails on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfscan
+
+FA = tf.autodiff.ForwardAccumulator
+f32 = np.float32
+
+
+def tf_jvp(fn, primal, tangent=1.0):
+    """``(fn(primal), d fn . tangent)`` by a ForwardAccumulator around an eager call."""
+    x = tf.constant(f32(primal))
+    with FA(x, tf.constant(f32(tangent))) as acc:
+        out = fn(x)
+    return out.numpy(), acc.jvp(out).numpy()
+
+
+def jax_jvp(fn, primal, tangent=1.0):
+    out, t = jax.jvp(fn, (f32(primal),), (f32(tangent),))
+    return np.asarray(out), np.asarray(t)
+
+
+def tf_jvp2(fn, primal):
+    """The second derivative by a JVP of a JVP (nested accumulators)."""
+    x = tf.constant(f32(primal))
+    with FA(x, tf.constant(f32(1.0))) as outer:
+        with FA(x, tf.constant(f32(1.0))) as inner:
+            out = fn(x)
+        t = inner.jvp(out)
+    return outer.jvp(t).numpy()
+
+
+def jax_jvp2(fn, primal):
+    first = lambda v: jax.jvp(fn, (v,), (f32(1.0),))[1]  # noqa: E731
+    return np.asarray(jax.jvp(first, (f32(primal),), (f32(1.0),))[1])
+
+
+def close(got, want, rtol=1e-5, atol=1e-6):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=rtol, atol=atol)
+
+
+# -- 1. forward mode through a scan whose step calls grad (was silently 0.0) -------------------
+
+def test_jvp_of_scan_whose_step_calls_grad():
+    def loop(v):
+        return tfscan.scan(lambda x, i: (tfscan.grad(tf.cos)(x), i), v, tf.range(10))[0]
+
+    def jloop(v):
+        return jax.lax.scan(lambda x, i: (jax.grad(jnp.cos)(x), i), v, jnp.arange(10))[0]
+
+    got, want = tf_jvp(loop, 0.5), jax_jvp(jloop, 0.5)
+    close(got, want)
+    assert abs(got[1]) > 0.1  # ~0.3827, the issue's value
+
+
+def test_jvp_of_scan_whose_step_calls_grad_and_closes_over_the_primal():
+    # the tangent of a closed-over tensor reaches the step's own gradient too
+    def loop(v):
+        return tfscan.scan(lambda c, _: (2 * tf.sin(c * v) + tfscan.grad(tf.cos)(c * v), None),
+                           1.3, length=3)[0]
+
+    def jloop(v):
+        return jax.lax.scan(lambda c, _: (2 * jnp.sin(c * v) + jax.grad(jnp.cos)(c * v), None),
+                            f32(1.3), length=3)[0]
+
+    close(tf_jvp(loop, 0.7), jax_jvp(jloop, 0.7))
+
+
+def test_jvp_of_scan_whose_step_uses_a_tape_with_zero_unconnected_gradients():
+    def gcos(x):
+        with tf.GradientTape() as t:
+            t.watch(x)
+            y = tf.cos(x)
+        return t.gradient(y, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    loop = lambda v: tfscan.scan(lambda x, i: (gcos(x), i), v, tf.range(3))[0]  # noqa: E731
+    jloop = lambda v: jax.lax.scan(lambda x, i: (jax.grad(jnp.cos)(x), i), v, jnp.arange(3))[0]  # noqa: E731
+    close(tf_jvp(loop, 0.5), jax_jvp(jloop, 0.5))
+
+
+# -- 2. forward mode around a jitted function with a conditional -------------------------------
+
+@pytest.mark.parametrize("kind", ["tf.cond", "cond", "switch"])
+def test_jvp_of_jit_with_a_conditional(kind):
+    branches = {
+        "tf.cond": lambda x: tf.cond(x > 0, lambda: tf.sin(x) * x, lambda: x),
+        "cond": lambda x: tfscan.cond(x > 0, lambda y: tf.sin(y) * y, lambda y: y, x),
+        "switch": lambda x: tfscan.switch(tf.cast(x > 0, tf.int32), [lambda y: y, lambda y: tf.sin(y) * y], x),
+    }
+    f = tfscan.jit(branches[kind])
+    jf = lambda x: jax.lax.cond(x > 0, lambda y: jnp.sin(y) * y, lambda y: y, x)  # noqa: E731
+    close(tf_jvp(f, 0.5), jax_jvp(jf, 0.5))
+    close(tf_jvp2(f, 0.5), jax_jvp2(jf, 0.5))
+    close(f(tf.constant(f32(-0.5))), jf(f32(-0.5)))
+    assert f.trace_count == 1  # the accumulator does not retrace the function
+
+
+# -- 12. a Python bool returned for a float carry leaf is rejected (JAX: TypeError) -----------
+
+def test_python_bool_for_a_float_carry_is_rejected_as_in_jax():
+    with pytest.raises(TypeError, match="equal types"):
+        jax.lax.scan(lambda c, _: (True, None), f32(0.0), length=3)
+    with pytest.raises(TypeError, match=r"carry leaf carry of init has type float32\[\] but f returned bool\[\]"):
+        tfscan.scan(lambda c, _: (True, None), 0.0, length=3)
+    with pytest.raises(TypeError, match=r"init_val.*float32\[\] but body_fun returned bool\[\]"):
+        tfscan.while_loop(lambda c: c < 1.0, lambda c: True, 0.0)
+    with pytest.raises(TypeError, match=r"int32\[\] but f returned float32\[\]"):
+        tfscan.scan(lambda c, _: (1.5, None), 0, length=3)  # JAX: a float is no int either
+    # a Python number of the leaf's kind still takes its dtype (a weak type in JAX)
+    assert tfscan.scan(lambda c, _: (1.5, None), tf.constant(0.0, tf.float16), length=2)[0].dtype == tf.float16
+
+
+def test_every_mismatched_carry_leaf_is_listed():
+    with pytest.raises(TypeError, match=r"2 leaves:[\s\S]*carry\[0\][\s\S]*carry\[1\]"):
+        tfscan.scan(lambda c, _: ((True, tf.zeros(2)), None), (0.0, 0.0), length=3)
+
+
+# -- 13. unroll=0 unrolls fully, as in JAX ------------------------------------------------------
+
+def test_unroll_zero_unrolls_fully():
+    xs = np.arange(1.0, 5.0, dtype=f32)
+    want = jax.lax.scan(lambda c, x: (c * x + 1, c), f32(1.0), xs, unroll=0)
+    got = tfscan.scan(lambda c, x: (c * x + 1, c), 1.0, tf.constant(xs), unroll=0)
+    close(got[0], want[0])
+    close(got[1], want[1])
+
+
+# -- 14. a Python scalar in init takes the step's dtype (JAX's weak types) ---------------------
+
+def test_python_scalar_init_takes_the_steps_dtype():
+    xs = np.arange(1, 4, dtype=np.int8)
+    want = jax.lax.scan(lambda c, x: (c + x, c), 0, xs)
+    got = tfscan.scan(lambda c, x: (c + x, c), 0, tf.constant(xs))
+    assert got[0].dtype == tf.int8 == want[0].dtype and got[1].dtype == tf.int8
+    close(got[0], want[0])
+    # a Python-scalar leaf beside tensor leaves; float scalars too
+    h = np.ones(3, np.float16)
+    want = jax.lax.scan(lambda c, x: ((c[0] + x, c[1] + 1), None), (0.0, np.int32(0)), h)[0]
+    got = tfscan.scan(lambda c, x: ((c[0] + x, c[1] + 1), None), (0.0, tf.constant(0)), tf.constant(h))[0]
+    assert got[0].dtype == tf.float16 == want[0].dtype and got[1].dtype == tf.int32
+    # while_loop: the body's own constant fixes the dtype
+    one = np.int8(1)
+    want = jax.lax.while_loop(lambda c: c < 3, lambda c: c + one, 0)
+    got = tfscan.while_loop(lambda c: c < 3, lambda c: c + tf.constant(1, tf.int8), 0)
+    assert got.dtype == tf.int8 == want.dtype and int(got) == int(want) == 3
+
+
+def test_a_tensor_leaf_never_changes_dtype():
+    xs = tf.ones(3, tf.int8)
+    with pytest.raises(TypeError):
+        jax.lax.scan(lambda c, x: (c + x, None), jnp.int32(0), jnp.ones(3, jnp.int8).astype(jnp.float32))
+    with pytest.raises(TypeError):
+        tfscan.scan(lambda c, x: (c + x, None), tf.constant(0), xs)
+    # a Python int becomes float when the step makes it one (JAX promotes the weak int)
+    want = jax.lax.scan(lambda c, x: (c * 0.5, None), 3, jnp.ones(2))[0]
+    got = tfscan.scan(lambda c, x: (tf.cast(c, tf.float32) * 0.5, None), 3, xs[:2])[0]
+    assert got.dtype == tf.float32
+    close(got, want)
+
+
+# -- 15. fori_loop with float bounds -----------------------------------------------------------
+
+def test_fori_loop_with_whole_float_bounds():
+    want = jax.lax.fori_loop(0.0, 3.0, lambda i, c: c + i, 0.0)
+    got = tfscan.fori_loop(0.0, 3.0, lambda i, c: c + i, 0.0)
+    assert got.dtype == tf.float32  # JAX: float32 (float64 under x64, as the tests run it)
+    close(got, want)
+    with pytest.raises(TypeError, match="equal types"):
+        jax.lax.fori_loop(0, 3.0, lambda i, c: c, 0.0)
+    with pytest.raises(TypeError, match="equal types"):
+        tfscan.fori_loop(0, 3.0, lambda i, c: c, 0.0)
+    with pytest.raises(TypeError, match=r"upper=3\.5 is a float that is not a whole number.*upper=3"):
+        tfscan.fori_loop(0.0, 3.5, lambda i, c: c, 0.0)
+
+
+# -- the pairwise matrix: {scan, fori_loop, while_loop, cond, switch, map} x {jit, grad, jvp, vmap}
+#
+# Each program maps a float32 vector of 3 to a float32 vector of 3; each transformation is
+# applied to it in tfscan and in JAX. Inputs JAX rejects (reverse mode through while_loop)
+# must be rejected by tfscan too.
+
+_W = np.array([[0.5, -1.0, 0.25], [1.5, 0.5, -0.5]], f32)
+
+
+def _programs(lib, inner="none"):
+    """``{name: f(x)}`` written once against a small facade over tfscan or jax.lax.
+
+    ``inner`` is how the loop bodies and branches compute ``sin``: directly, through a
+    jitted function, or as a gradient (``-grad(sum(cos))``): a transformation nested
+    inside the control flow, composed with the one applied outside.
+    """
+    if lib == "tf":
+        scan, fori, while_, cond, switch, map_ = (tfscan.scan, tfscan.fori_loop, tfscan.while_loop,
+                                                  tfscan.cond, tfscan.switch, tfscan.map)
+        sin, cos, cast_i, W = tf.sin, tf.cos, (lambda b: tf.cast(b, tf.int32)), tf.constant(_W)
+        total, jit, grad = tf.reduce_sum, tfscan.jit, tfscan.grad
+    else:
+        L = jax.lax
+        scan, fori, while_, cond, switch, map_ = L.scan, L.fori_loop, L.while_loop, L.cond, L.switch, L.map
+        sin, cos, cast_i, W = jnp.sin, jnp.cos, (lambda b: b.astype(jnp.int32)), jnp.asarray(_W)
+        total, jit, grad = jnp.sum, jax.jit, jax.grad
+    if inner == "jit":
+        sin = jit(sin)
+    elif inner == "grad":
+        neg_sin = grad(lambda v: total(cos(v)))
+        sin = lambda v: -neg_sin(v)  # noqa: E731
+    return {
+        "scan": lambda x: (lambda c, ys: c + total(ys, 0))(*scan(lambda c, w: (sin(c) * w + c, c * w), x, W)),
+        "fori_loop": lambda x: fori(0, 3, lambda i, c: sin(c) * 1.5 + 0.1, x),
+        "while_loop": lambda x: while_(lambda c: c[0] < 3, lambda c: (c[0] + 1, sin(c[1]) * 1.5), (0, x))[1],
+        "cond": lambda x: cond(total(x) > 0, lambda y: sin(y) * y, lambda y: cos(y), x),
+        "switch": lambda x: switch(cast_i(x[0] > 0) + cast_i(x[1] > 0), [sin, cos, lambda y: y * y], x),
+        "map": lambda x: map_(lambda v: sin(v) * v, x),
+    }
+
+
+_TF = {inner: _programs("tf", inner) for inner in ("none", "jit", "grad")}
+_JAX = {inner: _programs("jax", inner) for inner in ("none", "jit", "grad")}
+_X = np.array([0.3, -0.7, 1.1], f32)
+_XS = np.array([[0.3, -0.7, 1.1], [-0.4, -0.2, 0.9]], f32)  # two examples, different branches
+_T = np.array([1.0, -0.5, 2.0], f32)
+
+
+def _reverse_rejected(name):
+    return name == "while_loop"
+
+
+_PAIRS = ([(name, t, "none") for name in _TF["none"] for t in ("jit", "grad", "jvp", "vmap")]
+          + [(name, t, inner) for inner in ("jit", "grad") for name in _TF["none"] for t in ("grad", "jvp", "vmap")])
+
+
+# Pairs that do not work yet (README, "Known limitations"); strict, so a fix is noticed.
+_VMAP_NESTED = ("vmap of a loop whose body calls a compiled function (pfor cannot convert an imported "
+                "function call: '_DefinedFunction' object has no attribute 'graph')")
+_JVP_OF_GRAD = ("forward mode through a loop or cond whose body takes a gradient of a reduction: XLA "
+                "needs the shape the gradient of the gradient reshapes to as a compile-time constant")
+_KNOWN = {**{(n, "vmap", i): _VMAP_NESTED for n in ("scan", "fori_loop", "while_loop", "map")
+             for i in ("jit", "grad")},
+          **{(n, "jvp", "grad"): _JVP_OF_GRAD for n in ("scan", "fori_loop", "while_loop", "cond")}}
+_PAIRS = [pytest.param(*p, marks=pytest.mark.xfail(strict=True, reason=_KNOWN[p])) if p in _KNOWN else p
+          for p in _PAIRS]
+
+
+@pytest.mark.parametrize("name,transform,inner", _PAIRS)
+def test_matrix(name, transform, inner):
+    f, jf = _TF[inner][name], _JAX[inner][name]
+    x = tf.constant(_X)
+    if transform == "jit":
+        close(tfscan.jit(f)(x), jax.jit(jf)(_X))
+    elif transform == "grad":
+        loss, jloss = (lambda v: tf.reduce_sum(f(v) ** 2)), (lambda v: jnp.sum(jf(v) ** 2))
+        if _reverse_rejected(name):
+            with pytest.raises(ValueError, match="Reverse-mode differentiation does not work"):
+                jax.grad(jloss)(_X)
+            with pytest.raises(ValueError, match="Reverse-mode differentiation does not work"):
+                tfscan.grad(loss)(x)
+        else:
+            close(tfscan.grad(loss)(x), jax.grad(jloss)(_X), rtol=1e-4, atol=1e-5)
+    elif transform == "jvp":
+        with FA(x, tf.constant(_T)) as acc:
+            out = f(x)
+        want = jax.jvp(jf, (_X,), (_T,))
+        close(out, want[0])
+        close(acc.jvp(out), want[1], rtol=1e-4, atol=1e-5)
+    else:
+        close(tfscan.vmap(f)(tf.constant(_XS)), jax.vmap(jf)(_XS))
+
+
+def test_while_loop_body_that_differentiates_under_an_accumulator():
+    # the body is traced with the accumulator live: its own tape must still record
+    neg_sin = tfscan.grad(tf.cos)
+    jneg_sin = jax.grad(jnp.cos)
+    f = lambda v: tfscan.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, -neg_sin(c[1]) * 1.5), (0, v))[1]  # noqa: E731
+    jf = lambda v: jax.lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, -jneg_sin(c[1]) * 1.5), (0, v))[1]  # noqa: E731
+    close(tf_jvp(f, 0.4), jax_jvp(jf, 0.4))
+
+
+# -- 4. forward mode through cond whose branch closes over the differentiated tensor -----------
+
+def test_jvp_through_cond_closing_over_the_primal():
+    jf = lambda v: jax.lax.cond(v > 0, lambda y: y * v, lambda y: y, f32(2.0))  # noqa: E731
+    f = tfscan.jit(lambda v: tfscan.cond(v > 0, lambda y: y * v, lambda y: y, tf.constant(2.0)))
+    close(tf_jvp(f, 0.5), jax_jvp(jf, 0.5))
+    # called eagerly, TensorFlow's conditional cannot do it: a tfscan error names the fix
+    eager = lambda v: tfscan.cond(v > 0, lambda y: y * v, lambda y: y, tf.constant(2.0))  # noqa: E731
+    with pytest.raises(TypeError, match=r"cond: forward mode .* closes over .* as an operand"):
+        tf_jvp(eager, 0.5)
+
+
+# -- 11. a value passed unchanged through control flow stays unbatched under vmap -------------
+
+@pytest.mark.parametrize("kind", ["cond", "scan", "while_loop"])
+def test_forwarded_value_stays_unbatched(kind):
+    progs = {
+        "cond": (lambda x, w: tfscan.cond(x > 0, lambda a, b: (a * 2, b), lambda a, b: (a, b), x, w),
+                 lambda x, w: jax.lax.cond(x > 0, lambda a, b: (a * 2, b), lambda a, b: (a, b), x, w)),
+        "scan": (lambda x, w: tfscan.scan(lambda c, i: ((c[0] + i, c[1]), None), (x, w), tf.ones(3))[0],
+                 lambda x, w: jax.lax.scan(lambda c, i: ((c[0] + i, c[1]), None), (x, w), jnp.ones(3, f32))[0]),
+        "while_loop": (lambda x, w: tfscan.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, c[1]), (x, w)),
+                       lambda x, w: jax.lax.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, c[1]), (x, w))),
+    }
+    f, jf = progs[kind]
+    xs, w = np.array([1.0, -1.0], f32), f32(3.0)
+    want = jax.vmap(jf, in_axes=(0, None), out_axes=(0, None))(xs, w)
+    got = tfscan.vmap(f, in_axes=(0, None), out_axes=(0, None))(tf.constant(xs), tf.constant(w))
+    close(got[0], want[0])
+    close(got[1], want[1])
