@@ -181,3 +181,22 @@ def test_memory_per_fresh_traced_graph_stays_small():
     assert out.returncode == 0, out.stderr[-3000:]
     per_graph = float(out.stdout.split("PER_GRAPH_KIB")[1])
     assert per_graph < 1024, f"{per_graph:.0f} KiB per traced graph"
+
+
+def test_rewrapped_vmap_closing_over_a_new_tensor_uses_it_without_retracing():
+    def seq_sum(a, seq):
+        return tfscan.scan(lambda c, x: (c + a * x, None), 0.0, seq)[0]
+
+    v, seqs = tf.Variable(2.0), tf.ones([4, 5])
+    batched = _cache.eager_cache("vmap")
+    sizes = []
+    for i in range(4):
+        a = v * (1.0 + i)  # a new tensor each iteration, closed over by a fresh lambda
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            out = tfscan.vmap(lambda s: seq_sum(a, s))(seqs)
+            total = tf.reduce_sum(out)
+        np.testing.assert_allclose(out.numpy(), np.full(4, 10.0 * (1 + i)), rtol=1e-6)
+        assert float(tape.gradient(total, a)) == pytest.approx(20.0)
+        sizes.append(len(batched))
+    assert sizes[-1] == sizes[0], sizes

@@ -186,6 +186,13 @@ class Closure(NamedTuple):
     key: Hashable
     tensors: tuple
     exact: bool
+    objects: tuple = ()
+
+    @property
+    def pinned_key(self) -> Hashable:
+        """``key`` with the identity of every object met: for caches that do not trace again
+        to check what a function read from its objects (the trace keeps what it read)."""
+        return (self.key, tuple(_Identity(o) for o in self.objects))
 
 
 class _Walk:
@@ -193,6 +200,7 @@ class _Walk:
         self.tensors: list = []
         self._slot_of: dict[int, int] = {}
         self.exact = True
+        self.objects: list = []
         self._seen: set[int] = set()
 
     def function(self, f: Any, depth: int) -> Hashable:
@@ -240,6 +248,7 @@ class _Walk:
         if isinstance(x, _IMMUTABLE_BY_IDENTITY) or x is None:
             return _Identity(x)
         self.exact = False
+        self.objects.append(x)
         return ("object", type(x))
 
 
@@ -299,7 +308,7 @@ def closure(f: Any) -> Closure:
     """The :class:`Closure` of ``f`` (see the module docstring)."""
     walk = _Walk()
     key = walk.function(f, 0)
-    return Closure(key, tuple(walk.tensors), walk.exact)
+    return Closure(key, tuple(walk.tensors), walk.exact, tuple(walk.objects))
 
 
 def value_key(x: Any) -> tuple[Hashable, bool]:

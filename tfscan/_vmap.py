@@ -17,6 +17,7 @@ import logging
 import numbers
 import re
 import threading
+import weakref
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -27,12 +28,11 @@ from tensorflow.python.ops import array_ops
 from tensorflow.python.ops import resource_variable_ops
 from tensorflow.python.ops.parallel_for import pfor as pfor_lib
 
-from tfscan import _batching, _checks, _context, _tree
+from tfscan import _batching, _cache, _checks, _context, _tf, _tree
 from tfscan._plan import is_float
 
 __all__ = ["vmap"]
 
-_CACHE = _context.LRUCache(maxsize=256)
 
 
 def vmap(fun: Callable[..., Any], in_axes: Any = 0, out_axes: Any = 0,
@@ -211,18 +211,23 @@ def _call(fun, names, in_axes, out_axes, axis_size, args, kwargs):
     # What the traced functions need from this call: no tensor values (they are inputs).
     templates = tuple(_Leaf(lf.path, lf.axis, lf.value if lf.kind == "static" else None, lf.kind) for lf in leaves)
     static_key = tuple((j, _context._value_key(lf.value)) for j, lf in enumerate(leaves) if lf.kind == "static")
-    graph = _context.trace_key()
-    key = (_context.function_key(fun), args_tree, tuple((lf.kind, lf.axis) for lf in leaves), static_key,
-           _spec_key(out_axes), axis_size, tuple(_spec(t) for t in mapped + shared), graph)
-    entry = _CACHE.get_or_create(
-        key, lambda: _Batched(fun, args_tree, templates, size, out_axes, mapped, shared))
-    captured = list(entry.run.captured_inputs)
+    closure = _cache.closure(fun)
+    key = (closure.pinned_key, args_tree, tuple((lf.kind, lf.axis) for lf in leaves), static_key,
+           _spec_key(out_axes), axis_size, tuple(_spec(t) for t in mapped + shared))
+    make = lambda: _Batched(fun, args_tree, templates, size, out_axes, mapped, shared, closure.tensors)  # noqa: E731
+    entry, created = _cache.lookup("vmap", key, make)
+    if not created and not entry.feed_run.complete and not entry.owner.owns(fun):
+        entry = make()  # it read tensors the key cannot see: reuse it only for the same function
+        _cache.put("vmap", key, entry)
+    # This call's closed-over tensors replace those the traces captured.
+    captured = entry.feed_run.values(entry.run.captured_inputs, closure.tensors)
     if _needs_gradient(mapped + shared + captured, entry):
         with record.stop_recording():
-            outs = list(entry.run(*mapped, *shared))
-        outs = _with_gradient(entry, outs, mapped, shared, list(entry.pe.captured_inputs))
+            outs = _tf.call_concrete(entry.run, mapped + shared, captured)
+        outs = _with_gradient(entry, outs, mapped, shared,
+                              entry.feed_pe.values(entry.pe.captured_inputs, closure.tensors))
     else:
-        outs = list(entry.run(*mapped, *shared))
+        outs = _tf.call_concrete(entry.run, mapped + shared, captured)
     return _tree.unflatten(entry.out_tree, outs)
 
 
@@ -342,7 +347,7 @@ class _Batched:
     this call is copied elsewhere (as a scan step is).
     """
 
-    def __init__(self, fun, args_tree, templates, size, out_axes, mapped, shared):
+    def __init__(self, fun, args_tree, templates, size, out_axes, mapped, shared, slots=()):
         self.templates, self.out_axes_spec = templates, out_axes
         self.size = size if isinstance(size, int) else None
         self.mapped_axes = [lf.axis for lf in templates if lf.kind == "mapped"]
@@ -364,15 +369,30 @@ class _Batched:
         with _context.internal_trace():
             self.pe = tf.function(per_example, autograph=False).get_concrete_function(*example_specs)
         self.out_dtypes = [t.dtype for t in self.pe.outputs]
-        self.function = tf.function(self._batched, jit_compile=True, autograph=False, reduce_retracing=False)
-        self.function._omit_frequent_tracing_warning = True
+        self.function = _tf.quiet_retracing(
+            tf.function(self._batched, jit_compile=True, autograph=False, reduce_retracing=False))
         self.run = self.function.get_concrete_function(
             *[tf.TensorSpec(t.shape, t.dtype) for t in list(mapped) + list(shared)])
         captured = list(self.pe.captured_inputs)
         by_handle = {id(v.handle): v for v in self.pe.graph.variables}
         self.variables = [by_handle.get(id(c)) for c in captured]  # the variable of each resource capture
+        self.feed_pe = _cache.Feed(captured, slots)
+        self.feed_run = _cache.Feed(self.run.captured_inputs, slots)
+        self.owner = _cache.Owner(fun)
+        self.graph_bound = any(tf.is_symbolic_tensor(t) for t in self.run.captured_inputs)
         self.grad_name = f"TfscanVmap_{ops.uid()}"
-        ops.RegisterGradient(self.grad_name)(self._graph_gradient)
+        # TF's gradient registry lives as long as the process: it holds this entry weakly
+        # (the graphs that use it keep it alive, :mod:`tfscan._cache`).
+        ref = weakref.ref(self)
+
+        def graph_gradient(op, *grads):
+            entry = ref()
+            if entry is None:
+                raise RuntimeError("tfscan: this vmap's gradient was freed with the function graph that "
+                                   "traced it. Differentiate inside the tf.function that calls vmap.")
+            return entry._graph_gradient(op, *grads)
+
+        ops.RegisterGradient(self.grad_name)(graph_gradient)
 
     def _batched(self, *flat):
         """The batched computation: flat mapped tensors (with their axes), then shared ones."""
