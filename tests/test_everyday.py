@@ -200,3 +200,4 @@ def test_rewrapped_vmap_closing_over_a_new_tensor_uses_it_without_retracing():
         assert float(tape.gradient(total, a)) == pytest.approx(20.0)
         sizes.append(len(batched))
     assert sizes[-1] == sizes[0], sizes
+
