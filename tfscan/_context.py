@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import threading
 import types
-from typing import Any, Callable, Hashable, Iterator
+from typing import Any, Hashable, Iterator
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import ops
 from tensorflow.python.ops import control_flow_util
+
+from tfscan._cache import LRUCache  # noqa: F401 - the one bounded cache, used by the loops' caches
 
 __all__ = []  # private module
 
@@ -74,44 +75,13 @@ def trace_key() -> Hashable:
     return graph, (None if replica is None else _ById(replica))
 
 
-class LRUCache:
-    """A bounded, thread-safe map from hashable keys to values (least recently used out)."""
-
-    def __init__(self, maxsize: int = 256):
-        self.maxsize = maxsize
-        self._data: collections.OrderedDict = collections.OrderedDict()
-        self._lock = threading.RLock()
-
-    def get_or_create(self, key: Hashable, create: Callable[[], Any]) -> Any:
-        return self.lookup(key, create)[0]
-
-    def lookup(self, key: Hashable, create: Callable[[], Any]) -> tuple[Any, bool]:
-        """``(value, created)``: the cached value, or a new one from ``create()``."""
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key], False
-        value = create()  # outside the lock: tracing may call scan recursively
-        self.put(key, value)
-        return value, True
-
-    def put(self, key: Hashable, value: Any) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-
 def function_key(f: Any, depth: int = 0) -> Hashable:
     """Identify a step function by its code and what it closes over, not by its identity.
+
+    Closed-over tensors count by identity here: this key serves the caches that do not
+    yet feed a call's closed-over tensors to their programs (``cond``, ``switch``,
+    ``while_loop``, ``associative_scan``); ``scan``, ``jit``, ``grad`` and ``vmap`` use
+    :func:`tfscan._cache.closure`, which keys tensors by shape and dtype.
 
     A fresh ``lambda`` per call with the same code and the same closed-over values maps to
     the same key (no retrace, no unbounded growth); a closed-over tensor that is replaced
