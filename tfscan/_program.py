@@ -16,7 +16,7 @@ from tensorflow.python.framework import ops
 
 from tfscan import _buffered_loop, _context, _remat, _tf
 from tfscan._plan import Plan, float_indices, scatter
-from tfscan._residuals import NotSplittable, StepVJP
+from tfscan._residuals import NotSplittable, StepVJP, warn_recompute
 
 __all__ = []  # private module
 
@@ -159,8 +159,9 @@ class Programs:
                 specs = [tf.TensorSpec(c.shape, c.dtype) for c in consts]
                 try:
                     self._vjps[wanted] = StepVJP(self.plan, specs, wanted)
-                except NotSplittable:
+                except NotSplittable as e:
                     self._vjps[wanted] = None
+                    warn_recompute(self.plan.name, str(e))
             return self._vjps[wanted]
 
     def split(self, consts: Sequence[tf.Tensor], wanted=None):

@@ -18,6 +18,7 @@ only ever *imported* (fed through ``input_map``), never differentiated again:
 from __future__ import annotations
 
 import collections
+import warnings
 from typing import Any, Sequence
 
 import tensorflow as tf
@@ -33,6 +34,20 @@ __all__ = []  # private module
 
 class NotSplittable(Exception):
     """The VJP cannot be cut into pieces (recompute the step instead)."""
+
+
+class RecomputeWarning(UserWarning):
+    """A scan's gradient recomputes each step instead of reading saved residuals.
+
+    Values are the same; the backward pass runs the step again (about 2x its cost).
+    Emitted once per step and reason; filter it with ``warnings.filterwarnings``.
+    """
+
+
+def warn_recompute(step: str, reason: str) -> None:
+    warnings.warn(f"tfscan: the gradient of scan step {step!r} recomputes every step instead of reading "
+                  f"saved residuals, because {reason}. Values are the same; the backward pass costs about "
+                  "twice as much.", RecomputeWarning, stacklevel=3)
 
 
 class StepVJP:
@@ -100,8 +115,8 @@ class StepVJP:
                 self._cf = tf.function(joint, autograph=False).get_concrete_function(*specs)
         except NotSplittable:
             raise
-        except Exception as e:  # noqa: BLE001 - any failure: fall back to recomputing
-            raise NotSplittable(str(e)) from e
+        except Exception as e:  # noqa: BLE001 - any failure: fall back to recomputing (warned)
+            raise NotSplittable(f"its VJP could not be traced ({type(e).__name__}: {str(e)[:200]})") from e
         graph = self._cf.graph
         self._nc = nc
         self._gd = graph.as_graph_def()
@@ -116,8 +131,9 @@ class StepVJP:
                                     stub=self._stubs(graph), name="vjp", source=graph)
         try:
             self.split = _Split(self, graph, outputs[n_out:])
-        except (NotSplittable, ValueError):
+        except NotSplittable as e:
             self.split = None
+            warn_recompute(plan.name, str(e))
 
     def _fed_names(self, extra: Sequence[str]) -> list[str]:
         return self._step_names + [n for n, _ in self._const_feeds] + [n for n, _ in self._handle_feeds] + list(extra)
@@ -203,6 +219,13 @@ class _Split:
         self.saved_carry = sorted({i for _, kind, i in self.inputs if kind == "step" and i < nc})
         self.residual_specs = [tf.TensorSpec(boundary[n].shape, boundary[n].dtype) for n in per_step]
         self.vjp = vjp
+        try:
+            self._make_pieces(vjp, graph, per_step, invariant, backward | copied)
+        except ValueError as e:  # a piece that is not self-contained (GraphPiece's check)
+            raise NotSplittable(f"a piece of its VJP is not self-contained ({e})") from e
+
+    def _make_pieces(self, vjp, graph, per_step: list, invariant: list, backward_ops: set) -> None:
+        """The forward-with-residuals, invariant and backward :class:`GraphPiece`s."""
         stubs = vjp._stubs(graph)
         fed_step = vjp._fed_names([])
         self.forward = GraphPiece(vjp._gd, fed_step, vjp._fwd_outs + per_step,
@@ -212,7 +235,7 @@ class _Split:
         self.invariant_piece = GraphPiece(vjp._gd, inv_fed, invariant,
                                           keep=_ancestors_of(graph, invariant, inv_fed), stub=stubs, name="inv", source=graph)
         bwd_fed = list(vjp._ct_names) + [n for n, _, _ in self.inputs] + per_step + invariant
-        self.backward = GraphPiece(vjp._gd, bwd_fed, vjp._grad_outs, keep=backward | copied, stub=stubs,
+        self.backward = GraphPiece(vjp._gd, bwd_fed, vjp._grad_outs, keep=backward_ops, stub=stubs,
                                    name="bwd", source=graph)
 
     def invariants(self, consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
