@@ -49,9 +49,26 @@ def active() -> bool:
     return getattr(_state, "depth", 0) > 0
 
 
+_INSTALL: list = []  # what install() puts in pfor's converter registry, in order
+_installed = False
+_install_lock = threading.Lock()
+
+
+def install() -> None:
+    """Put tfscan's converters in pfor's registry (once, on the first ``vmap``): importing
+    tfscan changes no TensorFlow registry."""
+    global _installed
+    with _install_lock:
+        if not _installed:
+            for step in _INSTALL:
+                step()
+            _installed = True
+
+
 @contextlib.contextmanager
 def batching() -> Iterator[None]:
     """Use tfscan's ``While`` batching rule for ``pfor`` conversions in this block."""
+    install()
     _state.depth = getattr(_state, "depth", 0) + 1
     try:
         yield
@@ -60,8 +77,10 @@ def batching() -> Iterator[None]:
 
 
 def _register(op_type: str, converter) -> None:
-    if op_type not in pfor_lib._pfor_converter_registry:  # a later TF may have its own
-        pfor_lib.RegisterPFor(op_type)(converter)
+    def step():
+        if op_type not in pfor_lib._pfor_converter_registry:  # a later TF may have its own
+            pfor_lib.RegisterPFor(op_type)(converter)
+    _INSTALL.append(step)
 
 
 def _batch_size(pfor_input) -> tf.Tensor:
@@ -119,16 +138,18 @@ def _convert_dynamic_slice(pfor_input):
 
 def _override(op_type: str):
     """Replace ``op_type``'s converter inside :func:`batching` only; elsewhere pfor's own runs."""
-    original = pfor_lib._pfor_converter_registry[op_type]
-
     def wrap(converter):
-        def dispatch(pfor_input):
-            if active():
-                out = converter(pfor_input)
-                if out is not None:
-                    return out
-            return original(pfor_input)
-        pfor_lib._pfor_converter_registry[op_type] = dispatch
+        def step():
+            original = pfor_lib._pfor_converter_registry[op_type]
+
+            def dispatch(pfor_input):
+                if active():
+                    out = converter(pfor_input)
+                    if out is not None:
+                        return out
+                return original(pfor_input)
+            pfor_lib._pfor_converter_registry[op_type] = dispatch
+        _INSTALL.append(step)
         return converter
     return wrap
 
@@ -171,7 +192,7 @@ _register("XlaDynamicSlice", _convert_dynamic_slice)
 # ----------------------------------------------------------------------------------
 # While loops: JAX's batching rule.
 
-_ORIGINAL_WHILE = {name: pfor_lib._pfor_converter_registry[name] for name in ("While", "StatelessWhile")}
+_ORIGINAL_WHILE: dict = {}
 
 
 def _convert_while(pfor_input):
@@ -181,8 +202,13 @@ def _convert_while(pfor_input):
     return _WhileBatcher(pfor_input).convert()
 
 
-for _name in _ORIGINAL_WHILE:
-    pfor_lib._pfor_converter_registry[_name] = _convert_while
+def _install_while() -> None:
+    for name in ("While", "StatelessWhile"):
+        _ORIGINAL_WHILE[name] = pfor_lib._pfor_converter_registry[name]
+        pfor_lib._pfor_converter_registry[name] = _convert_while
+
+
+_INSTALL.append(_install_while)
 
 
 class _WhileBatcher:

@@ -13,6 +13,8 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
+from tfscan import _batching
+
 __all__ = []  # private module
 
 Body = Callable[[list, list], tuple[list, list]]
@@ -29,6 +31,7 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
     ``out_shapes`` (one per output, a list or a 1-D tensor) saves probing the body for
     output shapes that are not static.
     """
+    _batching.install()  # the XlaDynamic(Update)Slice ops below get pfor converters (tf.vectorized_map)
     carry = list(carry)
     shapes = [c.shape for c in carry]
     static = length if isinstance(length, int) else None
