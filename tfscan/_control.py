@@ -10,16 +10,13 @@ already being compiled by XLA (as ``tfscan._program.Programs`` does for scan).
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
-from tfscan import _checks, _context, _tree
+from tfscan import _cache, _checks, _context, _tree
 
 __all__ = []  # private module
-
-_FUNCTIONS = _context.LRUCache(maxsize=256)
-
 
 class Compiled:
     """``build(*tensors) -> list of tensors`` run compiled by XLA, traced once per key.
@@ -27,6 +24,8 @@ class Compiled:
     ``meta`` is a dict that ``build`` fills while it is traced (for example the output
     structure); it is valid after the first call.
     """
+
+    graph_bound = True  # keyed on its functions' closed-over tensors by identity: one graph's own
 
     def __init__(self, make_build: Callable[[dict], Callable]):
         self.meta: dict = {}
@@ -44,14 +43,10 @@ class Compiled:
         return list(self._fn(*args))
 
 
-def graph_key() -> Hashable:
-    """``None`` when eager, else the graph being built (its tensors cannot be shared)."""
-    return _context.trace_key()
-
-
 def compiled(key: tuple, make_build: Callable[[dict], Callable]) -> Compiled:
-    """The cached :class:`Compiled` for ``key`` (the current graph is added to it)."""
-    return _FUNCTIONS.get_or_create(key + (graph_key(),), lambda: Compiled(make_build))
+    """The cached :class:`Compiled` for ``key``: eager calls share a bounded LRU; one made
+    while a graph is built belongs to that graph and is freed with it (:mod:`tfscan._cache`)."""
+    return _cache.lookup("control", key, lambda: Compiled(make_build))[0]
 
 
 def specs(tensors: Sequence[tf.Tensor]) -> tuple:

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record
 
-from tfscan import _bounded, _checks, _context, _control, _tree, _weak
+from tfscan import _bounded, _cache, _checks, _context, _control, _tree, _weak
 from tfscan._buffered_loop import keep_shape
 from tfscan._plan import Plan, is_float
 from tfscan._program import captured
@@ -45,7 +45,6 @@ _SYMBOLIC_ERROR = _REVERSE_ERROR + (
     " (Forward mode works with a tf.autodiff.ForwardAccumulator opened eagerly or inside the "
     "tf.function that runs the loop, not around a tf.function call.)")
 
-_PLANS = _context.LRUCache(maxsize=256)
 
 
 def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_val: T, *,
@@ -120,9 +119,10 @@ def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_va
         return val
     carry_specs = _control.specs(leaves)
     key = (_context.function_key(cond_fun), _context.function_key(body_fun), tree, carry_specs,
-           max_steps, remat, _control.graph_key())
+           max_steps, remat)
     try:
-        plan = _PLANS.get_or_create(key, lambda: _WhilePlan(cond_fun, body_fun, tree, carry_specs, max_steps, remat))
+        plan = _cache.lookup("while_loop", key, lambda: _WhilePlan(cond_fun, body_fun, tree, carry_specs,
+                                                                    max_steps, remat))[0]
     except (TypeError, ValueError):  # a Python scalar in init_val may need the body's dtype (weak type)
         retyped = _weak.retype(lambda *a: body_fun(_tree.unflatten(tree, list(a))), _tree.flatten(init_val)[0],
                                leaves, [])
@@ -164,6 +164,8 @@ def _bool_scalar(out: Any) -> tf.Tensor:
 
 class _WhilePlan:
     """The traced ``cond_fun`` / ``body_fun`` of a while loop and its compiled programs."""
+
+    graph_bound = True  # keyed on closed-over tensors by identity: one graph's own (tfscan._cache)
 
     def __init__(self, cond_fun: Callable, body_fun: Callable, tree: _tree.TreeDef, carry_specs: tuple,
                  max_steps: int | None = None, every: int = 1):

@@ -161,7 +161,8 @@ class Programs:
                     self._vjps[wanted] = StepVJP(self.plan, specs, wanted)
                 except NotSplittable as e:
                     self._vjps[wanted] = None
-                    warn_recompute(self.plan.name, str(e))
+                    if not e.quiet:
+                        warn_recompute(self.plan.name, str(e))
             return self._vjps[wanted]
 
     def split(self, consts: Sequence[tf.Tensor], wanted=None):

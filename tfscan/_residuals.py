@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import tensorflow as tf
 from tensorflow.python.framework import ops
 
-from tfscan import _context
+from tfscan import _context, _step_errors
 from tfscan._graph_piece import GraphPiece
 from tfscan._step import _writes
 from tfscan._plan import Plan, float_indices
@@ -33,7 +33,16 @@ __all__ = []  # private module
 
 
 class NotSplittable(Exception):
-    """The VJP cannot be cut into pieces (recompute the step instead)."""
+    """The VJP cannot be cut into pieces (recompute the step instead).
+
+    ``quiet``: the cause is an error tfscan itself will raise again, with its own message,
+    when the gradient is computed (reverse mode through a run-time-bounded loop): no
+    warning about recomputing then.
+    """
+
+    def __init__(self, reason: str, quiet: bool = False):
+        super().__init__(reason)
+        self.quiet = quiet
 
 
 class RecomputeWarning(UserWarning):
@@ -116,7 +125,8 @@ class StepVJP:
         except NotSplittable:
             raise
         except Exception as e:  # noqa: BLE001 - any failure: fall back to recomputing (warned)
-            raise NotSplittable(f"its VJP could not be traced ({type(e).__name__}: {str(e)[:200]})") from e
+            raise NotSplittable(f"its VJP could not be traced ({type(e).__name__}: {str(e)[:200]})",
+                                quiet=_step_errors.is_own(e)) from e
         graph = self._cf.graph
         self._nc = nc
         self._gd = graph.as_graph_def()

@@ -21,7 +21,7 @@ __all__ = []  # private module
 
 _APIS = ("scan", "while_loop", "fori_loop", "cond", "switch", "map", "vmap", "jit", "grad",
          "value_and_grad", "associative_scan")
-_OWN = re.compile(r"^(%s)\b[^:\n]{0,60}:" % "|".join(_APIS))
+_OWN = re.compile(r"^((%s)\b[^:\n]{0,60}:|[^\n]{0,60}\btfscan\b)" % "|".join(_APIS))
 _DTYPE = re.compile(r"type (\w+) that does not match type (\w+)|must have the same dtype|"
                     r"expected to be an? (\w+) tensor|Cannot convert .* to EagerTensor of dtype|"
                     r"cannot compute \w+ as input #\d+(\(zero-based\))? was expected to be a")
@@ -45,13 +45,18 @@ def _typestr(spec: tf.TensorSpec) -> str:
     return f"{spec.dtype.name}[{shape}]"
 
 
+def is_own(e: BaseException) -> bool:
+    """Whether ``e`` is one of tfscan's own errors (its message starts with an API's name)."""
+    return bool(_OWN.match(str(e)))
+
+
 def call(fn: Callable, args: Sequence[Any], api: str, fn_name: str, traced_on: Callable[[], str]) -> Any:
     """``fn(*args)``; a ``TypeError``/``ValueError`` from TensorFlow becomes tfscan's."""
     try:
         return fn(*args)
     except (TypeError, ValueError) as e:
         message = str(e)
-        if _OWN.match(message):
+        if is_own(e):
             raise
         explained = _explain(message, api, fn_name, traced_on())
         try:
