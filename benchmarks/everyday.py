@@ -95,7 +95,7 @@ def _rewrap_rows(calls: int) -> dict:
     return out
 
 
-_SOAK = textwrap.dedent("""
+SOAK = textwrap.dedent("""
     import gc, os, sys, tensorflow as tf, tfscan
     impl, n = sys.argv[1], int(sys.argv[2])
     W = tf.Variable(tf.random.stateless_normal([16, 16], seed=[1, 2]) * 0.3)
@@ -128,10 +128,13 @@ _SOAK = textwrap.dedent("""
 """)
 
 
+# ``SOAK`` (``python -c SOAK IMPL N``) prints the RSS growth per traced graph (tests use it too).
+
+
 def _memory_rows(graphs: int) -> dict:
     out = {}
     for impl in ("tfscan", "tf.scan"):
-        proc = subprocess.run([sys.executable, "-c", _SOAK, impl, str(graphs)], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-c", SOAK, impl, str(graphs)], capture_output=True, text=True,
                               timeout=1800, cwd=os.path.dirname(HERE))
         out[impl] = float(proc.stdout.split("KIB")[1]) if "KIB" in proc.stdout else None
     return out

@@ -8,9 +8,9 @@ and computes with this call's values (never a stale one).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -18,6 +18,8 @@ import tensorflow as tf
 
 import tfscan
 from tfscan import _cache
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _hmm_loss(logits, obs):
@@ -143,43 +145,16 @@ def test_step_closing_over_graph_tensors_in_two_functions():
         assert float(make()(tf.constant(a))) == pytest.approx(6.0 * a)
 
 
-SOAK = textwrap.dedent("""
-    import gc, os, tensorflow as tf, tfscan
-    W = tf.Variable(tf.random.stateless_normal([16, 16], seed=[1, 2]) * 0.3)
-    xs = tf.random.stateless_normal([20, 16], seed=[3, 4])
-
-    def rss_mib():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-    def one_graph():
-        @tf.function
-        def g(xs):
-            with tf.GradientTape() as tape:
-                h, _ = tfscan.scan(lambda h, x: (tf.tanh(tf.linalg.matvec(W, h) + x), None), tf.zeros([16]), xs)
-                loss = tf.reduce_sum(h)
-            return tape.gradient(loss, W)
-        return g(xs)
-
-    for _ in range(15):
-        one_graph()
-    gc.collect()
-    before = rss_mib()
-    N = 80
-    for _ in range(N):
-        one_graph()
-        gc.collect()
-    print("PER_GRAPH_KIB", (rss_mib() - before) * 1024 / N)
-""")
-
-
 @pytest.mark.slow
 def test_memory_per_fresh_traced_graph_stays_small():
     """Each fresh tf.function differentiating a scan used to keep 4.3 MiB for the life of
     the process (its programs, compiled anew per graph, and its registered gradient)."""
-    out = subprocess.run([sys.executable, "-c", SOAK], capture_output=True, text=True, timeout=900)
+    from benchmarks.everyday import SOAK
+
+    out = subprocess.run([sys.executable, "-c", SOAK, "tfscan", "80"], capture_output=True, text=True,
+                         timeout=900, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    per_graph = float(out.stdout.split("PER_GRAPH_KIB")[1])
+    per_graph = float(out.stdout.split("KIB")[1])
     assert per_graph < 1024, f"{per_graph:.0f} KiB per traced graph"
 
 

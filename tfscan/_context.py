@@ -13,6 +13,7 @@ from tensorflow.python.framework import ops
 from tensorflow.python.ops import control_flow_util
 
 from tfscan._cache import LRUCache  # noqa: F401 - the one bounded cache, used by the loops' caches
+from tfscan._cache import _cell_full
 
 __all__ = []  # private module
 
@@ -99,23 +100,6 @@ def function_key(f: Any, depth: int = 0) -> Hashable:
                       if n in f.__globals__ and _is_tensorish(f.__globals__[n]))
         return ("fn", f.__code__, cells, defaults, globs)
     return ("obj", _value_key(f, depth + 1))
-
-
-def is_exact(key: Any) -> bool:
-    """Whether a :func:`function_key` pins down everything a trace of the function reads."""
-    if isinstance(key, _ById):
-        return key.exact
-    if isinstance(key, tuple):
-        return all(is_exact(k) for k in key)
-    return True
-
-
-def _cell_full(cell: Any) -> bool:
-    try:
-        cell.cell_contents
-    except ValueError:
-        return False
-    return True
 
 
 def _is_tensorish(x: Any) -> bool:
