@@ -132,9 +132,9 @@ def lookup(name: str, key: Hashable, create: Callable[[], Any]) -> tuple[Any, bo
     if shared:
         cache = eager_cache(name)
         with cache._lock:
-            if key in cache._data:
+            value = cache._data.get(key)
+            if value is not None and not getattr(value, "graph_bound", False):  # not an eager one's
                 cache._data.move_to_end(key)
-                value = cache._data[key]
                 store.put(local_key, value)
                 return value, False
     value = create()
