@@ -176,3 +176,28 @@ def test_rewrapped_vmap_closing_over_a_new_tensor_uses_it_without_retracing():
         sizes.append(len(batched))
     assert sizes[-1] == sizes[0], sizes
 
+
+
+def test_eight_threads_mixing_scans_closures_jit_and_grad_match_serial_calls():
+    """Threads share the one cache: each call must compute with its own closed-over tensors."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    xs = tf.constant(np.linspace(-1, 1, 12).reshape(6, 2), tf.float32)
+
+    def work(k):
+        a = tf.constant(0.1 * (k % 5) + 0.2)  # a new tensor per call, closed over by fresh lambdas
+        step = lambda c, x: (tf.tanh(a * c + x), c)  # noqa: E731
+        carry, ys = tfscan.scan(step, tf.zeros([2]), xs)
+        g = tfscan.grad(lambda w: tf.reduce_sum(tfscan.scan(lambda c, x: (tf.tanh(w * c + a * x), None),
+                                                             tf.zeros([2]), xs)[0]))(tf.constant(0.5))
+        j = tfscan.jit(lambda v: tfscan.scan(lambda c, x: (c + a * x, None), v, xs)[0])(tf.ones([2]))
+        return np.concatenate([carry.numpy(), ys.numpy().ravel(), [float(g)], j.numpy()])
+
+    serial = [work(k) for k in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(work, k) for k in list(range(16)) * 3]
+        results = [f.result(timeout=600) for f in futures]
+    for k, got in enumerate(results):
+        np.testing.assert_allclose(got, serial[k % 16], rtol=1e-6, atol=1e-6)
+    for name, size in _cache.sizes().items():
+        assert size <= _cache.eager_cache(name).maxsize, (name, size)
