@@ -67,6 +67,14 @@ class LRUCache:
         self.put(key, value)
         return value, True
 
+    def get(self, key: Hashable) -> Any:
+        """The value of ``key`` (marked as used), or ``None``."""
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
     def get_or_create(self, key: Hashable, create: Callable[[], Any]) -> Any:
         return self.lookup(key, create)[0]
 
@@ -119,24 +127,21 @@ def lookup(name: str, key: Hashable, create: Callable[[], Any]) -> tuple[Any, bo
     compiling again, and each graph that uses it keeps it alive (pinned in the graph's
     own store). A value that holds tensors of the graph it was made in
     (``value.graph_bound``) or that was made inside a replica of a ``tf.distribute``
-    strategy lives only in that graph's store, and is freed with the graph.
+    strategy lives only in that graph's store, and is freed with the graph; one made
+    eagerly with ``graph_bound`` set serves eager calls only.
     """
     if tf.executing_eagerly():
         return eager_cache(name).lookup(key, create)
     graph, local_key = _local(name, key)
     store = _graph_store(graph)
-    with store._lock:
-        if local_key in store._data:
-            return store._data[local_key], False
-    shared = local_key[1] is None  # not inside a replica
-    if shared:
-        cache = eager_cache(name)
-        with cache._lock:
-            value = cache._data.get(key)
-            if value is not None and not getattr(value, "graph_bound", False):  # not an eager one's
-                cache._data.move_to_end(key)
-                store.put(local_key, value)
-                return value, False
+    value = store.get(local_key)
+    if value is not None:
+        return value, False
+    if local_key[1] is None:  # not inside a replica: an entry another graph made may serve
+        value = eager_cache(name).get(key)
+        if value is not None and not getattr(value, "graph_bound", False):
+            store.put(local_key, value)  # pinned: this graph keeps it alive
+            return value, False
     value = create()
     put(name, key, value)
     return value, True
