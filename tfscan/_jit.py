@@ -106,14 +106,12 @@ class Jitted:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _context.jit_disabled():
             return self._fun(*args, **kwargs)
-        entry, flat, captured = self._entry(args, kwargs)
-        if tf.executing_eagerly() and record.could_possibly_record():
+        recording = tf.executing_eagerly() and record.could_possibly_record()
+        entry, flat, captured = self._entry(args, kwargs, own_captures=recording)
+        if recording:
             # Through the tf.function, which builds the gradient and forward-mode functions
             # TensorFlow derives for this call in an XLA context (as the function itself):
             # a conditional's gradient then saves plain tensors, not Optionals XLA lacks.
-            # It feeds the trace's own captures: a call with other closed-over tensors traces anew.
-            if any(c is not t for c, t in zip(captured, entry.concrete.captured_inputs)):
-                entry = self._retrace(args, kwargs)
             outs = entry.function(*flat)
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
         else:
@@ -159,11 +157,13 @@ class Jitted:
     def _label(self, i: int) -> str:
         return self._params[i] if i < len(self._params) else f"args[{i}]"
 
-    def _retrace(self, args: tuple, kwargs: dict) -> "_Entry":
-        """A new trace of this function for these arguments (replacing the cached one)."""
-        return self._entry(args, kwargs, fresh_trace=True)[0]
+    def _entry(self, args: tuple, kwargs: dict, specs_ok: bool = False, own_captures: bool = False):
+        """``(entry, flat arguments, captured inputs to feed)`` for this call.
 
-    def _entry(self, args: tuple, kwargs: dict, specs_ok: bool = False, fresh_trace: bool = False):
+        ``own_captures``: the call runs the entry's ``tf.function``, which feeds the trace's
+        own captures; an entry that would need this call's closed-over tensors instead is
+        traced anew.
+        """
         dyn_args, dyn_kwargs, static = self._split(args, kwargs)
         leaves, paths = [], []
         for i, a in enumerate(dyn_args):
@@ -189,17 +189,18 @@ class Jitted:
         key = (first,) + signature
         make = lambda: _Entry(self._fun, tree, static, flat, closure.tensors)  # noqa: E731
         entry, created = _cache.lookup("jit", key, make)
-        if not created and (fresh_trace or not entry.owner.owns(self._fun) and not (
-                fresh and closure.exact and entry.feed.complete)):
-            # The trace read something the key cannot see by value (an object's attributes,
-            # a tensor reached through one): reuse it only for the function that made it.
+        # The trace read something the key cannot see by value (an object's attributes, a
+        # tensor reached through one): reuse it only for the function that made it.
+        reusable = created or entry.owner.owns(self._fun) or (fresh and closure.exact and entry.feed.complete)
+        own = entry.concrete.captured_inputs
+        captured = entry.feed.values(own, closure.tensors) if fresh else own
+        if not reusable or (own_captures and any(c is not t for c, t in zip(captured, own))):
             entry, created = make(), True
             _cache.put("jit", key, entry)
+            captured = entry.concrete.captured_inputs
         with self._lock:
             self._trace_count += created
-        captured = entry.concrete.captured_inputs
-        return entry, flat, entry.feed.values(captured, closure.tensors) if fresh else captured
-
+        return entry, flat, captured
 
 class _Entry:
     """One trace: a concrete XLA-compiled function of the flat dynamic leaves."""
