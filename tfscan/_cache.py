@@ -75,9 +75,6 @@ class LRUCache:
                 self._data.move_to_end(key)
             return value
 
-    def get_or_create(self, key: Hashable, create: Callable[[], Any]) -> Any:
-        return self.lookup(key, create)[0]
-
     def put(self, key: Hashable, value: Any) -> None:
         with self._lock:
             self._data[key] = value
@@ -168,14 +165,6 @@ def sizes() -> dict[str, int]:
     """The number of eager entries of each cache (for tests and diagnostics)."""
     with _LOCK:
         return {name: len(cache) for name, cache in _SHARED.items()}
-
-
-def clear() -> None:
-    """Drop every eager entry (graph-owned entries go with their graphs)."""
-    with _LOCK:
-        caches = list(_SHARED.values())
-    for cache in caches:
-        cache.clear()
 
 
 # -- keys ----------------------------------------------------------------------------------------
@@ -314,13 +303,6 @@ def closure(f: Any) -> Closure:
     walk = _Walk()
     key = walk.function(f, 0)
     return Closure(key, tuple(walk.tensors), walk.exact, tuple(walk.objects))
-
-
-def value_key(x: Any) -> tuple[Hashable, bool]:
-    """``(key, exact)`` of one Python value (a static argument, a ``vmap`` template)."""
-    walk = _Walk()
-    key = walk.value(x, 0)
-    return key, walk.exact and not walk.tensors
 
 
 # -- feeding ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Where a scan is being built (eager, graph, XLA), ``disable_jit``, and the trace cache."""
+"""Where a scan is being built (eager, graph, XLA), ``disable_jit``, and the identity keys of the loops' caches."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import tensorflow as tf
 from tensorflow.python.framework import ops
 from tensorflow.python.ops import control_flow_util
 
-from tfscan._cache import LRUCache  # noqa: F401 - the one bounded cache, used by the loops' caches
-from tfscan._cache import _cell_full
+from tfscan._cache import _cell_full, _Identity  # identity keys: one class for both key kinds
 
 __all__ = []  # private module
 
@@ -65,17 +64,6 @@ def in_xla_context() -> bool:
     return bool(control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph()))
 
 
-def trace_key() -> Hashable:
-    """Where a trace is valid: the graph being built (none eagerly) and the replica.
-
-    A trace captures the tensors of the graph it was made in, and under ``tf.distribute``
-    each replica (run concurrently in one graph) reads its own copy of every variable.
-    """
-    graph = None if tf.executing_eagerly() else _ById(ops.get_default_graph())
-    replica = tf.distribute.get_replica_context()
-    return graph, (None if replica is None else _ById(replica))
-
-
 def function_key(f: Any, depth: int = 0) -> Hashable:
     """Identify a step function by its code and what it closes over, not by its identity.
 
@@ -89,7 +77,7 @@ def function_key(f: Any, depth: int = 0) -> Hashable:
     changes the key (no stale constants). Unhashable closed-over objects count by identity.
     """
     if depth > 2:  # deeper helpers (and recursive closures) count by identity
-        return _ById(f)
+        return _Identity(f)
     if isinstance(f, types.MethodType):
         return ("method", function_key(f.__func__, depth + 1), _value_key(f.__self__, depth + 1))
     if isinstance(f, types.FunctionType):
@@ -106,28 +94,6 @@ def _is_tensorish(x: Any) -> bool:
     return isinstance(x, (tf.Tensor, tf.Variable, np.ndarray))
 
 
-_IMMUTABLE_BY_IDENTITY = (tf.Tensor, tf.Variable, types.ModuleType, type, types.BuiltinFunctionType)
-
-
-class _ById:
-    """Hash by identity while keeping the object alive (so its id is never reused).
-
-    ``exact``: the identity determines what a trace reads from the object (a tensor is
-    immutable, a variable is read at run time); for any other object (a Keras layer, a
-    NumPy array) a later call may see different attributes or contents.
-    """
-
-    __slots__ = ("obj", "exact")
-
-    def __init__(self, obj: Any):
-        self.obj = obj
-        self.exact = isinstance(obj, _IMMUTABLE_BY_IDENTITY) or obj is None
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def __eq__(self, other: Any) -> bool:
-        return isinstance(other, _ById) and other.obj is self.obj
 
 
 def _value_key(x: Any, depth: int = 0) -> Hashable:
@@ -137,4 +103,4 @@ def _value_key(x: Any, depth: int = 0) -> Hashable:
         return (type(x), x)
     if isinstance(x, (tuple, list)) and len(x) < 64:
         return (type(x), tuple(_value_key(v, depth) for v in x))
-    return _ById(x)
+    return _Identity(x)
