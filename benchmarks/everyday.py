@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def _hmm_rows(iters: int) -> dict:
     import tensorflow as tf
     import tfscan
-    from tfscan import _cache
+    from tfscan._core import cache as _cache
 
     obs = tf.random.stateless_normal([300, 5], seed=[1, 2])
 

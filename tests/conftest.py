@@ -12,7 +12,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tfscan import _tree  # noqa: E402
+from tfscan._core import tree as _tree  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 import tfscan
-from tfscan import _remat
+from tfscan._scan import remat as _remat
 
 
 def simulate(length: int, slots: int, forward: bool = False) -> tuple[list[int], int]:

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import tfscan
-from tfscan import _cache
+from tfscan._core import cache as _cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

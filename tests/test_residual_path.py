@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 import tfscan
-from tfscan import _cache
-from tfscan._residuals import RecomputeWarning
+from tfscan._core import cache as _cache
+from tfscan._scan.residuals import RecomputeWarning
 
 B, H, I = 4, 8, 3
 rng = np.random.default_rng(0)

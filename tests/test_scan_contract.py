@@ -252,7 +252,7 @@ test_hlo_is_one_while_whatever_the_length.sizes = {}
 # --- the trace cache ----------------------------------------------------------------
 
 def test_fresh_lambdas_reuse_one_cache_entry_and_the_cache_is_bounded():
-    from tfscan import _cache
+    from tfscan._core import cache as _cache
 
     programs = _cache.eager_cache("scan")
     xs = tf.ones(3)

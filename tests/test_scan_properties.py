@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tfscan
-from tfscan import _tree
+from tfscan._core import tree as _tree
 from conftest import assert_trees_match
 
 Pair = collections.namedtuple("Pair", ["a", "b"])

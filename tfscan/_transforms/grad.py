@@ -8,8 +8,12 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
-from tfscan import _checks, _jit, _tree
-from tfscan._plan import is_float
+from tfscan._core import checks as _checks
+
+from tfscan._transforms import jit as _jit
+
+from tfscan._core import tree as _tree
+from tfscan._scan.plan import is_float
 
 __all__ = ["grad", "value_and_grad"]
 

@@ -12,8 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfscan import _tree
-from tfscan._tree import TreeDef
+from tfscan._core import tree as _tree
+from tfscan._core.tree import TreeDef
 
 __all__ = []  # private module
 

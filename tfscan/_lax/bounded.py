@@ -12,17 +12,17 @@ traced, every buffer has a static size and the loop can be reversed:
 * the backward pass is one compiled ``While`` over the ``ceil(n / k)`` segments actually
   run, last first: it reloads the segment's checkpoint, recomputes the segment's carries
   into a ``[k, ...]`` buffer (``k - 1`` steps), then walks them back applying the step's
-  VJP (``tfscan._program.step_vjp``, traced once from ``body_fun``), accumulating the
+  VJP (``tfscan._scan.program.step_vjp``, traced once from ``body_fun``), accumulating the
   gradients of the closed-over tensors and variables. Time is ``O(n)`` — the unused
   ``N - n`` steps cost nothing — and memory ``O(N / k + k)`` carries.
 
 The policy is scan's ``remat``: ``False``/``True`` keep every carry (``k = 1``; the backward
 pass recomputes each step's VJP from it), an int ``k`` or ``"sqrt"`` (``k = sqrt(N)``)
 keep one carry per segment. Forward mode (JVP) runs the bounded loop of
-``tfscan._loops`` on (carry, tangents). Symbolic gradients (``tf.gradients``, a tape
+``tfscan._lax.loops`` on (carry, tangents). Symbolic gradients (``tf.gradients``, a tape
 outside the ``tf.function``) reach the backward pass through an ``IdentityN`` with a
 registered gradient that reads everything from its op's inputs, as scan's do
-(``tfscan._autodiff``).
+(``tfscan._scan.autodiff``).
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.python.framework import ops
 
-from tfscan import _control
-from tfscan._buffered_loop import _write, keep_shape
-from tfscan._plan import Plan, float_indices, is_float, scatter
-from tfscan._program import captured, step_vjp
-from tfscan._residuals import NotSplittable, StepVJP
+from tfscan._lax import control as _control
+from tfscan._scan.buffered_loop import _write, keep_shape
+from tfscan._scan.plan import Plan, float_indices, is_float, scatter
+from tfscan._scan.program import captured, step_vjp
+from tfscan._scan.residuals import NotSplittable, StepVJP
 
 __all__ = []  # private module
 

@@ -28,8 +28,18 @@ from tensorflow.python.ops import array_ops
 from tensorflow.python.ops import resource_variable_ops
 from tensorflow.python.ops.parallel_for import pfor as pfor_lib
 
-from tfscan import _batching, _cache, _checks, _context, _tf, _tree
-from tfscan._plan import is_float
+from tfscan import _tf
+
+from tfscan._transforms import batching as _batching
+
+from tfscan._core import cache as _cache
+
+from tfscan._core import checks as _checks
+
+from tfscan._core import context as _context
+
+from tfscan._core import tree as _tree
+from tfscan._scan.plan import is_float
 
 __all__ = ["vmap"]
 
@@ -382,7 +392,7 @@ class _Batched:
         self.graph_bound = any(tf.is_symbolic_tensor(t) for t in self.run.captured_inputs)
         self.grad_name = f"TfscanVmap_{ops.uid()}"
         # TF's gradient registry lives as long as the process: it holds this entry weakly
-        # (the graphs that use it keep it alive, :mod:`tfscan._cache`).
+        # (the graphs that use it keep it alive, :mod:`tfscan._core.cache`).
         ref = weakref.ref(self)
 
         def graph_gradient(op, *grads):

@@ -24,10 +24,12 @@ from typing import Any, Sequence
 import tensorflow as tf
 from tensorflow.python.framework import ops
 
-from tfscan import _context, _step_errors
-from tfscan._graph_piece import GraphPiece
-from tfscan._step import _writes
-from tfscan._plan import Plan, float_indices
+from tfscan._core import context as _context
+
+from tfscan._core import step_errors as _step_errors
+from tfscan._scan.graph_piece import GraphPiece
+from tfscan._scan.step import _writes
+from tfscan._scan.plan import Plan, float_indices
 
 __all__ = []  # private module
 

@@ -10,7 +10,7 @@ list of those ``tensors`` (the *slots*). ``tf.Variable``s, modules and classes c
 identity (a variable is read when the program runs). Any other object (a Keras layer, a
 distribution, a NumPy array) counts by its type, and the closure is not ``exact``: its
 attributes may change between calls, so each call traces the function again and reuses
-the compiled programs when the new trace is the same (:attr:`tfscan._step.Traced.fingerprint`).
+the compiled programs when the new trace is the same (:attr:`tfscan._scan.step.Traced.fingerprint`).
 
 **Feeding.** A trace captures the tensors it closes over. :class:`Feed` records, once
 per trace, which captured input came from which slot; on every later call the tensors

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow.python.framework import ops
 from tensorflow.python.ops import control_flow_util
 
-from tfscan._cache import _cell_full, _Identity  # identity keys: one class for both key kinds
+from tfscan._core.cache import _cell_full, _Identity  # identity keys: one class for both key kinds
 
 __all__ = []  # private module
 
@@ -70,7 +70,7 @@ def function_key(f: Any, depth: int = 0) -> Hashable:
     Closed-over tensors count by identity here: this key serves the caches that do not
     yet feed a call's closed-over tensors to their programs (``cond``, ``switch``,
     ``while_loop``, ``associative_scan``); ``scan``, ``jit``, ``grad`` and ``vmap`` use
-    :func:`tfscan._cache.closure`, which keys tensors by shape and dtype.
+    :func:`tfscan._core.cache.closure`, which keys tensors by shape and dtype.
 
     A fresh ``lambda`` per call with the same code and the same closed-over values maps to
     the same key (no retrace, no unbounded growth); a closed-over tensor that is replaced

@@ -41,9 +41,9 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
-from tfscan import _tree
-from tfscan._buffered_loop import _write, keep_shape
-from tfscan._plan import Plan, float_indices, scatter
+from tfscan._core import tree as _tree
+from tfscan._scan.buffered_loop import _write, keep_shape
+from tfscan._scan.plan import Plan, float_indices, scatter
 
 __all__ = []  # private module
 
@@ -161,7 +161,7 @@ def forward_steps(length: int, slots: int) -> int:
 def binomial_forward(plan: Plan, length: int, reverse: bool, unroll, init, xs, consts, slots: int,
                      captured: Callable):
     """``(carry, ys, snapshots)``: the scan, writing the spine's snapshots into ``[slots + 1, ...]``."""
-    from tfscan import _buffered_loop
+    from tfscan._scan import buffered_loop as _buffered_loop
 
     n = len(init)
     slot_at = spine(length, slots)[1]
@@ -185,7 +185,7 @@ def binomial_backward(plan: Plan, length: int, reverse: bool, xs, consts, snaps,
     :func:`binomial_forward`.
 
     ``step_vjp(plan, c_t, x_t, k, d_c, dy_t, wanted)`` recomputes one step and pulls the
-    cotangents back (``tfscan._program.step_vjp`` bound to the step's traced VJP).
+    cotangents back (``tfscan._scan.program.step_vjp`` bound to the step's traced VJP).
     """
     fc, fx, fy, fk = float_indices(plan, consts, wanted)
     nc, nx = len(plan.carry_specs), len(xs)

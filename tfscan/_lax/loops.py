@@ -5,7 +5,7 @@ closed-over tensors and variables become explicit inputs, as for scan) and runs 
 compiled XLA ``While``. A while loop has no reverse-mode derivative (its trip count is
 data-dependent, so nothing bounds the memory of a backward pass); as in JAX, asking for
 one raises a ``ValueError`` — unless the loop is given ``max_steps=N``: then it stops
-after at most ``N`` steps and ``tfscan._bounded`` reverses it (checkpointed by ``remat``,
+after at most ``N`` steps and ``tfscan._lax.bounded`` reverses it (checkpointed by ``remat``,
 in time linear in the steps actually taken). Forward mode (``tf.autodiff.ForwardAccumulator``)
 works either way: the tangents run in a second compiled loop alongside the primal carry.
 
@@ -24,12 +24,24 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record
 
-from tfscan import _bounded, _cache, _checks, _context, _control, _tree, _weak
-from tfscan._buffered_loop import keep_shape
-from tfscan._plan import Plan, is_float
-from tfscan._program import captured
-from tfscan._scan import scan
-from tfscan._step import Traced
+from tfscan._lax import bounded as _bounded
+
+from tfscan._core import cache as _cache
+
+from tfscan._core import checks as _checks
+
+from tfscan._core import context as _context
+
+from tfscan._lax import control as _control
+
+from tfscan._core import tree as _tree
+
+from tfscan._core import weak as _weak
+from tfscan._scan.buffered_loop import keep_shape
+from tfscan._scan.plan import Plan, is_float
+from tfscan._scan.program import captured
+from tfscan._scan.scan import scan
+from tfscan._scan.step import Traced
 
 __all__ = ["while_loop", "fori_loop", "map"]
 
@@ -75,7 +87,7 @@ def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_va
     steps actually taken. ``remat`` bounds the memory of the backward pass:
     ``False``/``True`` keep every step's carry (``N`` carries), an int ``k`` keeps one
     carry every ``k`` steps and recomputes the rest, ``"sqrt"`` takes ``k = sqrt(N)``
-    (``2 sqrt(N)`` carries: use it for large bounds). See ``tfscan._bounded``.
+    (``2 sqrt(N)`` carries: use it for large bounds). See ``tfscan._lax.bounded``.
 
     Args:
       cond_fun: ``cond_fun(val)`` returns a boolean scalar (a bool tensor of shape ``()``).
@@ -165,7 +177,7 @@ def _bool_scalar(out: Any) -> tf.Tensor:
 class _WhilePlan:
     """The traced ``cond_fun`` / ``body_fun`` of a while loop and its compiled programs."""
 
-    graph_bound = True  # keyed on closed-over tensors by identity: one graph's own (tfscan._cache)
+    graph_bound = True  # keyed on closed-over tensors by identity: one graph's own (tfscan._core.cache)
 
     def __init__(self, cond_fun: Callable, body_fun: Callable, tree: _tree.TreeDef, carry_specs: tuple,
                  max_steps: int | None = None, every: int = 1):

@@ -16,7 +16,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfscan import _checks, _context, _control, _tree
+from tfscan._core import checks as _checks
+
+from tfscan._core import context as _context
+
+from tfscan._lax import control as _control
+
+from tfscan._core import tree as _tree
 
 __all__ = ["associative_scan"]
 

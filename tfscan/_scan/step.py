@@ -16,9 +16,9 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
 
-from tfscan import _context
-from tfscan._cache import Feed
-from tfscan._graph_piece import GraphPiece
+from tfscan._core import context as _context
+from tfscan._core.cache import Feed
+from tfscan._scan.graph_piece import GraphPiece
 
 __all__ = []  # private module
 
@@ -30,7 +30,7 @@ class Traced:
       out_specs: ``tf.TensorSpec`` of every output.
       const_sources: what feeds each constant: a captured tensor or a ``tf.Variable``.
       feed: which constants came from which slot of the function's
-        :class:`tfscan._cache.Closure` (``slots``: its tensors when this trace was made);
+        :class:`tfscan._core.cache.Closure` (``slots``: its tensors when this trace was made);
         :meth:`const_values` feeds a later call's slot tensors in their place.
     """
 

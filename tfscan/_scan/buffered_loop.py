@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from tfscan import _batching
+from tfscan._transforms import batching as _batching
 
 __all__ = []  # private module
 

@@ -5,7 +5,7 @@ and dtype of every tensor leaf, and the values of the static arguments. Python n
 are tensors (``int`` -> int32, ``float`` -> float32, as ``tf.constant``), so a new value
 never retraces. Each trace is one ``tf.function(jit_compile=True)`` concrete function.
 
-The traces live in tfscan's one cache (:mod:`tfscan._cache`), keyed on the function's
+The traces live in tfscan's one cache (:mod:`tfscan._core.cache`), keyed on the function's
 code and what it closes over (closed-over tensors by shape and dtype, fed at call time),
 not on the ``Jitted`` object: ``tfscan.jit(f)(x)`` written inside a loop, or
 ``tfscan.grad(loss)(params)`` re-wrapped each step, traces and compiles once.
@@ -23,7 +23,15 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record
 
-from tfscan import _cache, _checks, _context, _tf, _tree
+from tfscan import _tf
+
+from tfscan._core import cache as _cache
+
+from tfscan._core import checks as _checks
+
+from tfscan._core import context as _context
+
+from tfscan._core import tree as _tree
 
 __all__ = ["jit"]
 

@@ -18,9 +18,11 @@ import tensorflow as tf
 from tensorflow.python.eager import forwardprop_util, record
 from tensorflow.python.framework import ops
 
-from tfscan import _context, _program
-from tfscan._plan import float_indices, is_float, scatter
-from tfscan._program import Programs
+from tfscan._core import context as _context
+
+from tfscan._scan import program as _program
+from tfscan._scan.plan import float_indices, is_float, scatter
+from tfscan._scan.program import Programs
 
 __all__ = []  # private module
 
@@ -97,7 +99,7 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
         name = f"TfscanScanGrad_{next(_sites)}"
     n_out, n_saved, n_i, n_x, n_k = counts
     # TF's registry keeps ``grad`` for the life of the process: it holds ``programs`` only
-    # weakly (the graphs that use them keep them alive, :mod:`tfscan._cache`).
+    # weakly (the graphs that use them keep them alive, :mod:`tfscan._core.cache`).
     ref = weakref.ref(programs)
 
     def grad(op, *d_all):
@@ -144,7 +146,7 @@ def _recorded_backward(programs: Programs, init, xs, consts, d_carry, d_ys, dyna
     ``GradientTape`` inside the user's step would record nothing, and the step's own
     gradient would come out as zero.
     """
-    from tfscan._scan import scan  # the public scan differentiates this backward pass
+    from tfscan._scan.scan import scan  # the public scan differentiates this backward pass
 
     plan, static = programs.plan, programs.static
     fc, fx, fy, fk = float_indices(plan, consts)

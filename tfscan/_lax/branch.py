@@ -13,7 +13,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfscan import _checks, _context, _control, _tree
+from tfscan._core import checks as _checks
+
+from tfscan._core import context as _context
+
+from tfscan._lax import control as _control
+
+from tfscan._core import tree as _tree
 
 __all__ = ["cond", "switch"]
 

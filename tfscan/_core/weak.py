@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record
 
-from tfscan import _tree
+from tfscan._core import tree as _tree
 
 __all__ = []  # private module
 

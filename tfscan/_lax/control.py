@@ -2,9 +2,9 @@
 
 ``while_loop``, ``cond``, ``switch`` and ``associative_scan`` each build one TensorFlow
 function of flat tensors. :func:`compiled` caches it under a key made from the user's
-functions (:func:`tfscan._context.function_key`), the argument structure and specs, and
+functions (:func:`tfscan._core.context.function_key`), the argument structure and specs, and
 runs it as ``tf.function(jit_compile=True)`` — or emits it inline when the caller is
-already being compiled by XLA (as ``tfscan._program.Programs`` does for scan).
+already being compiled by XLA (as ``tfscan._scan.program.Programs`` does for scan).
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
-from tfscan import _cache, _checks, _context, _tree
+from tfscan._core import cache as _cache
+
+from tfscan._core import checks as _checks
+
+from tfscan._core import context as _context
+
+from tfscan._core import tree as _tree
 
 __all__ = []  # private module
 
@@ -45,7 +51,7 @@ class Compiled:
 
 def compiled(key: tuple, make_build: Callable[[dict], Callable]) -> Compiled:
     """The cached :class:`Compiled` for ``key``: eager calls share a bounded LRU; one made
-    while a graph is built belongs to that graph and is freed with it (:mod:`tfscan._cache`)."""
+    while a graph is built belongs to that graph and is freed with it (:mod:`tfscan._core.cache`)."""
     return _cache.lookup("control", key, lambda: Compiled(make_build))[0]
 
 
