@@ -256,6 +256,81 @@ class VmapElman:
         return lambda: fn(*args)
 
 
+class PortedTrainStep:
+    """Issue 14's ported JAX program: ``jit(value_and_grad(mean(vmap(scan loss))))``.
+
+    A per-sequence RNN regression loss (hidden 8, input 3, one target per step, as in
+    ``notebooks/06_porting_from_jax``), batched with ``vmap``, differentiated w.r.t. the
+    parameters and compiled; B=16 sequences at T <= 50, 64 beyond. The JAX program and its
+    tfscan translation (names swapped) are measured next to the same loss batched by hand."""
+    name = "port"
+    wrt = ("params",)
+    I, H = 3, 8
+
+    @staticmethod
+    def batch(T: int) -> int:
+        return 16 if T <= 50 else 64
+
+    def inputs(self, T: int, rng: np.random.Generator) -> dict:
+        B, f32 = self.batch(T), np.float32
+        params = {"W": (rng.normal(size=(self.H, self.H)) * 0.3).astype(f32),
+                  "U": (rng.normal(size=(self.I, self.H)) * 0.3).astype(f32),
+                  "V": (rng.normal(size=(self.H, 1)) * 0.3).astype(f32)}
+        return {"params": params, "init": np.zeros(0, f32),
+                "xs": {"x": rng.normal(size=(B, T, self.I)).astype(f32),
+                       "y": rng.normal(size=(B, T, 1)).astype(f32)}}
+
+    def build(self, key: str, data: dict) -> Callable[[], Any]:
+        """``(loss, grads)`` of the batch."""
+        H = self.H
+        if key == "jax":
+            def loss_one(p, xs, ys):
+                def step(h, xy):
+                    x, y = xy
+                    h = jnp.tanh(h @ p["W"] + x @ p["U"])
+                    return h, jnp.sum((h @ p["V"] - y) ** 2)
+                return jnp.mean(jax.lax.scan(step, jnp.zeros(H), (xs, ys))[1])
+
+            @jax.jit
+            def train(p, xs, ys):
+                return jax.value_and_grad(
+                    lambda p: jnp.mean(jax.vmap(loss_one, in_axes=(None, 0, 0))(p, xs, ys)))(p)
+            p = jax.tree_util.tree_map(jnp.asarray, data["params"])
+            xs, ys = jnp.asarray(data["xs"]["x"]), jnp.asarray(data["xs"]["y"])
+            return lambda: _impls.block(train(p, xs, ys))
+
+        def vecmat(v, M):  # jnp's v @ M for a vector (or a batch of rows) v
+            return tf.matmul(v, M) if v.shape.rank == 2 else tf.linalg.matvec(M, v, transpose_a=True)
+
+        def step_of(p):
+            def step(h, xy):
+                x, y = xy
+                h = tf.tanh(vecmat(h, p["W"]) + vecmat(x, p["U"]))
+                return h, tf.reduce_sum((vecmat(h, p["V"]) - y) ** 2, axis=-1)
+            return step
+
+        if key == "tfscan.jit":  # the port: names swapped
+            def loss_one(p, xs, ys):
+                return tf.reduce_mean(tfscan.scan(step_of(p), tf.zeros(H), (xs, ys))[1])
+
+            @tfscan.jit
+            def train(p, xs, ys):
+                return tfscan.value_and_grad(
+                    lambda p: tf.reduce_mean(tfscan.vmap(loss_one, in_axes=(None, 0, 0))(p, xs, ys)))(p)
+        else:  # "tfscan.batched": the batch carried through one scan by hand
+            @tfscan.jit
+            def train(p, xs, ys):
+                def loss(p):
+                    B = tf.shape(xs)[0]
+                    seq = (tf.transpose(xs, [1, 0, 2]), tf.transpose(ys, [1, 0, 2]))
+                    _, errs = tfscan.scan(step_of(p), tf.zeros([B, H]), seq)
+                    return tf.reduce_mean(errs)
+                return tfscan.value_and_grad(loss)(p)
+        p = {k: tf.constant(v) for k, v in data["params"].items()}
+        xs, ys = tf.constant(data["xs"]["x"]), tf.constant(data["xs"]["y"])
+        return lambda: train(p, xs, ys)
+
+
 # ---------------------------------------------------------------- workloads
 
 FWD_IMPLS = ["jax", "tfscan", "tfscan@xla", "tfscan.jit", "tf.scan", "tf.scan@xla", "keras", "keras@xla", "while@xla"]
@@ -283,14 +358,14 @@ SIZES = {
     "full": {"cumsum": [10**3, 10**4, 10**5, 10**6],
              "elman": [250, 500, 1000, 2000, 4000, 8000],
              "light": [10**3, 10**4, 10**5, 10**6],
-             "vmap": [1000], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
+             "vmap": [1000], "port": [50, 500], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
              "compile-jvp2": [10**2, 10**3], "memory": 8000, "keras": [100, 1000], "final": [2000, 20000]},
     "quick": {"cumsum": [10**3, 10**4, 10**5, 10**6],
               "elman": [250, 500, 1000, 2000],
               "light": [10**3, 10**4, 10**5],
-              "vmap": [1000], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
+              "vmap": [1000], "port": [50, 500], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
               "compile-jvp2": [10**2], "memory": 2000, "keras": [100], "final": [2000, 20000]},
-    "smoke": {"cumsum": [20], "elman": [10], "light": [20], "vmap": [10],
+    "smoke": {"cumsum": [20], "elman": [10], "light": [20], "vmap": [10], "port": [10],
               "compile": [10, 20], "overhead": [10], "compile-jvp2": [10], "memory": 20, "keras": [8],
               "final": [20]},
 }
@@ -299,7 +374,7 @@ SIZES = {
 def workloads(mode: str) -> list[Workload]:
     s = SIZES[mode]
     cumsum, elman, light, fresh, final = CumSum(), Elman(), Light(), LightFresh(), ElmanFinal()
-    vm = VmapElman()
+    vm, port = VmapElman(), PortedTrainStep()
     fwd = lambda p: (lambda key, data: _impls.forward(key, p, data))  # noqa: E731
     grad = lambda p: (lambda key, data: _impls.gradient(key, p, data))  # noqa: E731
     return [
@@ -324,6 +399,13 @@ def workloads(mode: str) -> list[Workload]:
                   "vectorized_map.tfscan"],
                  vm.build, vm.inputs, tol=1e-4,
                  requires={"tfscan.vmap": ("vmap",), "tfscan.jit.vmap": ("vmap", "jit")}),
+        Workload("port", "3b. A ported JAX train step: jit(value_and_grad(mean(vmap(scan loss)))), "
+                 "H=8, I=3, B=16 (T=50) / 64 (T=500)", "time", "train", s["port"],
+                 ["jax", "tfscan.jit", "tfscan.batched"], port.build, port.inputs, tol=1e-4,
+                 per_step=False, budget_s=20.0, requires={"tfscan.jit": ("vmap", "jit", "value_and_grad"),
+                                           "tfscan.batched": ("jit", "value_and_grad")},
+                 note="The first call (trace + compile + one run) of each is in the results JSON "
+                      "(first_s); issue 14's goals: per call <= 1.0x JAX, first call <= 2x JAX's."),
         Workload("compile-fwd", "4. Compile time vs T (first call minus steady call), light step, "
                  "forward", "compile", "forward", s["compile"],
                  ["jax", "tfscan", "tfscan@xla", "tfscan.jit", "tf.scan@xla", "keras@xla", "while@xla"],
