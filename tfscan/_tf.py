@@ -65,3 +65,17 @@ def is_autograph_scope(x: Any) -> bool:
     Keras retrace) would compile the same scan again. No public type exists to test.
     """
     return isinstance(x, _autograph_wrappers.FunctionScope)
+
+
+def set_pfor_converter(op: Any, converter: Any) -> None:
+    """Give one graph operation its own ``pfor`` converter (``tf.vectorized_map``'s engine).
+
+    Why private: ``pfor`` converts an operation with ``op.pfor_converter`` when the
+    attribute exists, before its per-type registry; that is the only way to convert one
+    particular op differently from others of its type. tfscan uses it on the ops of a
+    scan's forward loop traced for ``vmap``: the scan's batching rule replaces the whole
+    loop, so ``pfor`` must not batch those ops one by one first (that would double the
+    trace and leave a dead loop in the graph). Checked on TensorFlow 2.21
+    (``parallel_for/pfor.py``: ``PFor._convert_helper``).
+    """
+    op.pfor_converter = converter

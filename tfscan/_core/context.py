@@ -57,6 +57,21 @@ def in_internal_trace() -> bool:
     return getattr(_state, "internal", 0) > 0
 
 
+@contextlib.contextmanager
+def vmap_trace() -> Iterator[None]:
+    """While ``vmap`` traces the per-example function it then batches with ``pfor``: a scan
+    built there marks its forward loop for the scan's batching rule (``_transforms.scan_batching``)."""
+    _state.vmap = getattr(_state, "vmap", 0) + 1
+    try:
+        yield
+    finally:
+        _state.vmap -= 1
+
+
+def in_vmap_trace() -> bool:
+    return getattr(_state, "vmap", 0) > 0
+
+
 def in_xla_context() -> bool:
     """True while tracing a function that XLA compiles as a whole (``jit_compile=True``)."""
     if tf.executing_eagerly():

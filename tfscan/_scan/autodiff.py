@@ -50,10 +50,15 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
             programs.vjp(consts)  # what forward mode pulls through _recorded_backward
     programs.vjp(consts, wanted)  # traced now, while a tape inside the step can still record
     with record.stop_recording():  # the tapes see only the operation recorded below
+        graph = None if eager or not _context.in_vmap_trace() else ops.get_default_graph()
+        first_op = len(graph.get_operations()) if graph is not None else 0
         carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=True, wanted=wanted)
         outs = list(carry) + list(ys)
         result = outs if eager else _with_registered_gradient(programs, outs, saved, init, xs, consts,
                                                               dynamic_length)
+        if graph is not None:  # vmap batches this scan as a whole, not its loop's ops
+            from tfscan._transforms import scan_batching
+            scan_batching.mark_forward(graph.get_operations()[first_op:], result[0].op if result else None)
     record.record_operation(
         "TfscanScan", result, list(init) + list(xs) + list(consts),
         lambda *d_outs: _backward(programs, init, xs, consts, saved, d_outs, outs, dynamic_length, wanted))
@@ -75,6 +80,18 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
 
 _registry_lock = threading.Lock()
 _sites = itertools.count()
+# Gradient name -> (programs, weakly; counts; has a run-time length): what the scan's batching
+# rule (:mod:`tfscan._transforms.scan_batching`) reads from an ``IdentityN`` it converts.
+_SITES: dict = {}
+
+
+def scan_site(name: str):
+    """``(programs, counts, has_dl)`` of the scan whose ``IdentityN`` has gradient ``name``, or ``None``."""
+    site = _SITES.get(name)
+    if site is None:
+        return None
+    programs = site[0]()
+    return None if programs is None else (programs,) + site[1:]
 
 
 def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts, dynamic_length) -> list:
@@ -129,6 +146,7 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
         return [None] * (n_out + n_saved) + grads + ([None] if has_dl else [])
 
     ops.RegisterGradient(name)(grad)
+    _SITES[name] = (ref, counts, has_dl)
     return name
 
 

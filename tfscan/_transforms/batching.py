@@ -185,6 +185,38 @@ def _convert_matmul(pfor_input):
     return pfor_lib.wrap(out[:, :, None], True)
 
 
+def _static_reduction(op_func):
+    """A reduction over axes known when traced: the shifted axes stay a constant (pfor
+    computes them with ops, and the reduction's gradient then reads run-time shapes, which
+    keeps a batched scan step from saving its residuals)."""
+    def convert(pfor_input):
+        if not pfor_input.input(0).is_stacked or pfor_input.input(1).is_stacked:
+            return None
+        axes = tf.get_static_value(pfor_input.input(1).t)
+        if axes is None:
+            return None
+        t = pfor_input.stacked_input(0)
+        rank = t.shape.rank
+        if rank is None and (axes < 0).any():
+            return None
+        axes = [int(a) + 1 if a >= 0 else int(a) + rank for a in axes.reshape(-1)]
+        return pfor_lib.wrap(op_func(t, axes, keepdims=pfor_input.get_attr("keep_dims")), True)
+    return convert
+
+
+for _name, _fn in (("Sum", tf.reduce_sum), ("Prod", tf.reduce_prod), ("Max", tf.reduce_max),
+                   ("Min", tf.reduce_min), ("Mean", tf.reduce_mean), ("All", tf.reduce_all),
+                   ("Any", tf.reduce_any)):
+    _override(_name)(_static_reduction(_fn))
+
+
+@_override("IdentityN")
+def _convert_identity_n(pfor_input):
+    """A scan's outputs (an ``IdentityN`` carrying its gradient): the scan's own batching rule."""
+    from tfscan._transforms import scan_batching  # imports the scan machinery: only when used
+    return scan_batching.convert(pfor_input)
+
+
 _register("XlaDynamicUpdateSlice", _convert_dynamic_update_slice)
 _register("XlaDynamicSlice", _convert_dynamic_slice)
 
@@ -195,7 +227,14 @@ _register("XlaDynamicSlice", _convert_dynamic_slice)
 _ORIGINAL_WHILE: dict = {}
 
 
+def loops_batched() -> int:
+    """How many ``While`` ops ``pfor`` has batched on this thread (a scan is batched whole by
+    its own rule and not counted): a vmapped program with none is differentiated by TF."""
+    return getattr(_state, "loops", 0)
+
+
 def _convert_while(pfor_input):
+    _state.loops = loops_batched() + 1
     if not active() or any(inp.t.dtype == dtypes.variant for inp in pfor_input.inputs):
         # TensorLists (a TensorArray in the loop) keep pfor's own internal stacking.
         return _ORIGINAL_WHILE[pfor_input.op_type](pfor_input)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.eager import record
+from tensorflow.python.eager import forwardprop_util, record
 from tensorflow.python.framework import ops
 from tensorflow.python.ops import array_ops
 from tensorflow.python.ops import resource_variable_ops
@@ -231,7 +231,7 @@ def _call(fun, names, in_axes, out_axes, axis_size, args, kwargs):
         _cache.put("vmap", key, entry)
     # This call's closed-over tensors replace those the traces captured.
     captured = entry.feed_run.values(entry.run.captured_inputs, closure.tensors)
-    if _needs_gradient(mapped + shared + captured, entry):
+    if _needs_gradient(mapped + shared + captured, entry) and not _native_gradient(entry, mapped + shared + captured):
         with record.stop_recording():
             outs = _tf.call_concrete(entry.run, mapped + shared, captured)
         outs = _with_gradient(entry, outs, mapped, shared,
@@ -376,16 +376,21 @@ class _Batched:
 
         example_specs = [tf.TensorSpec(_drop(t.shape, ax), t.dtype) for t, ax in zip(mapped, self.mapped_axes)] + \
             [tf.TensorSpec(t.shape, t.dtype) for t in shared]
-        with _context.internal_trace():
+        with _context.internal_trace(), _context.vmap_trace():
             self.pe = tf.function(per_example, autograph=False).get_concrete_function(*example_specs)
         self.out_dtypes = [t.dtype for t in self.pe.outputs]
         self.function = _tf.quiet_retracing(
             tf.function(self._batched, jit_compile=True, autograph=False, reduce_retracing=False))
+        loops = _batching.loops_batched()
         self.run = self.function.get_concrete_function(
             *[tf.TensorSpec(t.shape, t.dtype) for t in list(mapped) + list(shared)])
         captured = list(self.pe.captured_inputs)
         by_handle = {id(v.handle): v for v in self.pe.graph.variables}
         self.variables = [by_handle.get(id(c)) for c in captured]  # the variable of each resource capture
+        # Every loop in the batched program is a tfscan scan (batched whole by its rule, with its
+        # own VJP) and no variable is read: TensorFlow differentiates ``run`` itself, so the
+        # gradient is one batched backward pass reading the batched forward's residuals.
+        self.native = _batching.loops_batched() == loops and all(v is None for v in self.variables)
         self.feed_pe = _cache.Feed(captured, slots)
         self.feed_run = _cache.Feed(self.run.captured_inputs, slots)
         self.owner = _cache.Owner(fun)
@@ -513,6 +518,13 @@ def _needs_gradient(inputs: Sequence[tf.Tensor], entry: _Batched) -> bool:
     if tf.executing_eagerly() and not record.could_possibly_record():
         return False
     return any(is_float(t.dtype) or t.dtype == tf.resource for t in inputs)
+
+
+def _native_gradient(entry: _Batched, inputs: Sequence[tf.Tensor]) -> bool:
+    """Whether TensorFlow's own gradient of the batched program serves this call: not inside
+    a step tfscan traces and copies, nor under a forward accumulator (see ``_Batched.native``)."""
+    return entry.native and not _context.in_internal_trace() and \
+        not forwardprop_util.pack_tangents(list(inputs)).indices
 
 
 def _with_gradient(entry: _Batched, outs, mapped, shared, captured) -> list:

@@ -1,0 +1,169 @@
+"""The batching rule of a scan: ``vmap`` of a scan is one tfscan scan of the batched step.
+
+JAX batches ``lax.scan`` as a primitive: the scan of a batched step, whose own VJP then
+applies, so ``grad(vmap(scan))`` is one batched forward loop saving residuals and one
+batched backward loop reading them. tfscan does the same inside :func:`tfscan.vmap`:
+when ``pfor`` meets the ``IdentityN`` that carries a scan's outputs (and its gradient,
+:mod:`tfscan._scan.autodiff`), this rule replaces the scan with a :func:`tfscan.scan` of
+the step batched by ``pfor`` (carry leaves batched where the inputs make them so, found
+by a fixpoint as ``jax.vmap`` does; mapped ``xs`` moved to axis 1, the ``ys`` back to
+axis 0). The new scan is an ordinary differentiable tfscan scan: its forward loop saves
+the batched residuals and its gradient is tfscan's compiled reverse loop. Without this
+rule ``pfor`` would batch the scan's ``While`` op by op, and the gradient of ``vmap``
+would recompute every example's forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+from tensorflow.python.framework import tensor_util
+from tensorflow.python.ops import array_ops
+from tensorflow.python.ops.parallel_for import pfor as pfor_lib
+
+from tfscan import _tf
+from tfscan._scan import autodiff as _autodiff
+from tfscan._transforms import batching as _batching
+
+__all__ = []  # private module
+
+
+class _Restack(Exception):
+    """A carry leaf came out of the batched step batched while it went in unbatched."""
+
+    def __init__(self, index: int):
+        super().__init__(index)
+        self.index = index
+
+
+def mark_forward(ops_: list, identity: Any) -> None:
+    """The ops of a scan's forward loop (``ops_``, up to its ``IdentityN`` ``identity``) traced
+    for ``vmap``: inside ``tfscan.vmap``, ``pfor`` leaves them as they are when only the
+    ``IdentityN`` reads them (its rule below builds the batched scan from the scan's inputs
+    and never uses them); when anything else reads them (a per-example gradient that reads
+    the residuals), they are batched as usual."""
+    if identity is None:
+        return
+    group = _Group([op for op in ops_ if op is not identity], identity)
+    for op in group.ops:
+        if op.outputs:
+            _tf.set_pfor_converter(op, group.convert)
+
+
+class _Group:
+    """The forward ops of one scan, and whether ``pfor`` may leave them unbatched."""
+
+    def __init__(self, ops_: list, identity: Any):
+        self.ops, self.identity = ops_, identity
+        self._names = {op.name for op in ops_} | {identity.name}
+        self._checked: tuple | None = None  # (graph outputs seen, verdict)
+
+    def _only_scan_reads(self) -> bool:
+        graph = self.identity.graph
+        outputs = getattr(graph, "outputs", None) or []
+        if self._checked is not None and self._checked[0] == len(outputs):
+            return self._checked[1]
+        returned = {t.name for t in outputs}
+        ok = all(t.name not in returned and all(c.name in self._names for c in t.consumers())
+                 for op in self.ops for t in op.outputs)
+        self._checked = (len(outputs), ok)
+        return ok
+
+    def convert(self, pfor_input):
+        op = pfor_input.op
+        if _batching.active() and self._only_scan_reads():
+            return [pfor_lib.wrap(t, False) for t in op.outputs]
+        converter = pfor_lib._pfor_converter_registry.get(op.type)  # batched op by op, as pfor does
+        if converter is None:
+            raise ValueError(f"No pfor vectorization defined for {op.type}")
+        return converter(pfor_input)
+
+
+def convert(pfor_input) -> list | None:
+    """The batched scan for a scan's ``IdentityN`` (``None``: not a scan, let pfor convert it)."""
+    op = pfor_input.op
+    try:
+        name = op.get_attr("_gradient_op_type")
+    except ValueError:
+        return None
+    site = _autodiff.scan_site(name.decode() if isinstance(name, bytes) else name)
+    if site is None:
+        return None
+    programs, (n_out, n_saved, n_i, n_x, n_k), has_dl = site
+    ins = [pfor_input.input(j) for j in range(pfor_input.num_inputs)]
+    base = n_out + n_saved
+    init, xs = ins[base: base + n_i], ins[base + n_i: base + n_i + n_x]
+    consts = ins[base + n_i + n_x: base + n_i + n_x + n_k]
+    dl = ins[base + n_i + n_x + n_k] if has_dl else None
+    inputs = init + xs + consts
+    if not any(w.is_stacked for w in inputs):
+        return None
+    if any(w.is_sparse_stacked for w in inputs) or (dl is not None and dl.is_stacked):
+        raise NotImplementedError(
+            "vmap: a scan inside the vectorized function has a length or an input that pfor batches "
+            "sparsely (e.g. a per-example length); scan lengths must be the same for every example.")
+    outs = _batched_scan(programs, init, xs, consts, dl, pfor_input.pfor.loop_len_vector)
+    # The IdentityN's other outputs (residuals and inputs passed through) are never read.
+    return outs + [pfor_lib.wrap(w.t, w.is_stacked) for w in ins[n_out:]]
+
+
+def _swap01(t: tf.Tensor) -> tf.Tensor:
+    rank = t.shape.rank
+    return tf.transpose(t, [1, 0] + list(range(2, rank)))
+
+
+def _tile(t: tf.Tensor, size: Any) -> tf.Tensor:
+    """``t`` repeated ``size`` times along a new leading axis."""
+    return tf.tile(t[None], tf.concat([tf.reshape(tf.cast(size, tf.int32), [1]),
+                                       tf.ones([t.shape.rank], tf.int32)], 0))
+
+
+def _batched_scan(programs, init, xs, consts, dl, n: tf.Tensor) -> list:
+    from tfscan._scan.scan import scan  # the public scan: caching, its VJP, remat
+    from tfscan._transforms.vmap import _pfor
+
+    plan, static = programs.plan, programs.static
+    n_c = len(init)
+    # The batch size, static when any batched input knows it (pfor's own is a tensor).
+    known = [w.t.shape[0] for w in list(init) + list(xs) + list(consts)
+             if w.is_stacked and w.t.shape.rank and w.t.shape[0] is not None]
+    n_static = tensor_util.constant_value(n)
+    size: Any = int(known[0]) if known else int(n_static[0]) if n_static is not None else n[0]
+    c_stacked = [w.is_stacked for w in init]
+    x_stacked = [w.is_stacked for w in xs]
+    k_stacked = [w.is_stacked for w in consts]
+    k_values = [w.t for w in consts]
+    xs_t = [_swap01(w.t) if w.is_stacked else w.t for w in xs]  # scan walks axis 0: time first
+    length = static.length if static.length is not None else (dl.t if dl is not None else None)
+
+    def rows(values, stacked, i):
+        return [array_ops.gather(t, i) if s else t for t, s in zip(values, stacked)]
+
+    for _ in range(n_c + 1):
+        stacked = tuple(c_stacked)
+
+        def step(carry, x, stacked=stacked):
+            def loop_fn(i):
+                new_c, y = plan.apply(rows(carry, stacked, i), rows(x, x_stacked, i),
+                                      rows(k_values, k_stacked, i))
+                return list(new_c) + list(y)
+
+            outs = _pfor(loop_fn, size)
+            new_c = []
+            for j, (w, s) in enumerate(zip(outs[:n_c], stacked)):
+                if w.is_stacked and not s:
+                    raise _Restack(j)
+                new_c.append(w.t if w.is_stacked or not s else _tile(w.t, size))
+            return new_c, [w.t if w.is_stacked else _tile(w.t, size) for w in outs[n_c:]]
+
+        carry0 = [w.t if w.is_stacked or not s else _tile(w.t, size) for w, s in zip(init, stacked)]
+        try:
+            carry, ys = scan(step, carry0, xs_t, length=length, reverse=static.reverse,
+                             unroll=static.unroll, remat=programs.remat)
+            break
+        except _Restack as e:  # the leaf depends on a mapped input: batch it from the start
+            c_stacked[e.index] = True
+    else:  # pragma: no cover - the batched set only grows
+        raise RuntimeError("tfscan.vmap: batching a scan's carry did not converge.")
+    return [pfor_lib.wrap(c, s) for c, s in zip(carry, c_stacked)] + [pfor_lib.wrap(_swap01(y), True) for y in ys]
