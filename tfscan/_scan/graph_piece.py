@@ -54,8 +54,10 @@ class GraphPiece:
                 raise ValueError(f"graph piece {name!r}: placeholder {node.name} is not fed")
             new = gd.node.add()
             new.CopyFrom(node)
-            if "_class" in new.attr:  # colocation with nodes that may not be in the piece
-                del new.attr["_class"]
+            # Colocation with nodes that may not be in the piece is dropped; each node is
+            # colocated with itself (the default) explicitly: importing a node without the
+            # attribute costs a raised and caught TensorFlow error, ~1 ms each.
+            new.attr["_class"].list.s[:] = [b"loc:@" + node.name.encode()]
             if keep is not None:
                 inputs = [i for i in node.input if not i.startswith("^") or node_name(i) in keep]
                 missing = [i for i in inputs if node_name(i) not in keep]
