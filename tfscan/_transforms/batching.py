@@ -66,14 +66,26 @@ def install() -> None:
 
 
 @contextlib.contextmanager
-def batching() -> Iterator[None]:
-    """Use tfscan's ``While`` batching rule for ``pfor`` conversions in this block."""
+def batching(whole_scans: bool = False) -> Iterator[None]:
+    """Use tfscan's ``While`` batching rule for ``pfor`` conversions in this block.
+
+    ``whole_scans``: the function being batched is a per-example function as ``vmap`` traced
+    it (no gradient of it in the graph), so the ops of a scan's forward loop are read by the
+    scan alone and ``pfor`` may leave them unbatched (:mod:`tfscan._transforms.scan_batching`).
+    """
     install()
+    saved = getattr(_state, "whole_scans", False)
     _state.depth = getattr(_state, "depth", 0) + 1
+    _state.whole_scans = whole_scans
     try:
         yield
     finally:
         _state.depth -= 1
+        _state.whole_scans = saved
+
+
+def whole_scans() -> bool:
+    return active() and getattr(_state, "whole_scans", False)
 
 
 def _register(op_type: str, converter) -> None:

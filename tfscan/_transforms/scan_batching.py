@@ -72,7 +72,7 @@ class _Group:
 
     def convert(self, pfor_input):
         op = pfor_input.op
-        if _batching.active() and self._only_scan_reads():
+        if _batching.whole_scans() and self._only_scan_reads():
             return [pfor_lib.wrap(t, False) for t in op.outputs]
         converter = pfor_lib._pfor_converter_registry.get(op.type)  # batched op by op, as pfor does
         if converter is None:

@@ -359,6 +359,8 @@ class _Batched:
 
     def __init__(self, fun, args_tree, templates, size, out_axes, mapped, shared, slots=()):
         self.templates, self.out_axes_spec = templates, out_axes
+        # A per-example VJP (``_backward``) reads the residuals of the scans it differentiates.
+        self.whole_scans = not getattr(_vjp_state, "depth", 0)
         self.size = size if isinstance(size, int) else None
         self.mapped_axes = [lf.axis for lf in templates if lf.kind == "mapped"]
 
@@ -422,7 +424,7 @@ class _Batched:
             return list(self.pe._call_flat(slices + shared, captured))
 
         outs = []
-        for w, axis, path in zip(_pfor(loop_fn, size), self.out_axes, self.out_paths):
+        for w, axis, path in zip(_pfor(loop_fn, size, self.whole_scans), self.out_axes, self.out_paths):
             t, stacked = w.t, w.is_stacked
             if axis is None:
                 if stacked:
@@ -457,7 +459,7 @@ def _drop(shape: tf.TensorShape, axis: int) -> tf.TensorShape:
 
 
 
-def _pfor(loop_fn: Callable[[tf.Tensor], list], size: Any) -> list:
+def _pfor(loop_fn: Callable[[tf.Tensor], list], size: Any, whole_scans: bool = False) -> list:
     """``pfor`` that keeps track of which outputs are batched (``WrappedTensor``s)."""
     graph = ops.get_default_graph()
     existing = set(graph.get_operations())
@@ -465,7 +467,7 @@ def _pfor(loop_fn: Callable[[tf.Tensor], list], size: Any) -> list:
         loop_var = array_ops.placeholder_with_default(0, shape=[])
         outputs = loop_fn(loop_var)
     new_ops = set(graph.get_operations()) - existing
-    with ops.name_scope("vmap"), _batching.batching(), _quiet_pfor_errors():
+    with ops.name_scope("vmap"), _batching.batching(whole_scans), _quiet_pfor_errors():
         converter = pfor_lib.PFor(loop_var, size, new_ops, fallback_to_while_loop=False)
         try:
             return [converter._convert_helper(t) for t in outputs]
@@ -523,7 +525,7 @@ def _needs_gradient(inputs: Sequence[tf.Tensor], entry: _Batched) -> bool:
 def _native_gradient(entry: _Batched, inputs: Sequence[tf.Tensor]) -> bool:
     """Whether TensorFlow's own gradient of the batched program serves this call: not inside
     a step tfscan traces and copies, nor under a forward accumulator (see ``_Batched.native``)."""
-    return entry.native and not _context.in_internal_trace() and \
+    return entry.native and not tf.executing_eagerly() and not _context.in_internal_trace() and \
         not forwardprop_util.pack_tangents(list(inputs)).indices
 
 
@@ -588,8 +590,11 @@ def _backward(entry: _Batched, mapped, shared, captured, d_outs, outs) -> list:
             out.append(tf.convert_to_tensor(g))
         return out
 
-    grads = vmap(per_example, in_axes=(list(mapped_axes), [None] * len(shared), [None] * len(captured), dy_axes),
-                 out_axes=0, axis_size=None if mapped else size)(list(mapped), list(shared), list(captured), dys)
+    _vjp_state.depth = getattr(_vjp_state, "depth", 0) + 1
+    try:
+        grads = _vmapped_vjp(per_example, mapped_axes, mapped, shared, captured, dys, dy_axes, size)
+    finally:
+        _vjp_state.depth -= 1
     grads = iter(grads)
     result: list = []
     for j, ax in enumerate(mapped_axes):
@@ -601,3 +606,10 @@ def _backward(entry: _Batched, mapped, shared, captured, d_outs, outs) -> list:
         c_grads[j] = tf.reduce_sum(next(grads), 0)
     return result + c_grads
 
+
+_vjp_state = threading.local()
+
+
+def _vmapped_vjp(per_example, mapped_axes, mapped, shared, captured, dys, dy_axes, size):
+    return vmap(per_example, in_axes=(list(mapped_axes), [None] * len(shared), [None] * len(captured), dy_axes),
+                out_axes=0, axis_size=None if mapped else size)(list(mapped), list(shared), list(captured), dys)
