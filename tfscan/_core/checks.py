@@ -43,10 +43,16 @@ def check_reverse(reverse: Any, api: str = "scan") -> bool:
     raise TypeError(f"{api}: reverse must be a Python bool, got {type(reverse).__name__} {reverse!r}.")
 
 
+_NOT_NUMERIC = frozenset({tf.string, tf.resource, tf.variant})
+
+
 def to_tensors(leaves: Sequence[Any], paths: Sequence[str], arg: str, api: str = "scan") -> list[tf.Tensor]:
     """Convert every leaf like ``tf.constant`` (Python float -> float32, int -> int32)."""
     out = []
     for leaf, path in zip(leaves, paths):
+        if isinstance(leaf, tf.Tensor) and leaf.dtype not in _NOT_NUMERIC:
+            out.append(leaf)  # already a tensor: nothing to convert or check
+            continue
         if isinstance(leaf, tf.Variable):
             leaf = leaf.value()
         try:

@@ -103,18 +103,23 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
             return checkpointed_scan(scan, f, _tree.unflatten(init_tree, init_leaves),
                                      _tree.unflatten(xs_tree, xs_leaves), static_length, reverse, unroll, remat)
 
-    carry_specs = tuple(tf.TensorSpec(t.shape, t.dtype) for t in init_leaves)
-    x_specs = tuple(tf.TensorSpec(t.shape[1:], t.dtype) for t in xs_leaves)
+    # The key holds shapes and dtypes; the TensorSpecs are made only to trace a new plan.
+    carry_key = tuple((tuple(t.shape.as_list()) if t.shape.rank is not None else None, t.dtype)
+                      for t in init_leaves)
+    x_key = tuple((tuple(t.shape.as_list()[1:]) if t.shape.rank is not None else None, t.dtype)
+                  for t in xs_leaves)
     static = Static(static_length, reverse, unroll)
     closure = _cache.closure(f)
-    key = (closure.key, init_tree, xs_tree, carry_specs, x_specs, static.key(), remat)
-    make_plan = lambda: Plan(f, init_tree, carry_specs, xs_tree, x_specs, slots=closure.tensors)  # noqa: E731
+    key = (closure.key, init_tree, xs_tree, carry_key, x_key, static.key(), remat)
+    x_specs = _x_specs(xs_leaves)
+    make_plan = lambda: Plan(f, init_tree, [tf.TensorSpec(t.shape, t.dtype) for t in init_leaves],  # noqa: E731
+                             xs_tree, x_specs(), slots=closure.tensors)
     try:
         programs, created = _cache.lookup("scan", key, lambda: Programs(make_plan(), static, remat))
     except (TypeError, ValueError):  # a Python scalar in init may need the step's dtype (weak type)
         retyped = _weak.retype(lambda *a: f(_tree.unflatten(init_tree, a[:len(init_leaves)]),
                                             _tree.unflatten(xs_tree, a[len(init_leaves):]))[0],
-                               raw_init, init_leaves, x_specs)
+                               raw_init, init_leaves, x_specs())
         if retyped is None:
             raise
         return scan(f, _tree.unflatten(init_tree, retyped), xs, length, reverse, unroll, remat)
@@ -141,6 +146,10 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
         outs = list(carry) + list(ys)
     n = len(init_leaves)
     return _tree.unflatten(init_tree, outs[:n]), _tree.unflatten(plan.y_tree, outs[n:])
+
+
+def _x_specs(xs_leaves):
+    return lambda: [tf.TensorSpec(t.shape[1:], t.dtype) for t in xs_leaves]
 
 
 def _needs_gradient(*groups) -> bool:
