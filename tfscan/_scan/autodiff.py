@@ -39,7 +39,9 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     """
     eager = tf.executing_eagerly()
     wanted = None
-    if eager:  # the live tapes tell which inputs can be asked for a gradient: skip the others
+    # The live tapes (eager, or inside a tf.function) tell which inputs can be asked for a
+    # gradient: the backward loop skips the others (a Keras step never computes d(xs)).
+    if eager or record.could_possibly_record():
         inputs = list(init) + list(xs) + list(consts)
         # A forward accumulator's tangents are pulled through this VJP too (double-back).
         tangent = {i for acc in forwardprop_util.pack_tangents(inputs).indices for i, _ in acc}
@@ -55,7 +57,7 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
         carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=True, wanted=wanted)
         outs = list(carry) + list(ys)
         result = outs if eager else _with_registered_gradient(programs, outs, saved, init, xs, consts,
-                                                              dynamic_length)
+                                                              dynamic_length, wanted)
         if graph is not None:  # vmap batches this scan as a whole, not its loop's ops
             from tfscan._transforms import scan_batching
             scan_batching.mark_forward(graph.get_operations()[first_op:], result[0].op if result else None)
@@ -94,19 +96,21 @@ def scan_site(name: str):
     return None if programs is None else (programs,) + site[1:]
 
 
-def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts, dynamic_length) -> list:
+def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts, dynamic_length,
+                              wanted: tuple | None = None) -> list:
     dl = [dynamic_length] if dynamic_length is not None else []
     flat = list(outs) + list(saved) + list(init) + list(xs) + list(consts) + dl
     counts = (len(outs), len(saved), len(init), len(xs), len(consts))
     site: list = []  # the IdentityN, weakly, once made
-    name = _register_gradient(programs, counts, bool(dl), site, not _context.in_internal_trace())
+    name = _register_gradient(programs, counts, bool(dl), site, not _context.in_internal_trace(), wanted)
     with ops.get_default_graph().gradient_override_map({"IdentityN": name}):
         result = tf.identity_n(flat)
     site.append(weakref.ref(result[0].op))
     return list(result[: len(outs)])
 
 
-def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: list, exported: bool) -> str:
+def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: list, exported: bool,
+                       wanted: tuple | None = None) -> str:
     """A gradient name for one ``IdentityN``: one per op, since ``tf.saved_model`` saves one
     traced gradient function per name, capturing that op's inputs. A scan built inside a
     step tfscan traces and copies (``exported=False``) has no op of its own in a SavedModel:
@@ -142,7 +146,12 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
         xs, ins = ins[:n_x], ins[n_x:]
         consts, ins = ins[:n_k], ins[n_k:]
         dl = ins[0] if has_dl else None
-        grads = _backward(programs, init, xs, consts, saved, d_all[:n_out], outs, dl)
+        if wanted is None:
+            grads = _backward(programs, init, xs, consts, saved, d_all[:n_out], outs, dl)
+        else:  # residuals saved for the tape's gradients only: tf.gradients may ask for any
+            d_outs = [_zeros_if_none(d, o) for d, o in zip(d_all[:n_out], outs)]
+            grads = _recorded_backward(programs, init, xs, consts, d_outs[:n_i], d_outs[n_i:], dl)
+            grads = [g for part in grads for g in part]
         return [None] * (n_out + n_saved) + grads + ([None] if has_dl else [])
 
     ops.RegisterGradient(name)(grad)
