@@ -44,6 +44,7 @@ IMPLS = {
     i.key: i for i in [
         Impl("tfscan", "tfscan.scan (eager call)", "tfscan"),
         Impl("tfscan@xla", "tfscan.scan in tf.function(jit_compile)", "tfscan"),
+        Impl("tfscan@graph", "tfscan.scan in tf.function (no XLA)", "tfscan"),
         Impl("tfscan.grad", "tfscan.grad of a tfscan.scan loss (compiled)", "tfscan"),
         Impl("tfscan.jit", "tfscan.scan in tfscan.jit", "tfscan"),
         Impl("jax", "jax.lax.scan in jax.jit", "jax"),
@@ -67,6 +68,8 @@ IMPLS = {
         Impl("jax.nojit", "jax.lax.scan, not jitted (eager)", "jax"),
         Impl("tf.scan.eager", "tf.scan, eager", "tf"),
         Impl("keras.eager", "keras.ops.scan, eager", "keras"),
+        Impl("tf.call@xla", "the floor: the compiled tfscan.scan, its traced function called directly "
+             "(concrete function's inference function)", "tf", peer=False, goal=False),
         # memory workload
         Impl("jax.checkpoint", "jax.lax.scan of jax.checkpoint(step) in jax.jit", "jax"),
         Impl("jax.checkpoint[dots_saveable]", "jax.lax.scan of jax.checkpoint(step, "
@@ -124,6 +127,7 @@ def scan_while(step, init, xs):
 TF_SCANS = {  # impl key -> (scan adapter, where)
     "tfscan": (scan_tfscan, "eager"),
     "tfscan@xla": (scan_tfscan, "xla"),
+    "tfscan@graph": (scan_tfscan, "graph"),
     "tf.scan": (scan_tf, "graph"),
     "tf.scan@xla": (scan_tf, "xla"),
     "keras": (scan_keras, "graph"),
@@ -194,6 +198,11 @@ def forward_fixed_step(key: str, problem, data: dict) -> Callable[[], Any]:
         return lambda: block(fn(init, xs))
     params, init, xs = tf_data(data)
     step = problem.tf_step(params)
+    if key == "tf.call@xla":  # the cheapest call TensorFlow has for a compiled function
+        fn = tf.function(lambda init, xs: scan_tfscan(step, init, xs), jit_compile=True, autograph=False)
+        concrete = fn.get_concrete_function(init, xs)
+        atomic, captured = concrete._inference_function, list(concrete.captured_inputs)
+        return lambda: atomic.call_flat(init, xs, *captured)
     if key == "tfscan.jit":
         fn = tfscan.jit(lambda init, xs: tfscan.scan(step, init, xs))
         return lambda: fn(init, xs)

@@ -167,6 +167,13 @@ class Light:
         return jnp.sum(ys)
 
 
+class LightParams(Light):
+    """The light step, differentiated w.r.t. its parameter ``a`` only (as a Keras training step
+    differentiates its weights, never its data): ``d(xs)`` is not asked for."""
+    name = "light-params"
+    wrt = ("params",)
+
+
 class LightFresh(Light):
     """The light step with its own code objects, so no earlier trace or compile is reused."""
     name = "light-compile"
@@ -359,13 +366,13 @@ SIZES = {
              "elman": [250, 500, 1000, 2000, 4000, 8000],
              "light": [10**3, 10**4, 10**5, 10**6],
              "vmap": [1000], "port": [50, 500], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
-             "compile-jvp2": [10**2, 10**3], "memory": 8000, "keras": [100, 1000], "final": [2000, 20000]},
+             "light-params": [10**4, 10**5], "compile-jvp2": [10**2, 10**3], "memory": 8000, "keras": [100, 1000], "final": [2000, 20000]},
     "quick": {"cumsum": [10**3, 10**4, 10**5, 10**6],
               "elman": [250, 500, 1000, 2000],
               "light": [10**3, 10**4, 10**5],
               "vmap": [1000], "port": [50, 500], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
-              "compile-jvp2": [10**2], "memory": 2000, "keras": [100], "final": [2000, 20000]},
-    "smoke": {"cumsum": [20], "elman": [10], "light": [20], "vmap": [10], "port": [10],
+              "light-params": [10**4], "compile-jvp2": [10**2], "memory": 2000, "keras": [100], "final": [2000, 20000]},
+    "smoke": {"cumsum": [20], "elman": [10], "light": [20], "vmap": [10], "port": [10], "light-params": [20],
               "compile": [10, 20], "overhead": [10], "compile-jvp2": [10], "memory": 20, "keras": [8],
               "final": [20]},
 }
@@ -374,6 +381,7 @@ SIZES = {
 def workloads(mode: str) -> list[Workload]:
     s = SIZES[mode]
     cumsum, elman, light, fresh, final = CumSum(), Elman(), Light(), LightFresh(), ElmanFinal()
+    light_params = LightParams()
     vm, port = VmapElman(), PortedTrainStep()
     fwd = lambda p: (lambda key, data: _impls.forward(key, p, data))  # noqa: E731
     grad = lambda p: (lambda key, data: _impls.gradient(key, p, data))  # noqa: E731
@@ -393,6 +401,11 @@ def workloads(mode: str) -> list[Workload]:
         Workload("light-grad", "2b. Light step c = tanh(a*c + x), gradient w.r.t. a and xs",
                  "time", "gradient", s["light"], GRAD_IMPLS, grad(light), light.inputs, tol=1e-3,
                  requires={"tfscan.grad": ("grad",)}),
+        Workload("light-grad-params", "2c. Light step c = tanh(a*c + x), tape gradient w.r.t. a only "
+                 "(xs not asked for, as in a Keras step); issue 14's goal: tfscan@graph within 1.5x JAX",
+                 "time", "gradient", s["light-params"],
+                 ["jax", "tfscan", "tfscan@graph", "tfscan@xla", "tfscan.grad", "tf.scan", "tf.scan@xla", "keras"],
+                 grad(light_params), light_params.inputs, tol=1e-3, requires={"tfscan.grad": ("grad",)}),
         Workload("vmap", "3. vmap of a scan (B=64, H=32, I=32)", "time", "vmap", s["vmap"],
                  ["jax.vmap", "tfscan.vmap", "tfscan.jit.vmap", "tfscan.batched", "tf.scan.batched",
                   "tf.scan.batched@xla", "vectorized_map", "vectorized_map@xla",
@@ -420,8 +433,8 @@ def workloads(mode: str) -> list[Workload]:
                  lambda key, data: _impls.jvp2(key, fresh, data), fresh.inputs, tol=1e-3, per_step=False),
         Workload("overhead", "5. Call overhead: light step, T=10, called from eager code", "time",
                  "overhead", s["overhead"],
-                 ["jax.nojit", "jax", "tfscan", "tfscan.jit", "tf.scan.eager", "tf.scan", "tf.scan@xla",
-                  "keras.eager", "keras"],
+                 ["jax.nojit", "jax", "tfscan", "tfscan.jit", "tf.call@xla", "tf.scan.eager", "tf.scan",
+                  "tf.scan@xla", "keras.eager", "keras"],
                  lambda key, data: _impls.forward_fixed_step(key, light, data), light.inputs,
                  tol=1e-5, per_step=False),
         Workload("final-grad", "8. Checkpointing: Elman RNN gradient of sum(h_T) (final carry only) "
