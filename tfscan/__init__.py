@@ -55,8 +55,9 @@ from tfscan._transforms.vmap import vmap
 
 # Called inside a tf.function (AutoGraph on, the default), tfscan's own code must run as
 # written: AutoGraph would otherwise convert every tfscan function it reaches, each trace.
+from tfscan import _tf as _tf_door  # noqa: E402
 (scan, grad, value_and_grad, jit, vmap, fori_loop, while_loop, map, associative_scan, cond, switch) = (
-    _tensorflow.autograph.experimental.do_not_convert(f) for f in
+    _tf_door.without_autograph(f) for f in
     (scan, grad, value_and_grad, jit, vmap, fori_loop, while_loop, map, associative_scan, cond, switch))
 
 __all__ = [

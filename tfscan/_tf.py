@@ -88,3 +88,29 @@ def set_pfor_converter(op: Any, converter: Any) -> None:
     (``parallel_for/pfor.py``: ``PFor._convert_helper``).
     """
     op.pfor_converter = converter
+
+
+def without_autograph(fn: Any) -> Any:
+    """``fn`` for tfscan's public API: never converted by AutoGraph, and run as written.
+
+    ``tf.autograph.experimental.do_not_convert`` does this by entering a "conversion
+    disabled" context on every call, a tenth of a short eager scan's cost. AutoGraph only
+    converts while a ``tf.function`` is traced, so an eager call goes straight to ``fn``.
+    Why private: the mark AutoGraph reads (``autograph_info__``, set by
+    ``autograph.impl.api.autograph_artifact``, which ``do_not_convert`` uses) has no public
+    setter. Checked on TensorFlow 2.21.
+    """
+    import functools
+
+    from tensorflow.python.autograph.impl import api as _autograph_api
+
+    slow = tf.autograph.experimental.do_not_convert(fn)
+    executing_eagerly = _context.executing_eagerly
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if executing_eagerly():
+            return fn(*args, **kwargs)
+        return slow(*args, **kwargs)
+
+    functools.update_wrapper(call, fn)
+    return _autograph_api.autograph_artifact(call)

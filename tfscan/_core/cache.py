@@ -34,6 +34,7 @@ that graph's store and is freed with it.
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import types
 import weakref
@@ -196,14 +197,20 @@ class _Walk:
         self.exact = True
         self.objects: list = []
         self._seen: set[int] = set()
+        # What the walk read, to reuse its result while every read gives the same object:
+        # (function, code, defaults, kwdefaults), (cell, contents), (globals, name, value).
+        self.reads: list = []
+        self.memo_ok = True  # no value met whose contents could change in place (a list)
 
     def function(self, f: Any, depth: int) -> Hashable:
         if depth > _MAX_DEPTH or id(f) in self._seen:
             return self.identity(f)
         if isinstance(f, types.MethodType):
+            self.memo_ok = False
             return ("method", self.function(f.__func__, depth + 1), self.value(f.__self__, depth + 1))
         if isinstance(f, types.FunctionType):
             self._seen.add(id(f))
+            self._record(f)
             try:
                 cells = tuple(self.value(c.cell_contents, depth + 1) if _cell_full(c) else None
                               for c in (f.__closure__ or ()))
@@ -215,6 +222,7 @@ class _Walk:
                 self._seen.discard(id(f))
             return ("fn", f.__code__, cells, defaults, kwdefaults, globs)
         if isinstance(f, _PARTIAL):
+            self.memo_ok = False
             return ("partial", self.function(f.func, depth + 1), self.value(f.args, depth + 1),
                     self.value(tuple(sorted(f.keywords.items())), depth + 1))
         return ("obj", self.value(f, depth + 1))
@@ -233,15 +241,26 @@ class _Walk:
         if isinstance(x, (bool, int, float, complex, str, bytes, type(None), np.generic)):
             return (type(x), x)
         if isinstance(x, (tuple, list)) and len(x) < 64:
+            self.memo_ok = self.memo_ok and isinstance(x, tuple)
             return (type(x), tuple(self.value(v, depth) for v in x))
         return self.identity(x)
+
+    def _record(self, f: types.FunctionType) -> None:
+        if f.__kwdefaults__:
+            self.memo_ok = False
+        self.reads.append((f, f.__code__, f.__defaults__))
+        for c in f.__closure__ or ():
+            self.reads.append((c, c.cell_contents if _cell_full(c) else _EMPTY))
+        g = f.__globals__
+        for n in _global_names(f.__code__):
+            self.reads.append((g, n, g.get(n, _EMPTY)))
 
     def identity(self, x: Any) -> Hashable:
         """A variable, module or class by identity; any other object by its type only, and
         the walk is then not ``exact`` (what a trace reads from it is checked by tracing)."""
         if isinstance(x, _IMMUTABLE_BY_IDENTITY) or x is None:
             return _Identity(x)
-        self.exact = False
+        self.exact = self.memo_ok = False
         self.objects.append(x)
         return ("object", type(x))
 
@@ -257,14 +276,15 @@ def _cell_full(cell: Any) -> bool:
     return True
 
 
-def _global_names(code: types.CodeType) -> list[str]:
+@functools.lru_cache(maxsize=4096)
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
     """The global names ``code`` and the code objects nested in it (lambdas, comprehensions) read."""
     names, stack = [], [code]
     while stack:
         c = stack.pop()
         names.extend(c.co_names)
         stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
-    return list(dict.fromkeys(names))
+    return tuple(dict.fromkeys(names))
 
 
 def _walks_global(x: Any) -> bool:
@@ -299,10 +319,43 @@ class _Identity:
 
 
 def closure(f: Any) -> Closure:
-    """The :class:`Closure` of ``f`` (see the module docstring)."""
+    """The :class:`Closure` of ``f`` (see the module docstring).
+
+    A function called again (a held step, a held ``jit``) whose walk met only immutable
+    values gets the same result without walking again, as long as each closure cell,
+    default and global the walk read still holds the same object.
+    """
+    memo = _memo.get(f) if isinstance(f, types.FunctionType) else None
+    if memo is not None and _unchanged(memo[0]):
+        return memo[1]
     walk = _Walk()
     key = walk.function(f, 0)
-    return Closure(key, tuple(walk.tensors), walk.exact, tuple(walk.objects))
+    result = Closure(key, tuple(walk.tensors), walk.exact, tuple(walk.objects))
+    if walk.memo_ok and walk.exact and isinstance(f, types.FunctionType):
+        _memo[f] = (tuple(walk.reads), result)
+    return result
+
+
+_EMPTY = object()
+_memo: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _unchanged(reads: tuple) -> bool:
+    for r in reads:
+        if len(r) == 2:
+            cell, obj = r
+            try:
+                if cell.cell_contents is not obj:
+                    return False
+            except ValueError:
+                if obj is not _EMPTY:
+                    return False
+        elif isinstance(r[0], dict):
+            if r[0].get(r[1], _EMPTY) is not r[2]:
+                return False
+        elif r[0].__code__ is not r[1] or r[0].__defaults__ is not r[2]:
+            return False
+    return True
 
 
 # -- feeding ------------------------------------------------------------------------------------
