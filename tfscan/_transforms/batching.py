@@ -18,11 +18,16 @@ stand between ``pfor`` and a scan written as one compiled ``While`` loop:
   examples keep their values (``where``), exactly as ``jax.vmap`` does. Outside
   ``tfscan.vmap``, ``tf.vectorized_map`` keeps TensorFlow's own converter.
 
+A scan itself is batched whole (``scan_batching``, at the ``IdentityN`` carrying its
+outputs): one tfscan scan of the batched step, whose own residual-saving VJP applies.
+
 Two more rules (also only inside ``tfscan.vmap``) keep the batched step as cheap as one
 written for the batch by hand: a scan reads ``xs[t]`` with a ``GatherV2`` at an index
 shared by the batch, which becomes a slice of the batched ``xs`` (pfor would build a
 general gather); and ``tf.linalg.matvec(W, v)`` of a batched ``v`` becomes one
-``v @ W^T`` (pfor would transpose the batch around the matmul on every step).
+``v @ W^T`` (pfor would transpose the batch around the matmul on every step). A
+reduction over axes known when traced keeps its shifted axes constant (pfor computes
+them with ops, and the reduction's gradient would then read run-time shapes).
 """
 
 from __future__ import annotations

@@ -2,10 +2,14 @@
 
 The function is traced once per example (on slices without the batch axis), and
 TensorFlow's ``pfor`` converter rewrites that graph into one on the whole batch; a
-scan inside becomes one ``While`` over the batched carry (see ``_batching``). The
-result runs as one XLA computation. Gradients of a vmapped function are themselves
-vmapped per-example gradients (``grad(vmap(f)) == vmap(vjp(f))`` summed where an
-input is shared), so scans inside keep tfscan's linear-time backward loop.
+scan inside becomes one tfscan scan of the batched step (the scan's batching rule,
+``scan_batching``), other loops one ``While`` over the batched carry (``batching``).
+The result runs as one XLA computation. Its gradient, when every loop in it is such a
+scan, is TensorFlow's gradient of the batched program (in a graph): one batched
+backward loop reading the residuals the batched forward loop saved, as in JAX.
+Otherwise (an eager tape, a variable read inside, another loop) it is the vmapped
+per-example gradient (``grad(vmap(f)) == vmap(vjp(f))`` summed where an input is
+shared), which recomputes each example's forward pass.
 """
 
 from __future__ import annotations
