@@ -47,8 +47,9 @@ def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[A
     if not _record.could_possibly_record() and _context.executing_eagerly():
         # No tape or accumulator could record this call: run the function itself, skipping
         # ``_call_flat``'s gradient bookkeeping (a third of a short scan's call).
-        return list(concrete._inference_function.call_flat(*args, *captured))  # noqa: SLF001
-    outs = concrete._call_flat(list(args), list(captured))  # noqa: SLF001 - see docstring
+        outs = concrete._inference_function.call_flat(*args, *captured)  # noqa: SLF001
+    else:
+        outs = concrete._call_flat(list(args), list(captured))  # noqa: SLF001 - see docstring
     if outs is None:
         return []
     return list(outs) if isinstance(outs, (list, tuple)) else [outs]
