@@ -95,6 +95,9 @@ def test_graph_entries():
         op = [o for o in graph.get_operations() if o.type in ("While", "StatelessWhile")][0]
         body = _tf.graph_function(graph, op.get_attr("body").name)
         assert body is not None and body.graph is not None
+        assert _tf.function_graph(graph, op.get_attr("body").name) is body.graph
+        rebuilt = _tf.function_graph(tf.Graph(), "no_such_function")
+        assert rebuilt is None
         return out
 
     assert int(loop(tf.constant(3))[0]) == 3
@@ -153,7 +156,7 @@ def test_pfor_entries():
     assert w.is_stacked
     assert _tf.pfor.stack(tf.constant(1.0), tf.constant([3])).shape == [3]
     assert issubclass(_tf.pfor.ConversionNotImplementedError, Exception) and callable(_tf.pfor.PFor)
-    assert callable(_tf.pfor.convert) and callable(_tf.pfor.convert_function_call)
+    assert callable(_tf.pfor.convert) and callable(_tf.pfor.convert_graph_call)
     # The three are used together by tfscan.vmap of a scan (one batched While):
     out = tfscan.vmap(lambda x: tfscan.scan(lambda c, y: (c + y, None), 0.0, x)[0])(tf.ones([2, 3]))
     assert out.numpy().tolist() == [3.0, 3.0]
@@ -180,8 +183,8 @@ def test_keras_rnn_entries():
     assert _tf.keras_rnn.dropout_masks(cell) == (None, None)
 
 
-@pytest.mark.parametrize("name", [n for n in vars(_tf) if not n.startswith("_") and n not in
-                                  ("annotations", "tf", "contextlib", "Any", "Callable", "Sequence")])
+@pytest.mark.parametrize("name", [n for n, v in vars(_tf).items() if not n.startswith("_")
+                                  and getattr(v, "__module__", None) == _tf.__name__])
 def test_every_entry_is_documented(name):
     entry = getattr(_tf, name)
     assert entry.__doc__ and ("Why private" in entry.__doc__ or "see" in entry.__doc__.lower()

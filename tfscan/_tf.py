@@ -9,7 +9,7 @@ test, not code scattered across the package.
 The entries come in six groups: calling a traced function (:func:`call_concrete`,
 :func:`quiet_retracing`), the eager tapes (:class:`record`), graphs
 (:func:`default_graph`, :func:`in_xla_context`, :func:`is_func_graph`,
-:func:`graph_function`, :func:`op_gradient_functions`, :func:`in_graph`,
+:func:`graph_function`, :func:`function_graph`, :func:`op_gradient_functions`, :func:`in_graph`,
 :func:`is_autograph_scope`, :func:`mark_variable_accessed`), vectorization
 (:class:`pfor`, :class:`xla`) and Keras' RNN internals (:class:`keras_rnn`).
 
@@ -19,6 +19,7 @@ Checked on: TensorFlow 2.21 (the oldest and the newest release the package claim
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
@@ -28,6 +29,7 @@ from tensorflow.python.eager import forwardprop_util as _forwardprop_util
 from tensorflow.python.eager import record as _record
 from tensorflow.python.eager.polymorphic_function import polymorphic_function as _polymorphic_function
 from tensorflow.python.framework import func_graph as _func_graph
+from tensorflow.python.framework import function_def_to_graph as _function_def_to_graph
 from tensorflow.python.framework import ops as _ops
 from tensorflow.python.ops import control_flow_util as _control_flow_util
 from tensorflow.python.ops import resource_variable_ops as _resource_variable_ops
@@ -152,13 +154,27 @@ def is_func_graph(graph: Any) -> bool:
     return isinstance(graph, _func_graph.FuncGraph)
 
 
-def graph_function(graph: Any, name: str) -> Any:
-    """The function named ``name`` in ``graph``'s library (a ``While``'s cond or body).
+def graph_function(graph: Any, name: Any) -> Any:
+    """The function named ``name`` in the library of ``graph`` or of a graph it is nested in
+    (a call's or a ``While``'s function), or ``None``.
 
     Why private: ``Graph._get_function`` is the only lookup of a library function by
-    name; the batching rule for ``While`` needs the body's graph to convert it.
+    name; the batching rules for ``While`` and for calls need the function's graph.
     """
-    return graph._get_function(name.encode() if isinstance(name, str) else name)  # noqa: SLF001
+    key = name.encode() if isinstance(name, str) else name
+    seen = set()
+    while graph is not None and id(graph) not in seen:
+        seen.add(id(graph))
+        func = graph._get_function(key)  # noqa: SLF001
+        if func is not None:
+            return func
+        graph = _LIBRARY_OF.get(graph) or getattr(graph, "outer_graph", None)
+    return None
+
+
+# A graph built from a FunctionDef (:func:`function_graph`) finds the functions it calls in
+# the library of the graph its function came from.
+_LIBRARY_OF: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def op_gradient_functions(graph: Any) -> dict:
@@ -247,9 +263,45 @@ class pfor:  # noqa: N801 - a namespace named after TensorFlow's module it front
         return converter._convert_helper(t)  # noqa: SLF001
 
     @staticmethod
-    def convert_function_call(func: Any, converter: Any, inputs: Sequence[Any]) -> list:
-        """Convert a call of library function ``func`` on wrapped ``inputs`` with ``converter``."""
-        return _pfor._convert_function_call(func, converter, list(inputs))  # noqa: SLF001
+    def convert_graph_call(fgraph: Any, converter: Any, inputs: Sequence[Any], n_outputs: int) -> list:
+        """Convert a call of the function whose graph is ``fgraph`` on wrapped ``inputs``:
+        the first ``n_outputs`` outputs, wrapped. As pfor's ``_convert_function_call``,
+        but given the graph (a function imported from a ``GraphDef`` has only its
+        ``FunctionDef``: see :func:`function_graph`)."""
+        graph_outputs = fgraph.outputs[:n_outputs]
+
+        @tf.function(autograph=False)
+        def call(*args):
+            for inp, arg in zip(fgraph.inputs, args):
+                converter._add_conversion(inp, arg)  # noqa: SLF001
+            return tuple(converter._convert_helper(x).t for x in graph_outputs)  # noqa: SLF001
+
+        outs = call(*inputs)
+        wrapped = []
+        for out, graph_out in zip(outs, graph_outputs):
+            converted = converter._convert_helper(graph_out)  # noqa: SLF001
+            wrapped.append(_pfor.wrap(out, converted.is_stacked, converted.is_sparse_stacked))
+        return wrapped
+
+
+def function_graph(graph: Any, name: Any) -> Any:
+    """The ``FuncGraph`` of the library function ``name`` of ``graph`` (a call's or a
+    ``While``'s function), or ``None`` if there is no such function.
+
+    Why private: see :func:`graph_function`. A function imported from a ``GraphDef`` (as
+    tfscan re-emits a traced step) is a legacy ``_DefinedFunction`` with no ``FuncGraph``;
+    one is built from its ``FunctionDef`` (``function_def_to_graph``), so ``pfor`` can
+    convert a call nested in a step.
+    """
+    func = graph_function(graph, name)
+    if func is None:
+        return None
+    fgraph = getattr(func, "graph", None)
+    if is_func_graph(fgraph):
+        return fgraph
+    fgraph = _function_def_to_graph.function_def_to_graph(func.definition)
+    _LIBRARY_OF[fgraph] = graph
+    return fgraph
 
 
 # --- XLA ops ------------------------------------------------------------------------

@@ -207,6 +207,34 @@ def _install_while() -> None:
 _INSTALL.append(_install_while)
 
 
+def _sub_converter(pfor, fgraph):
+    """A ``PFor`` for the ops of a function graph called inside the loop ``pfor`` converts."""
+    return pfor_lib.PFor(
+        loop_var=pfor.loop_var,
+        loop_len=pfor.loop_len_vector[0],
+        pfor_ops=fgraph.get_operations(),
+        fallback_to_while_loop=pfor.fallback_to_while_loop,
+        all_indices=pfor.all_indices,
+        all_indices_partitioned=pfor.all_indices_partitioned,
+        pfor_config=pfor.pfor_config)
+
+
+def _convert_call(pfor_input):
+    """A function call, converted as pfor's own rule does, but also when the function has
+    no ``FuncGraph`` (imported from a ``GraphDef``, as a step's nested ``jit``/``cond``/
+    ``while_loop`` is when tfscan re-emits the step: the graph is built from its
+    ``FunctionDef``) or lives in the library of an enclosing graph."""
+    fgraph = _tf.function_graph(pfor_input.op.graph, pfor_input.get_attr("f").name)
+    if fgraph is None:
+        return None  # pfor's own rule (and its error)
+    return pfor_lib.convert_graph_call(fgraph, _sub_converter(pfor_input.pfor, fgraph), pfor_input.inputs,
+                                       len(pfor_input.op.outputs))
+
+
+_override("PartitionedCall")(_convert_call)
+_override("StatefulPartitionedCall")(_convert_call)
+
+
 class _WhileBatcher:
     """One ``While`` over the batched loop variables (batch axis 0 of the stacked ones)."""
 
@@ -214,34 +242,24 @@ class _WhileBatcher:
         self.pfor_input = pfor_input
         self.pfor = pfor_input.pfor
         graph = pfor_input.op.graph
-        self.cond_func = _tf.graph_function(graph, pfor_input.get_attr("cond").name)
-        self.body_func = _tf.graph_function(graph, pfor_input.get_attr("body").name)
-        if self.cond_func is None or self.body_func is None:
+        self.cond_graph = _tf.function_graph(graph, pfor_input.get_attr("cond").name)
+        self.body_graph = body_graph = _tf.function_graph(graph, pfor_input.get_attr("body").name)
+        if self.cond_graph is None or body_graph is None:
             raise ValueError(f"tfscan.vmap: cannot find the functions of while loop {pfor_input.op.name}.")
-        body_graph = self.body_func.graph
         self.pass_through = {i for i, (a, b) in enumerate(zip(body_graph.inputs, body_graph.outputs))
                              if a is b}
         self.parallel_iterations = pfor_input.get_attr("parallel_iterations")
         self.n = pfor_input.num_inputs
 
-    def _converter(self, func, all_indices_partitioned=None):
-        pfor = self.pfor
-        return pfor_lib.PFor(
-            loop_var=pfor.loop_var,
-            loop_len=pfor.loop_len_vector[0],
-            pfor_ops=func.graph.get_operations(),
-            fallback_to_while_loop=pfor.fallback_to_while_loop,
-            all_indices=pfor.all_indices,
-            all_indices_partitioned=pfor.all_indices_partitioned,
-            pfor_config=pfor.pfor_config)
-
     def _cond(self, args, stacked):
         wrapped = [pfor_lib.wrap(a, s) for a, s in zip(args, stacked)]
-        return pfor_lib.convert_function_call(self.cond_func, self._converter(self.cond_func), wrapped)[0]
+        return pfor_lib.convert_graph_call(self.cond_graph, _sub_converter(self.pfor, self.cond_graph),
+                                           wrapped, 1)[0]
 
     def _body(self, args, stacked):
         wrapped = [pfor_lib.wrap(a, s) for a, s in zip(args, stacked)]
-        return pfor_lib.convert_function_call(self.body_func, self._converter(self.body_func), wrapped)
+        return pfor_lib.convert_graph_call(self.body_graph, _sub_converter(self.pfor, self.body_graph),
+                                           wrapped, self.n)
 
     def _shapes(self, stacked):
         n_static = tf.get_static_value(self.pfor.loop_len_vector)
