@@ -9,19 +9,18 @@ back — so gradients of gradients come out of the same machinery.
 
 from __future__ import annotations
 
-import itertools
-import threading
 import weakref
 from typing import Any, Sequence
 
 import tensorflow as tf
-from tensorflow.python.eager import forwardprop_util, record
-from tensorflow.python.framework import ops
 
 from tfscan._core import context as _context
+from tfscan._core import gradients as _gradients
 from tfscan._scan import program as _program
 from tfscan._scan.plan import float_indices, is_float, scatter
 from tfscan._scan.program import Programs
+from tfscan import _tf
+from tfscan._tf import record
 
 __all__ = []  # private module
 
@@ -43,7 +42,7 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     if eager or record.could_possibly_record():
         inputs = list(init) + list(xs) + list(consts)
         # A forward accumulator's tangents are pulled through this VJP too (double-back).
-        tangent = {i for acc in forwardprop_util.pack_tangents(inputs).indices for i, _ in acc}
+        tangent = record.tangent_indices(inputs)
         wanted = tuple(i in tangent or record.should_record_backprop([t])
                        for i, t in enumerate(inputs) if i >= len(init))
         wanted = None if all(wanted) else wanted
@@ -51,7 +50,7 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
             programs.vjp(consts)  # what forward mode pulls through _recorded_backward
     programs.vjp(consts, wanted)  # traced now, while a tape inside the step can still record
     with record.stop_recording():  # the tapes see only the operation recorded below
-        graph = None if eager or not _context.in_vmap_trace() else ops.get_default_graph()
+        graph = None if eager or not _context.in_vmap_trace() else _tf.default_graph()
         first_op = len(graph.get_operations()) if graph is not None else 0
         carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=True, wanted=wanted)
         outs = list(carry) + list(ys)
@@ -79,8 +78,6 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
     return [g for part in grads for g in part]
 
 
-_registry_lock = threading.Lock()
-_sites = itertools.count()
 # Gradient name -> (programs, weakly; counts; has a run-time length): what the scan's batching
 # rule (:mod:`tfscan._transforms.scan_batching`) reads from an ``IdentityN`` it converts.
 _SITES: dict = {}
@@ -102,8 +99,7 @@ def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts,
     counts = (len(outs), len(saved), len(init), len(xs), len(consts))
     site: list = []  # the IdentityN, weakly, once made
     name = _register_gradient(programs, counts, bool(dl), site, not _context.in_internal_trace(), wanted)
-    with ops.get_default_graph().gradient_override_map({"IdentityN": name}):
-        result = tf.identity_n(flat)
+    result = _gradients.identity(name, flat)
     site.append(weakref.ref(result[0].op))
     return list(result[: len(outs)])
 
@@ -115,8 +111,7 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
     step tfscan traces and copies (``exported=False``) has no op of its own in a SavedModel:
     its copies are differentiated by the enclosing scan's saved gradient, and a saved
     gradient for the copies alone raises when run."""
-    with _registry_lock:
-        name = f"TfscanScanGrad_{next(_sites)}"
+    name = None  # set below, once registered
     n_out, n_saved, n_i, n_x, n_k = counts
     # TF's registry keeps ``grad`` for the life of the process: it holds ``programs`` only
     # weakly (the graphs that use them keep them alive, :mod:`tfscan._core.cache`).
@@ -153,7 +148,7 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
             grads = [g for part in grads for g in part]
         return [None] * (n_out + n_saved) + grads + ([None] if has_dl else [])
 
-    ops.RegisterGradient(name)(grad)
+    name = _gradients.register("TfscanScanGrad", grad)
     _SITES[name] = (ref, counts, has_dl)
     return name
 

@@ -18,12 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 import tensorflow as tf
-from tensorflow.python.framework import tensor_util
-from tensorflow.python.ops import array_ops
-from tensorflow.python.ops.parallel_for import pfor as pfor_lib
 
 from tfscan import _tf
 from tfscan._scan import autodiff as _autodiff
+from tfscan._tf import record
 from tfscan._transforms import batching as _batching
 
 __all__ = []  # private module
@@ -73,8 +71,8 @@ class _Group:
     def convert(self, pfor_input):
         op = pfor_input.op
         if _batching.whole_scans() and self._only_scan_reads():
-            return [pfor_lib.wrap(t, False) for t in op.outputs]
-        converter = pfor_lib._pfor_converter_registry.get(op.type)  # batched op by op, as pfor does
+            return [_tf.pfor.wrap(t, False) for t in op.outputs]
+        converter = _tf.pfor.converter(op.type)  # batched op by op, as pfor does
         if converter is None:
             raise ValueError(f"No pfor vectorization defined for {op.type}")
         return converter(pfor_input)
@@ -105,7 +103,7 @@ def convert(pfor_input) -> list | None:
             "sparsely (e.g. a per-example length); scan lengths must be the same for every example.")
     outs = _batched_scan(programs, init, xs, consts, dl, pfor_input.pfor.loop_len_vector)
     # The IdentityN's other outputs (residuals and inputs passed through) are never read.
-    return outs + [pfor_lib.wrap(w.t, w.is_stacked) for w in ins[n_out:]]
+    return outs + [_tf.pfor.wrap(w.t, w.is_stacked) for w in ins[n_out:]]
 
 
 def _swap01(t: tf.Tensor) -> tf.Tensor:
@@ -128,7 +126,7 @@ def _batched_scan(programs, init, xs, consts, dl, n: tf.Tensor) -> list:
     # The batch size, static when any batched input knows it (pfor's own is a tensor).
     known = [w.t.shape[0] for w in list(init) + list(xs) + list(consts)
              if w.is_stacked and w.t.shape.rank and w.t.shape[0] is not None]
-    n_static = tensor_util.constant_value(n)
+    n_static = tf.get_static_value(n)
     size: Any = int(known[0]) if known else int(n_static[0]) if n_static is not None else n[0]
     c_stacked = [w.is_stacked for w in init]
     x_stacked = [w.is_stacked for w in xs]
@@ -138,7 +136,7 @@ def _batched_scan(programs, init, xs, consts, dl, n: tf.Tensor) -> list:
     length = static.length if static.length is not None else (dl.t if dl is not None else None)
 
     def rows(values, stacked, i):
-        return [array_ops.gather(t, i) if s else t for t, s in zip(values, stacked)]
+        return [tf.gather(t, i) if s else t for t, s in zip(values, stacked)]
 
     for _ in range(n_c + 1):
         stacked = tuple(c_stacked)
@@ -159,11 +157,14 @@ def _batched_scan(programs, init, xs, consts, dl, n: tf.Tensor) -> list:
 
         carry0 = [w.t if w.is_stacked or not s else _tile(w.t, size) for w, s in zip(init, stacked)]
         try:
-            carry, ys = scan(step, carry0, xs_t, length=length, reverse=static.reverse,
-                             unroll=static.unroll, remat=programs.remat)
+            # No tape records inside the batched program (TensorFlow derives its gradient from
+            # the graph): the scan keeps the residuals for every input's gradient.
+            with record.stop_recording():
+                carry, ys = scan(step, carry0, xs_t, length=length, reverse=static.reverse,
+                                 unroll=static.unroll, remat=programs.remat)
             break
         except _Restack as e:  # the leaf depends on a mapped input: batch it from the start
             c_stacked[e.index] = True
     else:  # pragma: no cover - the batched set only grows
         raise RuntimeError("tfscan.vmap: batching a scan's carry did not converge.")
-    return [pfor_lib.wrap(c, s) for c, s in zip(carry, c_stacked)] + [pfor_lib.wrap(_swap01(y), True) for y in ys]
+    return [_tf.pfor.wrap(c, s) for c, s in zip(carry, c_stacked)] + [_tf.pfor.wrap(_swap01(y), True) for y in ys]
