@@ -145,6 +145,32 @@ def test_step_closing_over_graph_tensors_in_two_functions():
         assert float(make()(tf.constant(a))) == pytest.approx(6.0 * a)
 
 
+def test_a_graphs_scan_gradient_registration_is_freed_with_the_graph():
+    """A scan traced in a graph registers its gradient under a name of its own (for
+    tf.saved_model); the name used to stay registered for the life of the process."""
+    import gc
+
+    w = tf.Variable(tf.ones([3]))
+
+    def fresh():
+        @tf.function
+        def g(xs):
+            with tf.GradientTape() as t:
+                loss = tf.reduce_sum(tfscan.scan(lambda c, x: (tf.tanh(w * c + x), None), tf.zeros([3]), xs)[0])
+            return t.gradient(loss, w)
+
+        cf = g.get_concrete_function(tf.TensorSpec([4, 3]))
+        assert np.all(np.isfinite(cf(tf.ones([4, 3])).numpy()))
+        return [op.get_attr("_gradient_op_type").decode() for op in cf.graph.get_operations()
+                if op.type == "IdentityN" and "_gradient_op_type" in op.node_def.attr]
+
+    names = fresh()
+    assert names
+    gc.collect()
+    for name in names:  # tf.RegisterGradient raises KeyError for a name still registered
+        tf.RegisterGradient(name)(lambda op, *grads: [None] * len(op.inputs))
+
+
 @pytest.mark.slow
 def test_memory_per_fresh_traced_graph_stays_small():
     """Each fresh tf.function differentiating a scan used to keep 4.3 MiB for the life of

@@ -65,3 +65,15 @@ def is_autograph_scope(x: Any) -> bool:
     Keras retrace) would compile the same scan again. No public type exists to test.
     """
     return isinstance(x, _autograph_wrappers.FunctionScope)
+
+
+def unregister_gradient(name: str) -> None:
+    """Remove the gradient function registered under ``name`` (by ``tf.RegisterGradient``).
+
+    Why private: TensorFlow's gradient registry (``ops._gradient_registry``) keeps every
+    registered function for the life of the process and has no public way to remove one.
+    tfscan registers one gradient per scan traced in a graph (``tf.saved_model`` saves one
+    gradient function per name, capturing that op's inputs) and removes it when the graph
+    is garbage-collected, so a process that traces graphs for ever does not keep them all.
+    """
+    _ops._gradient_registry._registry.pop(name, None)  # noqa: SLF001 - see docstring

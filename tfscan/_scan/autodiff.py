@@ -18,6 +18,7 @@ import tensorflow as tf
 from tensorflow.python.eager import forwardprop_util, record
 from tensorflow.python.framework import ops
 
+from tfscan import _tf
 from tfscan._core import context as _context
 
 from tfscan._scan import program as _program
@@ -82,10 +83,17 @@ def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts,
     flat = list(outs) + list(saved) + list(init) + list(xs) + list(consts) + dl
     counts = (len(outs), len(saved), len(init), len(xs), len(consts))
     site: list = []  # the IdentityN, weakly, once made
-    name = _register_gradient(programs, counts, bool(dl), site, not _context.in_internal_trace())
-    with ops.get_default_graph().gradient_override_map({"IdentityN": name}):
+    exported = not _context.in_internal_trace()
+    name = _register_gradient(programs, counts, bool(dl), site, exported)
+    graph = ops.get_default_graph()
+    with graph.gradient_override_map({"IdentityN": name}):
         result = tf.identity_n(flat)
     site.append(weakref.ref(result[0].op))
+    if exported:
+        # The registration is owned by the graph: its op lives (and is differentiated) only
+        # there. A scan traced inside a step (not exported) is copied into the loops built
+        # from that step, which may outlive the step's own graph: its name stays registered.
+        weakref.finalize(graph, _tf.unregister_gradient, name)
     return list(result[: len(outs)])
 
 
@@ -98,8 +106,9 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
     with _registry_lock:
         name = f"TfscanScanGrad_{next(_sites)}"
     n_out, n_saved, n_i, n_x, n_k = counts
-    # TF's registry keeps ``grad`` for the life of the process: it holds ``programs`` only
-    # weakly (the graphs that use them keep them alive, :mod:`tfscan._core.cache`).
+    # TF's registry keeps ``grad`` until the graph is collected (for ever for a non-exported
+    # site): it holds ``programs`` only weakly (the graphs that use them keep them alive,
+    # :mod:`tfscan._core.cache`).
     ref = weakref.ref(programs)
 
     def grad(op, *d_all):
