@@ -20,7 +20,6 @@ from tensorflow.python.framework import ops
 
 from tfscan import _tf
 from tfscan._core import context as _context
-
 from tfscan._scan import program as _program
 from tfscan._scan.plan import float_indices, is_float, scatter
 from tfscan._scan.program import Programs
