@@ -242,13 +242,9 @@ _PAIRS = ([(name, t, "none") for name in _TF["none"] for t in ("jit", "grad", "j
 
 
 # Pairs that do not work yet (README, "Known limitations"); strict, so a fix is noticed.
-_VMAP_NESTED = ("vmap of a loop whose body calls a compiled function (pfor cannot convert an imported "
-                "function call: '_DefinedFunction' object has no attribute 'graph')")
 _JVP_OF_GRAD = ("forward mode through a loop or cond whose body takes a gradient of a reduction: XLA "
                 "needs the shape the gradient of the gradient reshapes to as a compile-time constant")
-_KNOWN = {**{(n, "vmap", i): _VMAP_NESTED for n in ("scan", "fori_loop", "while_loop", "map")
-             for i in ("jit", "grad")},
-          **{(n, "jvp", "grad"): _JVP_OF_GRAD for n in ("scan", "fori_loop", "while_loop", "cond")}}
+_KNOWN = {**{(n, "jvp", "grad"): _JVP_OF_GRAD for n in ("scan", "fori_loop", "while_loop", "cond")}}
 _PAIRS = [pytest.param(*p, marks=pytest.mark.xfail(strict=True, reason=_KNOWN[p])) if p in _KNOWN else p
           for p in _PAIRS]
 
@@ -317,3 +313,29 @@ def test_forwarded_value_stays_unbatched(kind):
     got = tfscan.vmap(f, in_axes=(0, None), out_axes=(0, None))(tf.constant(xs), tf.constant(w))
     close(got[0], want[0])
     close(got[1], want[1])
+
+
+@pytest.mark.parametrize("nested", ["jit_and_while_loop", pytest.param("cond", marks=pytest.mark.xfail(
+    strict=True, reason="the step's re-emitted cond call returns its gradient's variant intermediates, "
+                        "which pfor cannot batch (README, Known limitations)"))])
+def test_vmap_of_a_loop_whose_body_makes_nested_compiled_calls(nested):
+    """A scan step calling a jitted function and an inner while_loop (or a cond), batched: pfor
+    must convert calls of functions the step was re-emitted with (imported, no FuncGraph)."""
+    def program(lib):
+        if lib == "tf":
+            scan, cond, while_, jit, sin = tfscan.scan, tfscan.cond, tfscan.while_loop, tfscan.jit, tf.sin
+        else:
+            L = jax.lax
+            scan, cond, while_, jit, sin = L.scan, L.cond, L.while_loop, jax.jit, jnp.sin
+        jsin = jit(sin)
+
+        def step(c, w):
+            if nested == "cond":
+                c = cond(c[0] > 0, lambda v: sin(v) * w, lambda v: v - w, c)
+            else:
+                c = jsin(c) * w + c
+                _, c = while_(lambda a: a[0] < 2, lambda a: (a[0] + 1, a[1] * 0.9 + 0.1), (0, c))
+            return c, c * w
+        return lambda x: scan(step, x, _W)[0]
+
+    close(tfscan.vmap(program("tf"))(tf.constant(_XS)), jax.vmap(program("jax"))(_XS))

@@ -47,7 +47,9 @@ import importlib.util as _importlib_util
 from tfscan._core.context import disable_jit
 from tfscan._lax.assoc import associative_scan
 from tfscan._lax.branch import cond, switch
-from tfscan._lax.loops import fori_loop, map, while_loop
+from tfscan._lax.fori import fori_loop
+from tfscan._lax.loops import while_loop
+from tfscan._lax.map import map
 from tfscan._scan.scan import scan
 from tfscan._transforms.grad import grad, value_and_grad
 from tfscan._transforms.jit import jit

@@ -12,7 +12,6 @@ import threading
 from typing import Any, Sequence
 
 import tensorflow as tf
-from tensorflow.python.framework import ops
 
 from tfscan import _tf
 from tfscan._core import context as _context
@@ -78,9 +77,8 @@ def _pad(xs: Sequence[tf.Tensor], rows: tf.Tensor) -> list:
 
 
 def captured(consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-    graph = ops.get_default_graph()
-    capture = getattr(graph, "capture", None)
-    return [capture(c) if capture else c for c in consts]
+    graph = _tf.default_graph()
+    return [_tf.in_graph(graph, c) for c in consts]
 
 
 def forward(plan: Plan, static: Static, init, xs, consts, dynamic_length=None, save: bool = False,
@@ -233,7 +231,7 @@ class Programs:
         concrete = self._concrete.get(name)
         if concrete is None:
             concrete = self._concrete[name] = fn.get_concrete_function(*args)
-        return _tf.call_concrete(concrete, args)
+        return _tf.call_concrete(concrete, args, xla=True)
 
     def forward(self, init, xs, consts, dynamic_length=None, save=False, wanted=None):
         """``(carry, ys, saved)``; ``wanted`` (a bool per xs and consts leaf, or ``None`` for

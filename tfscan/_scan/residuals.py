@@ -22,8 +22,8 @@ import warnings
 from typing import Any, Sequence
 
 import tensorflow as tf
-from tensorflow.python.framework import ops
 
+from tfscan import _tf
 from tfscan._core import context as _context
 from tfscan._core import step_errors as _step_errors
 from tfscan._scan.graph_piece import GraphPiece
@@ -65,6 +65,12 @@ class StepVJP:
 
     ``const_sources`` of the plan's step say what each constant is (a tensor or a
     variable); here every place the re-traced step reads it is fed with its value.
+
+    The traced joint graph (``graph_def``), by name: ``step_names`` its carry and x inputs,
+    ``ct_names`` its cotangent inputs, ``const_feeds`` ``(tensor, const index)`` where it
+    reads a constant, ``handle_feeds`` ``(placeholder, resource)`` of other resource uses,
+    ``fwd_outs`` the step's outputs (``n_carry`` carry leaves, then ys) and ``grad_outs``
+    the gradients (float carry, float x, float constants: :meth:`split_grads`).
     """
 
     def __init__(self, plan: Plan, const_specs: Sequence[tf.TensorSpec], wanted: tuple | None = None):
@@ -85,7 +91,7 @@ class StepVJP:
         def joint(*args):
             c, x, cts = args[:nc], args[nc: nc + nx], list(args[nc + nx:])
             outs = list(plan.flat_step(*c, *x))
-            graph = ops.get_default_graph()
+            graph = _tf.default_graph()
             by_index = collections.defaultdict(list)
             for external, internal in graph.captures:
                 consumers = internal.consumers() if internal.dtype == tf.resource else []
@@ -129,52 +135,52 @@ class StepVJP:
             raise NotSplittable(f"its VJP could not be traced ({type(e).__name__}: {str(e)[:200]})",
                                 quiet=_step_errors.is_own(e)) from e
         graph = self._cf.graph
-        self._nc = nc
-        self._gd = graph.as_graph_def()
+        self.n_carry = nc
+        self.graph_def = graph.as_graph_def()
         args = [t.name for t in graph.inputs[: nc + nx + len(fc) + len(fy)]]
-        self._step_names, self._ct_names = args[: nc + nx], args[nc + nx:]
-        self._const_feeds, self._handle_feeds = const_feeds, handle_feeds
+        self.step_names, self.ct_names = args[: nc + nx], args[nc + nx:]
+        self.const_feeds, self.handle_feeds = const_feeds, handle_feeds
         outputs = list(graph.outputs)
-        self._fwd_outs = [t.name for t in outputs[:n_out]]
-        self._grad_outs = [t.name for t in outputs[n_out:]]
-        fed = self._fed_names(self._ct_names)
-        self.vjp_piece = GraphPiece(self._gd, fed, self._grad_outs, keep=_ancestors_of(graph, self._grad_outs, fed),
-                                    stub=self._stubs(graph), name="vjp", source=graph)
+        self.fwd_outs = [t.name for t in outputs[:n_out]]
+        self.grad_outs = [t.name for t in outputs[n_out:]]
+        fed = self.fed_names(self.ct_names)
+        self.vjp_piece = GraphPiece(self.graph_def, fed, self.grad_outs, keep=_ancestors_of(graph, self.grad_outs, fed),
+                                    stub=self.stubs(graph), name="vjp", source=graph)
         try:
             self.split = _Split(self, graph, outputs[n_out:])
         except NotSplittable as e:
             self.split = None
             warn_recompute(plan.name, str(e))
 
-    def _fed_names(self, extra: Sequence[str]) -> list[str]:
-        return self._step_names + [n for n, _ in self._const_feeds] + [n for n, _ in self._handle_feeds] + list(extra)
+    def fed_names(self, extra: Sequence[str]) -> list[str]:
+        return self.step_names + [n for n, _ in self.const_feeds] + [n for n, _ in self.handle_feeds] + list(extra)
 
-    def _fed_values(self, carry, x, consts, extra) -> list:
-        return (list(carry) + list(x) + [consts[i] for _, i in self._const_feeds]
-                + [h for _, h in self._handle_feeds] + list(extra))
+    def fed_values(self, carry, x, consts, extra) -> list:
+        return (list(carry) + list(x) + [consts[i] for _, i in self.const_feeds]
+                + [h for _, h in self.handle_feeds] + list(extra))
 
     @staticmethod
-    def _stubs(graph) -> list[str]:
+    def stubs(graph) -> list[str]:
         return [t.name for _, t in graph.captures if t.dtype == tf.resource]
 
-    def _grads(self, grads: list):
+    def split_grads(self, grads: list):
         a, b = len(self.fc), len(self.fc) + len(self.fx)
         return grads[:a], grads[a:b], grads[b:]
 
     def vjp(self, carry, x, consts, d_carry, d_y):
         """Gradients for the float carry, x and constant leaves of one step (recomputed)."""
-        return self._grads(self.vjp_piece.apply(self._fed_values(carry, x, consts, list(d_carry) + list(d_y))))
+        return self.split_grads(self.vjp_piece.apply(self.fed_values(carry, x, consts, list(d_carry) + list(d_y))))
 
 
 class _Split:
     """The forward-with-residuals, invariant and backward pieces of a :class:`StepVJP`."""
 
     def __init__(self, vjp: StepVJP, graph, grad_outs: list):
-        nc = vjp._nc
-        step_in = {n.split(":")[0] for n in vjp._step_names}
-        const_in = {n.split(":")[0] for n, _ in vjp._const_feeds}
-        const_in |= {n.split(":")[0] for n, _ in vjp._handle_feeds}  # resources: never copied
-        ct_in = {n.split(":")[0] for n in vjp._ct_names}
+        nc = vjp.n_carry
+        step_in = {n.split(":")[0] for n in vjp.step_names}
+        const_in = {n.split(":")[0] for n, _ in vjp.const_feeds}
+        const_in |= {n.split(":")[0] for n, _ in vjp.handle_feeds}  # resources: never copied
+        ct_in = {n.split(":")[0] for n in vjp.ct_names}
         ops_ = {op.name: op for op in graph.get_operations()}
         order = _topological(graph)
         dep_ct, dep_step, dep_k = {}, {}, {}
@@ -198,8 +204,8 @@ class _Split:
             if t.op.name not in backward:
                 boundary[t.name] = t
 
-        step_index = {n: i for i, n in enumerate(vjp._step_names)}
-        const_index = dict(vjp._const_feeds)
+        step_index = {n: i for i, n in enumerate(vjp.step_names)}
+        const_index = dict(vjp.const_feeds)
         self.inputs: list[tuple[str, str, int]] = []  # (name, "step" | "const", index)
         per_step, invariant, copied = [], [], set()
         for name, t in boundary.items():
@@ -224,7 +230,7 @@ class _Split:
         # A residual that is one of the step's ys (an RNN's new hidden state) is not saved
         # twice: the backward loop reads it from the ys buffer.
         y_names = {graph.get_tensor_by_name(n).op.inputs[0].name: j
-                   for j, n in enumerate(vjp._fwd_outs[nc:])
+                   for j, n in enumerate(vjp.fwd_outs[nc:])
                    if graph.get_tensor_by_name(n).op.type == "Identity"}
         self.y_alias = {k: y_names[n] for k, n in enumerate(per_step) if n in y_names}
         self.saved_carry = sorted({i for _, kind, i in self.inputs if kind == "step" and i < nc})
@@ -237,36 +243,36 @@ class _Split:
 
     def _make_pieces(self, vjp, graph, per_step: list, invariant: list, backward_ops: set) -> None:
         """The forward-with-residuals, invariant and backward :class:`GraphPiece`s."""
-        stubs = vjp._stubs(graph)
-        fed_step = vjp._fed_names([])
-        self.forward = GraphPiece(vjp._gd, fed_step, vjp._fwd_outs + per_step,
-                                  keep=_ancestors_of(graph, vjp._fwd_outs + per_step, fed_step),
+        stubs = vjp.stubs(graph)
+        fed_step = vjp.fed_names([])
+        self.forward = GraphPiece(vjp.graph_def, fed_step, vjp.fwd_outs + per_step,
+                                  keep=_ancestors_of(graph, vjp.fwd_outs + per_step, fed_step),
                                   stub=stubs, name="fwd", source=graph)
-        inv_fed = [n for n, _ in vjp._const_feeds] + [n for n, _ in vjp._handle_feeds]
-        self.invariant_piece = GraphPiece(vjp._gd, inv_fed, invariant,
+        inv_fed = [n for n, _ in vjp.const_feeds] + [n for n, _ in vjp.handle_feeds]
+        self.invariant_piece = GraphPiece(vjp.graph_def, inv_fed, invariant,
                                           keep=_ancestors_of(graph, invariant, inv_fed), stub=stubs, name="inv", source=graph)
-        bwd_fed = list(vjp._ct_names) + [n for n, _, _ in self.inputs] + per_step + invariant
-        self.backward = GraphPiece(vjp._gd, bwd_fed, vjp._grad_outs, keep=backward_ops, stub=stubs,
+        bwd_fed = list(vjp.ct_names) + [n for n, _, _ in self.inputs] + per_step + invariant
+        self.backward = GraphPiece(vjp.graph_def, bwd_fed, vjp.grad_outs, keep=backward_ops, stub=stubs,
                                    name="bwd", source=graph)
 
     def invariants(self, consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         vjp = self.vjp
-        return self.invariant_piece.apply([consts[i] for _, i in vjp._const_feeds] +
-                                          [h for _, h in vjp._handle_feeds])
+        return self.invariant_piece.apply([consts[i] for _, i in vjp.const_feeds] +
+                                          [h for _, h in vjp.handle_feeds])
 
     def step_forward(self, carry, x, consts):
         """``(new_carry, ys, residuals)`` of one step."""
         vjp = self.vjp
-        outs = self.forward.apply(vjp._fed_values(carry, x, consts, []))
+        outs = self.forward.apply(vjp.fed_values(carry, x, consts, []))
         n = len(outs) - len(self.per_step)
-        return outs[: vjp._nc], outs[vjp._nc: n], outs[n:]
+        return outs[: vjp.n_carry], outs[vjp.n_carry: n], outs[n:]
 
     def step_backward(self, carry, x, consts, residuals, invariants, d_carry, d_y):
         """Gradients for the float carry, x and constant leaves of one step."""
         step_args = list(carry) + list(x)
         inputs = [step_args[i] if kind == "step" else consts[i] for _, kind, i in self.inputs]
         feeds = list(d_carry) + list(d_y) + inputs + list(residuals) + list(invariants)
-        return self.vjp._grads(self.backward.apply(feeds))
+        return self.vjp.split_grads(self.backward.apply(feeds))
 
 
 _SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "BroadcastGradientArgs"})

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Callable, TypeVar
 
 import tensorflow as tf
-from tensorflow.python.eager import record
 
 from tfscan._core import cache as _cache
 from tfscan._core import checks as _checks
@@ -17,6 +16,7 @@ from tfscan._scan.plan import Plan
 from tfscan._scan.plan import is_float
 from tfscan._scan.program import Programs, Static
 from tfscan._scan.remat import binomial_slots, checkpointed_scan, is_binomial
+from tfscan._tf import record
 
 __all__ = ["scan"]
 
