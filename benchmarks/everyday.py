@@ -9,9 +9,13 @@ in the same process, interleaved):
   itself; and the number of cached programs after 2 and after 25 iterations.
 * **rewrap-jit / rewrap-grad** — ``tfscan.jit(f)(args)`` and ``tfscan.grad(f)(args)``
   re-wrapped on every call, against a held ``tfscan.jit(f)`` / ``tfscan.grad(f)``.
-* **memory-per-graph** — RSS growth per fresh ``tf.function`` that differentiates a
-  20-step scan of a 16x16 tanh RNN (after warm-up, ``gc.collect()`` between), for
-  ``tfscan.scan`` and ``tf.scan``, each in a fresh subprocess.
+* **memory per traced graph** — RSS growth per fresh ``tf.function`` that differentiates a
+  20-step scan of a 16x16 tanh RNN (after 20 warm-up graphs, ``gc.collect()`` between), for
+  ``tfscan.scan``, ``tf.scan`` and TensorFlow alone calling a held ``jit_compile=True``
+  function (the unrolled RNN) from each fresh graph; each in fresh subprocesses.
+* **memory per sequence length** — RSS growth per new sequence length of a Keras model
+  with ``Input((None, 8))`` (``train_on_batch`` + ``predict_on_batch``), after a warm-up
+  over 20 lengths spread over 2..256, for ``tfscan.keras.LSTM`` and ``keras.layers.LSTM``.
 
 Writes ``benchmarks/results/everyday.json`` and prints a Markdown table.
 """
@@ -111,11 +115,20 @@ SOAK = textwrap.dedent("""
             with tf.GradientTape() as t:
                 if impl == "tfscan":
                     h, _ = tfscan.scan(lambda h, x: (tf.tanh(tf.linalg.matvec(W, h) + x), None), tf.zeros([16]), xs)
-                else:
+                elif impl == "tf.scan":
                     h = tf.scan(lambda h, x: tf.tanh(tf.linalg.matvec(W, h) + x), xs, tf.zeros([16]))[-1]
+                else:  # TensorFlow alone: a held jit_compile tf.function called from each fresh graph
+                    h = unrolled(xs)
                 loss = tf.reduce_sum(h)
             return t.gradient(loss, W)
         return g(xs)
+
+    @tf.function(jit_compile=True)
+    def unrolled(xs):
+        h = tf.zeros([16])
+        for i in range(20):
+            h = tf.tanh(tf.linalg.matvec(W, h) + xs[i])
+        return h
 
     for _ in range(20):
         one()
@@ -130,14 +143,58 @@ SOAK = textwrap.dedent("""
 
 # ``SOAK`` (``python -c SOAK IMPL N``) prints the RSS growth per traced graph (tests use it too).
 
+KERAS_SOAK = textwrap.dedent("""
+    import gc, os, sys
+    import numpy as np, keras, tensorflow as tf, tfscan.keras
+    impl, n = sys.argv[1], int(sys.argv[2])
+    layer = tfscan.keras.LSTM(16) if impl == "tfscan" else keras.layers.LSTM(16)
+    model = keras.Sequential([keras.Input((None, 8)), layer, keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    rng = np.random.default_rng(0)
 
-def _memory_rows(graphs: int) -> dict:
-    out = {}
-    for impl in ("tfscan", "tf.scan"):
-        proc = subprocess.run([sys.executable, "-c", SOAK, impl, str(graphs)], capture_output=True, text=True,
-                              timeout=1800, cwd=os.path.dirname(HERE))
-        out[impl] = float(proc.stdout.split("KIB")[1]) if "KIB" in proc.stdout else None
-    return out
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+    def one(t):
+        x, y = rng.standard_normal((4, t, 8)).astype("float32"), rng.standard_normal((4, 1)).astype("float32")
+        model.train_on_batch(x, y)
+        model.predict_on_batch(x)
+
+    top = 256  # warm-up: 20 lengths spread over 2..top; then n other lengths in 2..top
+    warm = sorted(set(np.linspace(2, top, 20).astype(int).tolist()))
+    rest = [t for t in range(2, top + 1) if t not in warm]
+    lengths = [rest[i] for i in np.linspace(0, len(rest) - 1, n).astype(int)]
+    for t in warm:
+        one(t)
+    gc.collect()
+    r0 = rss()
+    for t in lengths:
+        one(t)
+        gc.collect()
+    print("KIB", (rss() - r0) * 1024 / n)
+""")
+
+# ``KERAS_SOAK`` (``python -c KERAS_SOAK IMPL N``, IMPL ``tfscan`` or ``keras``) prints the RSS growth
+# per new sequence length of a Keras model with ``Input((None, 8))`` and an LSTM layer.
+
+
+def _soak(script: str, impl: str, n: int) -> float | None:
+    proc = subprocess.run([sys.executable, "-c", script, impl, str(n)], capture_output=True, text=True,
+                          timeout=3600, cwd=os.path.dirname(HERE))
+    return float(proc.stdout.split("KIB")[1]) if "KIB" in proc.stdout else None
+
+
+def _memory_rows(graphs: int, lengths: int, repeats: int) -> dict:
+    """Medians over ``repeats`` fresh subprocesses per implementation (interleaved)."""
+    runs: dict = {"tfscan": [], "tf.scan": [], "xla-call": [], "keras-tfscan": [], "keras-LSTM": []}
+    for _ in range(repeats):
+        for impl in ("tfscan", "tf.scan", "xla-call"):
+            runs[impl].append(_soak(SOAK, impl, graphs))
+        runs["keras-tfscan"].append(_soak(KERAS_SOAK, "tfscan", lengths))
+        runs["keras-LSTM"].append(_soak(KERAS_SOAK, "keras", lengths))
+    return {k: statistics.median([v for v in vs if v is not None] or [float("nan")]) for k, vs in runs.items()} | {
+        "runs": runs}
 
 
 def main(argv=None) -> int:
@@ -145,10 +202,12 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=25)
     p.add_argument("--calls", type=int, default=30)
     p.add_argument("--graphs", type=int, default=300)
+    p.add_argument("--lengths", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=3, help="subprocesses per memory row (median)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "everyday.json"))
     args = p.parse_args(argv)
     result = {"hmm": _hmm_rows(args.iters), "rewrap": _rewrap_rows(args.calls),
-              "memory_kib_per_graph": _memory_rows(args.graphs),
+              "memory_kib_per_graph": _memory_rows(args.graphs, args.lengths, args.repeats),
               "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "load": os.getloadavg()}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
@@ -161,8 +220,10 @@ def main(argv=None) -> int:
     for name in ("jit", "grad"):
         print(f"| `tfscan.{name}(f)(args)` re-wrapped per call | {rw[name]['rewrapped_ms']:.2f} ms | held "
               f"`tfscan.{name}(f)`: {rw[name]['held_ms']:.2f} ms | {rw[name]['ratio']:.2f}x |")
-    print(f"| RSS per fresh traced graph (grad of a 20-step scan) | {m['tfscan']:.0f} KiB | `tf.scan`: "
-          f"{m['tf.scan']:.0f} KiB | |")
+    print(f"| memory per traced graph: RSS per fresh `tf.function` (grad of a 20-step scan) | {m['tfscan']:.0f} KiB "
+          f"| `tf.scan`: {m['tf.scan']:.0f} KiB; held `jit_compile` function: {m['xla-call']:.0f} KiB | |")
+    print(f"| memory per new sequence length, Keras `Input((None, 8))` + LSTM(16), train + predict | "
+          f"{m['keras-tfscan']:.0f} KiB | `keras.layers.LSTM`: {m['keras-LSTM']:.0f} KiB | |")
     print(f"\nload average {result['load']}", file=sys.stderr)
     return 0
 

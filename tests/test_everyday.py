@@ -145,6 +145,32 @@ def test_step_closing_over_graph_tensors_in_two_functions():
         assert float(make()(tf.constant(a))) == pytest.approx(6.0 * a)
 
 
+def test_a_graphs_scan_gradient_registration_is_freed_with_the_graph():
+    """A scan traced in a graph registers its gradient under a name of its own (for
+    tf.saved_model); the name used to stay registered for the life of the process."""
+    import gc
+
+    w = tf.Variable(tf.ones([3]))
+
+    def fresh():
+        @tf.function
+        def g(xs):
+            with tf.GradientTape() as t:
+                loss = tf.reduce_sum(tfscan.scan(lambda c, x: (tf.tanh(w * c + x), None), tf.zeros([3]), xs)[0])
+            return t.gradient(loss, w)
+
+        cf = g.get_concrete_function(tf.TensorSpec([4, 3]))
+        assert np.all(np.isfinite(cf(tf.ones([4, 3])).numpy()))
+        return [op.get_attr("_gradient_op_type").decode() for op in cf.graph.get_operations()
+                if op.type == "IdentityN" and "_gradient_op_type" in op.node_def.attr]
+
+    names = fresh()
+    assert names
+    gc.collect()
+    for name in names:  # tf.RegisterGradient raises KeyError for a name still registered
+        tf.RegisterGradient(name)(lambda op, *grads: [None] * len(op.inputs))
+
+
 @pytest.mark.slow
 def test_memory_per_fresh_traced_graph_stays_small():
     """Each fresh tf.function differentiating a scan used to keep 4.3 MiB for the life of
@@ -156,6 +182,43 @@ def test_memory_per_fresh_traced_graph_stays_small():
     assert out.returncode == 0, out.stderr[-3000:]
     per_graph = float(out.stdout.split("KIB")[1])
     assert per_graph < 1024, f"{per_graph:.0f} KiB per traced graph"
+
+
+@pytest.mark.slow
+def test_memory_per_new_sequence_length_in_a_keras_model_stays_small():
+    """A Keras model with ``Input((None, d))`` fed a new sequence length per batch used to
+    compile the scan's XLA programs again for every length and keep them (2.7 MiB each);
+    sequences are now padded to a power-of-two bucket, one program per bucket."""
+    from benchmarks.everyday import KERAS_SOAK
+
+    out = subprocess.run([sys.executable, "-c", KERAS_SOAK, "tfscan", "30"], capture_output=True, text=True,
+                         timeout=1800, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    per_length = float(out.stdout.split("KIB")[1])
+    assert per_length < 1024, f"{per_length:.0f} KiB per new sequence length"
+
+
+def test_unknown_length_in_a_graph_compiles_one_program_per_bucket():
+    """Sequences of a length unknown when traced are padded to a power-of-two bucket (at
+    least 8): values and gradients are those of the true length, reverse and unrolled too."""
+    w = tf.Variable(tf.random.stateless_normal([3, 3], seed=[1, 2]) * 0.5)
+
+    def loss(xs, reverse, unroll):
+        with tf.GradientTape() as t:
+            t.watch(xs)
+            c, ys = tfscan.scan(lambda h, x: (tf.tanh(tf.linalg.matvec(w, h) + x), h * x), tf.zeros([3]), xs,
+                                reverse=reverse, unroll=unroll)
+            value = tf.reduce_sum(c) + tf.reduce_sum(ys ** 2)
+        return [value, tf.shape(ys)[0]] + t.gradient(value, [w, xs])
+
+    for reverse, unroll in [(False, 1), (True, 3)]:
+        g = tf.function(lambda xs: loss(xs, reverse, unroll), input_signature=[tf.TensorSpec([None, 3])])
+        for n in (0, 1, 8, 9):
+            xs = tf.random.stateless_normal([n, 3], seed=[n, 5])
+            for a, b in zip(g(xs), loss(xs, reverse, unroll)):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+        ops_ = g.get_concrete_function().graph.get_operations()
+        assert any(op.type == "Pad" for op in ops_)  # the bucket, not a program per length
 
 
 def test_rewrapped_vmap_closing_over_a_new_tensor_uses_it_without_retracing():

@@ -262,6 +262,18 @@ def without_autograph(fn: Any) -> Any:
     return _autograph_api.autograph_artifact(call)
 
 
+def unregister_gradient(name: str) -> None:
+    """Remove the gradient function registered under ``name`` (by ``tf.RegisterGradient``).
+
+    Why private: TensorFlow's gradient registry (``ops._gradient_registry``) keeps every
+    registered function for the life of the process and has no public way to remove one.
+    tfscan registers one gradient per scan traced in a graph (``tf.saved_model`` saves one
+    gradient function per name, capturing that op's inputs) and removes it when the graph
+    is garbage-collected, so a process that traces graphs for ever does not keep them all.
+    """
+    _ops._gradient_registry._registry.pop(name, None)  # noqa: SLF001 - see docstring
+
+
 def mark_variable_accessed(variable: tf.Variable) -> None:
     """Tell the live tapes that ``variable`` was read (so they watch it).
 

@@ -5,7 +5,8 @@ Eagerly, tfscan records one operation per compiled call on the live tapes
 ``tf.function`` differentiate ops by type, so each call routes its outputs through an
 ``IdentityN`` whose gradient is overridden with a function registered under a fresh name
 (``tf.RegisterGradient``, as ``tf.custom_gradient`` does itself). TensorFlow's registry
-keeps every registered name for the life of the process, so a registered function must
+keeps every registered name for the life of the process (a scan's is removed with its graph,
+:func:`tfscan._tf.unregister_gradient`), so a registered function must
 hold what it needs weakly (the graphs that use it keep it alive).
 """
 

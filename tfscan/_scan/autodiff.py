@@ -14,12 +14,12 @@ from typing import Any, Sequence
 
 import tensorflow as tf
 
+from tfscan import _tf
 from tfscan._core import context as _context
 from tfscan._core import gradients as _gradients
 from tfscan._scan import program as _program
 from tfscan._scan.plan import float_indices, is_float, scatter
 from tfscan._scan.program import Programs
-from tfscan import _tf
 from tfscan._tf import record
 
 __all__ = []  # private module
@@ -98,9 +98,16 @@ def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts,
     flat = list(outs) + list(saved) + list(init) + list(xs) + list(consts) + dl
     counts = (len(outs), len(saved), len(init), len(xs), len(consts))
     site: list = []  # the IdentityN, weakly, once made
-    name = _register_gradient(programs, counts, bool(dl), site, not _context.in_internal_trace(), wanted)
+    exported = not _context.in_internal_trace()
+    name = _register_gradient(programs, counts, bool(dl), site, exported, wanted)
+    graph = _tf.default_graph()
     result = _gradients.identity(name, flat)
     site.append(weakref.ref(result[0].op))
+    if exported:
+        # The registration is owned by the graph: its op lives (and is differentiated) only
+        # there. A scan traced inside a step (not exported) is copied into the loops built
+        # from that step, which may outlive the step's own graph: its name stays registered.
+        weakref.finalize(graph, _tf.unregister_gradient, name)
     return list(result[: len(outs)])
 
 
@@ -113,8 +120,9 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
     gradient for the copies alone raises when run."""
     name = None  # set below, once registered
     n_out, n_saved, n_i, n_x, n_k = counts
-    # TF's registry keeps ``grad`` for the life of the process: it holds ``programs`` only
-    # weakly (the graphs that use them keep them alive, :mod:`tfscan._core.cache`).
+    # TF's registry keeps ``grad`` until the graph is collected (for ever for a non-exported
+    # site): it holds ``programs`` only weakly (the graphs that use them keep them alive,
+    # :mod:`tfscan._core.cache`).
     ref = weakref.ref(programs)
 
     def grad(op, *d_all):

@@ -22,14 +22,16 @@ Body = Callable[[list, list], tuple[list, list]]
 
 def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], length: Any,
         reverse: bool, unroll: int | bool, out_specs: Sequence[tf.TensorSpec],
-        out_shapes: Sequence[Any] | None = None) -> tuple[list, list]:
+        out_shapes: Sequence[Any] | None = None, rows: Any = None) -> tuple[list, list]:
     """Run ``body(carry, slices) -> (carry, outs)`` for ``length`` steps.
 
     ``seqs`` are read at the step index along axis 0; ``outs`` are stacked along a new
     axis 0 in index order (so with ``reverse`` the buffers still hold step ``i`` at ``i``).
     ``length`` is an int or a scalar int32 tensor (a trip count known at run time).
     ``out_shapes`` (one per output, a list or a 1-D tensor) saves probing the body for
-    output shapes that are not static.
+    output shapes that are not static. ``rows`` (the rows of ``seqs``, padded past a
+    run-time ``length``) sizes the buffers instead, which are then returned uncut: the
+    program's shapes depend on ``rows`` only, so XLA compiles it once per ``rows``.
     """
     _batching.install()  # the XlaDynamic(Update)Slice ops below get pfor converters (tf.vectorized_map)
     carry = list(carry)
@@ -37,7 +39,9 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
     static = length if isinstance(length, int) else None
     # A run-time length may be 0 while XLA still compiles the body, whose one-row update
     # must fit the buffer: allocate at least one row and cut back to ``length`` after.
-    rows = length if static is not None else tf.maximum(length, 1)
+    cut = rows is None and static is None
+    if rows is None:
+        rows = length if static is not None else tf.maximum(length, 1)
     if out_shapes is None:
         out_shapes = _out_shapes(body, carry, seqs, out_specs)
     bufs = [tf.zeros(_stacked_shape(rows, s), spec.dtype) for s, spec in zip(out_shapes, out_specs)]
@@ -75,7 +79,7 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
             return i + 1, carry, bufs
         _, carry, bufs = tf.while_loop(lambda i, c, b: i < length, tail_body,
                                        (tf.convert_to_tensor(done, tf.int32), carry, bufs))
-    if static is None:
+    if cut:
         bufs = [b[:length] for b in bufs]
     return list(carry), list(bufs)
 

@@ -36,9 +36,44 @@ class Static:
 def _length(static: Static, xs: Sequence[tf.Tensor], dynamic: Any) -> Any:
     if static.length is not None:
         return static.length
+    if dynamic is not None:  # given with xs: they are padded past it (:func:`_bucketed`)
+        return dynamic
     if xs:
         return tf.shape(xs[0], out_type=tf.int32)[0]
     return dynamic
+
+
+def _rows(static: Static, xs: Sequence[tf.Tensor], dynamic: Any) -> Any:
+    """The rows of padded ``xs`` (a run-time length given with xs), else ``None``."""
+    if static.length is None and dynamic is not None and xs:
+        return tf.shape(xs[0], out_type=tf.int32)[0]
+    return None
+
+
+def _bucketed(static: Static, xs: Sequence[tf.Tensor], dynamic_length: Any) -> Any:
+    """The run-time length of ``xs`` when they should be padded to a bucket, else ``None``.
+
+    XLA compiles a program per input shape: in a graph whose sequences have an unknown
+    length (Keras' ``Input((None, d))``, ``tf.function(reduce_retracing=True)``), every new
+    length would compile the loops again and keep them for the life of the process. The
+    sequences are padded to the next power of two (at least 8) and the loop runs the true
+    length, so at most one program per bucket is compiled.
+    """
+    if (static.length is not None or dynamic_length is not None or not xs or tf.executing_eagerly()
+            or _context.in_xla_context() or any(x.shape.rank is None for x in xs)):
+        return None
+    return tf.shape(xs[0], out_type=tf.int32)[0]
+
+
+def _bucket(length: tf.Tensor) -> tf.Tensor:
+    exponent = tf.math.ceil(tf.math.log(tf.cast(tf.maximum(length, 8), tf.float64)) / tf.math.log(
+        tf.constant(2.0, tf.float64)))
+    return tf.bitwise.left_shift(tf.constant(1, tf.int32), tf.cast(exponent, tf.int32))
+
+
+def _pad(xs: Sequence[tf.Tensor], rows: tf.Tensor) -> list:
+    return [tf.pad(x, tf.concat([[[0, rows - tf.shape(x, out_type=tf.int32)[0]]],
+                                 tf.zeros([x.shape.rank - 1, 2], tf.int32)], 0)) for x in xs]
 
 
 def captured(consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
@@ -69,7 +104,9 @@ def forward(plan: Plan, static: Static, init, xs, consts, dynamic_length=None, s
         out_specs += (list(plan.carry_specs) if split is None else
                       [plan.carry_specs[i] for i in split.saved_carry] +
                       [r for j, r in enumerate(split.residual_specs) if j not in split.y_alias])
-    carry, bufs = _buffered_loop.run(body, list(init), list(xs), length, static.reverse, static.unroll, out_specs)
+    rows = _rows(static, xs, dynamic_length)
+    carry, bufs = _buffered_loop.run(body, list(init), list(xs), length, static.reverse, static.unroll, out_specs,
+                                     rows=rows)
     ny = len(plan.y_specs)
     return carry, bufs[:ny], bufs[ny:]
 
@@ -130,7 +167,8 @@ def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynam
     x_specs = [plan.x_specs[i] for i in fx]
     x_shapes = [xs[i].shape[1:].as_list() if xs[i].shape[1:].is_fully_defined() else tf.shape(xs[i])[1:]
                 for i in fx]  # d_x has x's shape: no probe of the body needed
-    acc, d_xs_f = _buffered_loop.run(body, acc0, seqs, length, not static.reverse, static.unroll, x_specs, x_shapes)
+    acc, d_xs_f = _buffered_loop.run(body, acc0, seqs, length, not static.reverse, static.unroll, x_specs, x_shapes,
+                                     rows=_rows(static, xs, dynamic_length))
     return scatter(nc, fc, acc), scatter(nx, fx, d_xs_f), scatter(len(consts), fk, acc[len(fc):])
 
 
@@ -217,6 +255,9 @@ class Programs:
                 carry, ys, saved = forward(plan, static, i, x, k, dl, save, split)
             return list(carry) + list(ys) + list(saved)
 
+        true_length = _bucketed(static, xs, dynamic_length)
+        if true_length is not None:  # padded to a bucket; the loop runs the true length
+            xs, dynamic_length = _pad(xs, _bucket(true_length)), true_length
         flat = self._call(f"forward_{save}_{wanted}", build, _join(init, xs, consts, dynamic_length))
         ny = len(plan.y_specs)
         carry, ys, saved = flat[:n_i], flat[n_i: n_i + ny], flat[n_i + ny:]
@@ -225,6 +266,8 @@ class Programs:
             rest = iter(saved[n_sc:])
             saved = saved[:n_sc] + [ys[split.y_alias[j]] if j in split.y_alias else next(rest)
                                     for j in range(len(split.residual_specs))]
+        if true_length is not None:  # ``saved`` stays padded: the backward loop reads it so
+            ys = [y[:true_length] for y in ys]
         return carry, ys, saved
 
     def backward(self, xs, consts, saved, d_carry, d_ys, dynamic_length=None, wanted=None):
@@ -247,12 +290,18 @@ class Programs:
             d_init, d_xs, d_k = backward(plan, static, x, k, s, dc, dy, dl, vjp, remat, wanted)
             return [g for g in d_init + d_xs + d_k if g is not None]
 
+        true_length = _bucketed(static, xs, dynamic_length)
+        if true_length is not None:  # as the forward loop: padded to its bucket
+            rows = _bucket(true_length)
+            xs, saved, dynamic_length = _pad(xs, rows), _pad(saved, rows), true_length
+            d_ys = [None if d is None else _pad([d], rows)[0] for d in d_ys]
         args = list(xs) + list(consts) + list(saved) + [d_carry[i] for i in d_carry_idx] + \
             [d_ys[i] for i in d_ys_idx] + ([dynamic_length] if dynamic_length is not None else [])
         flat = list(self._call(f"backward_{wanted}", build, args))
         fc, fx, _, fk = float_indices(plan, consts, wanted)
         a, b = len(fc), len(fc) + len(fx)
-        return scatter(n_c, fc, flat[:a]), scatter(n_x, fx, flat[a:b]), scatter(n_k, fk, flat[b:])
+        d_xs = flat[a:b] if true_length is None else [d[:true_length] for d in flat[a:b]]
+        return scatter(n_c, fc, flat[:a]), scatter(n_x, fx, d_xs), scatter(n_k, fk, flat[b:])
 
 
 def _join(init, xs, consts, dynamic_length) -> list:
