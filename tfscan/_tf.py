@@ -65,3 +65,30 @@ def is_autograph_scope(x: Any) -> bool:
     Keras retrace) would compile the same scan again. No public type exists to test.
     """
     return isinstance(x, _autograph_wrappers.FunctionScope)
+
+
+def forwardprop_state() -> Any:
+    """A context in which every live ``ForwardAccumulator`` records ops again, even one that
+    is busy computing a ``forward_function`` (TensorFlow's ``push_forwardprop_state``).
+
+    Why private: an accumulator computing a tangent ignores the ops that computation runs,
+    and so do accumulators made after it; a scan's forward function traces its JVP step,
+    which makes its own ``ForwardAccumulator`` inside the trace — that one must record.
+    ``tf.function`` uses this same switch when it builds a function's forward-mode
+    version. No public API exposes it.
+    """
+    from tensorflow.python.eager import forwardprop_util  # noqa: PLC0415 - see docstring
+    return forwardprop_util.push_forwardprop_state()
+
+
+def silent_capture(graph: Any, value: Any) -> tf.Tensor:
+    """``graph.capture(value)`` without recording the capture on the live tapes.
+
+    Why private: capturing an outer tensor records an identity op (``captured_value``) on
+    every live tape and accumulator, so outer accumulators would differentiate the ops of a
+    trace tfscan differentiates itself. ``record.stop_recording`` (``tf.GradientTape``'s
+    ``stop_recording`` needs a tape object) pauses that for the capture only.
+    """
+    from tensorflow.python.eager import record  # noqa: PLC0415 - see docstring
+    with record.stop_recording():
+        return graph.capture(value)

@@ -20,6 +20,7 @@ from tensorflow.python.framework import ops
 
 from tfscan._core import context as _context
 
+from tfscan._scan import forward as _forward
 from tfscan._scan import program as _program
 from tfscan._scan.plan import float_indices, is_float, scatter
 from tfscan._scan.program import Programs
@@ -39,25 +40,38 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     """
     eager = tf.executing_eagerly()
     wanted = None
+    inputs = list(init) + list(xs) + list(consts)
     if eager:  # the live tapes tell which inputs can be asked for a gradient: skip the others
-        inputs = list(init) + list(xs) + list(consts)
-        # A forward accumulator's tangents are pulled through this VJP too (double-back).
-        tangent = {i for acc in forwardprop_util.pack_tangents(inputs).indices for i, _ in acc}
-        wanted = tuple(i in tangent or record.should_record_backprop([t])
-                       for i, t in enumerate(inputs) if i >= len(init))
+        wanted = tuple(record.should_record_backprop([t]) for t in inputs[len(init):])
+        if any(wanted) and forwardprop_util.pack_tangents(inputs).indices:
+            # forward over reverse: the gradient is computed under an accumulator, by
+            # _recorded_backward, from the step VJP for every input (traced now, while a
+            # tape inside the step can still record)
+            programs.vjp(consts)
         wanted = None if all(wanted) else wanted
-        if tangent:
-            programs.vjp(consts)  # what forward mode pulls through _recorded_backward
-    programs.vjp(consts, wanted)  # traced now, while a tape inside the step can still record
+    if not eager or any(wanted or ()) or wanted is None and record.should_record_backprop(inputs):
+        programs.vjp(consts, wanted)  # traced now, while a tape inside the step can still record
     with record.stop_recording():  # the tapes see only the operation recorded below
         carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=True, wanted=wanted)
         outs = list(carry) + list(ys)
         result = outs if eager else _with_registered_gradient(programs, outs, saved, init, xs, consts,
                                                               dynamic_length)
     record.record_operation(
-        "TfscanScan", result, list(init) + list(xs) + list(consts),
-        lambda *d_outs: _backward(programs, init, xs, consts, saved, d_outs, outs, dynamic_length, wanted))
+        "TfscanScan", result, inputs,
+        lambda *d_outs: _backward(programs, init, xs, consts, saved, d_outs, outs, dynamic_length, wanted),
+        # forward mode (an accumulator) runs the scan's own JVP loop, never this VJP transposed
+        lambda *tangents: _forward.scan_tangents(programs, init, xs, consts, dynamic_length, tangents, run))
     return result
+
+
+def run(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[tf.Tensor], consts: Sequence[tf.Tensor],
+        dynamic_length: Any = None) -> list[tf.Tensor]:
+    """``carry + ys`` (flat) of a scan's programs, recorded when a derivative may be asked for."""
+    if any(is_float(t.dtype) for g in (init, xs, consts) for t in g) and (
+            not tf.executing_eagerly() or record.could_possibly_record()):
+        return differentiable_scan(programs, init, xs, consts, dynamic_length)
+    carry, ys, _ = programs.forward(init, xs, consts, dynamic_length)
+    return list(carry) + list(ys)
 
 
 def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic_length,
