@@ -17,12 +17,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfscan._core import checks as _checks
-
 from tfscan._core import context as _context
-
-from tfscan._lax import control as _control
-
 from tfscan._core import tree as _tree
+from tfscan._lax import control as _control
 
 __all__ = ["associative_scan"]
 

@@ -14,12 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfscan._core import checks as _checks
-
 from tfscan._core import context as _context
-
-from tfscan._lax import control as _control
-
 from tfscan._core import tree as _tree
+from tfscan._lax import control as _control
 
 __all__ = ["cond", "switch"]
 

@@ -15,11 +15,8 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 
 from tfscan._core import cache as _cache
-
 from tfscan._core import checks as _checks
-
 from tfscan._core import context as _context
-
 from tfscan._core import tree as _tree
 
 __all__ = []  # private module

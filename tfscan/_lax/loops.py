@@ -24,19 +24,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record
 
-from tfscan._lax import bounded as _bounded
-
 from tfscan._core import cache as _cache
-
 from tfscan._core import checks as _checks
-
 from tfscan._core import context as _context
-
-from tfscan._lax import control as _control
-
 from tfscan._core import tree as _tree
-
 from tfscan._core import weak as _weak
+from tfscan._lax import bounded as _bounded
+from tfscan._lax import control as _control
 from tfscan._scan.buffered_loop import keep_shape
 from tfscan._scan.plan import Plan, is_float
 from tfscan._scan.program import captured

@@ -19,7 +19,6 @@ from tensorflow.python.eager import forwardprop_util, record
 from tensorflow.python.framework import ops
 
 from tfscan._core import context as _context
-
 from tfscan._scan import forward as _forward
 from tfscan._scan import program as _program
 from tfscan._scan.plan import float_indices, is_float, scatter

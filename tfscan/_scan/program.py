@@ -15,11 +15,8 @@ import tensorflow as tf
 from tensorflow.python.framework import ops
 
 from tfscan import _tf
-
-from tfscan._scan import buffered_loop as _buffered_loop
-
 from tfscan._core import context as _context
-
+from tfscan._scan import buffered_loop as _buffered_loop
 from tfscan._scan import remat as _remat
 from tfscan._scan.plan import Plan, float_indices, scatter
 from tfscan._scan.residuals import NotSplittable, StepVJP, warn_recompute

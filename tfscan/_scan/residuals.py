@@ -25,11 +25,10 @@ import tensorflow as tf
 from tensorflow.python.framework import ops
 
 from tfscan._core import context as _context
-
 from tfscan._core import step_errors as _step_errors
 from tfscan._scan.graph_piece import GraphPiece
-from tfscan._scan.step import _writes
 from tfscan._scan.plan import Plan, float_indices
+from tfscan._scan.step import _writes
 
 __all__ = []  # private module
 

@@ -8,13 +8,9 @@ import tensorflow as tf
 from tensorflow.python.eager import record
 
 from tfscan._core import cache as _cache
-
 from tfscan._core import checks as _checks
-
 from tfscan._core import context as _context
-
 from tfscan._core import tree as _tree
-
 from tfscan._core import weak as _weak
 from tfscan._scan.autodiff import differentiable_scan
 from tfscan._scan.plan import Plan

@@ -24,13 +24,9 @@ import tensorflow as tf
 from tensorflow.python.eager import record
 
 from tfscan import _tf
-
 from tfscan._core import cache as _cache
-
 from tfscan._core import checks as _checks
-
 from tfscan._core import context as _context
-
 from tfscan._core import tree as _tree
 
 __all__ = ["jit"]

@@ -29,17 +29,12 @@ from tensorflow.python.ops import resource_variable_ops
 from tensorflow.python.ops.parallel_for import pfor as pfor_lib
 
 from tfscan import _tf
-
-from tfscan._transforms import batching as _batching
-
 from tfscan._core import cache as _cache
-
 from tfscan._core import checks as _checks
-
 from tfscan._core import context as _context
-
 from tfscan._core import tree as _tree
 from tfscan._scan.plan import is_float
+from tfscan._transforms import batching as _batching
 
 __all__ = ["vmap"]
 
