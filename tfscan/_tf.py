@@ -92,3 +92,15 @@ def silent_capture(graph: Any, value: Any) -> tf.Tensor:
     from tensorflow.python.eager import record  # noqa: PLC0415 - see docstring
     with record.stop_recording():
         return graph.capture(value)
+
+
+def has_tangents(tensors: Sequence[Any]) -> bool:
+    """Whether a live ``ForwardAccumulator`` holds a tangent for any of ``tensors``.
+
+    Why private: ``forwardprop_util.pack_tangents`` is the only query of the accumulators'
+    state (``ForwardAccumulator.jvp`` needs the accumulator object, which code called
+    inside its scope does not have).
+    """
+    from tensorflow.python.eager import forwardprop_util  # noqa: PLC0415 - see docstring
+    ts = [t for t in tensors if isinstance(t, tf.Tensor)]
+    return bool(ts) and bool(forwardprop_util.pack_tangents(ts).indices)

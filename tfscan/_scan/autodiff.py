@@ -38,20 +38,23 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     when the graph is copied, as a step holding a nested scan is, into the outer loop.
     """
     eager = tf.executing_eagerly()
-    wanted = None
+    wanted, save = None, True
     inputs = list(init) + list(xs) + list(consts)
     if eager:  # the live tapes tell which inputs can be asked for a gradient: skip the others
         wanted = tuple(record.should_record_backprop([t]) for t in inputs[len(init):])
-        if any(wanted) and forwardprop_util.pack_tangents(inputs).indices:
+        # Only a tape asks for the VJP: forward mode alone (accumulators) saves nothing.
+        save = record.should_record_backprop(inputs)
+        if save and forwardprop_util.pack_tangents(inputs).indices:
             # forward over reverse: the gradient is computed under an accumulator, by
             # _recorded_backward, from the step VJP for every input (traced now, while a
             # tape inside the step can still record)
             programs.vjp(consts)
         wanted = None if all(wanted) else wanted
-    if not eager or any(wanted or ()) or wanted is None and record.should_record_backprop(inputs):
+    if save:
         programs.vjp(consts, wanted)  # traced now, while a tape inside the step can still record
     with record.stop_recording():  # the tapes see only the operation recorded below
-        carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=True, wanted=wanted)
+        carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=save, wanted=wanted)
+        saved = saved if save else None
         outs = list(carry) + list(ys)
         result = outs if eager else _with_registered_gradient(programs, outs, saved, init, xs, consts,
                                                               dynamic_length)
@@ -79,7 +82,7 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
     n_i = len(init)
     d_outs = [_zeros_if_none(d, o) for d, o in zip(d_outs, outs)]
     d_carry, d_ys = d_outs[:n_i], d_outs[n_i:]
-    if record.could_possibly_record():
+    if saved is None or record.could_possibly_record():
         grads = _recorded_backward(programs, init, xs, consts, d_carry, d_ys, dynamic_length)
     else:
         grads = programs.backward(xs, consts, saved, d_carry, d_ys, dynamic_length, wanted)

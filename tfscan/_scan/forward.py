@@ -32,16 +32,21 @@ __all__ = []  # private module
 
 
 def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
-             tangents: Sequence[tf.Tensor | None], watched: Sequence[tuple[Any, tf.Tensor]] = ()):
+             tangents: Sequence[tf.Tensor | None], watched: Sequence[tuple[Any, tf.Tensor]] = (),
+             closed: Sequence[Any] = ()):
     """``(fn(*args), tangents of its outputs)``, built inside the graph being traced.
 
     ``tangents[i]`` is the tangent of ``args[i]`` (``None``: not differentiated).
-    ``watched`` pairs a tensor or ``tf.Variable`` that ``fn`` closes over with its tangent:
-    the tensor is captured into this graph first, so ``fn``'s own use of it is the
-    watched capture. Output tangents are ``None`` for non-float outputs, zeros for float
-    outputs that do not depend on anything watched.
+    ``watched`` pairs a tensor or ``tf.Variable`` that ``fn`` closes over with its tangent.
+    Those and ``closed`` (what else ``fn`` closes over: tensors, variables, resources) are
+    captured into this graph first, unseen by the live tapes, so that ``fn``'s own use of
+    them is that capture, and only this function's accumulator differentiates ``fn``.
+    Output tangents are ``None`` for non-float outputs, zeros for float outputs that do
+    not depend on anything watched.
     """
     graph = _tf.default_graph()
+    for obj in list(closed) + [o for o, _ in watched]:
+        _tf.silent_capture(graph, obj.handle if isinstance(obj, tf.Variable) else obj)
     primals, ts = [], []
     for a, t in zip(args, tangents):
         if t is not None:
@@ -50,7 +55,9 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     for obj, t in watched:
         primals.append(obj if isinstance(obj, tf.Variable) else graph.capture(obj))
         ts.append(t)
-    with tf.autodiff.ForwardAccumulator(primals, ts) as acc:
+    # An accumulator busy computing a tangent (the one whose forward function traces this)
+    # silences the accumulators made after it: let this one record.
+    with _tf.forwardprop_state(), tf.autodiff.ForwardAccumulator(primals, ts) as acc:
         outs = list(fn(*args))
     out_t = [acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO) if is_float(o.dtype) else None
              for o in outs]
@@ -86,13 +93,15 @@ class _ScanJVP:
         carry_specs = list(plan.carry_specs) + [plan.carry_specs[i] for i in fc] + k_specs
         x_specs = list(plan.x_specs) + [plan.x_specs[i] for i in fx]
         n_tc = len(fc)
+        closed = [s if isinstance(s, tf.Variable) else v for s, v in zip(sources, values)]
+        closed += [h for _, h in plan.step.handles]
 
         def step(carry, x):
             c, tc, tk = carry[:n_c], carry[n_c: n_c + n_tc], carry[n_c + n_tc:]
             xv, tx = x[:n_x], x[n_x:]
             outs, t_outs = jvp_call(plan.flat_step, list(c) + list(xv),
                                     scatter(n_c, fc, tc) + scatter(n_x, fx, tx),
-                                    watch_list(sources, values, fk, tk))
+                                    watch_list(sources, values, fk, tk), closed)
             new_carry = outs[:n_c] + [t_outs[i] for i in fc] + list(tk)
             ys = outs[n_c:] + [t_outs[n_c + i] for i in fy]
             return new_carry, ys
