@@ -244,11 +244,7 @@ _PAIRS = ([(name, t, "none") for name in _TF["none"] for t in ("jit", "grad", "j
 # Pairs that do not work yet (README, "Known limitations"); strict, so a fix is noticed.
 _VMAP_NESTED = ("vmap of a loop whose body calls a compiled function (pfor cannot convert an imported "
                 "function call: '_DefinedFunction' object has no attribute 'graph')")
-_JVP_OF_GRAD = ("forward mode through a loop or cond whose body takes a gradient of a reduction: XLA "
-                "needs the shape the gradient of the gradient reshapes to as a compile-time constant")
-_KNOWN = {**{(n, "vmap", i): _VMAP_NESTED for n in ("scan", "fori_loop", "while_loop", "map")
-             for i in ("jit", "grad")},
-          **{(n, "jvp", "grad"): _JVP_OF_GRAD for n in ("scan", "fori_loop", "while_loop", "cond")}}
+_KNOWN = {(n, "vmap", i): _VMAP_NESTED for n in ("scan", "fori_loop", "while_loop", "map") for i in ("jit", "grad")}
 _PAIRS = [pytest.param(*p, marks=pytest.mark.xfail(strict=True, reason=_KNOWN[p])) if p in _KNOWN else p
           for p in _PAIRS]
 
@@ -317,3 +313,88 @@ def test_forwarded_value_stays_unbatched(kind):
     got = tfscan.vmap(f, in_axes=(0, None), out_axes=(0, None))(tf.constant(xs), tf.constant(w))
     close(got[0], want[0])
     close(got[1], want[1])
+
+
+# -- forward mode by JVP loops of their own (not by transposing the VJP) -------------------------
+
+_NS = np.array([2, 3, 1], np.int32)  # run-time loop bounds, one per scan step
+
+
+def _bounded_inside(lib):
+    """``{name: f(x)}``: a scan or while_loop whose body runs a loop with a run-time bound."""
+    if lib == "tf":
+        scan, fori, while_, sin, ns = tfscan.scan, tfscan.fori_loop, tfscan.while_loop, tf.sin, tf.constant(_NS)
+    else:
+        L = jax.lax
+        scan, fori, while_, sin, ns = L.scan, L.fori_loop, L.while_loop, jnp.sin, jnp.asarray(_NS)
+    inner = lambda c, n: fori(0, n, lambda i, u: sin(u) * 1.5 + 0.1, c)  # noqa: E731
+    return {
+        "scan": lambda x: scan(lambda c, n: (inner(c, n), c * 2.0), x, ns),
+        "while_loop": lambda x: while_(lambda c: c[0] < 3, lambda c: (c[0] + 1, inner(c[1], ns[c[0]])), (0, x))[1],
+    }
+
+
+@pytest.mark.parametrize("name", ["scan", "while_loop"])
+def test_jvp_through_a_loop_whose_body_has_a_run_time_bounded_loop(name):
+    # a run-time-bounded fori_loop has no VJP; JAX linearizes it, and so must forward mode
+    f, jf = _bounded_inside("tf")[name], _bounded_inside("jax")[name]
+    x = tf.constant(f32(0.4))
+    with FA(x, tf.constant(f32(1.0))) as acc:
+        out = f(x)
+    want = jax.jvp(jf, (f32(0.4),), (f32(1.0),))
+    jax.tree_util.tree_map(lambda g, w: close(g, w), out, want[0])
+    jax.tree_util.tree_map(lambda g, w: close(g, w, rtol=1e-4), acc.jvp(out), want[1])
+
+
+@pytest.mark.parametrize("name", ["scan", "while_loop", "fori_loop", "map"])
+def test_second_order_forward_mode(name):
+    f, jf = _TF["none"][name], _JAX["none"][name]
+    g = lambda v: f(v * tf.constant(_T)) # noqa: E731  (a scalar input direction)
+    jg = lambda v: jf(v * _T)  # noqa: E731
+    close(tf_jvp2(g, 0.7), jax_jvp2(jg, f32(0.7)), rtol=1e-4, atol=1e-5)
+
+
+def test_second_order_forward_mode_through_a_loop_with_a_run_time_bounded_loop():
+    f, jf = _bounded_inside("tf")["scan"], _bounded_inside("jax")["scan"]
+    first, jfirst = (lambda v: f(v)[0]), (lambda v: jf(v)[0])
+    close(tf_jvp2(first, 0.4), jax_jvp2(jfirst, f32(0.4)), rtol=1e-4, atol=1e-5)
+
+
+def test_jvp_of_scan_reaches_closed_over_tensors_and_variables_and_feeds_new_values():
+    v = tf.Variable(0.8)
+
+    def f(x, w):
+        return tfscan.scan(lambda c, u: (tf.sin(c * w) * v + u, c * v), x, tf.constant([1.0, -0.5, 2.0]))
+
+    def jf(x, w, v):
+        return jax.lax.scan(lambda c, u: (jnp.sin(c * w) * v + u, c * v), x, jnp.array([1.0, -0.5, 2.0], f32))
+
+    for w in (0.3, 1.7):  # a second call closes over a new tensor: its value, not the first one's
+        x, wt = tf.constant(f32(0.4)), tf.constant(f32(w))
+        with FA([x, wt, v], [tf.constant(f32(1.0)), tf.constant(f32(-2.0)), tf.constant(f32(0.5))]) as acc:
+            out = f(x, wt)
+        want = jax.jvp(jf, (f32(0.4), f32(w), f32(0.8)), (f32(1.0), f32(-2.0), f32(0.5)))
+        for g, ww in zip(jax.tree_util.tree_leaves(acc.jvp(out)), jax.tree_util.tree_leaves(want[1])):
+            close(g, ww, rtol=1e-4)
+
+
+def test_jvp_of_scan_inside_a_tf_function_and_reverse_over_forward():
+    xs = tf.constant([1.0, -0.5, 2.0])
+    f = lambda x: tfscan.scan(lambda c, u: (tf.sin(c) * u, c), x, xs)[0]  # noqa: E731
+    jf = lambda x: jax.lax.scan(lambda c, u: (jnp.sin(c) * u, c), x, jnp.array([1.0, -0.5, 2.0], f32))[0]  # noqa: E731
+
+    @tf.function
+    def jvp_in_graph(x):
+        with FA(x, tf.ones_like(x)) as acc:
+            y = f(x)
+        return acc.jvp(y)
+
+    close(jvp_in_graph(tf.constant(f32(0.4))), jax_jvp(jf, 0.4)[1])
+    x = tf.constant(f32(0.4))
+    with tf.GradientTape() as tape:  # the gradient of the JVP: a VJP of the JVP scan
+        tape.watch(x)
+        with FA(x, tf.ones_like(x)) as acc:
+            y = f(x)
+        t = acc.jvp(y)
+    jgrad = jax.grad(lambda v: jax.jvp(jf, (v,), (f32(1.0),))[1])(f32(0.4))
+    close(tape.gradient(t, x), jgrad, rtol=1e-4)
