@@ -104,3 +104,16 @@ def has_tangents(tensors: Sequence[Any]) -> bool:
     from tensorflow.python.eager import forwardprop_util  # noqa: PLC0415 - see docstring
     ts = [t for t in tensors if isinstance(t, tf.Tensor)]
     return bool(ts) and bool(forwardprop_util.pack_tangents(ts).indices)
+
+
+def record_for_accumulators(op_type: str, outputs: Sequence[tf.Tensor], inputs: Sequence[tf.Tensor],
+                            backward_function: Any) -> None:
+    """Record an operation on the live ``ForwardAccumulator``s only (not on tapes); they
+    take its JVP by transposing ``backward_function``.
+
+    Why private: ``record.record_operation_forwardprop_only`` is how TensorFlow's own
+    functions show an op to accumulators alone; ``tf.custom_gradient`` would record it
+    on the tapes too, and there is no public way to record an op on accumulators.
+    """
+    from tensorflow.python.eager import record  # noqa: PLC0415 - see docstring
+    record.record_operation_forwardprop_only(op_type, list(outputs), list(inputs), backward_function, None)
