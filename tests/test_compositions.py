@@ -328,14 +328,18 @@ def _bounded_inside(lib):
         L = jax.lax
         scan, fori, while_, sin, ns = L.scan, L.fori_loop, L.while_loop, jnp.sin, jnp.asarray(_NS)
     inner = lambda c, n: fori(0, n, lambda i, u: sin(u) * 1.5 + 0.1, c)  # noqa: E731
+    cond = tfscan.cond if lib == "tf" else jax.lax.cond
+    switch = tfscan.switch if lib == "tf" else jax.lax.switch
     return {
         "scan": lambda x: scan(lambda c, n: (inner(c, n), c * 2.0), x, ns),
         "while_loop": lambda x: while_(lambda c: c[0] < 3, lambda c: (c[0] + 1, inner(c[1], ns[c[0]])), (0, x))[1],
+        "cond": lambda x: cond(x > 0, lambda y: inner(y, ns[1]), lambda y: y * 3.0, x),
+        "switch": lambda x: switch(ns[2], [lambda y: y * 3.0, lambda y: inner(y, ns[0]) * y], x),
     }
 
 
-@pytest.mark.parametrize("name", ["scan", "while_loop"])
-def test_jvp_through_a_loop_whose_body_has_a_run_time_bounded_loop(name):
+@pytest.mark.parametrize("name", ["scan", "while_loop", "cond", "switch"])
+def test_jvp_through_a_body_that_has_a_run_time_bounded_loop(name):
     # a run-time-bounded fori_loop has no VJP; JAX linearizes it, and so must forward mode
     f, jf = _bounded_inside("tf")[name], _bounded_inside("jax")[name]
     x = tf.constant(f32(0.4))
@@ -346,7 +350,7 @@ def test_jvp_through_a_loop_whose_body_has_a_run_time_bounded_loop(name):
     jax.tree_util.tree_map(lambda g, w: close(g, w, rtol=1e-4), acc.jvp(out), want[1])
 
 
-@pytest.mark.parametrize("name", ["scan", "while_loop", "fori_loop", "map"])
+@pytest.mark.parametrize("name", ["scan", "while_loop", "fori_loop", "map", "cond", "switch"])
 def test_second_order_forward_mode(name):
     f, jf = _TF["none"][name], _JAX["none"][name]
     g = lambda v: f(v * tf.constant(_T)) # noqa: E731  (a scalar input direction)
