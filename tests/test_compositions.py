@@ -358,10 +358,24 @@ def test_second_order_forward_mode(name):
     close(tf_jvp2(g, 0.7), jax_jvp2(jg, f32(0.7)), rtol=1e-4, atol=1e-5)
 
 
-def test_second_order_forward_mode_through_a_loop_with_a_run_time_bounded_loop():
-    f, jf = _bounded_inside("tf")["scan"], _bounded_inside("jax")["scan"]
-    first, jfirst = (lambda v: f(v)[0]), (lambda v: jf(v)[0])
+@pytest.mark.parametrize("name", ["scan", "cond"])
+def test_second_order_forward_mode_through_a_body_with_a_run_time_bounded_loop(name):
+    f, jf = _bounded_inside("tf")[name], _bounded_inside("jax")[name]
+    first = (lambda v: f(v)[0]) if name == "scan" else f
+    jfirst = (lambda v: jf(v)[0]) if name == "scan" else jf
     close(tf_jvp2(first, 0.4), jax_jvp2(jfirst, f32(0.4)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["scan", "cond"])
+def test_second_order_forward_mode_with_a_comparison_in_the_body(name):
+    # nested accumulators in one trace: the tangent of ``c > -5`` is a call without outputs
+    if name == "scan":
+        f = lambda v: tfscan.scan(lambda c, _: (tf.sin(c) * tf.cast(c > -5, tf.float32), None), v, length=2)[0]  # noqa: E731
+        jf = lambda v: jax.lax.scan(lambda c, _: (jnp.sin(c) * (c > -5).astype(f32), None), v, length=2)[0]  # noqa: E731
+    else:
+        f = lambda v: tfscan.cond(v > 0, lambda y: tf.sin(y) * tf.cast(y > -5, tf.float32), lambda y: y, v)  # noqa: E731
+        jf = lambda v: jax.lax.cond(v > 0, lambda y: jnp.sin(y) * (y > -5).astype(f32), lambda y: y, v)  # noqa: E731
+    close(tf_jvp2(f, 0.4), jax_jvp2(jf, f32(0.4)), rtol=1e-5)
 
 
 def test_jvp_of_scan_reaches_closed_over_tensors_and_variables_and_feeds_new_values():
@@ -402,3 +416,10 @@ def test_jvp_of_scan_inside_a_tf_function_and_reverse_over_forward():
         t = acc.jvp(y)
     jgrad = jax.grad(lambda v: jax.jvp(jf, (v,), (f32(1.0),))[1])(f32(0.4))
     close(tape.gradient(t, x), jgrad, rtol=1e-4)
+
+
+@pytest.mark.xfail(strict=True, reason="forward mode through an eager tfscan.jit call is TensorFlow's for a "
+                   "tf.function call: it transposes the call's gradient (README, Known limitations)")
+def test_jvp_of_an_eager_jit_call_holding_a_run_time_bounded_loop():
+    f, jf = _bounded_inside("tf")["cond"], _bounded_inside("jax")["cond"]
+    close(tf_jvp(tfscan.jit(f), 0.4), jax_jvp(jf, 0.4), rtol=1e-4)

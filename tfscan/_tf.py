@@ -117,3 +117,35 @@ def record_for_accumulators(op_type: str, outputs: Sequence[tf.Tensor], inputs: 
     """
     from tensorflow.python.eager import record  # noqa: PLC0415 - see docstring
     record.record_operation_forwardprop_only(op_type, list(outputs), list(inputs), backward_function, None)
+
+
+_empty_records_guarded = False
+
+
+def guard_empty_function_call_records() -> None:
+    """Stop TensorFlow from recording, on tapes and accumulators, a function call made
+    while building a graph that has no outputs (idempotent, process-wide).
+
+    Why private: with two ``ForwardAccumulator``s nested inside a ``tf.function`` trace (a
+    JVP of a scan's JVP step), the inner accumulator's tangent of an op with no float
+    output (``x > 0``, a cast to int) is a call to a traced JVP function with no outputs;
+    the outer accumulator records that call, and its backward function reads its first
+    output: ``IndexError`` (TensorFlow 2.21, ``_DelayedRewriteGradientFunctions._backward``).
+    A call without outputs has nothing to differentiate, so not recording it changes no
+    derivative. No public API reaches it.
+    """
+    global _empty_records_guarded
+    if _empty_records_guarded:
+        return
+    from tensorflow.python.eager.polymorphic_function import concrete_function  # noqa: PLC0415
+
+    cls = concrete_function._DelayedRewriteGradientFunctions  # noqa: SLF001 - see docstring
+    original = cls.record
+
+    def record(self, flat_outputs, inference_args, input_tangents):
+        if not flat_outputs:
+            return None
+        return original(self, flat_outputs, inference_args, input_tangents)
+
+    cls.record = record
+    _empty_records_guarded = True

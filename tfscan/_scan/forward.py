@@ -44,6 +44,7 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     Output tangents are ``None`` for non-float outputs, zeros for float outputs that do
     not depend on anything watched.
     """
+    _tf.guard_empty_function_call_records()  # nested accumulators in one trace (a JVP of a JVP)
     graph = _tf.default_graph()
     for obj in list(closed) + [o for o, _ in watched]:
         _tf.silent_capture(graph, obj.handle if isinstance(obj, tf.Variable) else obj)
