@@ -1,8 +1,10 @@
 """``cond`` and ``switch``: ``jax.lax.cond`` / ``jax.lax.switch`` as one compiled XLA conditional.
 
 Every branch is traced on the operands' specs (as JAX does), their outputs must agree
-in pytree structure, dtype and shape, and only the selected branch runs. Gradients
-(reverse and forward mode) are TensorFlow's own for its conditional.
+in pytree structure, dtype and shape, and only the selected branch runs. Reverse-mode
+gradients are TensorFlow's own for its conditional; forward mode (an accumulator with a
+tangent for an operand) runs a JVP conditional of its own, whose branches are traced under
+a ``ForwardAccumulator`` (``_with_jvp``), as JAX linearizes each branch.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ The forward loop saves what the backward pass needs (``_residuals``); first-orde
 gradients run one compiled reverse loop (``_program.backward``). When the
 gradient itself is being recorded (nested tapes, ``ForwardAccumulator``), the backward
 pass is instead written as two differentiable scans — recompute the carries, then walk
-back — so gradients of gradients come out of the same machinery.
+back — so gradients of gradients come out of the same machinery. Forward mode never
+transposes this VJP: the recorded operation carries a forward function, the scan's own JVP
+loop (:mod:`tfscan._scan.forward`).
 """
 
 from __future__ import annotations
