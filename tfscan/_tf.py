@@ -103,7 +103,7 @@ def has_tangents(tensors: Sequence[Any]) -> bool:
     """
     from tensorflow.python.eager import forwardprop_util  # noqa: PLC0415 - see docstring
     ts = [t for t in tensors if isinstance(t, tf.Tensor)]
-    return bool(ts) and bool(forwardprop_util.pack_tangents(ts).indices)
+    return bool(ts) and any(forwardprop_util.pack_tangents(ts).indices)  # one entry per accumulator
 
 
 def record_for_accumulators(op_type: str, outputs: Sequence[tf.Tensor], inputs: Sequence[tf.Tensor],
@@ -149,3 +149,18 @@ def guard_empty_function_call_records() -> None:
 
     cls.record = record
     _empty_records_guarded = True
+
+
+def pack_tangents(tensors: Sequence[tf.Tensor]) -> Any:
+    """The live accumulators' tangents of ``tensors``: ``indices`` (one sequence of
+    ``(tensor index, index into tensors + tangents)`` per accumulator, newest first) and
+    ``tangents``. Why private: as :func:`has_tangents`."""
+    from tensorflow.python.eager import forwardprop_util  # noqa: PLC0415 - see docstring
+    return forwardprop_util.pack_tangents(list(tensors))
+
+
+def stop_recording() -> Any:
+    """A context in which no tape or accumulator records (``record.stop_recording``). Why
+    private: ``tf.GradientTape.stop_recording`` needs a tape object and pauses that tape only."""
+    from tensorflow.python.eager import record  # noqa: PLC0415 - see docstring
+    return record.stop_recording()

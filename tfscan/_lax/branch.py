@@ -232,7 +232,8 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
         t_leaves = [tf.zeros_like(leaves[i]) if t_in[i] is None else t_in[i] for i in fl]
         jvp_fns = [_branch_jvp(f, op_tree, len(leaves), fl) for f in fns]
         jvp_names = [f"jvp of {n}" for n in names]
-        _, t = _select(api, selector, jvp_fns, jvp_names, (tuple(leaves), tuple(t_leaves)), choose)
+        with _forward.computing():
+            _, t = _select(api, selector, jvp_fns, jvp_names, (tuple(leaves), tuple(t_leaves)), choose)
         result = [None] * len(outs)
         for i, ti in zip(fo, t):
             result[i] = ti if t_out[i] is None else ti + t_out[i]

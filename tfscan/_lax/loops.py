@@ -279,7 +279,8 @@ class _WhilePlan:
         def forward_function(*tangents):
             t_c = [_zeros_if_none(tangents[i], carry[i]) for i in self.fc]
             t_k = [_zeros_if_none(tangents[n + i], kb[i]) for i in fk]
-            out = self.jvp_plan(kb).run(list(carry) + t_c + t_k)[n: n + len(self.fc)]
+            with _forward.computing():
+                out = self.jvp_plan(kb).run(list(carry) + t_c + t_k)[n: n + len(self.fc)]
             result = [None] * n
             for j, i in enumerate(self.fc):
                 result[i] = out[j]

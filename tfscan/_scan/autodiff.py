@@ -54,17 +54,24 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
         wanted = None if all(wanted) else wanted
     if save:
         programs.vjp(consts, wanted)  # traced now, while a tape inside the step can still record
-    with record.stop_recording():  # the tapes see only the operation recorded below
-        carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=save, wanted=wanted)
-        saved = saved if save else None
-        outs = list(carry) + list(ys)
-        result = outs if eager else _with_registered_gradient(programs, outs, saved, init, xs, consts,
-                                                              dynamic_length)
+    # forward mode (an accumulator) runs the scan's own JVP loop, never this VJP transposed
+    forward_function = lambda *tangents: _forward.scan_tangents(  # noqa: E731
+        programs, init, xs, consts, dynamic_length, tangents, run)
+    first = None if save or not eager else _forward.first_tangents(programs, init, xs, consts, dynamic_length)
+    if first is not None:  # forward mode alone: the JVP loop gives the values too
+        outs, make_forward_function = first
+        result, saved, forward_function = outs, None, make_forward_function(run)
+    else:
+        with record.stop_recording():  # the tapes see only the operation recorded below
+            carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=save, wanted=wanted)
+            saved = saved if save else None
+            outs = list(carry) + list(ys)
+            result = outs if eager else _with_registered_gradient(programs, outs, saved, init, xs, consts,
+                                                                  dynamic_length)
     record.record_operation(
         "TfscanScan", result, inputs,
         lambda *d_outs: _backward(programs, init, xs, consts, saved, d_outs, outs, dynamic_length, wanted),
-        # forward mode (an accumulator) runs the scan's own JVP loop, never this VJP transposed
-        lambda *tangents: _forward.scan_tangents(programs, init, xs, consts, dynamic_length, tangents, run))
+        forward_function)
     return result
 
 

@@ -145,6 +145,68 @@ def scan_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[tf
     ``run(programs, init, xs, consts, dynamic_length)`` runs a scan's programs (recorded
     on the live tapes and accumulators when they may ask for a derivative).
     """
+    with computing():
+        return _jvp(programs, init, xs, consts, dynamic_length, tangents, run)[1]
+
+
+_state = threading.local()
+
+
+class computing:
+    """While a forward function computes tangents (for :func:`first_tangents`)."""
+
+    def __enter__(self):
+        _state.computing = getattr(_state, "computing", 0) + 1
+
+    def __exit__(self, *exc):
+        _state.computing -= 1
+
+
+def first_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[tf.Tensor],
+                   consts: Sequence[tf.Tensor], dynamic_length: Any):
+    """Forward mode alone (no tape): ``(carry + ys, forward_function)`` from one run of the
+    JVP loop, for the oldest accumulator's tangents, or ``None``.
+
+    Accumulators take an operation's tangents oldest first; the oldest one's are computed
+    here with the primal values, unrecorded (no older accumulator could differentiate them),
+    so the primal loop is neither compiled nor run. Newer accumulators (a JVP of a JVP) get
+    theirs from ``scan_tangents``, recorded, as usual.
+    """
+    if getattr(_state, "computing", 0):
+        return None  # inside a forward function: the oldest accumulator may be the busy one
+    inputs = list(init) + list(xs) + list(consts)
+    packed = _tf.pack_tangents(inputs)
+    entries = [e for e in packed.indices if e]  # newest first: the last is the oldest accumulator
+    if not entries:
+        return None
+    pool = inputs + list(packed.tangents)
+    given: list = [None] * len(inputs)
+    for i, j in entries[-1]:
+        given[i] = pool[j]
+    if _tf.has_tangents([t for t in given if t is not None]):
+        return None  # a tangent with a tangent of its own: the recorded path differentiates it
+
+    def unrecorded(progs, i, x, k, dl):
+        with _tf.stop_recording():
+            carry, ys, _ = progs.forward(i, x, k, dl)
+        return list(carry) + list(ys)
+
+    outs, t_outs = _jvp(programs, init, xs, consts, dynamic_length, given, unrecorded)
+    pending = [True]
+
+    def forward_function(run: Callable) -> Callable:
+        def fn(*tangents):
+            if pending and all(t is None or tangents[i] is t for i, t in enumerate(given)):
+                pending.clear()
+                return t_outs
+            return scan_tangents(programs, init, xs, consts, dynamic_length, tangents, run)
+        return fn
+
+    return outs, forward_function
+
+
+def _jvp(programs: Programs, init, xs, consts, dynamic_length, tangents, run) -> tuple[list, list]:
+    """``(carry + ys, their tangents)`` (flat) by the JVP loop, run by ``run``."""
     n_i, n_x = len(init), len(xs)
     jvp, k = _scan_jvp(programs, consts)
 
@@ -158,5 +220,6 @@ def scan_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[tf
     outs = run(jvp.programs, list(init) + t_init + t_k, list(xs) + t_xs, k, dynamic_length)
     n_carry = n_i + len(t_init) + len(t_k)
     t_carry = outs[n_i: n_i + len(t_init)]
+    primal = outs[:n_i] + outs[n_carry: n_carry + jvp.n_y]
     t_ys = outs[n_carry + jvp.n_y:]
-    return scatter(n_i, jvp.fc, t_carry) + scatter(jvp.n_y, jvp.fy, t_ys)
+    return primal, scatter(n_i, jvp.fc, t_carry) + scatter(jvp.n_y, jvp.fy, t_ys)
