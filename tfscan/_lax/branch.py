@@ -184,7 +184,9 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
         return build
 
     program = _control.compiled(key, make_build)
-    own_jvp = _tf.has_tangents(leaves)  # an accumulator differentiates the operands
+    # Any live accumulator (a busy one's tangents of an operand are not visible here): the
+    # conditional then never reaches TensorFlow's own forward rule for it.
+    own_jvp = bool(leaves) and bool(_tf.pack_tangents(leaves).indices)
     try:
         if own_jvp:
             # Tapes see the conditional through an identity of the operands (its gradient is

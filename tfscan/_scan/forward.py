@@ -182,9 +182,11 @@ def first_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[t
     pool = inputs + list(packed.tangents)
     given: list = [None] * len(inputs)
     for i, j in entries[-1]:
+        if i >= len(inputs):  # (indices may name another accumulator's tangent as a primal)
+            return None  # a tangent with a tangent of its own: the recorded path differentiates it
         given[i] = pool[j]
     if _tf.has_tangents([t for t in given if t is not None]):
-        return None  # a tangent with a tangent of its own: the recorded path differentiates it
+        return None
 
     def unrecorded(progs, i, x, k, dl):
         with _tf.stop_recording():
