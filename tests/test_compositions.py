@@ -242,9 +242,7 @@ _PAIRS = ([(name, t, "none") for name in _TF["none"] for t in ("jit", "grad", "j
 
 
 # Pairs that do not work yet (README, "Known limitations"); strict, so a fix is noticed.
-_JVP_OF_GRAD = ("forward mode through a loop or cond whose body takes a gradient of a reduction: XLA "
-                "needs the shape the gradient of the gradient reshapes to as a compile-time constant")
-_KNOWN = {**{(n, "jvp", "grad"): _JVP_OF_GRAD for n in ("scan", "fori_loop", "while_loop", "cond")}}
+_KNOWN: dict = {}  # pairs that do not work yet: none today
 _PAIRS = [pytest.param(*p, marks=pytest.mark.xfail(strict=True, reason=_KNOWN[p])) if p in _KNOWN else p
           for p in _PAIRS]
 
@@ -315,12 +313,15 @@ def test_forwarded_value_stays_unbatched(kind):
     close(got[1], want[1])
 
 
-@pytest.mark.parametrize("nested", ["jit_and_while_loop", pytest.param("cond", marks=pytest.mark.xfail(
-    strict=True, reason="the step's re-emitted cond call returns its gradient's variant intermediates, "
-                        "which pfor cannot batch (README, Known limitations)"))])
+_VARIANT = ("the batched step's nested conditional or while loop carries its gradient's variant "
+            "intermediates, which pfor cannot batch (README, Known limitations)")
+
+
+@pytest.mark.parametrize("nested", ["jit", pytest.param("while_loop", marks=pytest.mark.xfail(strict=True, reason=_VARIANT)),
+                                    pytest.param("cond", marks=pytest.mark.xfail(strict=True, reason=_VARIANT))])
 def test_vmap_of_a_loop_whose_body_makes_nested_compiled_calls(nested):
-    """A scan step calling a jitted function and an inner while_loop (or a cond), batched: pfor
-    must convert calls of functions the step was re-emitted with (imported, no FuncGraph)."""
+    """A scan step calling a jitted function (an inner while_loop, a cond), batched: pfor must
+    convert calls of functions the step was re-emitted with (imported, no FuncGraph)."""
     def program(lib):
         if lib == "tf":
             scan, cond, while_, jit, sin = tfscan.scan, tfscan.cond, tfscan.while_loop, tfscan.jit, tf.sin
@@ -332,10 +333,121 @@ def test_vmap_of_a_loop_whose_body_makes_nested_compiled_calls(nested):
         def step(c, w):
             if nested == "cond":
                 c = cond(c[0] > 0, lambda v: sin(v) * w, lambda v: v - w, c)
-            else:
+            elif nested == "jit":
                 c = jsin(c) * w + c
+            else:
                 _, c = while_(lambda a: a[0] < 2, lambda a: (a[0] + 1, a[1] * 0.9 + 0.1), (0, c))
             return c, c * w
         return lambda x: scan(step, x, _W)[0]
 
     close(tfscan.vmap(program("tf"))(tf.constant(_XS)), jax.vmap(program("jax"))(_XS))
+
+
+# -- forward mode by JVP loops of their own (not by transposing the VJP) -------------------------
+
+_NS = np.array([2, 3, 1], np.int32)  # run-time loop bounds, one per scan step
+
+
+def _bounded_inside(lib):
+    """``{name: f(x)}``: a scan or while_loop whose body runs a loop with a run-time bound."""
+    if lib == "tf":
+        scan, fori, while_, sin, ns = tfscan.scan, tfscan.fori_loop, tfscan.while_loop, tf.sin, tf.constant(_NS)
+    else:
+        L = jax.lax
+        scan, fori, while_, sin, ns = L.scan, L.fori_loop, L.while_loop, jnp.sin, jnp.asarray(_NS)
+    inner = lambda c, n: fori(0, n, lambda i, u: sin(u) * 1.5 + 0.1, c)  # noqa: E731
+    cond = tfscan.cond if lib == "tf" else jax.lax.cond
+    switch = tfscan.switch if lib == "tf" else jax.lax.switch
+    return {
+        "scan": lambda x: scan(lambda c, n: (inner(c, n), c * 2.0), x, ns),
+        "while_loop": lambda x: while_(lambda c: c[0] < 3, lambda c: (c[0] + 1, inner(c[1], ns[c[0]])), (0, x))[1],
+        "cond": lambda x: cond(x > 0, lambda y: inner(y, ns[1]), lambda y: y * 3.0, x),
+        "switch": lambda x: switch(ns[2], [lambda y: y * 3.0, lambda y: inner(y, ns[0]) * y], x),
+    }
+
+
+@pytest.mark.parametrize("name", ["scan", "while_loop", "cond", "switch"])
+def test_jvp_through_a_body_that_has_a_run_time_bounded_loop(name):
+    # a run-time-bounded fori_loop has no VJP; JAX linearizes it, and so must forward mode
+    f, jf = _bounded_inside("tf")[name], _bounded_inside("jax")[name]
+    x = tf.constant(f32(0.4))
+    with FA(x, tf.constant(f32(1.0))) as acc:
+        out = f(x)
+    want = jax.jvp(jf, (f32(0.4),), (f32(1.0),))
+    jax.tree_util.tree_map(lambda g, w: close(g, w), out, want[0])
+    jax.tree_util.tree_map(lambda g, w: close(g, w, rtol=1e-4), acc.jvp(out), want[1])
+
+
+@pytest.mark.parametrize("name", ["scan", "while_loop", "fori_loop", "map", "cond", "switch"])
+def test_second_order_forward_mode(name):
+    f, jf = _TF["none"][name], _JAX["none"][name]
+    g = lambda v: f(v * tf.constant(_T)) # noqa: E731  (a scalar input direction)
+    jg = lambda v: jf(v * _T)  # noqa: E731
+    close(tf_jvp2(g, 0.7), jax_jvp2(jg, f32(0.7)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["scan", "cond"])
+def test_second_order_forward_mode_through_a_body_with_a_run_time_bounded_loop(name):
+    f, jf = _bounded_inside("tf")[name], _bounded_inside("jax")[name]
+    first = (lambda v: f(v)[0]) if name == "scan" else f
+    jfirst = (lambda v: jf(v)[0]) if name == "scan" else jf
+    close(tf_jvp2(first, 0.4), jax_jvp2(jfirst, f32(0.4)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["scan", "cond"])
+def test_second_order_forward_mode_with_a_comparison_in_the_body(name):
+    # nested accumulators in one trace: the tangent of ``c > -5`` is a call without outputs
+    if name == "scan":
+        f = lambda v: tfscan.scan(lambda c, _: (tf.sin(c) * tf.cast(c > -5, tf.float32), None), v, length=2)[0]  # noqa: E731
+        jf = lambda v: jax.lax.scan(lambda c, _: (jnp.sin(c) * (c > -5).astype(f32), None), v, length=2)[0]  # noqa: E731
+    else:
+        f = lambda v: tfscan.cond(v > 0, lambda y: tf.sin(y) * tf.cast(y > -5, tf.float32), lambda y: y, v)  # noqa: E731
+        jf = lambda v: jax.lax.cond(v > 0, lambda y: jnp.sin(y) * (y > -5).astype(f32), lambda y: y, v)  # noqa: E731
+    close(tf_jvp2(f, 0.4), jax_jvp2(jf, f32(0.4)), rtol=1e-5)
+
+
+def test_jvp_of_scan_reaches_closed_over_tensors_and_variables_and_feeds_new_values():
+    v = tf.Variable(0.8)
+
+    def f(x, w):
+        return tfscan.scan(lambda c, u: (tf.sin(c * w) * v + u, c * v), x, tf.constant([1.0, -0.5, 2.0]))
+
+    def jf(x, w, v):
+        return jax.lax.scan(lambda c, u: (jnp.sin(c * w) * v + u, c * v), x, jnp.array([1.0, -0.5, 2.0], f32))
+
+    for w in (0.3, 1.7):  # a second call closes over a new tensor: its value, not the first one's
+        x, wt = tf.constant(f32(0.4)), tf.constant(f32(w))
+        with FA([x, wt, v], [tf.constant(f32(1.0)), tf.constant(f32(-2.0)), tf.constant(f32(0.5))]) as acc:
+            out = f(x, wt)
+        want = jax.jvp(jf, (f32(0.4), f32(w), f32(0.8)), (f32(1.0), f32(-2.0), f32(0.5)))
+        for g, ww in zip(jax.tree_util.tree_leaves(acc.jvp(out)), jax.tree_util.tree_leaves(want[1])):
+            close(g, ww, rtol=1e-4)
+
+
+def test_jvp_of_scan_inside_a_tf_function_and_reverse_over_forward():
+    xs = tf.constant([1.0, -0.5, 2.0])
+    f = lambda x: tfscan.scan(lambda c, u: (tf.sin(c) * u, c), x, xs)[0]  # noqa: E731
+    jf = lambda x: jax.lax.scan(lambda c, u: (jnp.sin(c) * u, c), x, jnp.array([1.0, -0.5, 2.0], f32))[0]  # noqa: E731
+
+    @tf.function
+    def jvp_in_graph(x):
+        with FA(x, tf.ones_like(x)) as acc:
+            y = f(x)
+        return acc.jvp(y)
+
+    close(jvp_in_graph(tf.constant(f32(0.4))), jax_jvp(jf, 0.4)[1])
+    x = tf.constant(f32(0.4))
+    with tf.GradientTape() as tape:  # the gradient of the JVP: a VJP of the JVP scan
+        tape.watch(x)
+        with FA(x, tf.ones_like(x)) as acc:
+            y = f(x)
+        t = acc.jvp(y)
+    jgrad = jax.grad(lambda v: jax.jvp(jf, (v,), (f32(1.0),))[1])(f32(0.4))
+    close(tape.gradient(t, x), jgrad, rtol=1e-4)
+
+
+@pytest.mark.xfail(strict=True, reason="forward mode through an eager tfscan.jit call is TensorFlow's for a "
+                   "tf.function call: it transposes the call's gradient (README, Known limitations)")
+def test_jvp_of_an_eager_jit_call_holding_a_run_time_bounded_loop():
+    f, jf = _bounded_inside("tf")["cond"], _bounded_inside("jax")["cond"]
+    close(tf_jvp(tfscan.jit(f), 0.4), jax_jvp(jf, 0.4), rtol=1e-4)

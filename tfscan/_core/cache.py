@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfscan import _tf
+from tfscan._core.tree import TreeDef
 
 __all__ = []  # private module
 
@@ -238,8 +239,8 @@ class _Walk:
             return self.function(x, depth)
         if _tf.is_autograph_scope(x):
             return ("autograph-scope",)  # a fresh one per trace; it holds no value
-        if isinstance(x, (bool, int, float, complex, str, bytes, type(None), np.generic)):
-            return (type(x), x)
+        if isinstance(x, (bool, int, float, complex, str, bytes, type(None), np.generic, TreeDef)):
+            return (type(x), x)  # a TreeDef (a pytree's structure) is immutable and hashable
         if isinstance(x, (tuple, list)) and len(x) < 64:
             self.memo_ok = self.memo_ok and isinstance(x, tuple)
             return (type(x), tuple(self.value(v, depth) for v in x))

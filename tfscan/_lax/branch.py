@@ -1,8 +1,10 @@
 """``cond`` and ``switch``: ``jax.lax.cond`` / ``jax.lax.switch`` as one compiled XLA conditional.
 
 Every branch is traced on the operands' specs (as JAX does), their outputs must agree
-in pytree structure, dtype and shape, and only the selected branch runs. Gradients
-(reverse and forward mode) are TensorFlow's own for its conditional.
+in pytree structure, dtype and shape, and only the selected branch runs. Reverse-mode
+gradients are TensorFlow's own for its conditional; forward mode (an accumulator with a
+tangent for an operand) runs a JVP conditional of its own, whose branches are traced under
+a ``ForwardAccumulator`` (``_with_jvp``), as JAX linearizes each branch.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfscan import _tf
 from tfscan._core import checks as _checks
 from tfscan._core import context as _context
 from tfscan._core import tree as _tree
 from tfscan._lax import control as _control
+from tfscan._scan import forward as _forward
+from tfscan._scan.plan import is_float, scatter
+from tfscan._tf import record
 
 __all__ = ["cond", "switch"]
 
@@ -177,8 +183,19 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
 
         return build
 
+    # Any live accumulator (a busy one's tangents of an operand are not visible here): the
+    # conditional then never reaches TensorFlow's own forward rule for it.
+    own_jvp = bool(leaves) and bool(_tf.pack_tangents(leaves).indices)
     try:
-        outs, meta = _control.run(api, fns, key, make_build, [selector] + leaves)
+        if own_jvp:
+            # Tapes see the conditional through an identity of the operands (its gradient is
+            # TensorFlow's); accumulators do not: they take the JVP conditional below.
+            with record.stop_recording():
+                hidden = [tf.identity(t) for t in leaves]
+            record.record_operation_backprop_only("Identity", hidden, leaves, lambda *d: d)
+            outs, meta = _control.run(api, fns, key, make_build, [selector] + hidden)
+        else:
+            outs, meta = _control.run(api, fns, key, make_build, [selector] + leaves)
     except AttributeError as e:
         if "Tensor.graph is undefined" not in str(e):
             raise
@@ -191,4 +208,49 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
             f"({api}(..., *operands)), or call {api} inside a tfscan.jit function.") from None
     forward = meta.get("forward") or [None] * len(outs)
     outs = [leaves[i] if i is not None else o for o, i in zip(outs, forward)]
+    if own_jvp:
+        outs = _with_jvp(api, selector, fns, names, leaves, outs, op_tree, choose)
     return _tree.unflatten(meta["tree"], outs)
+
+
+def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: list, op_tree, choose) -> list:
+    """``outs`` recorded for the accumulators with a forward rule of their own: the
+    conditional over ``(operands, their tangents)`` whose branches run under a
+    ``ForwardAccumulator`` in their trace (each op by its own forward rule, a nested
+    run-time-bounded loop too). It is a conditional of this kind again (a JVP of a JVP
+    nests). Tangents that reach the branches through closed-over tensors come from
+    TensorFlow's rule for the conditional itself, and add up (the JVP is linear)."""
+    fl = tuple(i for i, t in enumerate(leaves) if is_float(t.dtype))
+    fo = [i for i, o in enumerate(outs) if is_float(o.dtype)]
+    with record.stop_recording():
+        shown = [tf.identity(o) for o in outs]
+
+    def backward(*d):  # tapes: an identity of the conditional's outputs
+        return list(d) + [None] * len(leaves)
+
+    def forward(*tangents):
+        t_out, t_in = tangents[: len(outs)], tangents[len(outs):]
+        t_leaves = [tf.zeros_like(leaves[i]) if t_in[i] is None else t_in[i] for i in fl]
+        jvp_fns = [_branch_jvp(f, op_tree, len(leaves), fl) for f in fns]
+        jvp_names = [f"jvp of {n}" for n in names]
+        with _forward.computing():
+            _, t = _select(api, selector, jvp_fns, jvp_names, (tuple(leaves), tuple(t_leaves)), choose)
+        result = [None] * len(outs)
+        for i, ti in zip(fo, t):
+            result[i] = ti if t_out[i] is None else ti + t_out[i]
+        return result
+
+    record.record_operation(f"tfscan_{api}", shown, list(outs) + list(leaves), backward, forward)
+    return shown
+
+
+def _branch_jvp(fn: Callable, op_tree: _tree.TreeDef, n: int, fl: tuple) -> Callable:
+    """``fn``'s JVP as a branch over ``(operands, float operand tangents)`` (flat tuples);
+    closes over hashable values only, so the JVP conditional is cached (tfscan._core.cache)."""
+    def jvp_branch(leaves, t_leaves):
+        def flat(*args):
+            out = fn(*_tree.unflatten(op_tree, list(args)))
+            return [tf.convert_to_tensor(v) for v in _tree.flatten(out)[0]]
+        outs, t_outs = _forward.jvp_call(flat, list(leaves), scatter(n, fl, t_leaves))
+        return tuple(outs), tuple(t for t in t_outs if t is not None)
+    return jvp_branch

@@ -43,8 +43,10 @@ class Compiled:
             return list(self.build(*args))
         with self._lock:
             if self._fn is None:
-                self._fn = tf.function(self.build, jit_compile=True, autograph=False,
-                                       reduce_retracing=False)
+                # one tf.function per key, traced once per signature: TF's "frequent retracing"
+                # warning (it counts every function made from this code) does not apply
+                self._fn = _tf.quiet_retracing(tf.function(self.build, jit_compile=True, autograph=False,
+                                                           reduce_retracing=False))
         return list(self._fn(*args))
 
 

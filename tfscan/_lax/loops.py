@@ -28,9 +28,9 @@ from tfscan._core import tree as _tree
 from tfscan._core import weak as _weak
 from tfscan._lax import bounded as _bounded
 from tfscan._lax import control as _control
+from tfscan._scan import forward as _forward
 from tfscan._scan.buffered_loop import keep_shape
-from tfscan._scan.plan import Plan, is_float
-from tfscan._scan.program import captured
+from tfscan._scan.plan import Plan, is_float, scatter
 from tfscan._scan.step import Traced
 from tfscan._tf import record
 
@@ -177,6 +177,8 @@ class _WhilePlan:
                  max_steps: int | None = None, every: int = 1, cond_slots: tuple = (), body_slots: tuple = ()):
         self.specs = list(carry_specs)
         self.max_steps = max_steps
+        self._user = (cond_fun, tree, every)
+        self._jvp_plan: _WhilePlan | None = None
 
         def flat_cond(*carry):
             return [_bool_scalar(cond_fun(_tree.unflatten(tree, list(carry))))]
@@ -189,6 +191,7 @@ class _WhilePlan:
             self.unchanged = [a is b for a, b in zip(new, carry)]
             return new
 
+        self._flat_body = flat_body
         self.cond = Traced(flat_cond, self.specs, name="while_cond", slots=cond_slots)
         self.reverse = None
         if max_steps is None:
@@ -205,7 +208,6 @@ class _WhilePlan:
         self.owner = _cache.Owner(body_fun)
         self.graph_bound = self.cond.graph_bound or self.body.graph_bound
         self._forward = _control.Compiled(lambda meta: self._forward_build)
-        self._jvp = _control.Compiled(lambda meta: self._jvp_build)
 
     def _loop(self, carry: list, kc: list, body: Callable) -> list:
         if not carry:  # nothing is carried, so nothing the loop computes can be observed
@@ -228,22 +230,44 @@ class _WhilePlan:
         carry, kc, kb = self._split(args, [n, nc, len(args) - n - nc])
         return self._loop(carry, kc, lambda c: self.body.apply(c, kb))
 
-    def _jvp_build(self, *args):
-        """The loop over ``(carry, tangents of its float leaves)``; returns both."""
-        n, nfc, nc = len(self.specs), len(self.fc), len(self.cond.const_sources)
-        nb = len(self.body.const_sources)
-        carry, t_carry, kc, kb, t_kb = self._split(args, [n, nfc, nc, nb, len(args) - n - nfc - nc - nb])
-        fk = self._float_consts(kb)
+    def _jvp_closed(self, kb: list) -> list:
+        """What the JVP loop's body closes over: the body's constants (variables as such)
+        and the resources it uses other than by reads."""
+        closed = [s if isinstance(s, tf.Variable) else v for s, v in zip(self.body.const_sources, kb)]
+        return closed + [h for _, h in self.body.handles]
+
+    def jvp_run(self, carry: list, kc: list, kb: list) -> list:
+        """:meth:`run` of :meth:`jvp_plan`, fed this call's constants (the plan is traced once)."""
+        plan = self.jvp_plan(kc, kb)
+        return plan.run(carry, plan.cond.const_values(kc), plan.body.const_values(self._jvp_closed(kb)))
+
+    def jvp_plan(self, kc: list, kb: list) -> "_WhilePlan":
+        """The loop over ``(carry, tangents of its float leaves, tangents of the body's float
+        constants)``: the body runs under a ``ForwardAccumulator`` inside its trace
+        (:func:`tfscan._scan.forward.jvp_call`), so each op — a nested loop too — is
+        differentiated by its own forward rule; the constants' tangents ride in the carry.
+        It is a while loop of this kind again: a JVP of it is its own JVP loop."""
+        if self._jvp_plan is not None:
+            return self._jvp_plan
+        cond_fun, tree, every = self._user
+        n, fc, fk = len(self.specs), self.fc, self._float_consts(kb)
+        sources = self.body.const_sources
+        closed = self._jvp_closed(kb)
+        specs = self.specs + [self.specs[i] for i in fc] + [tf.TensorSpec(kb[i].shape, kb[i].dtype) for i in fk]
+        n_t = len(fc)
+
+        def cond(v):
+            return cond_fun(_tree.unflatten(tree, v[:n]))
 
         def body(v):
-            c, tc = v[:n], v[n:]
-            k, t_k = captured(kb), captured(t_kb)
-            new = self.body.apply(c, k)
-            targets = [new[i] for i in self.fc]
-            sources = [c[i] for i in self.fc] + [k[i] for i in fk]
-            return list(new) + _jvp(targets, sources, list(tc) + t_k)
+            c, tc, tk = v[:n], v[n: n + n_t], v[n + n_t:]
+            outs, t_outs = _forward.jvp_call(self._flat_body, c, scatter(n, fc, tc),
+                                             _forward.watch_list(sources, kb, fk, tk), closed)
+            return list(outs) + [t_outs[i] for i in fc] + list(tk)
 
-        return self._loop(list(carry) + list(t_carry), kc, body)
+        self._jvp_plan = _WhilePlan(cond, body, _tree.flatten([0] * len(specs))[1], tuple(specs),
+                                    self.max_steps, every, tuple(kc), tuple(closed))
+        return self._jvp_plan
 
     @staticmethod
     def _float_consts(consts) -> list:
@@ -270,7 +294,8 @@ class _WhilePlan:
         def forward_function(*tangents):
             t_c = [_zeros_if_none(tangents[i], carry[i]) for i in self.fc]
             t_k = [_zeros_if_none(tangents[n + i], kb[i]) for i in fk]
-            out = self._jvp(*carry, *t_c, *kc, *kb, *t_k)[n:]
+            with _forward.computing():
+                out = self.jvp_run(list(carry) + t_c + t_k, kc, kb)[n: n + len(self.fc)]
             result = [None] * n
             for j, i in enumerate(self.fc):
                 result[i] = out[j]
@@ -288,16 +313,6 @@ class _WhilePlan:
 
 def _zeros_if_none(t: Any, like: tf.Tensor) -> tf.Tensor:
     return tf.zeros_like(like) if t is None else t
-
-
-def _jvp(targets: list, sources: list, tangents: list) -> list:
-    """Jacobian-vector products by transposing the VJP (linear in the dummy cotangents ``u``)."""
-    if not targets:
-        return []
-    u = [tf.zeros_like(t) for t in targets]
-    g = tf.gradients(targets, sources, grad_ys=u, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    g = [tf.convert_to_tensor(x) if isinstance(x, tf.IndexedSlices) else x for x in g]
-    return tf.gradients(g, u, grad_ys=tangents, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def _no_reverse(outs: list) -> list:

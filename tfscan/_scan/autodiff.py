@@ -4,7 +4,9 @@ The forward loop saves what the backward pass needs (``_residuals``); first-orde
 gradients run one compiled reverse loop (``_program.backward``). When the
 gradient itself is being recorded (nested tapes, ``ForwardAccumulator``), the backward
 pass is instead written as two differentiable scans — recompute the carries, then walk
-back — so gradients of gradients come out of the same machinery.
+back — so gradients of gradients come out of the same machinery. Forward mode never
+transposes this VJP: the recorded operation carries a forward function, the scan's own JVP
+loop (:mod:`tfscan._scan.forward`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import tensorflow as tf
 from tfscan import _tf
 from tfscan._core import context as _context
 from tfscan._core import gradients as _gradients
+from tfscan._scan import forward as _forward
 from tfscan._scan import program as _program
 from tfscan._scan.plan import float_indices, is_float, scatter
 from tfscan._scan.program import Programs
@@ -36,33 +39,57 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     when the graph is copied, as a step holding a nested scan is, into the outer loop.
     """
     eager = tf.executing_eagerly()
-    wanted = None
+    wanted, save = None, True
+    inputs = list(init) + list(xs) + list(consts)
     # The live tapes (eager, or inside a tf.function) tell which inputs can be asked for a
     # gradient: the backward loop skips the others (a Keras step never computes d(xs)).
     if eager or record.could_possibly_record():
-        inputs = list(init) + list(xs) + list(consts)
-        # A forward accumulator's tangents are pulled through this VJP too (double-back).
-        tangent = record.tangent_indices(inputs)
-        wanted = tuple(i in tangent or record.should_record_backprop([t])
-                       for i, t in enumerate(inputs) if i >= len(init))
+        wanted = tuple(record.should_record_backprop([t]) for t in inputs[len(init):])
         wanted = None if all(wanted) else wanted
-        if tangent:
-            programs.vjp(consts)  # what forward mode pulls through _recorded_backward
-    programs.vjp(consts, wanted)  # traced now, while a tape inside the step can still record
-    with record.stop_recording():  # the tapes see only the operation recorded below
-        graph = None if eager or not _context.in_vmap_trace() else _tf.default_graph()
-        first_op = len(graph.get_operations()) if graph is not None else 0
-        carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=True, wanted=wanted)
-        outs = list(carry) + list(ys)
-        result = outs if eager else _with_registered_gradient(programs, outs, saved, init, xs, consts,
-                                                              dynamic_length, wanted)
-        if graph is not None:  # vmap batches this scan as a whole, not its loop's ops
-            from tfscan._transforms import scan_batching
-            scan_batching.mark_forward(graph.get_operations()[first_op:], result[0].op if result else None)
+    if eager:
+        # Only a tape asks for the VJP: forward mode alone (accumulators) saves nothing.
+        save = record.should_record_backprop(inputs)
+        if save and record.tangent_indices(inputs):
+            # forward over reverse: the gradient is computed under an accumulator, by
+            # _recorded_backward, from the step VJP for every input (traced now, while a
+            # tape inside the step can still record)
+            programs.vjp(consts)
+    if save:
+        programs.vjp(consts, wanted)  # traced now, while a tape inside the step can still record
+    # forward mode (an accumulator) runs the scan's own JVP loop, never this VJP transposed
+    forward_function = lambda *tangents: _forward.scan_tangents(  # noqa: E731
+        programs, init, xs, consts, dynamic_length, tangents, run)
+    first = None if save or not eager else _forward.first_tangents(programs, init, xs, consts, dynamic_length)
+    if first is not None:  # forward mode alone: the JVP loop gives the values too
+        outs, make_forward_function = first
+        result, saved, forward_function = outs, None, make_forward_function(run)
+    else:
+        with record.stop_recording():  # the tapes see only the operation recorded below
+            graph = None if eager or not _context.in_vmap_trace() else _tf.default_graph()
+            first_op = len(graph.get_operations()) if graph is not None else 0
+            carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=save, wanted=wanted)
+            saved = saved if save else None
+            outs = list(carry) + list(ys)
+            result = outs if eager else _with_registered_gradient(programs, outs, saved, init, xs, consts,
+                                                                  dynamic_length, wanted)
+            if graph is not None:  # vmap batches this scan as a whole, not its loop's ops
+                from tfscan._transforms import scan_batching
+                scan_batching.mark_forward(graph.get_operations()[first_op:], result[0].op if result else None)
     record.record_operation(
-        "TfscanScan", result, list(init) + list(xs) + list(consts),
-        lambda *d_outs: _backward(programs, init, xs, consts, saved, d_outs, outs, dynamic_length, wanted))
+        "TfscanScan", result, inputs,
+        lambda *d_outs: _backward(programs, init, xs, consts, saved, d_outs, outs, dynamic_length, wanted),
+        forward_function)
     return result
+
+
+def run(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[tf.Tensor], consts: Sequence[tf.Tensor],
+        dynamic_length: Any = None) -> list[tf.Tensor]:
+    """``carry + ys`` (flat) of a scan's programs, recorded when a derivative may be asked for."""
+    if any(is_float(t.dtype) for g in (init, xs, consts) for t in g) and (
+            not tf.executing_eagerly() or record.could_possibly_record()):
+        return differentiable_scan(programs, init, xs, consts, dynamic_length)
+    carry, ys, _ = programs.forward(init, xs, consts, dynamic_length)
+    return list(carry) + list(ys)
 
 
 def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic_length,
@@ -71,7 +98,7 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
     n_i = len(init)
     d_outs = [_zeros_if_none(d, o) for d, o in zip(d_outs, outs)]
     d_carry, d_ys = d_outs[:n_i], d_outs[n_i:]
-    if record.could_possibly_record():
+    if saved is None or record.could_possibly_record():
         grads = _recorded_backward(programs, init, xs, consts, d_carry, d_ys, dynamic_length)
     else:
         grads = programs.backward(xs, consts, saved, d_carry, d_ys, dynamic_length, wanted)

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from tfscan import _tf
 
+
 __all__ = []  # private module
 
 
@@ -89,7 +90,37 @@ class GraphPiece:
                 _tf.set_op_gradient_function(op, self._grad_fns[name])
             computed = computed[: len(self._computed)]
         made = dict(zip(self._computed, computed))
+        inputs = list(input_map.values())  # as the imported ops read them (captured)
+        if computed and _tf.has_tangents(inputs):
+            _record_for_accumulators(self.name, computed, inputs)
         return [fed[n] if n in fed else made[n] for n in self.outputs]
+
+
+def _record_for_accumulators(name: str, outs: list, feeds: list) -> None:
+    """Show imported ops to the live ``ForwardAccumulator``s as one operation.
+
+    Imported ops are not recorded on tapes or accumulators as they are created. A piece
+    emitted inside a trace that an accumulator differentiates (a scan's JVP step whose
+    step runs another piece: the backward pass of a scan, a checkpointed segment) is
+    recorded here, its JVP the transposed ``tf.gradients`` of its ops (as TensorFlow does
+    for any op without a forward rule).
+    """
+    f_outs = [o for o in outs if o.dtype.is_floating or o.dtype.is_complex]
+    f_in = [i for i, t in enumerate(feeds) if t.dtype.is_floating or t.dtype.is_complex]
+    if not f_outs or not f_in:
+        return
+
+    def backward(*d_outs):
+        d = [g for g, o in zip(d_outs, outs) if o.dtype.is_floating or o.dtype.is_complex]
+        d = [tf.zeros_like(o) if g is None else g for g, o in zip(d, f_outs)]
+        grads = tf.gradients(f_outs, [feeds[i] for i in f_in], grad_ys=d,
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        out = [None] * len(feeds)
+        for i, g in zip(f_in, grads):
+            out[i] = tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+        return out
+
+    _tf.record_for_accumulators(f"TfscanPiece_{name}", outs, feeds, backward)
 
 
 def _tensor_name(name: str) -> str:

@@ -110,6 +110,13 @@ class Jitted:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if _context.jit_disabled():
             return self._fun(*args, **kwargs)
+        if not tf.executing_eagerly() and record.could_possibly_record() and \
+                _tf.has_tangents(_tree.flatten((args, kwargs))[0]):
+            # Forward mode inside a trace (a scan's JVP step): traced inline, so the
+            # accumulator differentiates each op by its own rule, as a jit inside a jit is
+            # inlined in JAX. Through the call, TensorFlow would transpose the function's
+            # gradient, whose shapes XLA may not know when it compiles.
+            return self._fun(*args, **kwargs)
         recording = tf.executing_eagerly() and record.could_possibly_record()
         entry, flat, captured = self._entry(args, kwargs, own_captures=recording)
         if recording:

@@ -1,0 +1,227 @@
+"""Forward mode of a scan: a JVP loop of its own, as in JAX (not a transposed VJP).
+
+A ``tf.autodiff.ForwardAccumulator`` that meets a recorded operation calls the
+operation's ``forward_function`` with the input tangents, when it has one, instead of
+transposing its backward function (TensorFlow's "double-back"). A scan's forward function
+(:func:`scan_tangents`) runs another scan: over ``(carry, carry tangents, constant
+tangents)`` and ``(xs, xs tangents)``, whose step calls the user's step again *inside the
+step's trace, under a ForwardAccumulator* (:func:`jvp_call`). So every op of the step is
+differentiated by its own forward rule — a nested run-time-bounded ``while_loop`` (which has
+no VJP) by its JVP loop, a nested scan by this JVP — and the JVP scan is an ordinary tfscan
+scan: one compiled ``While``, itself recorded with a forward function (a JVP of a JVP is a
+scan again) and a VJP (reverse over forward).
+
+Constants the step closes over are captured again by the JVP step's trace; their tangents
+ride in the carry unchanged (so a later call's tangents are fed, never baked into a trace).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any, Callable, Sequence
+
+import tensorflow as tf
+
+from tfscan import _tf
+from tfscan._core import tree as _tree
+from tfscan._scan.plan import Plan, float_indices, is_float, scatter
+from tfscan._scan.program import Programs
+
+__all__ = []  # private module
+
+
+def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
+             tangents: Sequence[tf.Tensor | None], watched: Sequence[tuple[Any, tf.Tensor]] = (),
+             closed: Sequence[Any] = ()):
+    """``(fn(*args), tangents of its outputs)``, built inside the graph being traced.
+
+    ``tangents[i]`` is the tangent of ``args[i]`` (``None``: not differentiated).
+    ``watched`` pairs a tensor or ``tf.Variable`` that ``fn`` closes over with its tangent.
+    Those and ``closed`` (what else ``fn`` closes over: tensors, variables, resources) are
+    captured into this graph first, unseen by the live tapes, so that ``fn``'s own use of
+    them is that capture, and only this function's accumulator differentiates ``fn``.
+    Output tangents are ``None`` for non-float outputs, zeros for float outputs that do
+    not depend on anything watched.
+    """
+    _tf.guard_empty_function_call_records()  # nested accumulators in one trace (a JVP of a JVP)
+    graph = _tf.default_graph()
+    for obj in list(closed) + [o for o, _ in watched]:
+        _tf.silent_capture(graph, obj.handle if isinstance(obj, tf.Variable) else obj)
+    primals, ts = [], []
+    for a, t in zip(args, tangents):
+        if t is not None:
+            primals.append(a)
+            ts.append(t)
+    for obj, t in watched:
+        primals.append(obj if isinstance(obj, tf.Variable) else _tf.in_graph(graph, obj))
+        ts.append(t)
+    # An accumulator busy computing a tangent (the one whose forward function traces this)
+    # silences the accumulators made after it: let this one record.
+    with _tf.forwardprop_state(), tf.autodiff.ForwardAccumulator(primals, ts) as acc:
+        outs = list(fn(*args))
+    out_t = [acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO) if is_float(o.dtype) else None
+             for o in outs]
+    return outs, out_t
+
+
+def watch_list(sources: Sequence[Any], values: Sequence[tf.Tensor], indices: Sequence[int],
+               tangents: Sequence[tf.Tensor]) -> list[tuple[Any, tf.Tensor]]:
+    """``(object to watch, tangent)`` for the float constants ``indices`` of a trace.
+
+    ``sources[i]`` is what fed constant ``i`` when the step was traced (a tensor or a
+    ``tf.Variable``); ``values[i]`` its value for this call (the tensor the step closes
+    over now). A variable read several times is watched once (each read has its tangent).
+    """
+    out, seen = [], set()
+    for i, t in zip(indices, tangents):
+        obj = sources[i] if isinstance(sources[i], tf.Variable) else values[i]
+        if id(obj) not in seen:
+            seen.add(id(obj))
+            out.append((obj, t))
+    return out
+
+
+class _ScanJVP:
+    """The JVP scan of one scan's :class:`Programs`, for the constants' types of a call."""
+
+    def __init__(self, programs: Programs, consts: Sequence[tf.Tensor]):
+        plan = programs.plan
+        n_c, n_x = len(plan.carry_specs), len(plan.x_specs)
+        self.fc, self.fx, self.fy, self.fk = fc, fx, fy, fk = float_indices(plan, consts)
+        sources, values = plan.step.const_sources, list(consts)
+        k_specs = [tf.TensorSpec(consts[i].shape, consts[i].dtype) for i in fk]
+        carry_specs = list(plan.carry_specs) + [plan.carry_specs[i] for i in fc] + k_specs
+        x_specs = list(plan.x_specs) + [plan.x_specs[i] for i in fx]
+        n_tc = len(fc)
+        closed = [s if isinstance(s, tf.Variable) else v for s, v in zip(sources, values)]
+        closed += [h for _, h in plan.step.handles]
+
+        def step(carry, x):
+            c, tc, tk = carry[:n_c], carry[n_c: n_c + n_tc], carry[n_c + n_tc:]
+            xv, tx = x[:n_x], x[n_x:]
+            outs, t_outs = jvp_call(plan.flat_step, list(c) + list(xv),
+                                    scatter(n_c, fc, tc) + scatter(n_x, fx, tx),
+                                    watch_list(sources, values, fk, tk), closed)
+            new_carry = outs[:n_c] + [t_outs[i] for i in fc] + list(tk)
+            ys = outs[n_c:] + [t_outs[n_c + i] for i in fy]
+            return new_carry, ys
+
+        carry_tree = _tree.flatten([0] * len(carry_specs))[1]
+        x_tree = _tree.flatten([0] * len(x_specs))[1]
+        jvp_plan = Plan(step, carry_tree, carry_specs, x_tree, x_specs, name=f"{plan.name}_jvp", slots=values)
+        self.programs = Programs(jvp_plan, programs.static, programs.remat)
+        self.n_y = len(plan.y_specs)
+
+    def consts(self, consts: Sequence[tf.Tensor]) -> list[tf.Tensor] | None:
+        """The JVP step's constants for a call's ``consts``, or ``None`` if they cannot be fed."""
+        step = self.programs.plan.step
+        return step.const_values(list(consts)) if step.feed.complete else None
+
+
+_lock = threading.Lock()
+_cache: "weakref.WeakKeyDictionary[Programs, dict]" = weakref.WeakKeyDictionary()
+
+
+def _scan_jvp(programs: Programs, consts: Sequence[tf.Tensor]) -> tuple[_ScanJVP, list]:
+    key = tuple((tuple(c.shape.as_list()) if c.shape.rank is not None else None, c.dtype) for c in consts)
+    with _lock:
+        found = _cache.setdefault(programs, {}).get(key)
+    if found is not None:
+        k = found.consts(consts)
+        if k is not None:
+            return found, k
+    made = _ScanJVP(programs, consts)  # outside the lock: tracing may meet a nested scan
+    with _lock:
+        _cache[programs][key] = made
+    return made, made.programs.plan.step.const_values()
+
+
+def scan_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[tf.Tensor],
+                  consts: Sequence[tf.Tensor], dynamic_length: Any, tangents: Sequence[Any],
+                  run: Callable) -> list:
+    """The tangents of a scan's ``carry + ys`` (flat) given those of ``init + xs + consts``.
+
+    ``run(programs, init, xs, consts, dynamic_length)`` runs a scan's programs (recorded
+    on the live tapes and accumulators when they may ask for a derivative).
+    """
+    with computing():
+        return _jvp(programs, init, xs, consts, dynamic_length, tangents, run)[1]
+
+
+_state = threading.local()
+
+
+class computing:
+    """While a forward function computes tangents (for :func:`first_tangents`)."""
+
+    def __enter__(self):
+        _state.computing = getattr(_state, "computing", 0) + 1
+
+    def __exit__(self, *exc):
+        _state.computing -= 1
+
+
+def first_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[tf.Tensor],
+                   consts: Sequence[tf.Tensor], dynamic_length: Any):
+    """Forward mode alone (no tape): ``(carry + ys, forward_function)`` from one run of the
+    JVP loop, for the oldest accumulator's tangents, or ``None``.
+
+    Accumulators take an operation's tangents oldest first; the oldest one's are computed
+    here with the primal values, unrecorded (no older accumulator could differentiate them),
+    so the primal loop is neither compiled nor run. Newer accumulators (a JVP of a JVP) get
+    theirs from ``scan_tangents``, recorded, as usual.
+    """
+    if getattr(_state, "computing", 0):
+        return None  # inside a forward function: the oldest accumulator may be the busy one
+    inputs = list(init) + list(xs) + list(consts)
+    packed = _tf.pack_tangents(inputs)
+    entries = [e for e in packed.indices if e]  # newest first: the last is the oldest accumulator
+    if not entries:
+        return None
+    pool = inputs + list(packed.tangents)
+    given: list = [None] * len(inputs)
+    for i, j in entries[-1]:
+        if i >= len(inputs):  # (indices may name another accumulator's tangent as a primal)
+            return None  # a tangent with a tangent of its own: the recorded path differentiates it
+        given[i] = pool[j]
+    if _tf.has_tangents([t for t in given if t is not None]):
+        return None
+
+    def unrecorded(progs, i, x, k, dl):
+        with _tf.record.stop_recording():
+            carry, ys, _ = progs.forward(i, x, k, dl)
+        return list(carry) + list(ys)
+
+    outs, t_outs = _jvp(programs, init, xs, consts, dynamic_length, given, unrecorded)
+    pending = [True]
+
+    def forward_function(run: Callable) -> Callable:
+        def fn(*tangents):
+            if pending and all(t is None or tangents[i] is t for i, t in enumerate(given)):
+                pending.clear()
+                return t_outs
+            return scan_tangents(programs, init, xs, consts, dynamic_length, tangents, run)
+        return fn
+
+    return outs, forward_function
+
+
+def _jvp(programs: Programs, init, xs, consts, dynamic_length, tangents, run) -> tuple[list, list]:
+    """``(carry + ys, their tangents)`` (flat) by the JVP loop, run by ``run``."""
+    n_i, n_x = len(init), len(xs)
+    jvp, k = _scan_jvp(programs, consts)
+
+    def tangent(j, like):
+        t = tangents[j]
+        return tf.zeros_like(like) if t is None else t
+
+    t_init = [tangent(i, init[i]) for i in jvp.fc]
+    t_xs = [tangent(n_i + i, xs[i]) for i in jvp.fx]
+    t_k = [tangent(n_i + n_x + i, consts[i]) for i in jvp.fk]
+    outs = run(jvp.programs, list(init) + t_init + t_k, list(xs) + t_xs, k, dynamic_length)
+    n_carry = n_i + len(t_init) + len(t_k)
+    t_carry = outs[n_i: n_i + len(t_init)]
+    primal = outs[:n_i] + outs[n_carry: n_carry + jvp.n_y]
+    t_ys = outs[n_carry + jvp.n_y:]
+    return primal, scatter(n_i, jvp.fc, t_carry) + scatter(jvp.n_y, jvp.fy, t_ys)
