@@ -180,7 +180,7 @@ def binomial_forward(plan: Plan, length: int, reverse: bool, unroll, init, xs, c
 
 
 def binomial_backward(plan: Plan, length: int, reverse: bool, xs, consts, snaps, d_carry, d_ys,
-                      slots: int, step_vjp: Callable, captured: Callable, wanted=None):
+                      slots: int, step_vjp: Callable, captured: Callable, wanted=None, dy_rows=None):
     """``(d_init, d_xs, d_consts)`` of a scan whose forward pass kept the ``snaps`` of
     :func:`binomial_forward`.
 
@@ -196,7 +196,8 @@ def binomial_backward(plan: Plan, length: int, reverse: bool, xs, consts, snaps,
     if length == 0:
         return scatter(nc, fc, d_c0), scatter(nx, fx, d_x0), scatter(len(consts), fk, d_k0)
     shapes = [c.shape[1:] for c in snaps]
-    dys = [d_ys[i] for i in fy]
+    dy_rows = dy_rows or {}
+    dys = [d_ys[i] for i in fy if i not in dy_rows]  # per step; the others: one row for all steps
 
     def index(p):  # execution position -> index along the time axis
         return length - 1 - p if reverse else p
@@ -217,7 +218,8 @@ def binomial_backward(plan: Plan, length: int, reverse: bool, xs, consts, snaps,
         def vjp_body(j, d_c, d_k, d_x):
             t = index(pos + n)
             x = [tf.gather(v, t) for v in xs]
-            dy = [tf.gather(v, t) for v in dys]
+            seq = iter([tf.gather(v, t) for v in dys])
+            dy = [captured([dy_rows[i]])[0] if i in dy_rows else next(seq) for i in fy]
             g_c, g_x, g_k = step_vjp(plan, carry, x, captured(consts), d_c, dy, wanted)
             d_x = [_write(b, g, t) for b, g in zip(d_x, g_x)]
             return j + 1, list(g_c), [a + g for a, g in zip(d_k, g_k)], d_x
