@@ -85,6 +85,8 @@ def impl(key: str) -> Impl:
         name, _, at = key.partition("@")
         where = " in tf.function(jit_compile)" if at == "xla" else " (eager call)"
         return Impl(key, name.replace("tfscan", "tfscan.scan", 1) + where, "tfscan")
+    if key.startswith("jax") and key.endswith("@eager"):
+        return Impl(key, impl(key[: -len("@eager")]).label.replace(" in jax.jit", "") + ", jax.grad not jitted", "jax")
     if key.startswith("jax.checkpoint[every="):  # e.g. "jax.checkpoint[every=sqrt]"
         return Impl(key, f"jax.lax.scan of jax.checkpoint(segments of {key[21:-1]} steps) in jax.jit", "jax")
     family = key.split(".")[0]  # e.g. the Keras workload's "keras.SimpleRNN@xla"
@@ -210,6 +212,10 @@ def gradient(key: str, problem, data: dict) -> Callable[[], Any]:
     """A callable returning the gradient of ``sum(ys)`` w.r.t. ``problem.wrt`` (a tuple)."""
     idx = tuple(WRT.index(w) for w in problem.wrt)
     final = getattr(problem, "final", False)  # the loss reads the final carry, not the ys
+    # ``...@eager``: jax.grad run op by op, not under jax.jit (each scan still compiled), so the
+    # ys and their cotangent are materialised, as in a TensorFlow eager gradient.
+    jit = not key.endswith("@eager")
+    key = key[: -len("@eager")] if key.startswith("jax") and not jit else key
     if key in ("jax", "jax.checkpoint") or key.startswith("jax.checkpoint["):
         every = key[len("jax.checkpoint[every="):-1] if key.startswith("jax.checkpoint[every=") else None
 
@@ -225,7 +231,8 @@ def gradient(key: str, problem, data: dict) -> Callable[[], Any]:
                 step = jax.checkpoint(step, policy=policy)
             carry, ys = jax.lax.scan(step, init, xs)
             return problem.jax_loss(carry if final else ys)
-        fn = jax.jit(jax.grad(loss, argnums=idx))
+        fn = jax.grad(loss, argnums=idx)
+        fn = jax.jit(fn) if jit else fn
         args = jax_data(data)
         return lambda: block(fn(*args))
     if key == "tfscan.grad":
@@ -261,7 +268,8 @@ def jax_segmented_scan(step, init, xs, every: str):
     outer scan over segments whose step, a ``jax.checkpoint`` of the inner scan, keeps only
     its input carry — JAX's way of writing tfscan's ``remat=k`` / ``"sqrt"``."""
     T = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    k = max(1, int(T ** 0.5)) if every == "sqrt" else int(every)
+    from tfscan._scan.remat import segment_length  # the segments tfscan's remat="sqrt" takes
+    k = segment_length(T, every if every == "sqrt" else int(every))
     segments, tail = divmod(T, k)
     main = jax.tree_util.tree_map(lambda x: x[: segments * k].reshape((segments, k) + x.shape[1:]), xs)
     segment = jax.checkpoint(lambda c, x: jax.lax.scan(step, c, x))

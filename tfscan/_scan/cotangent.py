@@ -5,7 +5,8 @@ a loss that reads only the final carry leaves the ys' cotangent out (``None``, z
 Materialised, either is a ``[T, ...]`` tensor the size of the ys, read by the backward
 loop one row at a time. When the cotangent is visibly constant along the time axis —
 zeros, or in a graph a ``Tile`` / ``BroadcastTo`` / ``Fill`` / ``ZerosLike`` / ``OnesLike``
-(through ``Identity`` and leading-axis ``Reshape``) whose rows are all equal — the
+whose rows are all equal (through ``Identity``, leading-axis ``Reshape``, and slices or
+reversals of whole rows) — the
 backward loop gets that one row (a :class:`Row`) instead and reuses it at every step;
 the ``[T, ...]`` op is left unused (pruned in a graph). JAX gets the same from XLA, which
 sinks a broadcast into the loop that slices it.
@@ -71,6 +72,19 @@ def _row(d: tf.Tensor, depth: int) -> tf.Tensor | None:
                 return None
             x = x[0]
         return tf.broadcast_to(x, shape[1:])
+    if op.type in ("Slice", "StridedSlice", "ReverseV2"):
+        # Rows taken along axis 0 (or reversed along it), each whole: the same rows.
+        x = op.inputs[0]
+        whole = x.shape.rank == d.shape.rank and d.shape[1:].is_fully_defined() and x.shape[1:] == d.shape[1:]
+        if op.type == "StridedSlice":
+            strides = tf.get_static_value(op.inputs[3])
+            whole = whole and strides is not None and all(int(v) in (1, -1) for v in strides[:1]) \
+                and all(int(v) == 1 for v in strides[1:]) \
+                and not any(op.get_attr(m) for m in ("ellipsis_mask", "new_axis_mask", "shrink_axis_mask"))
+        if op.type == "ReverseV2":
+            axes = tf.get_static_value(op.inputs[1])
+            whole = whole and axes is not None and all(int(a) % d.shape.rank == 0 for a in axes.reshape([-1]))
+        return _row(x, depth - 1) if whole else None
     if op.type == "Reshape":
         # A tensor the same along axis 0, reshaped so that the new axis 0 splits the old one
         # (``[T*k, ...] -> [T, k, ...]``, ``[T, ...] -> [T, 1, ...]``): the same along it too.

@@ -51,7 +51,7 @@ __all__ = []  # private module
 def checkpointed_scan(scan: Callable, f: Callable, init: Any, xs: Any, length: int, reverse: bool,
                       unroll: int | bool, every: int | str) -> tuple[Any, Any]:
     """``scan(f, init, xs, length, reverse, unroll)`` with checkpoints every ``every`` steps."""
-    k = max(1, math.isqrt(length)) if every == "sqrt" else every
+    k = segment_length(length, every)
     segments, tail = divmod(length, k)
     if segments <= 1:
         return scan(f, init, xs, length=length, reverse=reverse, unroll=unroll, remat=True)
@@ -63,14 +63,43 @@ def checkpointed_scan(scan: Callable, f: Callable, init: Any, xs: Any, length: i
         return scan(f, carry, x_segment, length=k, unroll=unroll)
 
     carry, ys = scan(segment, init, main, length=segments, remat=True)
-    ys = _tree.map_leaves(lambda y: tf.reshape(y, _with_lead([segments * k], y, 2)), ys)
     if tail:
         rest = _tree.map_leaves(lambda x: x[segments * k:], xs)
         carry, ys_tail = scan(f, carry, rest, length=tail, unroll=unroll)
-        ys = _tree.map_leaves(lambda a, b: tf.concat([a, b], 0), ys, ys_tail)
+        ys = _tree.map_leaves(_join, ys, ys_tail)
+    else:
+        ys = _tree.map_leaves(lambda y: tf.reshape(y, _with_lead([segments * k], y, 2)), ys)
     if reverse:
         ys = _tree.map_leaves(lambda y: tf.reverse(y, [0]), ys)
     return carry, ys
+
+
+def _join(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """The segments' ys ``a`` (``[segments, k, ...]``) with the tail's ``b`` after them, along
+    axis 0. Eagerly, with a gradient that keeps only ``a``'s shape: the tape would otherwise
+    keep ``a`` alive (for the gradients of the reshape and the concat) next to the result."""
+    def fwd(a, b):
+        return tf.concat([tf.reshape(a, _with_lead([-1], a, 2)), b], 0)
+    if not tf.executing_eagerly():
+        return fwd(a, b)
+    shape = a.shape
+    n = shape[0] * shape[1]
+
+    @tf.custom_gradient
+    def join(a, b):  # stop_gradient: the tape records (and keeps the inputs of) only ``join``
+        return fwd(tf.stop_gradient(a), tf.stop_gradient(b)), lambda d: (tf.reshape(d[:n], shape), d[n:])
+    return join(a, b)
+
+
+def segment_length(length: int, every: int | str) -> int:
+    """Steps per segment: ``every``, or for ``"sqrt"`` the divisor of ``length`` nearest
+    ``sqrt(length)`` within a factor 2 of it (no tail segment, whose ys would be joined to
+    the others' by a copy), else ``isqrt(length)``."""
+    if every != "sqrt":
+        return every
+    root = max(1, math.isqrt(length))
+    near = [d for d in range(max(2, (root + 1) // 2), 2 * root + 1) if length % d == 0]
+    return min(near, key=lambda d: (abs(d * d - length), d)) if near else root
 
 
 def _with_lead(lead: list, t: tf.Tensor, drop: int):
