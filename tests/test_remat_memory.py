@@ -21,7 +21,7 @@ import tensorflow as tf
 
 import tfscan
 
-T, B, I, H = 400, 16, 4, 128
+T, B, I, H = 410, 16, 4, 128
 BUFFER = T * B * H * 4  # bytes of one [T, B, H] float32 tensor: the ys
 
 
