@@ -178,6 +178,40 @@ def test_rewrapped_vmap_closing_over_a_new_tensor_uses_it_without_retracing():
 
 
 
+@pytest.mark.parametrize("api", ["cond", "switch", "associative_scan", "while_loop"])
+def test_control_flow_closing_over_a_new_tensor_uses_it_without_recompiling(api):
+    """A fresh closure over a recomputed tensor (an eager training loop) reuses the program,
+    with this call's value and gradient; JAX traces these once per shape too."""
+    x = tf.constant([1.0, 2.0, 3.0])
+    calls = {
+        "cond": lambda w: tfscan.cond(tf.constant(True), lambda v: v * w, lambda v: v - w, x),
+        "switch": lambda w: tfscan.switch(1, [lambda v: v - w, lambda v: v * w], x),
+        "associative_scan": lambda w: tfscan.associative_scan(lambda a, b: a + b * w, x),
+        "while_loop": lambda w: tfscan.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * w),
+                                                  (0, x))[1],
+    }
+    expected = {
+        "cond": lambda w: x * w, "switch": lambda w: x * w,
+        "associative_scan": lambda w: tf.stack([1.0, 1.0 + 2.0 * w, 1.0 + 5.0 * w]),
+        "while_loop": lambda w: x * w ** 3,
+    }
+    cache = _cache.eager_cache("while_loop" if api == "while_loop" else "control")
+    sizes = []
+    for i in range(4):
+        w = tf.Variable(2.0) * (1.0 + i)  # a new tensor each iteration
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(w)
+            out = calls[api](w)
+            want = expected[api](w)
+            total, total_want = tf.reduce_sum(out), tf.reduce_sum(want)
+        np.testing.assert_allclose(out.numpy(), want.numpy(), rtol=1e-6)
+        if api != "while_loop":  # reverse mode of an unbounded while_loop is an error, as in JAX
+            np.testing.assert_allclose(tape.gradient(total, w).numpy(), tape.gradient(total_want, w).numpy(),
+                                       rtol=1e-5)
+        sizes.append(len(cache))
+    assert sizes[-1] == sizes[0], sizes
+
+
 def test_eight_threads_mixing_scans_closures_jit_and_grad_match_serial_calls():
     """Threads share the one cache: each call must compute with its own closed-over tensors."""
     from concurrent.futures import ThreadPoolExecutor

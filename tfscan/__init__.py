@@ -44,13 +44,15 @@ import importlib.abc as _importlib_abc
 import importlib.util as _importlib_util
 
 
+from tfscan._core.context import disable_jit
 from tfscan._lax.assoc import associative_scan
 from tfscan._lax.branch import cond, switch
-from tfscan._core.context import disable_jit
+from tfscan._lax.fori import fori_loop
+from tfscan._lax.loops import while_loop
+from tfscan._lax.map import map
+from tfscan._scan.scan import scan
 from tfscan._transforms.grad import grad, value_and_grad
 from tfscan._transforms.jit import jit
-from tfscan._lax.loops import fori_loop, map, while_loop
-from tfscan._scan.scan import scan
 from tfscan._transforms.vmap import vmap
 
 # Called inside a tf.function (AutoGraph on, the default), tfscan's own code must run as

@@ -1,34 +1,46 @@
 """The one door to TensorFlow internals: every use of a private TensorFlow API is here.
 
 Each entry says what it is, why no public API serves, and the TensorFlow versions it
-was checked on. Everything else in tfscan uses public ``tf.*`` APIs only, so a
-TensorFlow release that moves an internal breaks this module (and its smoke test,
-``tests/test_tf_adapter.py``), not code scattered across the package.
+was checked on. Everything else in tfscan uses public ``tf.*`` (and ``keras.*``) APIs
+only — ``tests/test_tf_adapter.py`` greps the package to keep it so, and exercises every
+entry — so a TensorFlow release that moves an internal breaks this module and that
+test, not code scattered across the package.
 
-Checked on: TensorFlow 2.21.
+The entries come in six groups: calling a traced function (:func:`call_concrete`,
+:func:`quiet_retracing`), the eager tapes (:class:`record`), graphs
+(:func:`default_graph`, :func:`in_xla_context`, :func:`is_func_graph`,
+:func:`graph_function`, :func:`op_gradient_functions`, :func:`in_graph`,
+:func:`is_autograph_scope`, :func:`mark_variable_accessed`), vectorization
+(:class:`pfor`, :class:`xla`) and Keras' RNN internals (:class:`keras_rnn`).
+
+Checked on: TensorFlow 2.21 (the oldest and the newest release the package claims).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Callable, Sequence
 
 import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla as _xla
 from tensorflow.python.autograph.core import function_wrappers as _autograph_wrappers
+from tensorflow.python.eager import forwardprop_util as _forwardprop_util
+from tensorflow.python.eager import record as _record
+from tensorflow.python.eager.polymorphic_function import polymorphic_function as _polymorphic_function
+from tensorflow.python.framework import func_graph as _func_graph
 from tensorflow.python.framework import ops as _ops
+from tensorflow.python.ops import control_flow_util as _control_flow_util
+from tensorflow.python.ops import resource_variable_ops as _resource_variable_ops
+from tensorflow.python.ops.parallel_for import pfor as _pfor
 
-__all__ = []  # private module
-
-
-def default_graph() -> Any:
-    """The graph being built (a ``FuncGraph`` inside ``tf.function``).
-
-    Public ``tf.compat.v1.get_default_graph`` returns the same object; this name avoids
-    the ``compat.v1`` namespace in code that is TF2-only.
-    """
-    return _ops.get_default_graph()
+__all__: list = []  # private module
 
 
-def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = None) -> list:
+# --- calling a traced function ------------------------------------------------------
+
+
+def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = None,
+                  xla: bool = False) -> list:
     """Call a ``ConcreteFunction`` on flat tensors, feeding ``captured`` for its captures.
 
     Why private: ``ConcreteFunction._call_flat`` is the only way to (1) skip
@@ -36,10 +48,20 @@ def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[A
     cost) and (2) feed new values for a trace's captured inputs, so that a function
     closing over a tensor recomputed each call reuses its compiled program instead of
     being traced again. Works eagerly and while building a graph.
+
+    ``xla``: the function is ``jit_compile=True``. Its call then enters XLA's control-flow
+    context while a tape or accumulator may record, as ``tf.function.__call__`` does
+    (``OptionalXlaContext``): the derivative functions TensorFlow builds for the call
+    (a ``ForwardAccumulator``'s JVP, a tape's gradient) then take XLA's form of a
+    conditional's gradient, not one with ``Optional`` ops that XLA cannot compile.
     """
     if captured is None:
         captured = concrete.captured_inputs
-    outs = concrete._call_flat(list(args), list(captured))  # noqa: SLF001 - see docstring
+    if xla and (not tf.executing_eagerly() or _record.could_possibly_record()):
+        with _polymorphic_function.OptionalXlaContext(True):
+            outs = concrete._call_flat(list(args), list(captured))  # noqa: SLF001 - see docstring
+    else:
+        outs = concrete._call_flat(list(args), list(captured))  # noqa: SLF001 - see docstring
     if outs is None:
         return []
     return list(outs) if isinstance(outs, (list, tuple)) else [outs]
@@ -56,6 +78,115 @@ def quiet_retracing(fn: Any) -> Any:
     return fn
 
 
+# --- the eager tapes ------------------------------------------------------------------
+
+
+class record:  # noqa: N801 - a namespace named after TensorFlow's module it fronts
+    """Recording on the live ``GradientTape``s and ``ForwardAccumulator``s.
+
+    Why private: tfscan records one operation per compiled call with its own VJP (as
+    ``tf.custom_gradient`` does internally) and must know which inputs any live tape or
+    accumulator watches, so the forward loop saves residuals only for gradients that can
+    be asked for. Public ``tf.custom_gradient`` keeps forward tensors in a Python closure
+    and cannot say which inputs are watched; ``GradientTape.stop_recording`` pauses one
+    tape, not all of them.
+    """
+
+    @staticmethod
+    def stop_recording() -> contextlib.AbstractContextManager:
+        """A context in which no tape or accumulator records."""
+        return _record.stop_recording()
+
+    @staticmethod
+    def could_possibly_record() -> bool:
+        """Whether any tape or accumulator is live on this thread."""
+        return bool(_record.could_possibly_record())
+
+    @staticmethod
+    def should_record_backprop(tensors: Sequence[tf.Tensor]) -> bool:
+        """Whether a live tape watches any of ``tensors``."""
+        return bool(_record.should_record_backprop(tensors))
+
+    @staticmethod
+    def record_operation(name: str, outputs: Sequence[tf.Tensor], inputs: Sequence[tf.Tensor],
+                         backward: Callable, forward: Callable | None = None) -> None:
+        """Record ``outputs = op(inputs)`` on the live tapes, with VJP ``backward(*d_outputs)``
+        and, for ``ForwardAccumulator``s, JVP ``forward(*d_inputs) -> d_outputs`` (without
+        one, an accumulator transposes ``backward``: TensorFlow's "double-back")."""
+        _record.record_operation(name, list(outputs), list(inputs), backward, forward)
+
+    @staticmethod
+    def tangent_indices(inputs: Sequence[tf.Tensor]) -> set:
+        """Indices of ``inputs`` that a live ``ForwardAccumulator`` carries a tangent for."""
+        return {i for acc in _forwardprop_util.pack_tangents(list(inputs)).indices for i, _ in acc}
+
+
+# --- graphs ---------------------------------------------------------------------------
+
+
+def default_graph() -> Any:
+    """The graph being built (a ``FuncGraph`` inside ``tf.function``).
+
+    Public ``tf.compat.v1.get_default_graph`` returns the same object; this name avoids
+    the ``compat.v1`` namespace in code that is TF2-only.
+    """
+    return _ops.get_default_graph()
+
+
+def in_xla_context() -> bool:
+    """Whether the graph being built (or a graph it is nested in) compiles with XLA.
+
+    Why private: a ``tf.function(jit_compile=True)`` marks its graph with an XLA
+    context; a scan built there must not nest a second compiled call (XLA would reject
+    it, and it would be slower). No public API exposes the mark.
+    """
+    return bool(_control_flow_util.GraphOrParentsInXlaContext(_ops.get_default_graph()))
+
+
+def is_func_graph(graph: Any) -> bool:
+    """Whether ``graph`` is a ``tf.function``'s graph (which captures outer tensors).
+
+    Why private: ``FuncGraph`` has no public type; ``tf.inside_function`` answers only for
+    the default graph.
+    """
+    return isinstance(graph, _func_graph.FuncGraph)
+
+
+def graph_function(graph: Any, name: str) -> Any:
+    """The function named ``name`` in ``graph``'s library (a ``While``'s cond or body).
+
+    Why private: ``Graph._get_function`` is the only lookup of a library function by
+    name; the batching rule for ``While`` needs the body's graph to convert it.
+    """
+    return graph._get_function(name.encode() if isinstance(name, str) else name)  # noqa: SLF001
+
+
+def op_gradient_functions(graph: Any) -> dict:
+    """``{op name: gradient function}`` of the ops of ``graph`` whose gradient is set on
+    the op itself (calls to a ``tf.function``), not registered by op type.
+
+    Why private: the function-call op keeps its gradient in ``Operation._gradient_function``;
+    a traced piece copied into another graph must carry it over (:func:`set_op_gradient_function`).
+    """
+    return {op.name: op._gradient_function for op in graph.get_operations()  # noqa: SLF001
+            if getattr(op, "_gradient_function", None) is not None}
+
+
+def in_graph(graph: Any, t: tf.Tensor) -> tf.Tensor:
+    """``t`` usable in ``graph``: captured when ``graph`` is a function graph and ``t`` lives
+    outside it.
+
+    Why private: ``FuncGraph.capture`` is how ``tf.function`` itself captures an outer
+    tensor; importing a traced piece with ``input_map`` needs the capture made explicitly.
+    """
+    return graph.capture(t) if is_func_graph(graph) else t
+
+
+def set_op_gradient_function(op: Any, fn: Callable) -> None:
+    """Give ``op`` the gradient function ``fn`` (see :func:`op_gradient_functions`)."""
+    op._gradient_function = fn  # noqa: SLF001
+
+
 def is_autograph_scope(x: Any) -> bool:
     """Whether ``x`` is the ``FunctionScope`` AutoGraph puts in a converted function's closure.
 
@@ -65,3 +196,119 @@ def is_autograph_scope(x: Any) -> bool:
     Keras retrace) would compile the same scan again. No public type exists to test.
     """
     return isinstance(x, _autograph_wrappers.FunctionScope)
+
+
+def mark_variable_accessed(variable: tf.Variable) -> None:
+    """Tell the live tapes that ``variable`` was read (so they watch it).
+
+    Why private: a ``vmap`` call reads variables inside a compiled function the tapes do
+    not see into; reading ``variable.value()`` would also mark it, but adds a read op.
+    """
+    _resource_variable_ops.variable_accessed(variable)
+
+
+# --- vectorization ------------------------------------------------------------------
+
+
+class pfor:  # noqa: N801 - a namespace named after TensorFlow's module it fronts
+    """``pfor``, the vectorizer behind ``tf.vectorized_map``, which ``tfscan.vmap`` drives.
+
+    Why private: ``tf.vectorized_map`` offers no way to add or replace the conversion
+    rule of an op type, to convert a function of a graph under construction, or to keep
+    an output unbatched; tfscan needs all three (a scan's ``While`` batches as one loop).
+    """
+
+    PFor = _pfor.PFor
+    ConversionNotImplementedError = _pfor.ConversionNotImplementedError
+
+    @staticmethod
+    def wrap(t: tf.Tensor, stacked: bool) -> Any:
+        """A converted value: ``t`` with a flag saying whether it carries the batch axis."""
+        return _pfor.wrap(t, stacked)
+
+    @staticmethod
+    def stack(t: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+        """``t`` tiled along a new leading batch axis of ``size`` (shape ``[1]``)."""
+        return _pfor._stack(t, size).t  # noqa: SLF001
+
+    @staticmethod
+    def converter(op_type: str) -> Callable | None:
+        """The conversion rule registered for ``op_type``, or ``None``."""
+        return _pfor._pfor_converter_registry.get(op_type)  # noqa: SLF001
+
+    @staticmethod
+    def set_converter(op_type: str, converter: Callable) -> None:
+        """Register (or replace) the conversion rule of ``op_type``."""
+        _pfor._pfor_converter_registry[op_type] = converter  # noqa: SLF001
+
+    @staticmethod
+    def convert(converter: Any, t: tf.Tensor) -> Any:
+        """``t`` converted by ``converter`` (a ``PFor``): a wrapped value (:meth:`wrap`)."""
+        return converter._convert_helper(t)  # noqa: SLF001
+
+    @staticmethod
+    def convert_function_call(func: Any, converter: Any, inputs: Sequence[Any]) -> list:
+        """Convert a call of library function ``func`` on wrapped ``inputs`` with ``converter``."""
+        return _pfor._convert_function_call(func, converter, list(inputs))  # noqa: SLF001
+
+
+# --- XLA ops ------------------------------------------------------------------------
+
+
+class xla:  # noqa: N801 - a namespace named after TensorFlow's module it fronts
+    """XLA's dynamic slices: how the compiled loop reads and writes its ``[length, ...]`` buffers.
+
+    Why private: ``XlaDynamicUpdateSlice``/``XlaDynamicSlice`` have no public Python API
+    (``tf.raw_ops`` does not list them; ``tf.tensor_scatter_nd_update`` lowers to a
+    scatter, which XLA does not update in place). tfscan differentiates them with its own
+    VJP, so it needs no registered gradient for them.
+    """
+
+    @staticmethod
+    def dynamic_update_slice(buffer: tf.Tensor, update: tf.Tensor, start: tf.Tensor) -> tf.Tensor:
+        """``buffer`` with ``update`` written at index ``start`` (one index per dimension)."""
+        return _xla.dynamic_update_slice(buffer, update, start)
+
+    @staticmethod
+    def dynamic_slice(x: tf.Tensor, start: tf.Tensor, sizes: Any) -> tf.Tensor:
+        """The slice of ``x`` of shape ``sizes`` starting at ``start``."""
+        return _xla.dynamic_slice(x, start, sizes)
+
+
+# --- Keras' RNN internals -----------------------------------------------------------
+
+
+class keras_rnn:  # noqa: N801 - a namespace
+    """What ``tfscan.keras`` reads of ``keras.layers.RNN`` and its dropout cells.
+
+    Why private: tfscan's layers subclass ``keras.layers.RNN`` and replace its inner loop;
+    the dropout masks Keras draws per call (``DropoutRNNCell``) live in private cell
+    attributes that a cell's ``call`` reads, and Keras' own loop sets them the same way.
+    Checked on Keras 3.12–3.13.
+    """
+
+    @staticmethod
+    def cell_takes_training(cell: Any, default: bool) -> bool:
+        """Whether the cell's ``call`` accepts ``training`` (Keras' own record of it)."""
+        return bool(getattr(cell, "_call_has_training_arg", default))
+
+    @staticmethod
+    def dropout_masks(cell: Any) -> tuple:
+        """The ``(input, recurrent)`` dropout masks a dropout cell holds now."""
+        return getattr(cell, "_dropout_mask", None), getattr(cell, "_recurrent_dropout_mask", None)
+
+    @staticmethod
+    def set_dropout_masks(cell: Any, masks: tuple) -> None:
+        """Make the cell's next ``call`` use ``masks`` (see :meth:`dropout_masks`)."""
+        cell._dropout_mask, cell._recurrent_dropout_mask = masks  # noqa: SLF001
+
+    @staticmethod
+    def config_dropout_masks(layer: Any, cell: Any, x0: tf.Tensor, state: Any) -> None:
+        """Draw the masks of this call, as ``keras.layers.RNN.call`` does."""
+        layer._maybe_config_dropout_masks(cell, x0, state)  # noqa: SLF001
+
+    @staticmethod
+    def reset_dropout_masks(layer: Any, cell: Any) -> None:
+        """Forget this call's masks, as ``keras.layers.RNN.call`` does."""
+        layer._maybe_reset_dropout_masks(cell)  # noqa: SLF001
+

@@ -51,6 +51,7 @@ import keras
 import tensorflow as tf
 
 import tfscan
+from tfscan._tf import keras_rnn
 
 __all__ = ["Scan", "SimpleRNN", "GRU", "LSTM"]
 
@@ -157,7 +158,7 @@ class Scan(keras.layers.RNN):
         self.time_major = bool(time_major)
         self.input_spec = keras.layers.InputSpec(min_ndim=3)
         params = _parameters(cell.call)
-        self._cell_takes_training = bool(getattr(cell, "_call_has_training_arg", "training" in params))
+        self._cell_takes_training = keras_rnn.cell_takes_training(cell, "training" in params)
         self._cell_takes_constants = "constants" in params
 
     # -- shapes --------------------------------------------------------------------------
@@ -222,11 +223,11 @@ class Scan(keras.layers.RNN):
 
         # Dropout masks are drawn once per call (Keras' way) and ride in the scan's carry,
         # so the compiled step never holds a stale mask from an earlier call.
-        self._maybe_config_dropout_masks(self.cell, x[0], initial_state)
+        keras_rnn.config_dropout_masks(self, self.cell, x[0], initial_state)
         try:
             last, outputs, states = self.inner_loop(x, initial_state, mask, training, constants)
         finally:
-            self._maybe_reset_dropout_masks(self.cell)
+            keras_rnn.reset_dropout_masks(self, self.cell)
         out_dtype = self.compute_dtype
         states = [tf.nest.map_structure(lambda s: tf.cast(s, out_dtype), s) for s in states]
         if self.stateful:
@@ -252,8 +253,7 @@ class Scan(keras.layers.RNN):
             if mask.shape.rank == 3:
                 mask = mask[..., 0]
             m = mask if self.time_major else tf.transpose(mask, [1, 0])
-        drops = tuple((getattr(c, "_dropout_mask", None), getattr(c, "_recurrent_dropout_mask", None))
-                      for c in _dropout_cells(self.cell))
+        drops = tuple(keras_rnn.dropout_masks(c) for c in _dropout_cells(self.cell))
         keep_last = (not self.return_sequences) or m is not None
         last0 = tf.zeros(tf.concat([[batch], self._output_size()], 0), cell_dtype) if keep_last else None
         flags = (training, m is not None, keep_last, self.return_sequences,
@@ -279,7 +279,7 @@ class Scan(keras.layers.RNN):
             leaves, prev, drops, constants = carry
             x_t, m_t = xt
             for c, (dm, rdm) in zip(_dropout_cells(layer.cell), drops):
-                c._dropout_mask, c._recurrent_dropout_mask = dm, rdm
+                keras_rnn.set_dropout_masks(c, (dm, rdm))
             states = tuple(tf.nest.pack_sequence_as(skeleton, list(leaves)))
             kw = {"training": training} if layer._cell_takes_training else {}
             if has_k:

@@ -305,6 +305,16 @@ def closure(f: Any) -> Closure:
     return Closure(key, tuple(walk.tensors), walk.exact, tuple(walk.objects))
 
 
+def static_key(x: Any) -> Hashable:
+    """A static (non-tensor) argument's part of a key: Python scalars and tuples/lists of
+    them by value, anything else by identity."""
+    if isinstance(x, (bool, int, float, complex, str, bytes, type(None), np.generic)):
+        return (type(x), x)
+    if isinstance(x, (tuple, list)) and len(x) < 64:
+        return (type(x), tuple(static_key(v) for v in x))
+    return _Identity(x)
+
+
 # -- feeding ------------------------------------------------------------------------------------
 
 class Feed:

@@ -16,9 +16,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.eager import record
 
 from tfscan._core import tree as _tree
+from tfscan._tf import record
 
 __all__ = []  # private module
 

@@ -1,2 +1,3 @@
-"""The loop family beside scan, after ``jax.lax``: ``while_loop``/``fori_loop``/``map``
-(with the bounded while's gradient), ``cond``/``switch`` and ``associative_scan``."""
+"""The loop family beside scan, after ``jax.lax``: ``while_loop`` (``loops``, with the
+bounded while's gradient in ``bounded``), ``fori_loop`` (``fori``), ``map``, ``cond``/``switch``
+(``branch``) and ``associative_scan`` (``assoc``); ``control`` holds what they share."""

@@ -17,12 +17,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfscan._core import checks as _checks
-
 from tfscan._core import context as _context
-
-from tfscan._lax import control as _control
-
 from tfscan._core import tree as _tree
+from tfscan._lax import control as _control
 
 __all__ = ["associative_scan"]
 
@@ -84,12 +81,12 @@ def associative_scan(fn: Callable[[Elems, Elems], Elems], elems: Elems, reverse:
     _check_lengths(leaves, paths, axis)
     if _context.jit_disabled():
         return _tree.unflatten(tree, _scan(fn, tree, paths, leaves, reverse, axis))
-    key = ("associative_scan", _context.function_key(fn), tree, _control.specs(leaves), reverse, axis)
+    key = (tree, _control.specs(leaves), reverse, axis)
 
     def make_build(meta: dict):
         return lambda *xs: _scan(fn, tree, paths, list(xs), reverse, axis)
 
-    return _tree.unflatten(tree, _control.compiled(key, make_build)(*leaves))
+    return _tree.unflatten(tree, _control.run("associative_scan", [fn], key, make_build, leaves)[0])
 
 
 def _canonical_axis(axis: Any, leaves: list, paths: list) -> int:

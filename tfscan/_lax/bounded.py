@@ -32,8 +32,8 @@ import threading
 from typing import Any
 
 import tensorflow as tf
-from tensorflow.python.framework import ops
 
+from tfscan._core import gradients as _gradients
 from tfscan._lax import control as _control
 from tfscan._scan.buffered_loop import _write, keep_shape
 from tfscan._scan.plan import Plan, float_indices, is_float, scatter
@@ -175,8 +175,6 @@ class Reverse:
         n_out, n_b, n_c = len(outs), len(bufs), len(carry)
         with self._lock:
             if self._grad_name is None:
-                name = f"TfscanBoundedWhileGrad_{ops.uid()}"
-
                 def grad(op, *d_all):
                     if op is None:  # tf.saved_model traces registered gradients without an op
                         return [None] * len(d_all)
@@ -186,7 +184,5 @@ class Reverse:
                     grads = self.backward(steps_, bufs_, kb_, list(d_all[:n_out]))
                     return [None] * (n_out + 1 + n_b) + grads
 
-                ops.RegisterGradient(name)(grad)
-                self._grad_name = name
-        with ops.get_default_graph().gradient_override_map({"IdentityN": self._grad_name}):
-            return list(tf.identity_n(flat)[:n_out])
+                self._grad_name = _gradients.register("TfscanBoundedWhileGrad", grad)
+        return _gradients.identity(self._grad_name, flat)[:n_out]

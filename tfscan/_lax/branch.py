@@ -14,12 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfscan._core import checks as _checks
-
 from tfscan._core import context as _context
-
-from tfscan._lax import control as _control
-
 from tfscan._core import tree as _tree
+from tfscan._lax import control as _control
 
 __all__ = ["cond", "switch"]
 
@@ -150,7 +147,7 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
     """Trace every branch on the operands, check their outputs agree, run the chosen one."""
     leaves, _, op_tree = _control.to_tensors(api, tuple(operands), "operands")
     op_specs = _control.specs(leaves)
-    key = ("branch", api, tuple(_context.function_key(f) for f in fns), op_tree, op_specs)
+    key = (op_tree, op_specs)
 
     def make_build(meta: dict):
         def build(sel, *args):
@@ -180,9 +177,8 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
 
         return build
 
-    program = _control.compiled(key, make_build)
     try:
-        outs = program(selector, *leaves)
+        outs, meta = _control.run(api, fns, key, make_build, [selector] + leaves)
     except AttributeError as e:
         if "Tensor.graph is undefined" not in str(e):
             raise
@@ -193,6 +189,6 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
             f"does not reach a tensor that a branch ({', '.join(names)}) closes over and that is "
             f"being differentiated. Pass that tensor to {api} as an operand "
             f"({api}(..., *operands)), or call {api} inside a tfscan.jit function.") from None
-    forward = program.meta.get("forward") or [None] * len(outs)
+    forward = meta.get("forward") or [None] * len(outs)
     outs = [leaves[i] if i is not None else o for o, i in zip(outs, forward)]
-    return _tree.unflatten(program.meta["tree"], outs)
+    return _tree.unflatten(meta["tree"], outs)

@@ -1,10 +1,12 @@
 """What the control-flow family shares: compile-or-inline, leaf conversion, output checks.
 
-``while_loop``, ``cond``, ``switch`` and ``associative_scan`` each build one TensorFlow
-function of flat tensors. :func:`compiled` caches it under a key made from the user's
-functions (:func:`tfscan._core.context.function_key`), the argument structure and specs, and
-runs it as ``tf.function(jit_compile=True)`` — or emits it inline when the caller is
-already being compiled by XLA (as ``tfscan._scan.program.Programs`` does for scan).
+``cond``, ``switch`` and ``associative_scan`` each build one TensorFlow function of flat
+tensors. :func:`run` caches it in tfscan's one cache (:mod:`tfscan._core.cache`) under a
+key made from the user's functions (code and closed-over values; closed-over tensors by
+shape and dtype, fed at each call), the argument structure and specs, and runs it as
+``tf.function(jit_compile=True)`` — or emits it inline when the caller is already being
+compiled by XLA (as ``tfscan._scan.program.Programs`` does for scan). ``while_loop``
+keeps its own plan (:class:`Compiled` runs its loops).
 """
 
 from __future__ import annotations
@@ -14,24 +16,21 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
+from tfscan import _tf
 from tfscan._core import cache as _cache
-
 from tfscan._core import checks as _checks
-
 from tfscan._core import context as _context
-
 from tfscan._core import tree as _tree
 
 __all__ = []  # private module
 
 class Compiled:
-    """``build(*tensors) -> list of tensors`` run compiled by XLA, traced once per key.
+    """``build(*tensors) -> list of tensors`` run compiled by XLA, traced once.
 
     ``meta`` is a dict that ``build`` fills while it is traced (for example the output
-    structure); it is valid after the first call.
+    structure); it is valid after the first call. ``build`` must take every tensor it
+    depends on as an argument (it closes over nothing a later call could change).
     """
-
-    graph_bound = True  # keyed on its functions' closed-over tensors by identity: one graph's own
 
     def __init__(self, make_build: Callable[[dict], Callable]):
         self.meta: dict = {}
@@ -49,10 +48,57 @@ class Compiled:
         return list(self._fn(*args))
 
 
-def compiled(key: tuple, make_build: Callable[[dict], Callable]) -> Compiled:
-    """The cached :class:`Compiled` for ``key``: eager calls share a bounded LRU; one made
-    while a graph is built belongs to that graph and is freed with it (:mod:`tfscan._core.cache`)."""
-    return _cache.lookup("control", key, lambda: Compiled(make_build))[0]
+class _Fed:
+    """A user function's program traced once on ``specs``, compiled by XLA, and called with
+    the tensors that this call's functions close over fed in place of the traced ones."""
+
+    def __init__(self, build: Callable, meta: dict, specs: Sequence[tf.TensorSpec],
+                 slots: Sequence[tf.Tensor], owner: Any):
+        self.meta = meta
+        fn = tf.function(build, jit_compile=True, autograph=False, reduce_retracing=False)
+        self.concrete = fn.get_concrete_function(*specs)
+        captured = self.concrete.captured_inputs
+        self.feed = _cache.Feed(captured, slots)
+        self.owner = _cache.Owner(owner)
+
+    # One graph's own: a graph does not reuse a program made eagerly or in another graph.
+    # A function called eagerly keeps the derivative functions TensorFlow made for it (an
+    # accumulator's, in XLA's form of a conditional's gradient), and ``pfor`` cannot batch
+    # a call to those (``vmap`` of a ``switch`` fails in ``dynamic_stitch``).
+    graph_bound = True
+
+    def __call__(self, args: Sequence[tf.Tensor], slots: Sequence[tf.Tensor]) -> list:
+        captured = self.feed.values(self.concrete.captured_inputs, slots)
+        return _tf.call_concrete(self.concrete, list(args), captured, xla=True)
+
+
+def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dict], Callable],
+        args: Sequence[tf.Tensor]) -> tuple[list, dict]:
+    """``(outputs, meta)`` of ``make_build(meta)(*args)``, compiled once per program.
+
+    ``fns`` are the user's functions the program calls; ``key`` the rest of what its trace
+    depends on (structure, specs, static arguments). The functions count by their code and
+    closed-over values, their closed-over tensors by shape and dtype only: each call feeds
+    its own (:mod:`tfscan._core.cache`), so a new value never compiles again. Inside a
+    function XLA compiles as a whole, the program is emitted inline instead.
+    """
+    if _context.in_xla_context():
+        meta: dict = {}
+        return list(make_build(meta)(*args)), meta
+    closures = [_cache.closure(f) for f in fns]
+    slots = [t for c in closures for t in c.tensors]
+    full_key = (api, tuple(c.pinned_key for c in closures), key)
+    specs = [tf.TensorSpec(t.shape, t.dtype) for t in args]
+
+    def make() -> _Fed:
+        meta: dict = {}
+        return _Fed(make_build(meta), meta, specs, slots, fns[0])
+
+    entry, created = _cache.lookup("control", full_key, make)
+    if not created and not entry.feed.complete and not entry.owner.owns(fns[0]):
+        entry = make()  # it reads tensors through objects the walk does not open: trace again
+        _cache.put("control", full_key, entry)
+    return entry(args, slots), entry.meta
 
 
 def specs(tensors: Sequence[tf.Tensor]) -> tuple:

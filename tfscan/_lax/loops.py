@@ -1,4 +1,4 @@
-"""``while_loop``, ``fori_loop`` and ``map`` with ``jax.lax``'s signatures and semantics.
+"""``while_loop`` with ``jax.lax.while_loop``'s signature and semantics.
 
 ``while_loop`` traces ``cond_fun`` and ``body_fun`` once on the carry's specs (their
 closed-over tensors and variables become explicit inputs, as for scan) and runs one
@@ -9,9 +9,7 @@ after at most ``N`` steps and ``tfscan._lax.bounded`` reverses it (checkpointed 
 in time linear in the steps actually taken). Forward mode (``tf.autodiff.ForwardAccumulator``)
 works either way: the tangents run in a second compiled loop alongside the primal carry.
 
-``fori_loop`` with bounds known when it is called becomes a ``tfscan.scan`` (so it is
-reverse-differentiable); otherwise it is a ``while_loop``. ``map`` is a scan with no
-carry; with ``batch_size`` each step maps a chunk with ``tf.vectorized_map``.
+``fori_loop`` (``fori.py``) and ``map`` (``map.py``) are built on ``scan`` and this loop.
 """
 
 from __future__ import annotations
@@ -22,28 +20,21 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.eager import record
-
-from tfscan._lax import bounded as _bounded
 
 from tfscan._core import cache as _cache
-
 from tfscan._core import checks as _checks
-
 from tfscan._core import context as _context
-
-from tfscan._lax import control as _control
-
 from tfscan._core import tree as _tree
-
 from tfscan._core import weak as _weak
+from tfscan._lax import bounded as _bounded
+from tfscan._lax import control as _control
 from tfscan._scan.buffered_loop import keep_shape
 from tfscan._scan.plan import Plan, is_float
 from tfscan._scan.program import captured
-from tfscan._scan.scan import scan
 from tfscan._scan.step import Traced
+from tfscan._tf import record
 
-__all__ = ["while_loop", "fori_loop", "map"]
+__all__ = ["while_loop"]
 
 T = TypeVar("T")
 
@@ -130,18 +121,23 @@ def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_va
             val, i = body_fun(val), i + 1
         return val
     carry_specs = _control.specs(leaves)
-    key = (_context.function_key(cond_fun), _context.function_key(body_fun), tree, carry_specs,
-           max_steps, remat)
+    c_closure, b_closure = _cache.closure(cond_fun), _cache.closure(body_fun)
+    key = (c_closure.pinned_key, b_closure.pinned_key, tree, carry_specs, max_steps, remat)
+    make = lambda: _WhilePlan(cond_fun, body_fun, tree, carry_specs, max_steps, remat,  # noqa: E731
+                              c_closure.tensors, b_closure.tensors)
     try:
-        plan = _cache.lookup("while_loop", key, lambda: _WhilePlan(cond_fun, body_fun, tree, carry_specs,
-                                                                    max_steps, remat))[0]
+        plan, created = _cache.lookup("while_loop", key, make)
+        if not created and not plan.complete and not plan.owner.owns(body_fun):
+            plan = make()  # it reads tensors through objects the walk does not open: trace again
+            _cache.put("while_loop", key, plan)
     except (TypeError, ValueError):  # a Python scalar in init_val may need the body's dtype (weak type)
         retyped = _weak.retype(lambda *a: body_fun(_tree.unflatten(tree, list(a))), _tree.flatten(init_val)[0],
                                leaves, [])
         if retyped is None:
             raise
         return while_loop(cond_fun, body_fun, _tree.unflatten(tree, retyped), max_steps=asked[0], remat=asked[1])
-    out = [t if same else o for t, o, same in zip(leaves, plan.run(leaves), plan.unchanged)]
+    kc, kb = plan.cond.const_values(c_closure.tensors), plan.body.const_values(b_closure.tensors)
+    out = [t if same else o for t, o, same in zip(leaves, plan.run(leaves, kc, kb), plan.unchanged)]
     return _tree.unflatten(tree, out)
 
 
@@ -177,10 +173,8 @@ def _bool_scalar(out: Any) -> tf.Tensor:
 class _WhilePlan:
     """The traced ``cond_fun`` / ``body_fun`` of a while loop and its compiled programs."""
 
-    graph_bound = True  # keyed on closed-over tensors by identity: one graph's own (tfscan._core.cache)
-
     def __init__(self, cond_fun: Callable, body_fun: Callable, tree: _tree.TreeDef, carry_specs: tuple,
-                 max_steps: int | None = None, every: int = 1):
+                 max_steps: int | None = None, every: int = 1, cond_slots: tuple = (), body_slots: tuple = ()):
         self.specs = list(carry_specs)
         self.max_steps = max_steps
 
@@ -195,16 +189,21 @@ class _WhilePlan:
             self.unchanged = [a is b for a, b in zip(new, carry)]
             return new
 
-        self.cond = Traced(flat_cond, self.specs, name="while_cond")
+        self.cond = Traced(flat_cond, self.specs, name="while_cond", slots=cond_slots)
         self.reverse = None
         if max_steps is None:
-            self.body = Traced(flat_body, self.specs, name="while_body")
+            self.body = Traced(flat_body, self.specs, name="while_body", slots=body_slots)
         else:  # a scan step (no xs, no ys), for the step's traced VJP
             step = lambda c, _: (_tree.unflatten(tree, flat_body(*_tree.flatten(c)[0])), None)  # noqa: E731
-            plan = Plan(step, tree, self.specs, _tree.flatten(None)[1], [], name="while_loop")
+            plan = Plan(step, tree, self.specs, _tree.flatten(None)[1], [], name="while_loop", slots=body_slots)
             self.body = plan.step
             self.reverse = _bounded.Reverse(plan, self.cond, max_steps, every)
         self.fc = [i for i, s in enumerate(self.specs) if is_float(s.dtype)]
+        # Each call feeds its own closed-over tensors (:meth:`Traced.const_values`), so one
+        # plan serves every call with the same code, closed-over values and specs.
+        self.complete = self.cond.feed.complete and self.body.feed.complete
+        self.owner = _cache.Owner(body_fun)
+        self.graph_bound = self.cond.graph_bound or self.body.graph_bound
         self._forward = _control.Compiled(lambda meta: self._forward_build)
         self._jvp = _control.Compiled(lambda meta: self._jvp_build)
 
@@ -250,8 +249,8 @@ class _WhilePlan:
     def _float_consts(consts) -> list:
         return [i for i, c in enumerate(consts) if is_float(c.dtype)]
 
-    def run(self, carry: list) -> list:
-        kc, kb = self.cond.const_values(), self.body.const_values()
+    def run(self, carry: list, kc: list, kb: list) -> list:
+        """The final carry from ``carry``, with the cond's and body's constants ``kc``, ``kb``."""
         recording = record.could_possibly_record()
         if self.reverse is not None and (recording or not tf.executing_eagerly()):
             self.reverse.trace_vjp(kb)
@@ -310,225 +309,3 @@ def _no_reverse(outs: list) -> list:
         return [tf.identity(x) for x in xs], grad
 
     return list(identity(*outs))
-
-
-def fori_loop(lower: int | tf.Tensor, upper: int | tf.Tensor, body_fun: Callable[[tf.Tensor, T], T],
-              init_val: T, *, unroll: int | bool | None = None) -> T:
-    """Loop ``body_fun`` from ``lower`` to ``upper``, as ``jax.lax.fori_loop``.
-
-    Semantically::
-
-        def fori_loop(lower, upper, body_fun, init_val):
-            val = init_val
-            for i in range(lower, upper):
-                val = body_fun(i, val)
-            return val
-
-    ``upper <= lower`` runs no iteration. When both bounds are known at call time (Python
-    or NumPy ints, eager tensors, constant graph tensors — JAX's "concrete" values) this
-    is a ``tfscan.scan`` of ``upper - lower`` steps, reverse-differentiable; otherwise a
-    ``tfscan.while_loop``, forward-differentiable only (reverse mode raises ``ValueError``
-    saying to use static bounds).
-
-    Args:
-      lower: the first index (an integer scalar).
-      upper: the end index, exclusive. ``lower`` and ``upper`` must have the same integer
-        dtype unless one is a Python int (which takes the other's dtype); ``i`` has that
-        dtype (int32 for Python ints).
-      body_fun: ``body_fun(i, val) -> val``; the output must match ``init_val`` in pytree
-        structure, dtypes and shapes.
-      init_val: the initial value, any pytree of tensors.
-      unroll: with static bounds, steps per loop iteration (an int, or ``True`` to unroll
-        fully), as scan's ``unroll``. With dynamic bounds only ``None``/``False``/``1``.
-
-    Returns:
-      The final value.
-
-    Bounds that are two whole Python floats (``0.0, 3.0``) are accepted as in JAX; ``i``
-    is then float32. Differences from JAX: other float bounds are a ``TypeError``; ``i``
-    is int32 for Python-int bounds even where JAX's x64 mode would make it int64; a Python
-    number returned for a carry leaf takes that leaf's dtype (as in ``tfscan.scan``).
-
-    Example:
-
-    >>> import tensorflow as tf, tfscan
-    >>> float(tfscan.fori_loop(0, 5, lambda i, x: x + tf.cast(i, tf.float32), 0.0))
-    10.0
-    >>> int(tfscan.fori_loop(2, tf.constant(6), lambda i, acc: acc * i, 1))  # 2*3*4*5
-    120
-    """
-    if not callable(body_fun):
-        raise TypeError(f"fori_loop: body_fun argument should be callable as body_fun(i, val) -> val, "
-                        f"got {body_fun!r:.60}.")
-    (lo, lo_static), (hi, hi_static), dtype = _bounds(lower, upper)
-    if lo_static is not None and hi_static is not None:
-        unroll = _checks.check_unroll(1 if unroll is None else unroll)
-        length = max(hi_static - lo_static, 0)
-        (_, val), _ = scan(_fori_scan_step(body_fun), (tf.constant(lo_static, dtype), init_val),
-                           None, length=length, unroll=unroll)
-        return val
-    if not (unroll is None or unroll is False or unroll == 1):
-        raise ValueError("fori_loop: can only use `unroll` in `fori_loop` if the loop bounds are "
-                         f"statically known (got unroll={unroll!r} with a bound known only at run time).")
-    _, _, val = while_loop(_fori_cond, _fori_while_body(body_fun),
-                           (tf.cast(lo, dtype), tf.cast(hi, dtype), init_val))
-    return val
-
-
-def _bounds(lower: Any, upper: Any):
-    """``((tensor, static int or None), (...), dtype)`` with JAX's dtype rule for the bounds."""
-    lo, lo_dtype = _bound(lower, "lower")
-    hi, hi_dtype = _bound(upper, "upper")
-    if (lo_dtype is None) != (hi_dtype is None) and tf.float32 in (lo_dtype, hi_dtype):
-        raise TypeError("fori_loop: lower and upper arguments to fori_loop must have equal types, got "
-                        f"{type(lower).__name__} {lower!r} and {type(upper).__name__} {upper!r}. Pass two "
-                        "ints (or two whole floats).")
-    if lo_dtype is None or hi_dtype is None or lo_dtype == hi_dtype:
-        dtype = lo_dtype or hi_dtype or tf.int32
-    else:
-        raise TypeError("fori_loop: lower and upper arguments to fori_loop must have equal types, "
-                        f"got {lo_dtype.name} and {hi_dtype.name}. Cast one of them.")
-    return lo, hi, dtype
-
-
-def _bound(value: Any, name: str):
-    """``((tensor or int, static int or None), dtype or None for a Python int)``."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"fori_loop: {name} must be an integer scalar, got bool {value!r}.")
-    if isinstance(value, numbers.Integral) and not isinstance(value, np.integer):
-        return (value, int(value)), None
-    if isinstance(value, float) and not isinstance(value, np.generic):
-        # JAX takes float bounds; a scan of whole steps needs integral ones (i is float32).
-        if not value.is_integer():
-            raise TypeError(f"fori_loop: {name}={value!r} is a float that is not a whole number; the loop "
-                            f"runs whole steps. Pass integer bounds (e.g. {name}={int(value)}).")
-        return (value, int(value)), tf.float32
-    try:
-        t = tf.convert_to_tensor(value.value() if isinstance(value, tf.Variable) else value)
-    except (TypeError, ValueError):
-        raise TypeError(f"fori_loop: {name} must be an integer scalar, got {type(value).__name__} "
-                        f"{value!r:.60}.") from None
-    if t.shape.rank != 0 or not t.dtype.is_integer:
-        raise TypeError(f"fori_loop: {name} must be an integer scalar (or a whole Python float), got a "
-                        f"{t.dtype.name} tensor of shape {t.shape}. Cast it: tf.cast({name}, tf.int32).")
-    static = tf.get_static_value(t)
-    return (t, None if static is None else int(static)), t.dtype
-
-
-def _fori_scan_step(body_fun: Callable) -> Callable:
-    def step(carry, _):
-        i, val = carry
-        leaves, _, tree = _tree.flatten_with_paths(val, "init_val")
-        new = _checks.new_carry(body_fun(i, val), tree, _control.specs(leaves), "fori_loop", "body_fun", "init_val", "init_val")
-        return (i + 1, _tree.unflatten(tree, new)), None
-    return step
-
-
-def _fori_cond(carry):
-    return carry[0] < carry[1]
-
-
-def _fori_while_body(body_fun: Callable) -> Callable:
-    def body(carry):
-        i, upper, val = carry
-        leaves, _, tree = _tree.flatten_with_paths(val, "init_val")
-        new = _checks.new_carry(body_fun(i, val), tree, _control.specs(leaves), "fori_loop", "body_fun", "init_val", "init_val")
-        return i + 1, upper, _tree.unflatten(tree, new)
-    return body
-
-
-def map(f: Callable[[Any], Any], xs: Any, *, batch_size: int | None = None) -> Any:  # noqa: A001
-    """Map ``f`` over the leading axis of ``xs``, as ``jax.lax.map``.
-
-    Semantically ``stack([f(x) for x in xs])`` for every leaf, run as a compiled
-    ``tfscan.scan`` (one step per element, so memory stays that of one call of ``f``).
-    With ``batch_size=b`` each scan step applies ``f`` to ``b`` elements at once,
-    vectorized with ``tf.vectorized_map``; when the length is not a multiple of ``b``
-    the remainder is one more vectorized call. ``batch_size=0`` (or one at least the
-    length) vectorizes everything in one call. Differentiable like scan.
-
-    Args:
-      f: ``f(x) -> y`` for one slice ``x`` of ``xs``; ``y`` may be any pytree (``None``
-        leaves allowed).
-      xs: a pytree of tensors with a common leading axis.
-      batch_size: ``None`` (sequential), or a non-negative int.
-
-    Returns:
-      ``f``'s outputs stacked along a new leading axis.
-
-    Differences from JAX: ``batch_size`` vectorizes with ``tf.vectorized_map`` (TensorFlow's
-    ``vmap``), which runs ops it cannot vectorize in a loop instead; it needs the leading
-    size of ``xs`` known when traced.
-
-    Example:
-
-    >>> import tensorflow as tf, tfscan
-    >>> xs = tf.reshape(tf.range(10.0), [5, 2])
-    >>> tfscan.map(lambda x: tf.reduce_sum(x), xs).numpy().tolist()
-    [1.0, 5.0, 9.0, 13.0, 17.0]
-    >>> tfscan.map(lambda x: x[0] * x[1], xs, batch_size=2).numpy().tolist()
-    [0.0, 6.0, 20.0, 42.0, 72.0]
-    """
-    if not callable(f):
-        raise TypeError(f"map: f argument should be callable as f(x) -> y, got {f!r:.60}.")
-    if batch_size is None:
-        return scan(_map_step(f), (), xs)[1]
-    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral):
-        raise TypeError(f"map: batch_size must be None or a non-negative int, got "
-                        f"{type(batch_size).__name__} {batch_size!r:.40}.")
-    if batch_size < 0:
-        raise ValueError(f"map: batch_size must be None or a non-negative int, got {batch_size}.")
-    leaves, paths, tree = _control.to_tensors("map", xs, "xs")
-    if not leaves:
-        return scan(_map_step(f), (), xs)[1]  # scan's error: nothing to map over
-    length, _ = _checks.scan_length(leaves, paths, None)
-    if length is None:
-        raise ValueError(f"map: batch_size needs the leading axis of xs known when map is traced, but "
-                         f"{paths[0]} has shape {leaves[0].shape}. Use batch_size=None, or give the "
-                         "tf.function a static leading dimension.")
-    if length == 0:
-        return scan(_map_step(f), (), xs)[1]
-    num_batches, remainder = divmod(length, batch_size) if batch_size else (0, length)
-    step = _map_step(_vectorized(f, tree))
-    parts = []
-    if num_batches:
-        chunks = [tf.reshape(x[: num_batches * batch_size], [num_batches, batch_size] + x.shape[1:].as_list()
-                             if x.shape[1:].is_fully_defined() else
-                             tf.concat([[num_batches, batch_size], tf.shape(x)[1:]], 0)) for x in leaves]
-        parts.append(scan(step, (), chunks)[1])
-    if remainder:
-        rest = [x[num_batches * batch_size:][None] for x in leaves]
-        parts.append(scan(step, (), rest)[1])
-    out_leaves = [tf.concat([_merge_leading(p) for p in group], 0)
-                  for group in zip(*[_tree.flatten(p)[0] for p in parts])]
-    return _tree.unflatten(_tree.flatten(parts[0])[1], out_leaves)
-
-
-def _merge_leading(t: tf.Tensor) -> tf.Tensor:
-    """``[chunks, chunk, ...] -> [chunks * chunk, ...]``."""
-    rest = t.shape[2:]
-    return tf.reshape(t, [-1] + rest.as_list() if rest.is_fully_defined() else
-                      tf.concat([[-1], tf.shape(t)[2:]], 0))
-
-
-def _map_step(f: Callable) -> Callable:
-    def step(_, x):
-        return (), f(x)
-    return step
-
-
-def _vectorized(f: Callable, xs_tree: _tree.TreeDef) -> Callable:
-    """``f`` on a chunk: the flat leaves of a batch of ``xs`` (any pytree) -> pytree of outputs."""
-    def vf(chunk):
-        box = []
-
-        def one(elems):
-            out = f(_tree.unflatten(xs_tree, list(elems)))
-            leaves, paths, tree = _tree.flatten_with_paths(out, "output")
-            box[:] = [tree]
-            leaves = [_checks.output_tensor(v, p, "map", "f") for v, p in zip(leaves, paths)]
-            return leaves or [tf.zeros([], tf.int32)]  # vectorized_map needs an output
-
-        outs = tf.vectorized_map(one, list(chunk), fallback_to_while_loop=True)
-        return _tree.unflatten(box[0], list(outs)[: box[0].num_leaves])
-    return vf

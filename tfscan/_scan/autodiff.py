@@ -9,21 +9,18 @@ back — so gradients of gradients come out of the same machinery.
 
 from __future__ import annotations
 
-import itertools
-import threading
 import weakref
 from typing import Any, Sequence
 
 import tensorflow as tf
-from tensorflow.python.eager import forwardprop_util, record
-from tensorflow.python.framework import ops
 
 from tfscan._core import context as _context
-
+from tfscan._core import gradients as _gradients
 from tfscan._scan import cotangent as _cotangent
 from tfscan._scan import program as _program
 from tfscan._scan.plan import float_indices, is_float, scatter
 from tfscan._scan.program import Programs
+from tfscan._tf import record
 
 __all__ = []  # private module
 
@@ -43,7 +40,7 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     if eager:  # the live tapes tell which inputs can be asked for a gradient: skip the others
         inputs = list(init) + list(xs) + list(consts)
         # A forward accumulator's tangents are pulled through this VJP too (double-back).
-        tangent = {i for acc in forwardprop_util.pack_tangents(inputs).indices for i, _ in acc}
+        tangent = record.tangent_indices(inputs)
         wanted = tuple(i in tangent or record.should_record_backprop([t])
                        for i, t in enumerate(inputs) if i >= len(init))
         wanted = None if all(wanted) else wanted
@@ -80,18 +77,13 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
     return [g for part in grads for g in part]
 
 
-_registry_lock = threading.Lock()
-_sites = itertools.count()
-
-
 def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts, dynamic_length) -> list:
     dl = [dynamic_length] if dynamic_length is not None else []
     flat = list(outs) + list(saved) + list(init) + list(xs) + list(consts) + dl
     counts = (len(outs), len(saved), len(init), len(xs), len(consts))
     site: list = []  # the IdentityN, weakly, once made
     name = _register_gradient(programs, counts, bool(dl), site, not _context.in_internal_trace())
-    with ops.get_default_graph().gradient_override_map({"IdentityN": name}):
-        result = tf.identity_n(flat)
+    result = _gradients.identity(name, flat)
     site.append(weakref.ref(result[0].op))
     return list(result[: len(outs)])
 
@@ -102,8 +94,7 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
     step tfscan traces and copies (``exported=False``) has no op of its own in a SavedModel:
     its copies are differentiated by the enclosing scan's saved gradient, and a saved
     gradient for the copies alone raises when run."""
-    with _registry_lock:
-        name = f"TfscanScanGrad_{next(_sites)}"
+    name = None  # set below, once registered
     n_out, n_saved, n_i, n_x, n_k = counts
     # TF's registry keeps ``grad`` for the life of the process: it holds ``programs`` only
     # weakly (the graphs that use them keep them alive, :mod:`tfscan._core.cache`).
@@ -135,7 +126,7 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
         grads = _backward(programs, init, xs, consts, saved, d_all[:n_out], outs, dl)
         return [None] * (n_out + n_saved) + grads + ([None] if has_dl else [])
 
-    ops.RegisterGradient(name)(grad)
+    name = _gradients.register("TfscanScanGrad", grad)
     return name
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
-from tensorflow.compiler.tf2xla.python import xla
 
+from tfscan._tf import xla
 from tfscan._transforms import batching as _batching
 
 __all__ = []  # private module

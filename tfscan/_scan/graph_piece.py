@@ -17,10 +17,8 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import tensorflow as tf
-from tensorflow.core.framework import graph_pb2, node_def_pb2
-from tensorflow.python.framework import func_graph as func_graph_module
-from tensorflow.python.framework import importer
-from tensorflow.python.framework import ops
+
+from tfscan import _tf
 
 __all__ = []  # private module
 
@@ -35,20 +33,20 @@ class GraphPiece:
     ``stub`` names further nodes that become ``NoOp`` without being fed (left unused).
     """
 
-    def __init__(self, graph_def: graph_pb2.GraphDef, fed: Sequence[str], outputs: Sequence[str],
+    def __init__(self, graph_def: tf.compat.v1.GraphDef, fed: Sequence[str], outputs: Sequence[str],
                  keep: Iterable[str] | None = None, stub: Iterable[str] = (), name: str = "piece",
-                 source: ops.Graph | None = None):
+                 source: tf.Graph | None = None):
         self.fed, self.outputs, self.name = list(fed), list(outputs), name
         stubs = {node_name(t) for t in self.fed} | {node_name(t) for t in stub}
         keep = None if keep is None else set(keep) | stubs
-        gd = graph_pb2.GraphDef()
+        gd = tf.compat.v1.GraphDef()
         gd.versions.CopyFrom(graph_def.versions)
         gd.library.CopyFrom(graph_def.library)
         for node in graph_def.node:
             if keep is not None and node.name not in keep:
                 continue
             if node.name in stubs:
-                gd.node.add().CopyFrom(node_def_pb2.NodeDef(name=node.name, op="NoOp"))
+                gd.node.add().CopyFrom(tf.compat.v1.NodeDef(name=node.name, op="NoOp"))
                 continue
             if node.op == "Placeholder":
                 raise ValueError(f"graph piece {name!r}: placeholder {node.name} is not fed")
@@ -70,41 +68,28 @@ class GraphPiece:
         self._computed = [n for n in self.outputs if n not in self.fed]
         kept = {n.name for n in gd.node if n.op != "NoOp"}
         self._grad_fns = {} if source is None else {
-            name: fn for name, fn in gradient_functions(source).items() if name in kept}
+            name: fn for name, fn in _tf.op_gradient_functions(source).items() if name in kept}
 
     def apply(self, feeds: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         """Emit the piece into the current graph, fed with ``feeds`` (in the order of ``fed``).
 
         An output that is itself fed is returned as fed.
         """
-        graph = ops.get_default_graph()
+        graph = _tf.default_graph()
         fed = dict(zip(self.fed, feeds))
-        input_map = {n: in_graph(graph, t) for n, t, used in zip(self.fed, feeds, self._used) if used}
+        input_map = {n: _tf.in_graph(graph, t) for n, t, used in zip(self.fed, feeds, self._used) if used}
         computed = []
         if self._computed:
             op_names = list(self._grad_fns)
-            computed = importer.import_graph_def(self.graph_def, input_map=input_map,
+            computed = tf.graph_util.import_graph_def(self.graph_def, input_map=input_map,
                                                  return_elements=self._computed + op_names, name=self.name)
             for op, name in zip(computed[len(self._computed):], op_names):
-                op._gradient_function = self._grad_fns[name]  # pylint: disable=protected-access
+                _tf.set_op_gradient_function(op, self._grad_fns[name])
             computed = computed[: len(self._computed)]
         made = dict(zip(self._computed, computed))
         return [fed[n] if n in fed else made[n] for n in self.outputs]
 
 
-def gradient_functions(graph: ops.Graph) -> dict:
-    """``{op name: gradient function}`` of the ops of ``graph`` whose gradient function is
-    set on the op itself (calls to a ``tf.function``), not registered by op type."""
-    return {op.name: op._gradient_function for op in graph.get_operations()  # pylint: disable=protected-access
-            if getattr(op, "_gradient_function", None) is not None}
-
-
 def _tensor_name(name: str) -> str:
     return name if ":" in name else f"{name}:0"
 
-
-def in_graph(graph, t):
-    """``t`` usable in ``graph``: captured when it lives outside this function graph."""
-    if isinstance(graph, func_graph_module.FuncGraph):
-        return graph.capture(t)
-    return t

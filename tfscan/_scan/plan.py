@@ -12,9 +12,7 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 
 from tfscan._core import checks as _checks
-
 from tfscan._core import step_errors as _step_errors
-
 from tfscan._core import tree as _tree
 from tfscan._scan.step import Traced
 

@@ -12,15 +12,11 @@ import threading
 from typing import Any, Sequence
 
 import tensorflow as tf
-from tensorflow.python.framework import ops
 
 from tfscan import _tf
-
+from tfscan._core import context as _context
 from tfscan._scan import buffered_loop as _buffered_loop
 from tfscan._scan import cotangent as _cotangent
-
-from tfscan._core import context as _context
-
 from tfscan._scan import remat as _remat
 from tfscan._scan.plan import Plan, float_indices, scatter
 from tfscan._scan.residuals import NotSplittable, StepVJP, warn_recompute
@@ -47,9 +43,8 @@ def _length(static: Static, xs: Sequence[tf.Tensor], dynamic: Any) -> Any:
 
 
 def captured(consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-    graph = ops.get_default_graph()
-    capture = getattr(graph, "capture", None)
-    return [capture(c) if capture else c for c in consts]
+    graph = _tf.default_graph()
+    return [_tf.in_graph(graph, c) for c in consts]
 
 
 def forward(plan: Plan, static: Static, init, xs, consts, dynamic_length=None, save: bool = False,
@@ -239,7 +234,7 @@ class Programs:
         concrete = self._concrete.get(name)
         if concrete is None:
             concrete = self._concrete[name] = fn.get_concrete_function(*args)
-        return _tf.call_concrete(concrete, args)
+        return _tf.call_concrete(concrete, args, xla=True)
 
     def forward(self, init, xs, consts, dynamic_length=None, save=False, wanted=None):
         """``(carry, ys, saved)``; ``wanted`` (a bool per xs and consts leaf, or ``None`` for

@@ -22,14 +22,13 @@ import warnings
 from typing import Any, Sequence
 
 import tensorflow as tf
-from tensorflow.python.framework import ops
 
+from tfscan import _tf
 from tfscan._core import context as _context
-
 from tfscan._core import step_errors as _step_errors
 from tfscan._scan.graph_piece import GraphPiece
-from tfscan._scan.step import _writes
 from tfscan._scan.plan import Plan, float_indices
+from tfscan._scan.step import _writes
 
 __all__ = []  # private module
 
@@ -86,7 +85,7 @@ class StepVJP:
         def joint(*args):
             c, x, cts = args[:nc], args[nc: nc + nx], list(args[nc + nx:])
             outs = list(plan.flat_step(*c, *x))
-            graph = ops.get_default_graph()
+            graph = _tf.default_graph()
             by_index = collections.defaultdict(list)
             for external, internal in graph.captures:
                 consumers = internal.consumers() if internal.dtype == tf.resource else []

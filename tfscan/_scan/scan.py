@@ -5,22 +5,18 @@ from __future__ import annotations
 from typing import Callable, TypeVar
 
 import tensorflow as tf
-from tensorflow.python.eager import record
 
 from tfscan._core import cache as _cache
-
 from tfscan._core import checks as _checks
-
 from tfscan._core import context as _context
-
 from tfscan._core import tree as _tree
-
 from tfscan._core import weak as _weak
 from tfscan._scan.autodiff import differentiable_scan
 from tfscan._scan.plan import Plan
 from tfscan._scan.plan import is_float
 from tfscan._scan.program import Programs, Static
 from tfscan._scan.remat import binomial_slots, checkpointed_scan, is_binomial
+from tfscan._tf import record
 
 __all__ = ["scan"]
 

@@ -14,7 +14,6 @@ import functools
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
-from tensorflow.core.framework import node_def_pb2
 
 from tfscan._core import context as _context
 from tfscan._core.cache import Feed
@@ -85,7 +84,7 @@ class Traced:
         inputs), the same other resources, and the same ops (nested function names aside)."""
         nodes = []
         for node in self.piece.graph_def.node:
-            node = node_def_pb2.NodeDef.FromString(node.SerializeToString())
+            node = tf.compat.v1.NodeDef.FromString(node.SerializeToString())
             for attr in node.attr.values():
                 if attr.HasField("func"):
                     attr.ClearField("func")

@@ -32,13 +32,9 @@ import threading
 from typing import Iterator
 
 import tensorflow as tf
-from tensorflow.compiler.tf2xla.python import xla
-from tensorflow.python.eager import def_function
-from tensorflow.python.framework import dtypes
-from tensorflow.python.framework import tensor_shape
-from tensorflow.python.framework import tensor_util
-from tensorflow.python.ops.parallel_for import pfor as pfor_lib
-from tensorflow.python.util import compat
+
+from tfscan import _tf
+from tfscan._tf import pfor as pfor_lib, xla
 
 __all__ = []  # private module
 
@@ -78,8 +74,8 @@ def batching() -> Iterator[None]:
 
 def _register(op_type: str, converter) -> None:
     def step():
-        if op_type not in pfor_lib._pfor_converter_registry:  # a later TF may have its own
-            pfor_lib.RegisterPFor(op_type)(converter)
+        if pfor_lib.converter(op_type) is None:  # a later TF may have its own
+            pfor_lib.set_converter(op_type, converter)
     _INSTALL.append(step)
 
 
@@ -140,7 +136,7 @@ def _override(op_type: str):
     """Replace ``op_type``'s converter inside :func:`batching` only; elsewhere pfor's own runs."""
     def wrap(converter):
         def step():
-            original = pfor_lib._pfor_converter_registry[op_type]
+            original = pfor_lib.converter(op_type)
 
             def dispatch(pfor_input):
                 if active():
@@ -148,7 +144,7 @@ def _override(op_type: str):
                     if out is not None:
                         return out
                 return original(pfor_input)
-            pfor_lib._pfor_converter_registry[op_type] = dispatch
+            pfor_lib.set_converter(op_type, dispatch)
         _INSTALL.append(step)
         return converter
     return wrap
@@ -196,7 +192,7 @@ _ORIGINAL_WHILE: dict = {}
 
 
 def _convert_while(pfor_input):
-    if not active() or any(inp.t.dtype == dtypes.variant for inp in pfor_input.inputs):
+    if not active() or any(inp.t.dtype == tf.variant for inp in pfor_input.inputs):
         # TensorLists (a TensorArray in the loop) keep pfor's own internal stacking.
         return _ORIGINAL_WHILE[pfor_input.op_type](pfor_input)
     return _WhileBatcher(pfor_input).convert()
@@ -204,8 +200,8 @@ def _convert_while(pfor_input):
 
 def _install_while() -> None:
     for name in ("While", "StatelessWhile"):
-        _ORIGINAL_WHILE[name] = pfor_lib._pfor_converter_registry[name]
-        pfor_lib._pfor_converter_registry[name] = _convert_while
+        _ORIGINAL_WHILE[name] = pfor_lib.converter(name)
+        pfor_lib.set_converter(name, _convert_while)
 
 
 _INSTALL.append(_install_while)
@@ -218,8 +214,8 @@ class _WhileBatcher:
         self.pfor_input = pfor_input
         self.pfor = pfor_input.pfor
         graph = pfor_input.op.graph
-        self.cond_func = graph._get_function(compat.as_bytes(pfor_input.get_attr("cond").name))
-        self.body_func = graph._get_function(compat.as_bytes(pfor_input.get_attr("body").name))
+        self.cond_func = _tf.graph_function(graph, pfor_input.get_attr("cond").name)
+        self.body_func = _tf.graph_function(graph, pfor_input.get_attr("body").name)
         if self.cond_func is None or self.body_func is None:
             raise ValueError(f"tfscan.vmap: cannot find the functions of while loop {pfor_input.op.name}.")
         body_graph = self.body_func.graph
@@ -241,22 +237,22 @@ class _WhileBatcher:
 
     def _cond(self, args, stacked):
         wrapped = [pfor_lib.wrap(a, s) for a, s in zip(args, stacked)]
-        return pfor_lib._convert_function_call(self.cond_func, self._converter(self.cond_func), wrapped)[0]
+        return pfor_lib.convert_function_call(self.cond_func, self._converter(self.cond_func), wrapped)[0]
 
     def _body(self, args, stacked):
         wrapped = [pfor_lib.wrap(a, s) for a, s in zip(args, stacked)]
-        return pfor_lib._convert_function_call(self.body_func, self._converter(self.body_func), wrapped)
+        return pfor_lib.convert_function_call(self.body_func, self._converter(self.body_func), wrapped)
 
     def _shapes(self, stacked):
-        n_static = tensor_util.constant_value(self.pfor.loop_len_vector)
-        batch = tensor_shape.TensorShape([int(n_static[0]) if n_static is not None else None])
+        n_static = tf.get_static_value(self.pfor.loop_len_vector)
+        batch = tf.TensorShape([int(n_static[0]) if n_static is not None else None])
         op = self.pfor_input.op
         attr_shapes = op.get_attr("output_shapes") or [None] * self.n
         shapes = []
         for i, (out, s) in enumerate(zip(op.outputs, stacked)):
             shape = out.shape
             if attr_shapes[i] is not None:
-                shape = shape.merge_with(tensor_shape.TensorShape(attr_shapes[i]))
+                shape = shape.merge_with(tf.TensorShape(attr_shapes[i]))
             shapes.append(batch.concatenate(shape) if s else shape)
         return shapes
 
@@ -295,7 +291,7 @@ class _WhileBatcher:
                 t.set_shape(shape)
             return new
 
-        @def_function.function(autograph=False)
+        @tf.function(autograph=False)
         def while_fn():
             return tf.while_loop(cond, body, list(inputs), shape_invariants=shapes,
                                  parallel_iterations=self.parallel_iterations)

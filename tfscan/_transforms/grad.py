@@ -9,11 +9,9 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 
 from tfscan._core import checks as _checks
-
-from tfscan._transforms import jit as _jit
-
 from tfscan._core import tree as _tree
 from tfscan._scan.plan import is_float
+from tfscan._transforms import jit as _jit
 
 __all__ = ["grad", "value_and_grad"]
 

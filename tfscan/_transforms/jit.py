@@ -21,17 +21,13 @@ from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.eager import record
 
 from tfscan import _tf
-
 from tfscan._core import cache as _cache
-
 from tfscan._core import checks as _checks
-
 from tfscan._core import context as _context
-
 from tfscan._core import tree as _tree
+from tfscan._tf import record
 
 __all__ = ["jit"]
 
@@ -125,7 +121,7 @@ class Jitted:
         else:
             # Straight to the concrete function (no re-canonicalization), fed this call's
             # closed-over tensors in place of those the trace captured.
-            outs = _tf.call_concrete(entry.concrete, flat, captured)
+            outs = _tf.call_concrete(entry.concrete, flat, captured, xla=True)
         return _tree.unflatten(entry.out_tree, outs)
 
     def lower(self, *args: Any, **kwargs: Any) -> "Lowered":

@@ -22,24 +22,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.eager import record
-from tensorflow.python.framework import ops
-from tensorflow.python.ops import array_ops
-from tensorflow.python.ops import resource_variable_ops
-from tensorflow.python.ops.parallel_for import pfor as pfor_lib
 
 from tfscan import _tf
-
-from tfscan._transforms import batching as _batching
-
 from tfscan._core import cache as _cache
-
 from tfscan._core import checks as _checks
-
 from tfscan._core import context as _context
-
+from tfscan._core import gradients as _gradients
 from tfscan._core import tree as _tree
 from tfscan._scan.plan import is_float
+from tfscan._tf import record
+from tfscan._transforms import batching as _batching
 
 __all__ = ["vmap"]
 
@@ -220,7 +212,7 @@ def _call(fun, names, in_axes, out_axes, axis_size, args, kwargs):
     shared = [lf.value for lf in leaves if lf.kind == "tensor"]
     # What the traced functions need from this call: no tensor values (they are inputs).
     templates = tuple(_Leaf(lf.path, lf.axis, lf.value if lf.kind == "static" else None, lf.kind) for lf in leaves)
-    static_key = tuple((j, _context._value_key(lf.value)) for j, lf in enumerate(leaves) if lf.kind == "static")
+    static_key = tuple((j, _cache.static_key(lf.value)) for j, lf in enumerate(leaves) if lf.kind == "static")
     closure = _cache.closure(fun)
     key = (closure.pinned_key, args_tree, tuple((lf.kind, lf.axis) for lf in leaves), static_key,
            _spec_key(out_axes), axis_size, tuple(_spec(t) for t in mapped + shared))
@@ -233,11 +225,11 @@ def _call(fun, names, in_axes, out_axes, axis_size, args, kwargs):
     captured = entry.feed_run.values(entry.run.captured_inputs, closure.tensors)
     if _needs_gradient(mapped + shared + captured, entry):
         with record.stop_recording():
-            outs = _tf.call_concrete(entry.run, mapped + shared, captured)
+            outs = _tf.call_concrete(entry.run, mapped + shared, captured, xla=True)
         outs = _with_gradient(entry, outs, mapped, shared,
                               entry.feed_pe.values(entry.pe.captured_inputs, closure.tensors))
     else:
-        outs = _tf.call_concrete(entry.run, mapped + shared, captured)
+        outs = _tf.call_concrete(entry.run, mapped + shared, captured, xla=True)
     return _tree.unflatten(entry.out_tree, outs)
 
 
@@ -390,7 +382,6 @@ class _Batched:
         self.feed_run = _cache.Feed(self.run.captured_inputs, slots)
         self.owner = _cache.Owner(fun)
         self.graph_bound = any(tf.is_symbolic_tensor(t) for t in self.run.captured_inputs)
-        self.grad_name = f"TfscanVmap_{ops.uid()}"
         # TF's gradient registry lives as long as the process: it holds this entry weakly
         # (the graphs that use it keep it alive, :mod:`tfscan._core.cache`).
         ref = weakref.ref(self)
@@ -402,7 +393,7 @@ class _Batched:
                                    "traced it. Differentiate inside the tf.function that calls vmap.")
             return entry._graph_gradient(op, *grads)
 
-        ops.RegisterGradient(self.grad_name)(graph_gradient)
+        self.grad_name = _gradients.register("TfscanVmap", graph_gradient)
 
     def _batched(self, *flat):
         """The batched computation: flat mapped tensors (with their axes), then shared ones."""
@@ -413,8 +404,8 @@ class _Batched:
         captured = list(self.pe.captured_inputs)
 
         def loop_fn(i):
-            slices = [array_ops.gather(m, i) for m in mapped]
-            return list(self.pe._call_flat(slices + shared, captured))
+            slices = [tf.gather(m, i) for m in mapped]
+            return _tf.call_concrete(self.pe, slices + shared, captured)
 
         outs = []
         for w, axis, path in zip(_pfor(loop_fn, size), self.out_axes, self.out_paths):
@@ -427,7 +418,7 @@ class _Batched:
                 outs.append(t)
                 continue
             if not stacked:
-                t = pfor_lib._stack(t, tf.reshape(size, [1])).t
+                t = _tf.pfor.stack(t, tf.reshape(size, [1]))
             rank = t.shape.rank
             if not -rank <= axis < rank:
                 raise ValueError(
@@ -454,16 +445,16 @@ def _drop(shape: tf.TensorShape, axis: int) -> tf.TensorShape:
 
 def _pfor(loop_fn: Callable[[tf.Tensor], list], size: Any) -> list:
     """``pfor`` that keeps track of which outputs are batched (``WrappedTensor``s)."""
-    graph = ops.get_default_graph()
+    graph = _tf.default_graph()
     existing = set(graph.get_operations())
-    with ops.name_scope("vmap_body"):
-        loop_var = array_ops.placeholder_with_default(0, shape=[])
+    with tf.name_scope("vmap_body"):
+        loop_var = tf.compat.v1.placeholder_with_default(0, shape=[])
         outputs = loop_fn(loop_var)
     new_ops = set(graph.get_operations()) - existing
-    with ops.name_scope("vmap"), _batching.batching(), _quiet_pfor_errors():
-        converter = pfor_lib.PFor(loop_var, size, new_ops, fallback_to_while_loop=False)
+    with tf.name_scope("vmap"), _batching.batching(), _quiet_pfor_errors():
+        converter = _tf.pfor.PFor(loop_var, size, new_ops, fallback_to_while_loop=False)
         try:
-            return [converter._convert_helper(t) for t in outputs]
+            return [_tf.pfor.convert(converter, t) for t in outputs]
         except ValueError as e:
             text = str(e)
             found = re.search(r"No pfor vectorization defined for (\S+)\s+name: \"([^\"]+)\"", text)
@@ -520,14 +511,13 @@ def _with_gradient(entry: _Batched, outs, mapped, shared, captured) -> list:
     inputs = list(mapped) + list(shared) + list(captured)
     for v in entry.variables:
         if v is not None:
-            resource_variable_ops.variable_accessed(v)  # so that tapes watch it
+            _tf.mark_variable_accessed(v)  # so that tapes watch it
 
     def tape_gradient(*d_outs):
         return _backward(entry, mapped, shared, captured, list(d_outs), outs)
 
     if not tf.executing_eagerly():
-        with ops.get_default_graph().gradient_override_map({"IdentityN": entry.grad_name}):
-            outs = list(array_ops.identity_n(list(outs) + inputs))[: len(outs)]
+        outs = _gradients.identity(entry.grad_name, list(outs) + inputs)[: len(outs)]
     record.record_operation("tfscan_vmap", outs, inputs, tape_gradient)
     return outs
 
@@ -561,7 +551,7 @@ def _backward(entry: _Batched, mapped, shared, captured, d_outs, outs) -> list:
         # Symbolic gradients (this is always traced): unlike a tape they also work where
         # recording is paused, as when a scan traces its step's VJP.
         sources = [m[j] for j in m_f] + [s[j] for j in s_f] + [c[j] for j in c_f] + [c[j] for j in c_v]
-        outs = pe._call_flat(list(m) + list(s), list(c))
+        outs = _tf.call_concrete(pe, list(m) + list(s), list(c))
         targets = [outs[i] for i in float_outs]
         grads = tf.gradients(targets, sources, grad_ys=list(dy),
                              unconnected_gradients=tf.UnconnectedGradients.ZERO) if targets else \

@@ -1,0 +1,39 @@
+"""How a compiled call gives graph-mode differentiation its own VJP.
+
+Eagerly, tfscan records one operation per compiled call on the live tapes
+(:class:`tfscan._tf.record`). In a graph, ``tf.gradients`` and the tapes of a
+``tf.function`` differentiate ops by type, so each call routes its outputs through an
+``IdentityN`` whose gradient is overridden with a function registered under a fresh name
+(``tf.RegisterGradient``, as ``tf.custom_gradient`` does itself). TensorFlow's registry
+keeps every registered name for the life of the process, so a registered function must
+hold what it needs weakly (the graphs that use it keep it alive).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+from tfscan import _tf
+
+__all__: list = []  # private module
+
+_lock = threading.Lock()
+_ids = itertools.count()
+
+
+def register(prefix: str, grad: Callable) -> str:
+    """Register ``grad(op, *d_outputs)`` under a name no other call uses; return the name."""
+    with _lock:
+        name = f"{prefix}_{next(_ids)}"
+    tf.RegisterGradient(name)(grad)
+    return name
+
+
+def identity(name: str, flat: Sequence[tf.Tensor]) -> list:
+    """``flat`` through one ``IdentityN`` whose gradient is the one registered as ``name``."""
+    with _tf.default_graph().gradient_override_map({"IdentityN": name}):
+        return list(tf.identity_n(list(flat)))
