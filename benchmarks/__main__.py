@@ -146,7 +146,13 @@ def main(argv=None) -> int:
                          "`remat` argument); the default tfscan gradient is measured.")
             note += " `remat` policies: not available yet (tfscan.scan has no `remat` argument)."
         else:
+            # Each remat policy eagerly and compiled whole (tf.function(jit_compile), like JAX's
+            # jax.jit(jax.grad)), next to JAX's matching policy; "@eager" JAX rows run jax.grad
+            # op by op, materialising the ys and their cotangent as an eager TF gradient does.
+            k = policies[-1]
             variants += [f"tfscan[remat={p}]" for p in policies]
+            variants += [f"tfscan[remat={p}]@xla" for p in (False, True, "sqrt", k)]
+            variants += ["jax.checkpoint[every=sqrt]", f"jax.checkpoint[every={k}]", "jax.checkpoint@eager"]
         log(f"[{time.perf_counter() - t_start:5.0f} s] 6. peak memory, T={T}: {', '.join(variants)}")
         refs["memory"], kinds["memory"] = "jax", "memory"
         try:

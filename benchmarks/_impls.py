@@ -84,8 +84,14 @@ IMPLS = {
 def impl(key: str) -> Impl:
     if key in IMPLS:
         return IMPLS[key]
-    if key.startswith("tfscan["):  # e.g. "tfscan[remat=sqrt]"
-        return Impl(key, key.replace("tfscan", "tfscan.scan", 1) + " (eager call)", "tfscan")
+    if key.startswith("tfscan["):  # e.g. "tfscan[remat=sqrt]", "tfscan[remat=True]@xla"
+        name, _, at = key.partition("@")
+        where = " in tf.function(jit_compile)" if at == "xla" else " (eager call)"
+        return Impl(key, name.replace("tfscan", "tfscan.scan", 1) + where, "tfscan")
+    if key.startswith("jax") and key.endswith("@eager"):
+        return Impl(key, impl(key[: -len("@eager")]).label.replace(" in jax.jit", "") + ", jax.grad not jitted", "jax")
+    if key.startswith("jax.checkpoint[every="):  # e.g. "jax.checkpoint[every=sqrt]"
+        return Impl(key, f"jax.lax.scan of jax.checkpoint(segments of {key[21:-1]} steps) in jax.jit", "jax")
     family = key.split(".")[0]  # e.g. the Keras workload's "keras.SimpleRNN@xla"
     return Impl(key, key.replace("@xla", " (jit_compile)"),
                 family if family in ("tfscan", "keras", "jax", "tf") else "other")
@@ -215,9 +221,18 @@ def gradient(key: str, problem, data: dict) -> Callable[[], Any]:
     """A callable returning the gradient of ``sum(ys)`` w.r.t. ``problem.wrt`` (a tuple)."""
     idx = tuple(WRT.index(w) for w in problem.wrt)
     final = getattr(problem, "final", False)  # the loss reads the final carry, not the ys
+    # ``...@eager``: jax.grad run op by op, not under jax.jit (each scan still compiled), so the
+    # ys and their cotangent are materialised, as in a TensorFlow eager gradient.
+    jit = not key.endswith("@eager")
+    key = key[: -len("@eager")] if key.startswith("jax") and not jit else key
     if key in ("jax", "jax.checkpoint") or key.startswith("jax.checkpoint["):
+        every = key[len("jax.checkpoint[every="):-1] if key.startswith("jax.checkpoint[every=") else None
+
         def loss(params, init, xs):
             step = problem.jax_step(params)
+            if every is not None:  # tfscan's remat=k / "sqrt" written in JAX: checkpointed segments
+                carry, ys = jax_segmented_scan(step, init, xs, every)
+                return problem.jax_loss(carry if final else ys)
             if key == "jax.checkpoint":
                 step = jax.checkpoint(step)
             elif key.startswith("jax.checkpoint["):  # e.g. jax.checkpoint[dots_saveable]
@@ -225,7 +240,8 @@ def gradient(key: str, problem, data: dict) -> Callable[[], Any]:
                 step = jax.checkpoint(step, policy=policy)
             carry, ys = jax.lax.scan(step, init, xs)
             return problem.jax_loss(carry if final else ys)
-        fn = jax.jit(jax.grad(loss, argnums=idx))
+        fn = jax.grad(loss, argnums=idx)
+        fn = jax.jit(fn) if jit else fn
         args = jax_data(data)
         return lambda: block(fn(*args))
     if key == "tfscan.grad":
@@ -235,9 +251,11 @@ def gradient(key: str, problem, data: dict) -> Callable[[], Any]:
         fn = tfscan.grad(loss, argnums=idx)
         args = tf_data(data)
         return lambda: tuple(fn(*args))
-    if key.startswith("tfscan[remat="):
-        remat = _parse_remat(key[len("tfscan[remat="):-1])
-        adapter, where = (lambda step, init, xs: tfscan.scan(step, init, xs, remat=remat)), "eager"
+    if key.startswith("tfscan[remat="):  # e.g. tfscan[remat=sqrt], tfscan[remat=True]@xla
+        name, _, at = key.partition("@")
+        remat = _parse_remat(name[len("tfscan[remat="):-1])
+        adapter = lambda step, init, xs: tfscan.scan(step, init, xs, remat=remat)  # noqa: E731
+        where = "xla" if at == "xla" else "eager"
     else:
         adapter, where = TF_SCANS[key]
 
@@ -252,6 +270,24 @@ def gradient(key: str, problem, data: dict) -> Callable[[], Any]:
     fn = wrap_tf(run, where)
     args = tf_data(data)
     return lambda: fn(*args)
+
+
+def jax_segmented_scan(step, init, xs, every: str):
+    """``jax.lax.scan`` checkpointed every ``k`` steps (``every``: an int or ``"sqrt"``): an
+    outer scan over segments whose step, a ``jax.checkpoint`` of the inner scan, keeps only
+    its input carry — JAX's way of writing tfscan's ``remat=k`` / ``"sqrt"``."""
+    T = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    from tfscan._scan.remat import segment_length  # the segments tfscan's remat="sqrt" takes
+    k = segment_length(T, every if every == "sqrt" else int(every))
+    segments, tail = divmod(T, k)
+    main = jax.tree_util.tree_map(lambda x: x[: segments * k].reshape((segments, k) + x.shape[1:]), xs)
+    segment = jax.checkpoint(lambda c, x: jax.lax.scan(step, c, x))
+    carry, ys = jax.lax.scan(segment, init, main)
+    ys = jax.tree_util.tree_map(lambda y: y.reshape((segments * k,) + y.shape[2:]), ys)
+    if tail:
+        carry, ys_tail = jax.lax.scan(step, carry, jax.tree_util.tree_map(lambda x: x[segments * k:], xs))
+        ys = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), ys, ys_tail)
+    return carry, ys
 
 
 def _parse_remat(text: str) -> Any:

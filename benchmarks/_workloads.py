@@ -446,7 +446,8 @@ def workloads(mode: str) -> list[Workload]:
 FINAL_IMPLS = ["jax", "jax.checkpoint", "tfscan[remat=False]", "tfscan[remat=True]", "tfscan[remat=sqrt]",
                "tfscan[remat=binomial]"]
 # Peak memory on the same workload: also JAX's policy that keeps the matmuls, and tf.scan.
-FINAL_MEMORY_IMPLS = FINAL_IMPLS[:2] + ["jax.checkpoint[dots_saveable]", "tf.scan"] + FINAL_IMPLS[2:]
+FINAL_MEMORY_IMPLS = FINAL_IMPLS[:2] + ["jax.checkpoint[dots_saveable]", "jax.checkpoint[every=sqrt]", "tf.scan"] + \
+    FINAL_IMPLS[2:] + ["tfscan[remat=True]@xla", "tfscan[remat=sqrt]@xla"]
 
 
 REQUIRES = {"tfscan.jit": ("jit",), "tfscan.grad": ("grad",), "tfscan.vmap": ("vmap",),

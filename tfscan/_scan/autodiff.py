@@ -19,6 +19,7 @@ import tensorflow as tf
 from tfscan import _tf
 from tfscan._core import context as _context
 from tfscan._core import gradients as _gradients
+from tfscan._scan import cotangent as _cotangent
 from tfscan._scan import forward as _forward
 from tfscan._scan import program as _program
 from tfscan._scan.plan import float_indices, is_float, scatter
@@ -75,9 +76,12 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
             if graph is not None:  # vmap batches this scan as a whole, not its loop's ops
                 from tfscan._transforms import scan_batching
                 scan_batching.mark_forward(graph.get_operations()[first_op:], result[0].op if result else None)
+    # The closure keeps what the backward pass reads (``saved``: the ys only where they are
+    # residuals), and of the outputs only their types: a ys buffer nothing else holds is freed.
+    specs = [tf.TensorSpec(o.shape, o.dtype) for o in outs] if eager else outs
     record.record_operation(
         "TfscanScan", result, inputs,
-        lambda *d_outs: _backward(programs, init, xs, consts, saved, d_outs, outs, dynamic_length, wanted),
+        lambda *d_outs: _backward(programs, init, xs, consts, saved, d_outs, specs, dynamic_length, wanted),
         forward_function)
     return result
 
@@ -96,11 +100,14 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
               wanted: tuple | None = None) -> list:
     """Flat gradients for ``init + xs + consts`` given the cotangents of ``outs``."""
     n_i = len(init)
-    d_outs = [_zeros_if_none(d, o) for d, o in zip(d_outs, outs)]
-    d_carry, d_ys = d_outs[:n_i], d_outs[n_i:]
+    d_carry = [_zeros_if_none(d, o) for d, o in zip(d_outs[:n_i], outs[:n_i])]
     if saved is None or record.could_possibly_record():
+        d_ys = [_zeros_if_none(d, o) for d, o in zip(d_outs[n_i:], outs[n_i:])]
         grads = _recorded_backward(programs, init, xs, consts, d_carry, d_ys, dynamic_length)
     else:
+        # A ys cotangent that is the same at every step (zeros, a broadcast) goes in as one row.
+        d_ys = [None if not is_float(o.dtype) else _cotangent.zero_row(o) if d is None
+                else (_cotangent.row_of(d) or d) for d, o in zip(d_outs[n_i:], outs[n_i:])]
         grads = programs.backward(xs, consts, saved, d_carry, d_ys, dynamic_length, wanted)
     return [g for part in grads for g in part]
 
@@ -188,10 +195,13 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
     return name
 
 
-def _zeros_if_none(d: Any, out: tf.Tensor) -> Any:
+def _zeros_if_none(d: Any, out: Any) -> Any:
+    """``d``, or zeros shaped as ``out`` (a tensor or a ``tf.TensorSpec``) when it is ``None``."""
     if not is_float(out.dtype):
         return None
-    return tf.zeros_like(out) if d is None else d
+    if d is not None:
+        return d
+    return tf.zeros(out.shape, out.dtype) if out.shape.is_fully_defined() else tf.zeros_like(out)
 
 
 def _recorded_backward(programs: Programs, init, xs, consts, d_carry, d_ys, dynamic_length):

@@ -49,6 +49,15 @@ class Plan:
         self.flat_step = flat_step  # traced again (with its gradient) by _residuals.StepVJP
         self.step = Traced(flat_step, self.carry_specs + self.x_specs, name=name, slots=slots)
         self.y_specs = self.step.out_specs[self.n_carry:]
+        # ``{carry leaf i: y leaf j}`` when the step returns one tensor as both: step t's input
+        # carry i is then ``ys[j]`` of the step before (or ``init``), and need not be saved.
+        roots, n = self.step.out_roots, self.n_carry
+        self.carry_is_y = {}
+        for i in range(n):
+            j = next((j for j in range(len(self.y_specs)) if roots[n + j] == roots[i]
+                      and self.y_specs[j] == self.carry_specs[i]), None)
+            if j is not None:
+                self.carry_is_y[i] = j
 
     def apply(self, carry: Sequence[tf.Tensor], x: Sequence[tf.Tensor], consts: Sequence[tf.Tensor]):
         outs = self.step.apply(list(carry) + list(x), consts)

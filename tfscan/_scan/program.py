@@ -16,6 +16,7 @@ import tensorflow as tf
 from tfscan import _tf
 from tfscan._core import context as _context
 from tfscan._scan import buffered_loop as _buffered_loop
+from tfscan._scan import cotangent as _cotangent
 from tfscan._scan import remat as _remat
 from tfscan._scan.plan import Plan, float_indices, scatter
 from tfscan._scan.residuals import NotSplittable, StepVJP, warn_recompute
@@ -86,29 +87,56 @@ def forward(plan: Plan, static: Static, init, xs, consts, dynamic_length=None, s
     """``(carry, ys, saved)``; ``saved`` is empty unless ``save``.
 
     What is saved per step for the backward loop: with a ``split``, the carry leaves its
-    backward piece reads and its residuals; without one, the whole input carry.
+    backward piece reads and its residuals; without one, the whole input carry — except
+    the carry leaves that are also ys (:func:`carry_aliases`), read back from the ys.
     """
     length = _length(static, xs, dynamic_length)
+    kept = [i for i in _needed_carry(plan, split) if i not in plan.carry_is_y]
 
     def body(carry, slices):
         k = captured(consts)
         if save and split is not None:
             new_carry, ys, residuals = split.step_forward(carry, slices, k)
             residuals = [r for j, r in enumerate(residuals) if j not in split.y_alias]
-            return new_carry, list(ys) + [carry[i] for i in split.saved_carry] + residuals
+            return new_carry, list(ys) + [carry[i] for i in kept] + residuals
         new_carry, ys = plan.apply(carry, slices, k)
-        return new_carry, list(ys) + (list(carry) if save else [])
+        return new_carry, list(ys) + ([carry[i] for i in kept] if save else [])
 
     out_specs = list(plan.y_specs)
     if save:
-        out_specs += (list(plan.carry_specs) if split is None else
-                      [plan.carry_specs[i] for i in split.saved_carry] +
-                      [r for j, r in enumerate(split.residual_specs) if j not in split.y_alias])
+        out_specs += [plan.carry_specs[i] for i in kept]
+        if split is not None:
+            out_specs += [r for j, r in enumerate(split.residual_specs) if j not in split.y_alias]
     rows = _rows(static, xs, dynamic_length)
     carry, bufs = _buffered_loop.run(body, list(init), list(xs), length, static.reverse, static.unroll, out_specs,
                                      rows=rows)
     ny = len(plan.y_specs)
     return carry, bufs[:ny], bufs[ny:]
+
+
+def _needed_carry(plan: Plan, split) -> list[int]:
+    """The carry leaves the backward loop reads at each step."""
+    return list(range(plan.n_carry)) if split is None else list(split.saved_carry)
+
+
+def carry_aliases(plan: Plan, split) -> list[tuple[int, int]]:
+    """``(carry leaf, y leaf)`` pairs the backward loop reads from the ys instead of a saved
+    copy: step ``t``'s input carry is the y of the step before it, or ``init`` for the first.
+    The forward pass then keeps each such value once (in the ys), as JAX's does."""
+    return [(i, plan.carry_is_y[i]) for i in _needed_carry(plan, split) if i in plan.carry_is_y]
+
+
+def _carry_at(plan: Plan, static: Static, length, kept: list, kept_vals: list, pairs: list, extras: list, idx):
+    """The carry leaves the backward step reads (``None`` for the others) at step ``idx``:
+    saved ones from ``kept_vals``, aliased ones from the ys (``extras``: init, ys per pair)."""
+    vals = scatter(plan.n_carry, kept, kept_vals)
+    if pairs:
+        first = (length - 1 if static.reverse else 0)
+        prev = tf.minimum(idx + 1, length - 1) if static.reverse else tf.maximum(idx - 1, 0)
+        for n, (i, _) in enumerate(pairs):
+            init_i, ys_j = captured(extras[2 * n: 2 * n + 2])
+            vals[i] = tf.where(tf.equal(idx, first), init_i, tf.gather(ys_j, prev))
+    return vals
 
 
 def step_vjp(plan: Plan, c_t, x_t, k, d_c, dy_t, wanted=None, vjp: StepVJP | None = None):
@@ -135,35 +163,48 @@ def step_vjp(plan: Plan, c_t, x_t, k, d_c, dy_t, wanted=None, vjp: StepVJP | Non
 
 
 def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynamic_length=None,
-             vjp: StepVJP | None = None, remat: bool = False, wanted=None):
+             vjp: StepVJP | None = None, remat: bool = False, wanted=None, dy_rows: dict | None = None):
     """Gradients ``(d_init, d_xs, d_consts)`` for the float leaves (``None`` for the others).
 
     With ``vjp.split`` (and not ``remat``) each step reads its saved residuals; otherwise
-    it recomputes the step from its saved input carry.
+    it recomputes the step from its saved input carry. ``saved`` ends with ``init`` and
+    ``ys`` leaves of :func:`carry_aliases`. ``dy_rows`` ``{y leaf: row}``: the cotangents
+    that are the same at every step (a broadcast, or zeros), never read as sequences.
     """
+    dy_rows = dy_rows or {}
     if _remat.is_binomial(remat):  # ``saved``: the forward pass's snapshots; see _remat
         return _remat.binomial_backward(plan, static.length, static.reverse, xs, consts, saved, d_carry, d_ys,
-                                        remat[1], lambda *a: step_vjp(*a, vjp=vjp), captured, wanted)
+                                        remat[1], lambda *a: step_vjp(*a, vjp=vjp), captured, wanted, dy_rows)
     split = vjp.split if vjp is not None and not remat else None
     length = _length(static, xs, dynamic_length)
     fc, fx, fy, fk = float_indices(plan, consts, wanted)
+    pairs = carry_aliases(plan, split)
+    kept = [i for i in _needed_carry(plan, split) if i not in plan.carry_is_y]
+    n_extra = 2 * len(pairs)
+    saved, extras = list(saved[: len(saved) - n_extra]), list(saved[len(saved) - n_extra:])
     nx, nc, ns = len(xs), len(plan.carry_specs), len(saved)
+    seq_y = [i for i in fy if i not in dy_rows]
     invariants = split.invariants(consts) if split is not None else []
 
     def body(acc, slices):
         k = captured(consts)
         d_c, d_k = acc[: len(fc)], acc[len(fc):]
-        x_t, s_t, dy_t = slices[:nx], slices[nx: nx + ns], slices[nx + ns:]
+        x_t, s_t = slices[:nx], slices[nx: nx + ns]
+        dy_seq = dict(zip(seq_y, slices[nx + ns: nx + ns + len(seq_y)]))
+        rows = captured([dy_rows[i] for i in fy if i in dy_rows])
+        dy_row = dict(zip([i for i in fy if i in dy_rows], rows))
+        dy_t = [dy_seq[i] if i in dy_seq else dy_row[i] for i in fy]
+        idx = slices[-1] if pairs else None
+        c_t = _carry_at(plan, static, length, kept, s_t[: len(kept)], pairs, extras, idx)
         if split is None:
-            g_c, g_x, g_k = step_vjp(plan, s_t, x_t, k, d_c, dy_t, wanted, vjp)
+            g_c, g_x, g_k = step_vjp(plan, c_t, x_t, k, d_c, dy_t, wanted, vjp)
         else:
-            c_t = scatter(nc, split.saved_carry, s_t)
-            residuals = s_t[len(split.saved_carry):]
+            residuals = s_t[len(kept):]
             g_c, g_x, g_k = split.step_backward(c_t, x_t, k, residuals, captured(invariants), d_c, dy_t)
         return list(g_c) + [a + g for a, g in zip(d_k, g_k)], list(g_x)
 
     acc0 = [d_carry[i] for i in fc] + [tf.zeros_like(consts[i]) for i in fk]
-    seqs = list(xs) + list(saved) + [d_ys[i] for i in fy]
+    seqs = list(xs) + saved + [d_ys[i] for i in seq_y] + ([tf.range(length)] if pairs else [])
     x_specs = [plan.x_specs[i] for i in fx]
     x_shapes = [xs[i].shape[1:].as_list() if xs[i].shape[1:].is_fully_defined() else tf.shape(xs[i])[1:]
                 for i in fx]  # d_x has x's shape: no probe of the body needed
@@ -181,6 +222,10 @@ class Programs:
 
     def __init__(self, plan: Plan, static: Static, remat: bool = False):
         self.plan, self.static, self.remat = plan, static, remat
+        if static.length is None:
+            # A run-time length: the loops may run on sequences padded to a bucket
+            # (:func:`_bucketed`), so the carries are saved, not read back from the ys.
+            plan.carry_is_y = {}
         self._fns: dict = {}
         self._concrete: dict = {}
         self._lock = threading.Lock()
@@ -261,11 +306,15 @@ class Programs:
         flat = self._call(f"forward_{save}_{wanted}", build, _join(init, xs, consts, dynamic_length))
         ny = len(plan.y_specs)
         carry, ys, saved = flat[:n_i], flat[n_i: n_i + ny], flat[n_i + ny:]
+        if binomial or not save:
+            return carry, ys, saved
+        n_sc = len([i for i in _needed_carry(plan, split) if i not in plan.carry_is_y])
         if split is not None and split.y_alias:  # residuals that are ys: the ys buffers themselves
-            n_sc = len(split.saved_carry)
             rest = iter(saved[n_sc:])
             saved = saved[:n_sc] + [ys[split.y_alias[j]] if j in split.y_alias else next(rest)
                                     for j in range(len(split.residual_specs))]
+        # Carries that are ys are read back from the ys: the init and ys leaves go last.
+        saved = saved + [t for i, j in carry_aliases(plan, split) for t in (init[i], ys[j])]
         if true_length is not None:  # ``saved`` stays padded: the backward loop reads it so
             ys = [y[:true_length] for y in ys]
         return carry, ys, saved
@@ -276,7 +325,8 @@ class Programs:
         vjp, remat = self.vjp(consts, wanted), self.remat
         # None entries (non-float leaves) cannot cross a function boundary: drop and restore.
         d_carry_idx = [i for i, d in enumerate(d_carry) if d is not None]
-        d_ys_idx = [i for i, d in enumerate(d_ys) if d is not None]
+        d_ys_idx = [i for i, d in enumerate(d_ys) if d is not None and not isinstance(d, _cotangent.Row)]
+        row_idx = [i for i, d in enumerate(d_ys) if isinstance(d, _cotangent.Row)]
         n_y = len(d_ys)
 
         def build(*args):
@@ -286,18 +336,20 @@ class Programs:
             s, args = args[:n_s], args[n_s:]
             dc, args = scatter(n_c, d_carry_idx, args), args[len(d_carry_idx):]
             dy, args = scatter(n_y, d_ys_idx, args), args[len(d_ys_idx):]
+            rows, args = dict(zip(row_idx, args)), args[len(row_idx):]
             dl = args[0] if args else None
-            d_init, d_xs, d_k = backward(plan, static, x, k, s, dc, dy, dl, vjp, remat, wanted)
+            d_init, d_xs, d_k = backward(plan, static, x, k, s, dc, dy, dl, vjp, remat, wanted, rows)
             return [g for g in d_init + d_xs + d_k if g is not None]
 
         true_length = _bucketed(static, xs, dynamic_length)
         if true_length is not None:  # as the forward loop: padded to its bucket
             rows = _bucket(true_length)
             xs, saved, dynamic_length = _pad(xs, rows), _pad(saved, rows), true_length
-            d_ys = [None if d is None else _pad([d], rows)[0] for d in d_ys]
+            d_ys = [d if d is None or isinstance(d, _cotangent.Row) else _pad([d], rows)[0] for d in d_ys]
         args = list(xs) + list(consts) + list(saved) + [d_carry[i] for i in d_carry_idx] + \
-            [d_ys[i] for i in d_ys_idx] + ([dynamic_length] if dynamic_length is not None else [])
-        flat = list(self._call(f"backward_{wanted}", build, args))
+            [d_ys[i] for i in d_ys_idx] + [d_ys[i].value for i in row_idx] + \
+            ([dynamic_length] if dynamic_length is not None else [])
+        flat = list(self._call(f"backward_{wanted}_{tuple(row_idx)}", build, args))
         fc, fx, _, fk = float_indices(plan, consts, wanted)
         a, b = len(fc), len(fc) + len(fx)
         d_xs = flat[a:b] if true_length is None else [d[:true_length] for d in flat[a:b]]

@@ -51,7 +51,7 @@ __all__ = []  # private module
 def checkpointed_scan(scan: Callable, f: Callable, init: Any, xs: Any, length: int, reverse: bool,
                       unroll: int | bool, every: int | str) -> tuple[Any, Any]:
     """``scan(f, init, xs, length, reverse, unroll)`` with checkpoints every ``every`` steps."""
-    k = max(1, math.isqrt(length)) if every == "sqrt" else every
+    k = segment_length(length, every)
     segments, tail = divmod(length, k)
     if segments <= 1:
         return scan(f, init, xs, length=length, reverse=reverse, unroll=unroll, remat=True)
@@ -63,14 +63,43 @@ def checkpointed_scan(scan: Callable, f: Callable, init: Any, xs: Any, length: i
         return scan(f, carry, x_segment, length=k, unroll=unroll)
 
     carry, ys = scan(segment, init, main, length=segments, remat=True)
-    ys = _tree.map_leaves(lambda y: tf.reshape(y, _with_lead([segments * k], y, 2)), ys)
     if tail:
         rest = _tree.map_leaves(lambda x: x[segments * k:], xs)
         carry, ys_tail = scan(f, carry, rest, length=tail, unroll=unroll)
-        ys = _tree.map_leaves(lambda a, b: tf.concat([a, b], 0), ys, ys_tail)
+        ys = _tree.map_leaves(_join, ys, ys_tail)
+    else:
+        ys = _tree.map_leaves(lambda y: tf.reshape(y, _with_lead([segments * k], y, 2)), ys)
     if reverse:
         ys = _tree.map_leaves(lambda y: tf.reverse(y, [0]), ys)
     return carry, ys
+
+
+def _join(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """The segments' ys ``a`` (``[segments, k, ...]``) with the tail's ``b`` after them, along
+    axis 0. Eagerly, with a gradient that keeps only ``a``'s shape: the tape would otherwise
+    keep ``a`` alive (for the gradients of the reshape and the concat) next to the result."""
+    def fwd(a, b):
+        return tf.concat([tf.reshape(a, _with_lead([-1], a, 2)), b], 0)
+    if not tf.executing_eagerly():
+        return fwd(a, b)
+    shape = a.shape
+    n = shape[0] * shape[1]
+
+    @tf.custom_gradient
+    def join(a, b):  # stop_gradient: the tape records (and keeps the inputs of) only ``join``
+        return fwd(tf.stop_gradient(a), tf.stop_gradient(b)), lambda d: (tf.reshape(d[:n], shape), d[n:])
+    return join(a, b)
+
+
+def segment_length(length: int, every: int | str) -> int:
+    """Steps per segment: ``every``, or for ``"sqrt"`` the divisor of ``length`` nearest
+    ``sqrt(length)`` within a factor 2 of it (no tail segment, whose ys would be joined to
+    the others' by a copy), else ``isqrt(length)``."""
+    if every != "sqrt":
+        return every
+    root = max(1, math.isqrt(length))
+    near = [d for d in range(max(2, (root + 1) // 2), 2 * root + 1) if length % d == 0]
+    return min(near, key=lambda d: (abs(d * d - length), d)) if near else root
 
 
 def _with_lead(lead: list, t: tf.Tensor, drop: int):
@@ -180,7 +209,7 @@ def binomial_forward(plan: Plan, length: int, reverse: bool, unroll, init, xs, c
 
 
 def binomial_backward(plan: Plan, length: int, reverse: bool, xs, consts, snaps, d_carry, d_ys,
-                      slots: int, step_vjp: Callable, captured: Callable, wanted=None):
+                      slots: int, step_vjp: Callable, captured: Callable, wanted=None, dy_rows=None):
     """``(d_init, d_xs, d_consts)`` of a scan whose forward pass kept the ``snaps`` of
     :func:`binomial_forward`.
 
@@ -196,7 +225,8 @@ def binomial_backward(plan: Plan, length: int, reverse: bool, xs, consts, snaps,
     if length == 0:
         return scatter(nc, fc, d_c0), scatter(nx, fx, d_x0), scatter(len(consts), fk, d_k0)
     shapes = [c.shape[1:] for c in snaps]
-    dys = [d_ys[i] for i in fy]
+    dy_rows = dy_rows or {}
+    dys = [d_ys[i] for i in fy if i not in dy_rows]  # per step; the others: one row for all steps
 
     def index(p):  # execution position -> index along the time axis
         return length - 1 - p if reverse else p
@@ -217,7 +247,8 @@ def binomial_backward(plan: Plan, length: int, reverse: bool, xs, consts, snaps,
         def vjp_body(j, d_c, d_k, d_x):
             t = index(pos + n)
             x = [tf.gather(v, t) for v in xs]
-            dy = [tf.gather(v, t) for v in dys]
+            seq = iter([tf.gather(v, t) for v in dys])
+            dy = [captured([dy_rows[i]])[0] if i in dy_rows else next(seq) for i in fy]
             g_c, g_x, g_k = step_vjp(plan, carry, x, captured(consts), d_c, dy, wanted)
             d_x = [_write(b, g, t) for b, g in zip(d_x, g_x)]
             return j + 1, list(g_c), [a + g for a, g in zip(d_k, g_k)], d_x

@@ -43,6 +43,9 @@ class Traced:
         self.name = name
         self.n_args = len(specs)
         self.out_specs = [tf.TensorSpec(t.shape, t.dtype) for t in graph.outputs]
+        # What each output is beneath the Identity ops tf.function adds: equal names mean the
+        # step returned one tensor twice (an RNN's new state as carry and as y).
+        self.out_roots = [_root(t).name for t in graph.outputs]
         self._out_names = [t.name for t in graph.outputs]
         self._arg_names = [t.name for t in graph.inputs[: self.n_args]]
         variables = {id(v.handle): v for v in graph.variables}
@@ -114,6 +117,12 @@ class Traced:
     def apply(self, args: Sequence[tf.Tensor], consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         """Emit the traced ops into the current graph, fed with ``args`` and ``consts``."""
         return self.piece.apply(self.feeds(args, consts))
+
+
+def _root(t: tf.Tensor) -> tf.Tensor:
+    while t.op.type == "Identity" and t.op.inputs:
+        t = t.op.inputs[0]
+    return t
 
 
 def _writes(op) -> bool:
