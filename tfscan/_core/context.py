@@ -31,37 +31,34 @@ def disable_jit() -> Iterator[None]:
     >>> float(carry), ys.numpy().tolist()
     (3.0, [0.0, 1.0])
     """
-    _state.disabled = getattr(_state, "disabled", 0) + 1
-    try:
+    with _depth("disabled"):
         yield
-    finally:
-        _state.disabled -= 1
 
 
 @contextlib.contextmanager
-def internal_trace() -> Iterator[None]:
-    """While tfscan traces user code into a graph it only copies (a step, its VJP, a vmapped
-    function): what is built there is never itself saved in a SavedModel."""
-    _state.internal = getattr(_state, "internal", 0) + 1
+def _depth(name: str) -> Iterator[None]:
+    """Count one more level of ``name`` on this thread while the block runs."""
+    setattr(_state, name, getattr(_state, name, 0) + 1)
     try:
         yield
     finally:
-        _state.internal -= 1
+        setattr(_state, name, getattr(_state, name) - 1)
+
+
+def internal_trace() -> contextlib.AbstractContextManager:
+    """While tfscan traces user code into a graph it only copies (a step, its VJP, a vmapped
+    function): what is built there is never itself saved in a SavedModel."""
+    return _depth("internal")
 
 
 def in_internal_trace() -> bool:
     return getattr(_state, "internal", 0) > 0
 
 
-@contextlib.contextmanager
-def vmap_trace() -> Iterator[None]:
+def vmap_trace() -> contextlib.AbstractContextManager:
     """While ``vmap`` traces the per-example function it then batches with ``pfor``: a scan
     built there marks its forward loop for the scan's batching rule (``_transforms.scan_batching``)."""
-    _state.vmap = getattr(_state, "vmap", 0) + 1
-    try:
-        yield
-    finally:
-        _state.vmap -= 1
+    return _depth("vmap")
 
 
 def in_vmap_trace() -> bool:
