@@ -496,7 +496,7 @@ def test_cond_switch_errors_match_jax():
                 TypeError, match="same pytree structure")
     raises_both(lambda: tfscan.switch(0, [lambda v: v, lambda v: tf.cast(v, tf.int32)], tf.constant(x)),
                 lambda: jax.lax.switch(0, [lambda v: v, lambda v: v.astype(jnp.int32)], x),
-                TypeError, match=r"branches\[0\] output output has type float32\[3\].*branches\[1\].*int32\[3\]")
+                TypeError, match=r"branches\[0\]'s output has type float32\[3\].*branches\[1\]'s output.*int32\[3\]")
     raises_both(lambda: tfscan.cond(np.array([True]), lambda: 1, lambda: 2),
                 lambda: jax.lax.cond(np.array([True]), lambda: 1, lambda: 2), TypeError, match="scalar")
     raises_both(lambda: tfscan.cond(None, lambda: 1, lambda: 2), lambda: jax.lax.cond(None, lambda: 1, lambda: 2),

@@ -149,8 +149,8 @@ def check_same_outputs(api: str, ref_name: str, name: str, ref: tuple, other: tu
         what = "dtypes" if a.dtype != b.dtype else "shapes" if not _same_shape(a.shape, b.shape) else None
         if what:
             raise TypeError(
-                f"{api}: branch outputs must have equal types, but the {ref_name} output {path} "
-                f"has type {_checks._typestr(a)} and the {name} output {path} has type "
+                f"{api}: branch outputs must have equal types, but {ref_name}'s {path} "
+                f"has type {_checks._typestr(a)} and {name}'s {path} has type "
                 f"{_checks._typestr(b)}, so the {what} do not match. {fix}")
 
 
