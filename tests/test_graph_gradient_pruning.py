@@ -27,6 +27,15 @@ def _data():
     return np.float64(0.7), rng.uniform(-1, 1, size=T)
 
 
+def _loss_watching_a(a, xs):
+    """``(tape, sum(ys**2))`` of the light scan, with the tape watching ``a`` only."""
+    with tf.GradientTape() as tape:
+        tape.watch(a)
+        _, ys = tfscan.scan(_light_tf(a), tf.constant(0.0, tf.float64), xs)
+        loss = tf.reduce_sum(ys ** 2)
+    return tape, loss
+
+
 def test_tape_in_a_tf_function_backward_skips_unwatched_xs(monkeypatch):
     a0, xs0 = _data()
     asked = []
@@ -40,10 +49,7 @@ def test_tape_in_a_tf_function_backward_skips_unwatched_xs(monkeypatch):
 
     @tf.function(autograph=False)
     def grad_a(a, xs):
-        with tf.GradientTape() as tape:
-            tape.watch(a)
-            _, ys = tfscan.scan(_light_tf(a), tf.constant(0.0, tf.float64), xs)
-            loss = tf.reduce_sum(ys ** 2)
+        tape, loss = _loss_watching_a(a, xs)
         return tape.gradient(loss, a)
 
     got = grad_a(tf.constant(a0), tf.constant(xs0))
@@ -59,10 +65,7 @@ def test_tf_gradients_after_a_pruned_tape_still_gets_every_gradient():
 
     @tf.function(autograph=False)
     def grads(a, xs):
-        with tf.GradientTape() as tape:
-            tape.watch(a)
-            _, ys = tfscan.scan(_light_tf(a), tf.constant(0.0, tf.float64), xs)
-            loss = tf.reduce_sum(ys ** 2)
+        tape, loss = _loss_watching_a(a, xs)
         return tape.gradient(loss, a), tf.gradients(loss, [a, xs])
 
     g_tape, (g_a, g_xs) = grads(tf.constant(a0), tf.constant(xs0))
