@@ -99,9 +99,10 @@ def _rewrap_rows(calls: int) -> dict:
     return out
 
 
-SOAK = textwrap.dedent("""
+# The workload of the "memory per traced graph" rows: ``one()`` traces and runs a fresh
+# ``tf.function`` differentiating a 20-step scan of a 16x16 tanh RNN with the global ``impl``.
+_SOAK_SETUP = textwrap.dedent("""
     import gc, os, sys, tensorflow as tf, tfscan
-    impl, n = sys.argv[1], int(sys.argv[2])
     W = tf.Variable(tf.random.stateless_normal([16, 16], seed=[1, 2]) * 0.3)
     xs = tf.random.stateless_normal([20, 16], seed=[3, 4])
 
@@ -129,7 +130,10 @@ SOAK = textwrap.dedent("""
         for i in range(20):
             h = tf.tanh(tf.linalg.matvec(W, h) + xs[i])
         return h
+""")
 
+SOAK = _SOAK_SETUP + textwrap.dedent("""
+    impl, n = sys.argv[1], int(sys.argv[2])
     for _ in range(20):
         one()
     gc.collect()
@@ -140,8 +144,37 @@ SOAK = textwrap.dedent("""
     print("KIB", (rss() - r0) * 1024 / n)
 """)
 
+# ``SOAK`` (``python -c SOAK IMPL N``) prints the RSS growth per traced graph of one implementation.
 
-# ``SOAK`` (``python -c SOAK IMPL N``) prints the RSS growth per traced graph (tests use it too).
+SIDE_BY_SIDE = _SOAK_SETUP + textwrap.dedent("""
+    n, rounds, impls = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+    for _ in range(10):  # warm-up
+        for impl in impls:
+            one()
+    gc.collect()
+    grown = dict.fromkeys(impls, 0.0)
+    for r in range(rounds):  # interleaved blocks of n graphs, the order alternating
+        for impl in (impls if r % 2 == 0 else impls[::-1]):
+            r0 = rss()
+            for _ in range(n):
+                one()
+                gc.collect()
+            grown[impl] += rss() - r0
+    print("KIB", " ".join(f"{k}={v * 1024 / (n * rounds):.1f}" for k, v in grown.items()))
+""")
+
+# ``SIDE_BY_SIDE`` (``python -c SIDE_BY_SIDE N ROUNDS IMPL...``) prints the RSS growth per traced
+# graph of each implementation measured in one process: ``ROUNDS`` interleaved blocks of ``N``
+# graphs each (tests use it too).
+
+
+def side_by_side(n: int, rounds: int, impls: tuple = ("tfscan", "tf.scan")) -> dict:
+    """``{impl: KiB}`` per traced graph, measured side by side in one fresh subprocess."""
+    proc = subprocess.run([sys.executable, "-c", SIDE_BY_SIDE, str(n), str(rounds), *impls], capture_output=True,
+                          text=True, timeout=3600, cwd=os.path.dirname(HERE))
+    if "KIB" not in proc.stdout:
+        raise RuntimeError(proc.stderr[-3000:])
+    return {k: float(v) for k, v in (kv.split("=") for kv in proc.stdout.split("KIB")[1].split())}
 
 KERAS_SOAK = textwrap.dedent("""
     import gc, os, sys

@@ -147,6 +147,17 @@ def launch_compiled(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence
     return result
 
 
+def xla_trace() -> contextlib.AbstractContextManager:
+    """A context in which a ``jit_compile=True`` function is traced (``get_concrete_function``)
+    as its call traces it: the graph built is in XLA's context (:func:`in_xla_context`).
+
+    Why private: ``tf.function.__call__`` enters ``OptionalXlaContext`` around its trace;
+    ``get_concrete_function`` does not, so code traced there could not tell that XLA
+    compiles it (and would nest compiled calls, or ``XlaLaunch`` ops XLA cannot compile).
+    """
+    return _polymorphic_function.OptionalXlaContext(True)
+
+
 def quiet_retracing(fn: Any) -> Any:
     """Silence ``tf.function``'s "frequent retracing" warning for ``fn``.
 

@@ -278,7 +278,9 @@ class Programs:
                 # One XlaLaunch op: TF's own call of a compiled function keeps memory for
                 # every graph that runs it (see _tf.launch_compiled). Steps tfscan traces and
                 # copies, and vmap's traces, keep the call op their rules convert.
-                outs = _tf.launch_compiled(fn.get_concrete_function(*args), args, not_constant=run_time)
+                with _tf.xla_trace():
+                    concrete = fn.get_concrete_function(*args)
+                outs = _tf.launch_compiled(concrete, args, not_constant=run_time)
                 if outs is not None:
                     return outs
             return list(fn(*args))
@@ -286,7 +288,8 @@ class Programs:
         # argument canonicalization, a large part of a short scan's cost.
         concrete = self._concrete.get(name)
         if concrete is None:
-            concrete = self._concrete[name] = fn.get_concrete_function(*args)
+            with _tf.xla_trace():
+                concrete = self._concrete[name] = fn.get_concrete_function(*args)
         return _tf.call_concrete(concrete, args, xla=True)
 
     def forward(self, init, xs, consts, dynamic_length=None, save=False, wanted=None):
