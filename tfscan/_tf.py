@@ -7,7 +7,7 @@ entry — so a TensorFlow release that moves an internal breaks this module and 
 test, not code scattered across the package.
 
 The entries come in six groups: calling a traced function (:func:`call_concrete`,
-:func:`quiet_retracing`), the eager tapes (:class:`record`), graphs
+:func:`launch_compiled`, :func:`xla_trace`, :func:`quiet_retracing`), the eager tapes (:class:`record`), graphs
 (:func:`default_graph`, :func:`in_xla_context`, :func:`is_func_graph`,
 :func:`graph_function`, :func:`function_graph`, :func:`op_gradient_functions`, :func:`in_graph`,
 :func:`is_autograph_scope`, :func:`mark_variable_accessed`), vectorization
