@@ -19,9 +19,10 @@ from tfscan import _tf
 from tfscan._core import checks as _checks
 from tfscan._core import context as _context
 from tfscan._core import tree as _tree
+from tfscan._core.flat import scatter
 from tfscan._lax import control as _control
 from tfscan._scan import forward as _forward
-from tfscan._scan.plan import is_float, scatter
+from tfscan._scan.plan import is_float
 from tfscan._tf import record
 
 __all__ = ["cond", "switch"]
