@@ -118,7 +118,7 @@ def _tile(t: tf.Tensor, size: Any) -> tf.Tensor:
 
 def _batched_scan(programs, init, xs, consts, dl, n: tf.Tensor) -> list:
     from tfscan._scan.scan import scan  # the public scan: caching, its VJP, remat
-    from tfscan._transforms.vmap import _pfor
+    from tfscan._transforms.vmap_program import pfor as _pfor
 
     plan, static = programs.plan, programs.static
     n_c = len(init)
