@@ -12,8 +12,8 @@ Each transformation keeps that shape, so any two compose:
 and the whole is compiled (``tfscan.jit`` / ``jax.jit``). Inputs JAX rejects (reverse mode
 through ``while_loop``) must be rejected by tfscan too. The two silent wrong answers this
 matrix found (a JVP through ``vmap`` in a graph was zero; a JVP of a conditional's gradient
-missed the terms of TensorFlow's gradient intermediates) are fixed; the pairs below that
-still fail are strict expected failures, so a fix is noticed.
+missed the terms of TensorFlow's gradient intermediates) are fixed; the one case that still
+fails is a strict expected failure, so a fix is noticed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import itertools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 import tensorflow as tf
 from test_compositions import _JAX, _T, _TF, _X, close
@@ -57,14 +56,9 @@ def _jax_transforms():
             "V": lambda f: (lambda v: jnp.sum(jax.vmap(f)(jnp.stack([v, 0.2 - 0.7 * v])), 0))}
 
 
-_BATCHED_BRANCH = ("vmap of a conditional whose index is batched, under another vmap or a forward "
-                   "accumulator: pfor's batched conditional (DynamicPartition/DynamicStitch) does not "
-                   "compose (README, Known limitations)")
 _KNOWN = {
     ("fori_loop", "JJ"): "second-order forward mode through fori_loop inside jit fails in a gather "
                          "(README, Known limitations)",
-    ("cond", "VV"): _BATCHED_BRANCH, ("switch", "VV"): _BATCHED_BRANCH,
-    ("switch", "JV"): _BATCHED_BRANCH, ("switch", "VJ"): _BATCHED_BRANCH,
 }
 _CASES = [pytest.param(name, a + b, marks=pytest.mark.xfail(strict=True, reason=_KNOWN[(name, a + b)]))
           if (name, a + b) in _KNOWN else (name, a + b)
