@@ -12,8 +12,9 @@ Each transformation keeps that shape, so any two compose:
 and the whole is compiled (``tfscan.jit`` / ``jax.jit``). Inputs JAX rejects (reverse mode
 through ``while_loop``) must be rejected by tfscan too. The two silent wrong answers this
 matrix found (a JVP through ``vmap`` in a graph was zero; a JVP of a conditional's gradient
-missed the terms of TensorFlow's gradient intermediates) are fixed; the one case that still
-fails is a strict expected failure, so a fix is noticed.
+missed the terms of TensorFlow's gradient intermediates) are fixed, and so is a second-order
+JVP of a loop with ``xs`` in a graph (a residual buffer of unknown rank). A case that cannot
+work yet goes in ``_KNOWN`` as a strict expected failure, so a fix is noticed.
 """
 
 from __future__ import annotations
@@ -56,10 +57,7 @@ def _jax_transforms():
             "V": lambda f: (lambda v: jnp.sum(jax.vmap(f)(jnp.stack([v, 0.2 - 0.7 * v])), 0))}
 
 
-_KNOWN = {
-    ("fori_loop", "JJ"): "second-order forward mode through fori_loop inside jit fails in a gather "
-                         "(README, Known limitations)",
-}
+_KNOWN: dict = {}  # cases that do not work yet: none today
 _CASES = [pytest.param(name, a + b, marks=pytest.mark.xfail(strict=True, reason=_KNOWN[(name, a + b)]))
           if (name, a + b) in _KNOWN else (name, a + b)
           for name in _TF["none"] for a, b in itertools.product("GJV", repeat=2)]
@@ -78,3 +76,23 @@ def test_three_deep(name, chain):
             tf_fn(tf.constant(_X))
         return
     close(tf_fn(tf.constant(_X)), jax_fn(_X), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("compile_", ["tf.function", "jit_compile"])
+def test_second_order_jvp_of_a_scan_with_xs_in_a_graph(compile_):
+    """The JVP of a JVP saved residuals whose rank the traced gradient lost: the loop's buffer
+    write must still index it (it failed in XLA: 'index must be a vector ...')."""
+    t = tf.constant(_T)
+
+    def jvp(f):
+        def g(v):
+            with FA(v, t) as acc:
+                out = f(v)
+            return acc.jvp(out, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return g
+
+    f = lambda x: tfscan.scan(lambda c, u: (tf.sin(c) * u, c), x, tf.ones(3))[0]  # noqa: E731
+    jf = lambda x: jax.lax.scan(lambda c, u: (jnp.sin(c) * u, c), x, jnp.ones(3, jnp.float32))[0]  # noqa: E731
+    jj = lambda v: jax.jvp(lambda w: jax.jvp(jf, (w,), (jnp.asarray(_T),))[1], (v,), (jnp.asarray(_T),))[1]  # noqa: E731
+    fn = tf.function(jvp(jvp(f)), jit_compile=compile_ == "jit_compile")
+    close(fn(tf.constant(_X)), jj(_X), rtol=1e-4, atol=1e-5)

@@ -61,9 +61,19 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     # silences the accumulators made after it: let this one record.
     with _tf.record.forwardprop_state(), tf.autodiff.ForwardAccumulator(primals, ts) as acc:
         outs = list(fn(*args))
-    out_t = [acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO) if is_float(o.dtype) else None
-             for o in outs]
+    out_t = [_shaped_as(acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO), o) if is_float(o.dtype)
+             else None for o in outs]
     return outs, out_t
+
+
+def _shaped_as(t: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """A tangent with its primal's static shape: an accumulator's tangent of a function call's
+    output may have lost it (a JVP of a JVP), and a loop buffer needs the rank."""
+    if t.shape.is_fully_defined() or not like.shape.is_compatible_with(t.shape):
+        return t
+    t = tf.identity(t)
+    t.set_shape(t.shape.merge_with(like.shape))
+    return t
 
 
 def watch_list(sources: Sequence[Any], values: Sequence[tf.Tensor], indices: Sequence[int],
