@@ -89,6 +89,52 @@ def _expand_mask(m: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     return tf.reshape(m, tf.concat([tf.shape(m), tf.ones([like.shape.rank - 1], tf.int32)], 0))
 
 
+_HALF = ("float16", "bfloat16")
+
+
+def _cells(cell: Any) -> list:
+    """``cell`` and, for a ``StackedRNNCells``, every cell inside it (recursively)."""
+    inner = getattr(cell, "cells", None) if isinstance(cell, keras.layers.StackedRNNCells) else None
+    return [cell] + [c for sub in (inner or []) for c in _cells(sub)]
+
+
+def _on_cpu_only() -> bool:
+    """Whether XLA compiles for CPU here: no GPU or TPU device is visible."""
+    return not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+
+
+def _plain_f32_variables(layer: Any) -> bool:
+    """Whether ``layer``'s policy is a plain ``DTypePolicy`` with float32 variables (no
+    quantization, no per-layer policy map): one whose compute dtype can be swapped."""
+    policy = getattr(layer, "dtype_policy", None)
+    return type(policy) is keras.DTypePolicy and policy.variable_dtype == "float32"
+
+
+def _mixed_half(layer: Any) -> bool:
+    """Whether ``layer``'s policy is a plain ``mixed_float16``/``mixed_bfloat16`` one."""
+    return _plain_f32_variables(layer) and layer.compute_dtype in _HALF
+
+
+class _ComputingIn:
+    """Within it, the cells (with float32 variables) compute in ``dtype``: their
+    ``dtype_policy`` is swapped to ``"float32"`` or ``"mixed_<dtype>"``, then restored.
+    Keras then reads their weights in ``dtype`` once per step trace (no casts of its own
+    inside the loop) and casts their inputs to it."""
+
+    def __init__(self, cell: Any, dtype: str):
+        self.cells = [c for c in _cells(cell) if _plain_f32_variables(c) and c.compute_dtype != dtype]
+        self.policy = "float32" if dtype == "float32" else f"mixed_{dtype}"
+
+    def __enter__(self):
+        self.saved = [c.dtype_policy for c in self.cells]
+        for c in self.cells:
+            c.dtype_policy = self.policy
+
+    def __exit__(self, *exc):
+        for c, policy in zip(self.cells, self.saved):
+            c.dtype_policy = policy
+
+
 @keras.saving.register_keras_serializable(package="tfscan")
 class Scan(keras.layers.RNN):
     """``keras.layers.RNN(cell, ...)`` with the time loop run by :func:`tfscan.scan`.
@@ -116,6 +162,14 @@ class Scan(keras.layers.RNN):
       time_major: inputs (and returned sequences) are ``[time, batch, ...]``.
       zero_output_for_mask: with a mask, masked steps output zeros instead of repeating
         the previous output (as ``keras.layers.RNN``).
+      loop_dtype: the dtype the time loop computes in. ``None`` (the default): under a
+        ``mixed_float16``/``mixed_bfloat16`` policy with no GPU or TPU visible, ``"float32"``
+        (XLA:CPU has no 16-bit arithmetic: it converts every 16-bit op to float32 and back,
+        which costs time and compile time, and its results are no nearer Keras' own
+        16-bit ones than float32's); otherwise the cell's compute dtype. The layer's
+        inputs and outputs keep the policy's compute dtype either way. Give the compute
+        dtype (e.g. ``"bfloat16"``) to loop in it on CPU too. It applies to cells with
+        float32 variables (a plain Keras dtype policy).
       **kwargs: ``keras.layers.Layer`` arguments (``name``, ``dtype``, ``trainable``, ...).
 
     Call arguments:
@@ -140,7 +194,7 @@ class Scan(keras.layers.RNN):
     def __init__(self, cell, return_sequences: bool = False, return_state: bool = False,
                  go_backwards: bool = False, stateful: bool = False, unroll: int | bool = 1,
                  remat: bool | int | str = False, time_major: bool = False,
-                 zero_output_for_mask: bool = False, **kwargs):
+                 zero_output_for_mask: bool = False, loop_dtype: str | None = None, **kwargs):
         if isinstance(cell, (list, tuple)):
             cell = keras.layers.StackedRNNCells(cell)
         if not hasattr(cell, "call"):
@@ -156,6 +210,11 @@ class Scan(keras.layers.RNN):
         self.unroll = True if unroll is True else 1 if unroll is False else int(unroll)  # Keras' False: 1
         self.remat = remat
         self.time_major = bool(time_major)
+        if loop_dtype is not None and keras.backend.standardize_dtype(loop_dtype) not in (
+                "float32", *_HALF):
+            raise ValueError(f"Scan: loop_dtype must be None, 'float32', 'bfloat16' or "
+                             f"'float16'; got {loop_dtype!r}.")
+        self.loop_dtype = None if loop_dtype is None else keras.backend.standardize_dtype(loop_dtype)
         self.input_spec = keras.layers.InputSpec(min_ndim=3)
         params = _parameters(cell.call)
         self._cell_takes_training = keras_rnn.cell_takes_training(cell, "training" in params)
@@ -202,8 +261,10 @@ class Scan(keras.layers.RNN):
             raise TypeError(f"tfscan.keras.Scan: `constants` were given but the cell "
                             f"{type(self.cell).__name__}.call takes no `constants` argument.")
         training = bool(training) if isinstance(training, bool) or training is None else training
-        cell_dtype = getattr(self.cell, "compute_dtype", self.compute_dtype)
+        cell_dtype = self._computes_in()
         sequences = tf.convert_to_tensor(sequences)
+        if sequences.dtype.is_floating and sequences.dtype != cell_dtype:
+            sequences = tf.cast(sequences, cell_dtype)  # once, not per step
         x = sequences if self.time_major else tf.transpose(
             sequences, [1, 0] + list(range(2, sequences.shape.rank)))
         batch = tf.shape(x)[1] if x.shape[1] is None else x.shape[1]
@@ -236,6 +297,17 @@ class Scan(keras.layers.RNN):
         output = tf.cast(outputs if self.return_sequences else last, out_dtype)
         return (output, *states) if self.return_state else output
 
+    def _computes_in(self) -> str:
+        """The dtype of the loop's arithmetic (see ``loop_dtype``)."""
+        cell_dtype = getattr(self.cell, "compute_dtype", self.compute_dtype)
+        if self.loop_dtype is None:
+            return "float32" if _mixed_half(self.cell) and _on_cpu_only() else cell_dtype
+        if self.loop_dtype != cell_dtype and not all(_plain_f32_variables(c) for c in _cells(self.cell)):
+            raise ValueError(f"tfscan.keras.Scan: loop_dtype={self.loop_dtype!r} needs cells with "
+                             f"float32 variables under a plain Keras dtype policy; the cell "
+                             f"{type(self.cell).__name__} has policy {self.cell.dtype_policy!r}.")
+        return self.loop_dtype
+
     def inner_loop(self, sequences, initial_state, mask, training=False, constants=None):
         """``(last_output, outputs, final_states)`` from one ``tfscan.scan`` over time.
 
@@ -257,7 +329,7 @@ class Scan(keras.layers.RNN):
         keep_last = (not self.return_sequences) or m is not None
         last0 = tf.zeros(tf.concat([[batch], self._output_size()], 0), cell_dtype) if keep_last else None
         flags = (training, m is not None, keep_last, self.return_sequences,
-                 self.zero_output_for_mask, skeleton, constants is not None)
+                 self.zero_output_for_mask, skeleton, constants is not None, cell_dtype.name)
         carry0 = (tuple(tf.nest.flatten(initial_state)), last0, drops, constants)
         (leaves, last, _, _), ys = tfscan.scan(self._make_step(flags), carry0, (x, m),
                                                reverse=self.go_backwards, unroll=self.unroll,
@@ -275,7 +347,7 @@ class Scan(keras.layers.RNN):
         layer = self
 
         def step(carry, xt):
-            training, has_mask, keep_last, return_sequences, zero_output, skeleton, has_k = flags
+            training, has_mask, keep_last, return_sequences, zero_output, skeleton, has_k, dtype = flags
             leaves, prev, drops, constants = carry
             x_t, m_t = xt
             for c, (dm, rdm) in zip(_dropout_cells(layer.cell), drops):
@@ -284,7 +356,8 @@ class Scan(keras.layers.RNN):
             kw = {"training": training} if layer._cell_takes_training else {}
             if has_k:
                 kw["constants"] = list(constants)
-            out, new_states = layer.cell(x_t, states, **kw)
+            with _ComputingIn(layer.cell, dtype):
+                out, new_states = layer.cell(x_t, states, **kw)
             new_leaves = tf.nest.flatten(new_states)
             if len(new_leaves) != len(leaves):
                 raise ValueError(f"Scan: the cell returned {len(new_leaves)} state tensors for "
@@ -305,7 +378,7 @@ class Scan(keras.layers.RNN):
         return {"return_sequences": self.return_sequences, "return_state": self.return_state,
                 "go_backwards": self.go_backwards, "stateful": self.stateful, "unroll": self.unroll,
                 "remat": self.remat, "time_major": self.time_major,
-                "zero_output_for_mask": self.zero_output_for_mask}
+                "zero_output_for_mask": self.zero_output_for_mask, "loop_dtype": self.loop_dtype}
 
     def get_config(self):
         return {**super().get_config(), **self._scan_config()}
@@ -320,7 +393,7 @@ class _CellLayer(Scan):
     def __init__(self, units: int, return_sequences: bool = False, return_state: bool = False,
                  go_backwards: bool = False, unroll: int | bool = 1, remat: bool | int | str = False,
                  time_major: bool = False, zero_output_for_mask: bool = False,
-                 stateful: bool = False, **kwargs):
+                 stateful: bool = False, loop_dtype: str | None = None, **kwargs):
         params = inspect.signature(self._cell_class.__init__).parameters
         cell_kwargs = {k: kwargs.pop(k) for k in list(kwargs)
                        if k in params and params[k].kind is not inspect.Parameter.VAR_KEYWORD
@@ -332,7 +405,8 @@ class _CellLayer(Scan):
                                 name=self._cell_name, **cell_kwargs)
         super().__init__(cell, return_sequences=return_sequences, return_state=return_state,
                          go_backwards=go_backwards, unroll=unroll, remat=remat, time_major=time_major,
-                         zero_output_for_mask=zero_output_for_mask, stateful=stateful, **kwargs)
+                         zero_output_for_mask=zero_output_for_mask, stateful=stateful,
+                         loop_dtype=loop_dtype, **kwargs)
 
     @property
     def units(self) -> int:
