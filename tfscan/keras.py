@@ -27,6 +27,10 @@ Differences from ``keras.layers.RNN``:
 * ``unroll`` is tfscan's: steps per loop iteration (an int), or ``True`` for a full unroll;
 * extra ``remat`` (see :func:`tfscan.scan`) and ``time_major`` arguments, and the call
   argument ``constants``;
+* under a ``mixed_bfloat16``/``mixed_float16`` policy with no GPU or TPU, the loop computes
+  in float32 and rounds its outputs once to the policy's dtype (Keras' layers round every
+  op; see ``loop_dtype``): XLA:CPU has no 16-bit arithmetic, so this is faster to run and
+  to compile, and as near Keras' own outputs as a 16-bit XLA loop is;
 * a cell's per-step output must have shape ``(batch, *output_size)``, with
   ``output_size`` the cell's attribute or else ``state_size[0]`` (as Keras assumes for
   ``compute_output_shape``) when ``return_sequences=False`` or a mask is given.
@@ -40,6 +44,8 @@ Example:
 >>> out, h, c = tfscan.keras.Scan(keras.layers.LSTMCell(4), return_state=True)(x)
 >>> tuple(out.shape), tuple(c.shape)
 ((2, 4), (2, 4))
+>>> tfscan.keras.GRU(4, dtype="mixed_bfloat16")(x).dtype.name  # computed in float32 on CPU
+'bfloat16'
 """
 
 from __future__ import annotations
