@@ -62,8 +62,29 @@ def test_record_sees_tapes_and_accumulators():
         y = tf.identity(x)
         _tf.record.record_operation("Scale", [y], [x], lambda d: [3.0 * d])
     assert tape.gradient(y, x).numpy() == 3.0
-    with tf.autodiff.ForwardAccumulator([x], [tf.constant(1.0)]):
+    with tf.autodiff.ForwardAccumulator([x], [tf.constant(1.0)]) as acc:
         assert _tf.record.tangent_indices([tf.constant(0.0), x]) == {1}
+        assert _tf.record.tangent_indices([1.0, "a", x]) == {2}  # only tensors have tangents
+        packed = _tf.record.pack_tangents([tf.constant(0.0), x])
+        assert [list(e) for e in packed.indices] == [[(1, 2)]] and packed.tangents[0].numpy() == 1.0
+        with _tf.record.stop_recording():
+            z = tf.identity(x)
+        _tf.record.record_operation_forwardprop_only("Scale", [z], [x], lambda d: [5.0 * d])
+        assert acc.jvp(z).numpy() == 5.0
+        with _tf.record.forwardprop_state():  # an accumulator made inside still records
+            with tf.autodiff.ForwardAccumulator([x], [tf.constant(2.0)]) as inner:
+                assert inner.jvp(x * 3.0).numpy() == 6.0
+    assert _tf.record.tangent_indices([x]) == set() and not _tf.record.pack_tangents([x]).indices
+
+    seen = {}
+
+    @tf.function
+    def trace():
+        seen["graph"] = _tf.default_graph()
+        seen["captured"] = _tf.record.silent_capture(seen["graph"], x)
+        return seen["captured"] + 1.0
+
+    assert trace().numpy() == 3.0 and seen["captured"].graph is seen["graph"]
 
 
 def test_graph_entries():

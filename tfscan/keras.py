@@ -428,47 +428,41 @@ class _CellLayer(Scan):
         return cls(**config)
 
 
-@keras.saving.register_keras_serializable(package="tfscan")
-class SimpleRNN(_CellLayer):
-    """``keras.layers.SimpleRNN`` run by :func:`tfscan.scan`: ``Scan(keras.layers.SimpleRNNCell(units, ...))``.
-
-    Takes ``keras.layers.SimpleRNNCell``'s arguments and :class:`Scan`'s.
-
-    >>> import numpy as np, tfscan.keras
-    >>> tuple(tfscan.keras.SimpleRNN(4)(np.zeros((2, 5, 3), "float32")).shape)
-    (2, 4)
-    """
-
-    _cell_class = keras.layers.SimpleRNNCell
-    _cell_name = "simple_rnn_cell"
+def _cell_layer(name: str, cell_class: type, cell_name: str, doc: str) -> type:
+    """A :class:`_CellLayer` subclass named ``name`` for Keras' ``cell_class``, registered for
+    Keras serialization (what ``class name(_CellLayer)`` with two attributes would be)."""
+    attrs = {"__doc__": doc, "__module__": __name__, "__qualname__": name,
+             "_cell_class": cell_class, "_cell_name": cell_name}
+    return keras.saving.register_keras_serializable(package="tfscan")(type(name, (_CellLayer,), attrs))
 
 
-@keras.saving.register_keras_serializable(package="tfscan")
-class GRU(_CellLayer):
-    """``keras.layers.GRU`` run by :func:`tfscan.scan`: ``Scan(keras.layers.GRUCell(units, ...))``.
+SimpleRNN = _cell_layer("SimpleRNN", keras.layers.SimpleRNNCell, "simple_rnn_cell", """\
+``keras.layers.SimpleRNN`` run by :func:`tfscan.scan`: ``Scan(keras.layers.SimpleRNNCell(units, ...))``.
 
-    Takes ``keras.layers.GRUCell``'s arguments (e.g. ``reset_after``) and :class:`Scan`'s.
+Takes ``keras.layers.SimpleRNNCell``'s arguments and :class:`Scan`'s.
 
-    >>> import numpy as np, tfscan.keras
-    >>> out, h = tfscan.keras.GRU(4, return_state=True)(np.zeros((2, 5, 3), "float32"))
-    >>> tuple(h.shape)
-    (2, 4)
-    """
+>>> import numpy as np, tfscan.keras
+>>> tuple(tfscan.keras.SimpleRNN(4)(np.zeros((2, 5, 3), "float32")).shape)
+(2, 4)
+""")
 
-    _cell_class = keras.layers.GRUCell
-    _cell_name = "gru_cell"
+GRU = _cell_layer("GRU", keras.layers.GRUCell, "gru_cell", """\
+``keras.layers.GRU`` run by :func:`tfscan.scan`: ``Scan(keras.layers.GRUCell(units, ...))``.
 
+Takes ``keras.layers.GRUCell``'s arguments (e.g. ``reset_after``) and :class:`Scan`'s.
 
-@keras.saving.register_keras_serializable(package="tfscan")
-class LSTM(_CellLayer):
-    """``keras.layers.LSTM`` run by :func:`tfscan.scan`: ``Scan(keras.layers.LSTMCell(units, ...))``.
+>>> import numpy as np, tfscan.keras
+>>> out, h = tfscan.keras.GRU(4, return_state=True)(np.zeros((2, 5, 3), "float32"))
+>>> tuple(h.shape)
+(2, 4)
+""")
 
-    Takes ``keras.layers.LSTMCell``'s arguments and :class:`Scan`'s.
+LSTM = _cell_layer("LSTM", keras.layers.LSTMCell, "lstm_cell", """\
+``keras.layers.LSTM`` run by :func:`tfscan.scan`: ``Scan(keras.layers.LSTMCell(units, ...))``.
 
-    >>> import numpy as np, tfscan.keras
-    >>> tuple(tfscan.keras.LSTM(4, return_sequences=True)(np.zeros((2, 5, 3), "float32")).shape)
-    (2, 5, 4)
-    """
+Takes ``keras.layers.LSTMCell``'s arguments and :class:`Scan`'s.
 
-    _cell_class = keras.layers.LSTMCell
-    _cell_name = "lstm_cell"
+>>> import numpy as np, tfscan.keras
+>>> tuple(tfscan.keras.LSTM(4, return_sequences=True)(np.zeros((2, 5, 3), "float32")).shape)
+(2, 5, 4)
+""")

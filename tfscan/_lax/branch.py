@@ -15,13 +15,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfscan import _tf
 from tfscan._core import checks as _checks
 from tfscan._core import context as _context
 from tfscan._core import tree as _tree
+from tfscan._core.flat import scatter
 from tfscan._lax import control as _control
 from tfscan._scan import forward as _forward
-from tfscan._scan.plan import is_float, scatter
+from tfscan._scan.plan import is_float
 from tfscan._tf import record
 
 __all__ = ["cond", "switch"]
@@ -185,7 +185,7 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
 
     # Any live accumulator (a busy one's tangents of an operand are not visible here): the
     # conditional then never reaches TensorFlow's own forward rule for it.
-    own_jvp = bool(leaves) and bool(_tf.pack_tangents(leaves).indices)
+    own_jvp = bool(leaves) and bool(record.pack_tangents(leaves).indices)
     try:
         if own_jvp:
             # Tapes see the conditional through an identity of the operands (its gradient is

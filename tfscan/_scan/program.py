@@ -15,10 +15,11 @@ import tensorflow as tf
 
 from tfscan import _tf
 from tfscan._core import context as _context
+from tfscan._core.flat import scatter, split_list
 from tfscan._scan import buffered_loop as _buffered_loop
 from tfscan._scan import cotangent as _cotangent
 from tfscan._scan import remat as _remat
-from tfscan._scan.plan import Plan, float_indices, scatter
+from tfscan._scan.plan import Plan, float_indices
 from tfscan._scan.residuals import NotSplittable, StepVJP, warn_recompute
 
 __all__ = []  # private module
@@ -305,14 +306,15 @@ class Programs:
             xs, dynamic_length = _pad(xs, _bucket(true_length)), true_length
         flat = self._call(f"forward_{save}_{wanted}", build, _join(init, xs, consts, dynamic_length))
         ny = len(plan.y_specs)
-        carry, ys, saved = flat[:n_i], flat[n_i: n_i + ny], flat[n_i + ny:]
+        carry, ys, saved = split_list(flat, [n_i, ny])
         if binomial or not save:
             return carry, ys, saved
         n_sc = len([i for i in _needed_carry(plan, split) if i not in plan.carry_is_y])
         if split is not None and split.y_alias:  # residuals that are ys: the ys buffers themselves
-            rest = iter(saved[n_sc:])
-            saved = saved[:n_sc] + [ys[split.y_alias[j]] if j in split.y_alias else next(rest)
-                                    for j in range(len(split.residual_specs))]
+            saved_carry, rest = split_list(saved, [n_sc])
+            rest = iter(rest)
+            saved = saved_carry + [ys[split.y_alias[j]] if j in split.y_alias else next(rest)
+                                   for j in range(len(split.residual_specs))]
         # Carries that are ys are read back from the ys: the init and ys leaves go last.
         saved = saved + [t for i, j in carry_aliases(plan, split) for t in (init[i], ys[j])]
         if true_length is not None:  # ``saved`` stays padded: the backward loop reads it so
@@ -330,15 +332,11 @@ class Programs:
         n_y = len(d_ys)
 
         def build(*args):
-            args = list(args)
-            x, args = args[:n_x], args[n_x:]
-            k, args = args[:n_k], args[n_k:]
-            s, args = args[:n_s], args[n_s:]
-            dc, args = scatter(n_c, d_carry_idx, args), args[len(d_carry_idx):]
-            dy, args = scatter(n_y, d_ys_idx, args), args[len(d_ys_idx):]
-            rows, args = dict(zip(row_idx, args)), args[len(row_idx):]
-            dl = args[0] if args else None
-            d_init, d_xs, d_k = backward(plan, static, x, k, s, dc, dy, dl, vjp, remat, wanted, rows)
+            x, k, s, dc, dy, rows, dl = split_list(args, [n_x, n_k, n_s, len(d_carry_idx), len(d_ys_idx),
+                                                          len(row_idx)])
+            dc, dy, rows = scatter(n_c, d_carry_idx, dc), scatter(n_y, d_ys_idx, dy), dict(zip(row_idx, rows))
+            d_init, d_xs, d_k = backward(plan, static, x, k, s, dc, dy, dl[0] if dl else None, vjp, remat,
+                                         wanted, rows)
             return [g for g in d_init + d_xs + d_k if g is not None]
 
         true_length = _bucketed(static, xs, dynamic_length)
@@ -351,9 +349,10 @@ class Programs:
             ([dynamic_length] if dynamic_length is not None else [])
         flat = list(self._call(f"backward_{wanted}_{tuple(row_idx)}", build, args))
         fc, fx, _, fk = float_indices(plan, consts, wanted)
-        a, b = len(fc), len(fc) + len(fx)
-        d_xs = flat[a:b] if true_length is None else [d[:true_length] for d in flat[a:b]]
-        return scatter(n_c, fc, flat[:a]), scatter(n_x, fx, d_xs), scatter(n_k, fk, flat[b:])
+        d_init, d_xs, d_k = split_list(flat, [len(fc), len(fx)])
+        if true_length is not None:
+            d_xs = [d[:true_length] for d in d_xs]
+        return scatter(n_c, fc, d_init), scatter(n_x, fx, d_xs), scatter(n_k, fk, d_k)
 
 
 def _join(init, xs, consts, dynamic_length) -> list:
@@ -361,6 +360,6 @@ def _join(init, xs, consts, dynamic_length) -> list:
 
 
 def _split(args, n_i, n_x, n_k):
-    args = list(args)
-    dl = args[n_i + n_x + n_k] if len(args) > n_i + n_x + n_k else None
-    return args[:n_i], args[n_i: n_i + n_x], args[n_i + n_x: n_i + n_x + n_k], dl
+    """The inverse of :func:`_join`: ``(init, xs, consts, dynamic_length or None)``."""
+    init, xs, consts, dl = split_list(args, [n_i, n_x, n_k])
+    return init, xs, consts, dl[0] if dl else None

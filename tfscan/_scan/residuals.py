@@ -26,6 +26,7 @@ import tensorflow as tf
 from tfscan import _tf
 from tfscan._core import context as _context
 from tfscan._core import step_errors as _step_errors
+from tfscan._core.flat import split_list
 from tfscan._scan.graph_piece import GraphPiece
 from tfscan._scan.plan import Plan, float_indices
 from tfscan._scan.step import _writes
@@ -89,7 +90,7 @@ class StepVJP:
         n_out = nc + len(plan.y_specs)
 
         def joint(*args):
-            c, x, cts = args[:nc], args[nc: nc + nx], list(args[nc + nx:])
+            c, x, cts = split_list(args, [nc, nx])
             outs = list(plan.flat_step(*c, *x))
             graph = _tf.default_graph()
             by_index = collections.defaultdict(list)
@@ -138,11 +139,10 @@ class StepVJP:
         self.n_carry = nc
         self.graph_def = graph.as_graph_def()
         args = [t.name for t in graph.inputs[: nc + nx + len(fc) + len(fy)]]
-        self.step_names, self.ct_names = args[: nc + nx], args[nc + nx:]
+        self.step_names, self.ct_names = split_list(args, [nc + nx])
         self.const_feeds, self.handle_feeds = const_feeds, handle_feeds
         outputs = list(graph.outputs)
-        self.fwd_outs = [t.name for t in outputs[:n_out]]
-        self.grad_outs = [t.name for t in outputs[n_out:]]
+        self.fwd_outs, self.grad_outs = ([t.name for t in group] for group in split_list(outputs, [n_out]))
         fed = self.fed_names(self.ct_names)
         self.vjp_piece = GraphPiece(self.graph_def, fed, self.grad_outs, keep=_ancestors_of(graph, self.grad_outs, fed),
                                     stub=self.stubs(graph), name="vjp", source=graph)
@@ -164,8 +164,7 @@ class StepVJP:
         return [t.name for _, t in graph.captures if t.dtype == tf.resource]
 
     def split_grads(self, grads: list):
-        a, b = len(self.fc), len(self.fc) + len(self.fx)
-        return grads[:a], grads[a:b], grads[b:]
+        return split_list(grads, [len(self.fc), len(self.fx)])
 
     def vjp(self, carry, x, consts, d_carry, d_y):
         """Gradients for the float carry, x and constant leaves of one step (recomputed)."""
@@ -264,8 +263,7 @@ class _Split:
         """``(new_carry, ys, residuals)`` of one step."""
         vjp = self.vjp
         outs = self.forward.apply(vjp.fed_values(carry, x, consts, []))
-        n = len(outs) - len(self.per_step)
-        return outs[: vjp.n_carry], outs[vjp.n_carry: n], outs[n:]
+        return split_list(outs, [vjp.n_carry, len(outs) - vjp.n_carry - len(self.per_step)])
 
     def step_backward(self, carry, x, consts, residuals, invariants, d_carry, d_y):
         """Gradients for the float carry, x and constant leaves of one step."""

@@ -111,7 +111,7 @@ class Jitted:
         if _context.jit_disabled():
             return self._fun(*args, **kwargs)
         if not tf.executing_eagerly() and record.could_possibly_record() and \
-                _tf.has_tangents(_tree.flatten((args, kwargs))[0]):
+                record.tangent_indices(_tree.flatten((args, kwargs))[0]):
             # Forward mode inside a trace (a scan's JVP step): traced inline, so the
             # accumulator differentiates each op by its own rule, as a jit inside a jit is
             # inlined in JAX. Through the call, TensorFlow would transpose the function's

@@ -20,6 +20,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfscan import _tf
+from tfscan._core.flat import split_list
 from tfscan._scan import autodiff as _autodiff
 from tfscan._tf import record
 from tfscan._transforms import batching as _batching
@@ -90,10 +91,8 @@ def convert(pfor_input) -> list | None:
         return None
     programs, (n_out, n_saved, n_i, n_x, n_k), has_dl = site
     ins = [pfor_input.input(j) for j in range(pfor_input.num_inputs)]
-    base = n_out + n_saved
-    init, xs = ins[base: base + n_i], ins[base + n_i: base + n_i + n_x]
-    consts = ins[base + n_i + n_x: base + n_i + n_x + n_k]
-    dl = ins[base + n_i + n_x + n_k] if has_dl else None
+    _, _, init, xs, consts, dl = split_list(ins, [n_out, n_saved, n_i, n_x, n_k])
+    dl = dl[0] if has_dl else None
     inputs = init + xs + consts
     if not any(w.is_stacked for w in inputs):
         return None
@@ -119,7 +118,7 @@ def _tile(t: tf.Tensor, size: Any) -> tf.Tensor:
 
 def _batched_scan(programs, init, xs, consts, dl, n: tf.Tensor) -> list:
     from tfscan._scan.scan import scan  # the public scan: caching, its VJP, remat
-    from tfscan._transforms.vmap import _pfor
+    from tfscan._transforms.vmap_program import pfor as _pfor
 
     plan, static = programs.plan, programs.static
     n_c = len(init)

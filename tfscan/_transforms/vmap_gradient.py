@@ -1,0 +1,128 @@
+"""``vmap``'s gradient when TensorFlow's own gradient of the batched program does not serve.
+
+When every loop in the batched program is a tfscan scan (batched whole, with its own
+VJP) and no variable is read, TensorFlow differentiates the batched program itself
+(:func:`native_gradient`). Otherwise (an eager tape, a variable read inside, another
+loop, a forward accumulator) the gradient is the vmapped per-example VJP,
+``grad(vmap(f)) == vmap(vjp(f))``, summed over the batch for shared and captured inputs
+(:func:`backward`); it is attached by :func:`with_gradient` both as a tape record and,
+in a graph, as the registered gradient of an ``IdentityN``. A cotangent of an unmapped
+output (``out_axes=None``) belongs to the batch once: example 0 gets it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import tensorflow as tf
+
+from tfscan import _tf
+from tfscan._core import context as _context
+from tfscan._core import gradients as _gradients
+from tfscan._scan.plan import is_float
+from tfscan._tf import record
+from tfscan._transforms import vmap_axes as _axes
+
+if TYPE_CHECKING:
+    from tfscan._transforms.vmap_program import Batched
+
+__all__ = []  # private module
+
+
+def needs_gradient(inputs: Sequence[tf.Tensor], entry: Batched) -> bool:
+    """Whether a gradient could be asked for: a graph being built, or a live tape."""
+    if not any(is_float(d) for d in entry.out_dtypes):
+        return False
+    if tf.executing_eagerly() and not record.could_possibly_record():
+        return False
+    return any(is_float(t.dtype) or t.dtype == tf.resource for t in inputs)
+
+
+def native_gradient(entry: Batched, inputs: Sequence[tf.Tensor]) -> bool:
+    """Whether TensorFlow's own gradient of the batched program serves this call: not inside
+    a step tfscan traces and copies, nor under a forward accumulator (see ``Batched.native``)."""
+    return entry.native and not tf.executing_eagerly() and not _context.in_internal_trace() and \
+        not record.tangent_indices(list(inputs))
+
+
+def with_gradient(entry: Batched, outs, mapped, shared, captured) -> list:
+    """Attach the vmapped per-example gradient to ``outs`` (eager tape, graph tape, tf.gradients)."""
+    inputs = list(mapped) + list(shared) + list(captured)
+    for v in entry.variables:
+        if v is not None:
+            _tf.mark_variable_accessed(v)  # so that tapes watch it
+
+    def tape_gradient(*d_outs):
+        return backward(entry, mapped, shared, captured, list(d_outs), outs)
+
+    if not tf.executing_eagerly():
+        outs = _gradients.identity(entry.grad_name, list(outs) + inputs)[: len(outs)]
+    record.record_operation("tfscan_vmap", outs, inputs, tape_gradient)
+    return outs
+
+
+def backward(entry: Batched, mapped, shared, captured, d_outs, outs) -> list:
+    """Gradients for ``mapped + shared + captured`` (``None`` where there is none)."""
+    mapped_axes = entry.mapped_axes
+    size = entry.size
+    if size is None:
+        size = tf.shape(mapped[0], out_type=tf.int32)[mapped_axes[0]]
+    # The cotangent of an output that is not mapped (out_axes None) belongs to the whole
+    # batch once: example 0 gets it, the others zeros.
+    float_outs = [i for i, d in enumerate(entry.out_dtypes) if is_float(d)]
+    dys, dy_axes = [], []
+    for i in float_outs:
+        d, axis = d_outs[i], entry.out_axes[i]
+        d = tf.zeros_like(outs[i]) if d is None else tf.convert_to_tensor(d)
+        if axis is None:
+            rest = tf.zeros(tf.concat([tf.reshape(size - 1, [1]), tf.shape(d)], 0), d.dtype)
+            d = tf.concat([d[None], rest], 0)
+            axis = 0
+        dys.append(d)
+        dy_axes.append(axis)
+    m_f = [j for j, t in enumerate(mapped) if is_float(t.dtype)]
+    s_f = [j for j, t in enumerate(shared) if is_float(t.dtype)]
+    c_f = [j for j, t in enumerate(captured) if is_float(t.dtype)]
+    c_v = [j for j, v in enumerate(entry.variables) if v is not None and v.trainable]
+    pe = entry.pe
+
+    def per_example(m, s, c, dy):
+        # Symbolic gradients (this is always traced): unlike a tape they also work where
+        # recording is paused, as when a scan traces its step's VJP.
+        sources = [m[j] for j in m_f] + [s[j] for j in s_f] + [c[j] for j in c_f] + [c[j] for j in c_v]
+        outs = _tf.call_concrete(pe, list(m) + list(s), list(c))
+        targets = [outs[i] for i in float_outs]
+        grads = tf.gradients(targets, sources, grad_ys=list(dy),
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO) if targets else \
+            [None] * len(sources)
+        out = []
+        for k, (g, src) in enumerate(zip(grads, sources)):
+            if src.dtype == tf.resource:
+                v = entry.variables[c_v[k - (len(sources) - len(c_v))]]
+                g = tf.zeros(v.shape, v.dtype) if g is None else g
+            elif g is None:
+                g = tf.zeros_like(src)
+            out.append(tf.convert_to_tensor(g))
+        return out
+
+    with _context.per_example_vjp():
+        grads = _vmapped_vjp(per_example, mapped_axes, mapped, shared, captured, dys, dy_axes, size)
+    grads = iter(grads)
+    result: list = []
+    for j, ax in enumerate(mapped_axes):
+        result.append(_axes.move_from_front(next(grads), ax) if j in m_f else None)
+    for j in range(len(shared)):
+        result.append(tf.reduce_sum(next(grads), 0) if j in s_f else None)
+    c_grads = [None] * len(captured)
+    for j in c_f + c_v:
+        c_grads[j] = tf.reduce_sum(next(grads), 0)
+    return result + c_grads
+
+
+def _vmapped_vjp(per_example, mapped_axes, mapped, shared, captured, dys, dy_axes, size):
+    from tfscan._transforms.vmap import (
+        vmap,  # the public transform (which imports this module)
+    )
+
+    return vmap(per_example, in_axes=(list(mapped_axes), [None] * len(shared), [None] * len(captured), dy_axes),
+                out_axes=0, axis_size=None if mapped else size)(list(mapped), list(shared), list(captured), dys)
