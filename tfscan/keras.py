@@ -57,6 +57,7 @@ import keras
 import tensorflow as tf
 
 import tfscan
+from tfscan._keras_dtypes import LOOP_DTYPES, ComputingIn, loop_dtype_for
 from tfscan._tf import keras_rnn
 
 __all__ = ["Scan", "SimpleRNN", "GRU", "LSTM"]
@@ -93,52 +94,6 @@ def _skeleton(nest: Any) -> Any:
 def _expand_mask(m: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     """A ``[batch]`` bool mask shaped to broadcast against ``like`` (``[batch, ...]``)."""
     return tf.reshape(m, tf.concat([tf.shape(m), tf.ones([like.shape.rank - 1], tf.int32)], 0))
-
-
-_HALF = ("float16", "bfloat16")
-
-
-def _cells(cell: Any) -> list:
-    """``cell`` and, for a ``StackedRNNCells``, every cell inside it (recursively)."""
-    inner = getattr(cell, "cells", None) if isinstance(cell, keras.layers.StackedRNNCells) else None
-    return [cell] + [c for sub in (inner or []) for c in _cells(sub)]
-
-
-def _on_cpu_only() -> bool:
-    """Whether XLA compiles for CPU here: no GPU or TPU device is visible."""
-    return not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
-
-
-def _plain_f32_variables(layer: Any) -> bool:
-    """Whether ``layer``'s policy is a plain ``DTypePolicy`` with float32 variables (no
-    quantization, no per-layer policy map): one whose compute dtype can be swapped."""
-    policy = getattr(layer, "dtype_policy", None)
-    return type(policy) is keras.DTypePolicy and policy.variable_dtype == "float32"
-
-
-def _mixed_half(layer: Any) -> bool:
-    """Whether ``layer``'s policy is a plain ``mixed_float16``/``mixed_bfloat16`` one."""
-    return _plain_f32_variables(layer) and layer.compute_dtype in _HALF
-
-
-class _ComputingIn:
-    """Within it, the cells (with float32 variables) compute in ``dtype``: their
-    ``dtype_policy`` is swapped to ``"float32"`` or ``"mixed_<dtype>"``, then restored.
-    Keras then reads their weights in ``dtype`` once per step trace (no casts of its own
-    inside the loop) and casts their inputs to it."""
-
-    def __init__(self, cell: Any, dtype: str):
-        self.cells = [c for c in _cells(cell) if _plain_f32_variables(c) and c.compute_dtype != dtype]
-        self.policy = "float32" if dtype == "float32" else f"mixed_{dtype}"
-
-    def __enter__(self):
-        self.saved = [c.dtype_policy for c in self.cells]
-        for c in self.cells:
-            c.dtype_policy = self.policy
-
-    def __exit__(self, *exc):
-        for c, policy in zip(self.cells, self.saved):
-            c.dtype_policy = policy
 
 
 @keras.saving.register_keras_serializable(package="tfscan")
@@ -216,8 +171,7 @@ class Scan(keras.layers.RNN):
         self.unroll = True if unroll is True else 1 if unroll is False else int(unroll)  # Keras' False: 1
         self.remat = remat
         self.time_major = bool(time_major)
-        if loop_dtype is not None and keras.backend.standardize_dtype(loop_dtype) not in (
-                "float32", *_HALF):
+        if loop_dtype is not None and keras.backend.standardize_dtype(loop_dtype) not in LOOP_DTYPES:
             raise ValueError(f"Scan: loop_dtype must be None, 'float32', 'bfloat16' or "
                              f"'float16'; got {loop_dtype!r}.")
         self.loop_dtype = None if loop_dtype is None else keras.backend.standardize_dtype(loop_dtype)
@@ -305,14 +259,9 @@ class Scan(keras.layers.RNN):
 
     def _computes_in(self) -> str:
         """The dtype of the loop's arithmetic (see ``loop_dtype``)."""
-        cell_dtype = getattr(self.cell, "compute_dtype", self.compute_dtype)
-        if self.loop_dtype is None:
-            return "float32" if _mixed_half(self.cell) and _on_cpu_only() else cell_dtype
-        if self.loop_dtype != cell_dtype and not all(_plain_f32_variables(c) for c in _cells(self.cell)):
-            raise ValueError(f"tfscan.keras.Scan: loop_dtype={self.loop_dtype!r} needs cells with "
-                             f"float32 variables under a plain Keras dtype policy; the cell "
-                             f"{type(self.cell).__name__} has policy {self.cell.dtype_policy!r}.")
-        return self.loop_dtype
+        if not hasattr(self.cell, "compute_dtype"):  # not a Keras layer: no policy to swap
+            return self.compute_dtype
+        return loop_dtype_for(self.cell, self.loop_dtype)
 
     def inner_loop(self, sequences, initial_state, mask, training=False, constants=None):
         """``(last_output, outputs, final_states)`` from one ``tfscan.scan`` over time.
@@ -362,7 +311,7 @@ class Scan(keras.layers.RNN):
             kw = {"training": training} if layer._cell_takes_training else {}
             if has_k:
                 kw["constants"] = list(constants)
-            with _ComputingIn(layer.cell, dtype):
+            with ComputingIn(layer.cell, dtype):
                 out, new_states = layer.cell(x_t, states, **kw)
             new_leaves = tf.nest.flatten(new_states)
             if len(new_leaves) != len(leaves):
