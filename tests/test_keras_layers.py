@@ -401,3 +401,19 @@ def test_mixed_precision_loops_in_float32_on_cpu(policy):
     assert tk.LSTM.from_config(per_op.get_config()).loop_dtype == half
     with pytest.raises(ValueError, match="loop_dtype must be None"):
         tk.GRU(3, loop_dtype="int32")
+
+
+def test_mixed_precision_stacked_dropout_cells_train():
+    """Stacked cells with dropout under mixed_bfloat16: Keras calls each stacked cell once
+    outside the loop to draw their dropout masks; that call computes in the loop's dtype too."""
+    x = _x(b=4, t=5, f=3)
+    layer = tk.Scan([keras.layers.LSTMCell(3, dropout=0.3, recurrent_dropout=0.2, dtype="mixed_bfloat16"),
+                     keras.layers.GRUCell(2, dropout=0.1, dtype="mixed_bfloat16")],
+                    return_sequences=True, dtype="mixed_bfloat16")
+    with tf.GradientTape() as tape:
+        out = layer(x, training=True)
+        loss = tf.reduce_sum(tf.cast(out, "float32") ** 2)
+    grads = tape.gradient(loss, layer.trainable_weights)
+    assert out.dtype == tf.bfloat16 and tuple(out.shape) == (4, 5, 2)
+    assert all(g is not None and g.dtype == tf.float32 for g in grads)
+    assert [c.compute_dtype for c in layer.cell.cells] == ["bfloat16", "bfloat16"]  # policies restored

@@ -244,7 +244,8 @@ class Scan(keras.layers.RNN):
 
         # Dropout masks are drawn once per call (Keras' way) and ride in the scan's carry,
         # so the compiled step never holds a stale mask from an earlier call.
-        keras_rnn.config_dropout_masks(self, self.cell, x[0], initial_state)
+        with ComputingIn(self.cell, cell_dtype):  # stacked cells are called once here
+            keras_rnn.config_dropout_masks(self, self.cell, x[0], initial_state)
         try:
             last, outputs, states = self.inner_loop(x, initial_state, mask, training, constants)
         finally:
