@@ -9,7 +9,10 @@ outputs are rounded once to the policy's dtype; on a GPU or TPU it stays in 16 b
 
 The dtype is switched by swapping the cells' public ``dtype_policy`` for the duration of
 one step trace (:class:`ComputingIn`): Keras then reads the float32 weights directly and
-casts the step's inputs to the loop dtype, for any cell, stacked cells included.
+casts the step's inputs to the loop dtype, for any cell, stacked cells included. The swap
+is not thread-safe: one layer must not be traced from two threads at once
+(``MirroredStrategy`` runs its replica functions one at a time: ``run_concurrently = False``
+in TensorFlow 2.21's ``mirrored_run``).
 
 >>> import keras
 >>> cell = keras.layers.GRUCell(3, dtype="mixed_bfloat16")
