@@ -259,6 +259,17 @@ def in_graph(graph: Any, t: tf.Tensor) -> tf.Tensor:
     return graph.capture(t) if is_func_graph(graph) else t
 
 
+def graph_variables(graph: Any) -> tuple:
+    """The variables a function graph has read so far in its trace (``()`` for another graph).
+
+    Why private: ``FuncGraph._watched_variables`` is how ``tf.function`` knows what its
+    trace read (``FuncGraph.variables`` is set from it only when the trace ends); each read
+    calls ``FuncGraph.watch_variable`` whether or not a tape records. No public API lists
+    them during a trace.
+    """
+    return tuple(graph._watched_variables) if is_func_graph(graph) else ()  # noqa: SLF001 - see docstring
+
+
 def set_op_gradient_function(op: Any, fn: Callable) -> None:
     """Give ``op`` the gradient function ``fn`` (see :func:`op_gradient_functions`)."""
     op._gradient_function = fn  # noqa: SLF001

@@ -24,6 +24,7 @@ import tensorflow as tf
 from tfscan._core import cache as _cache
 from tfscan._core import checks as _checks
 from tfscan._core import context as _context
+from tfscan._core import gradients as _gradients
 from tfscan._core import tree as _tree
 from tfscan._core import weak as _weak
 from tfscan._core.flat import scatter, split_list
@@ -311,10 +312,4 @@ def _zeros_if_none(t: Any, like: tf.Tensor) -> tf.Tensor:
 
 def _no_reverse(outs: list) -> list:
     """Identity whose gradient is JAX's reverse-mode error (for graph-mode symbolic gradients)."""
-    @tf.custom_gradient
-    def identity(*xs):
-        def grad(*_):
-            raise ValueError(_SYMBOLIC_ERROR)
-        return [tf.identity(x) for x in xs], grad
-
-    return list(identity(*outs))
+    return _gradients.failing_identity(outs, _SYMBOLIC_ERROR)

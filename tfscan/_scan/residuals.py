@@ -127,15 +127,10 @@ class StepVJP:
 
         specs = (list(plan.carry_specs) + list(plan.x_specs)
                  + [plan.carry_specs[i] for i in fc] + [plan.y_specs[i] for i in fy])
-        try:  # with tapes live: a GradientTape inside the step must record
-            with _context.internal_trace():
-                self._cf = tf.function(joint, autograph=False).get_concrete_function(*specs)
-        except NotSplittable:
-            raise
-        except Exception as e:  # noqa: BLE001 - any failure: fall back to recomputing (warned)
-            raise NotSplittable(f"its VJP could not be traced ({type(e).__name__}: {str(e)[:200]})",
-                                quiet=_step_errors.is_own(e)) from e
-        graph = self._cf.graph
+        # A conditional in the step is differentiated in an XLA context (the pieces only
+        # ever run compiled): its gradient intermediates are then plain tensors, not
+        # TensorFlow's ``variant`` optionals, which no loop can save per step.
+        graph = self._trace(joint, specs, xla=plan.step.has_conditional)
         self.n_carry = nc
         self.graph_def = graph.as_graph_def()
         args = [t.name for t in graph.inputs[: nc + nx + len(fc) + len(fy)]]
@@ -151,6 +146,17 @@ class StepVJP:
         except NotSplittable as e:
             self.split = None
             warn_recompute(plan.name, str(e))
+
+    def _trace(self, joint, specs, xla: bool):
+        try:  # with tapes live: a GradientTape inside the step must record
+            with _context.internal_trace():
+                self._cf = tf.function(joint, autograph=False, jit_compile=xla).get_concrete_function(*specs)
+        except NotSplittable:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure: fall back to recomputing (warned)
+            raise NotSplittable(f"its VJP could not be traced ({type(e).__name__}: {str(e)[:200]})",
+                                quiet=_step_errors.is_own(e)) from e
+        return self._cf.graph
 
     def fed_names(self, extra: Sequence[str]) -> list[str]:
         return self.step_names + [n for n, _ in self.const_feeds] + [n for n, _ in self.handle_feeds] + list(extra)
@@ -216,6 +222,8 @@ class _Split:
             elif t.dtype == tf.resource:
                 raise NotSplittable("the backward pass reads a resource")
             elif dep_step[op]:
+                if t.dtype == tf.variant:
+                    raise NotSplittable(f"the backward pass reads {name}, a variant (no loop saves it per step)")
                 if t.dtype.is_integer and any(ops_[a].type in _SHAPE_OPS for a in _ancestors([t.op], step_in)):
                     # A shape known only at run time, read by the backward pass: saved per step it
                     # would hide from XLA a value it must know when compiling (recompute instead).

@@ -22,6 +22,9 @@ from tfscan._scan.graph_piece import GraphPiece
 __all__ = []  # private module
 
 
+_CONDITIONALS = frozenset({"If", "StatelessIf", "Case", "StatelessCase"})
+
+
 class Traced:
     """``fn(*args) -> list of tensors`` traced on ``specs``; re-emitted by :meth:`apply`.
 
@@ -35,11 +38,17 @@ class Traced:
 
     def __init__(self, fn: Callable[..., Sequence[tf.Tensor]], specs: Sequence[tf.TensorSpec],
                  name: str = "step", slots: Sequence[tf.Tensor] = ()):
-        # Traced with tapes live: a GradientTape used inside the step must record.
+        # Traced with tapes live: a GradientTape used inside the step must record. Traced as
+        # XLA compiles it (the step only ever runs inside a compiled program): a nested
+        # cond/switch/scan/jit is emitted inline, so the step's VJP differentiates its ops, not
+        # a call of a compiled function (whose gradient TensorFlow builds outside any XLA
+        # context, with ``variant`` intermediates no loop can save).
         with _context.internal_trace():
-            cf = tf.function(fn, autograph=False).get_concrete_function(*specs)
+            cf = tf.function(fn, autograph=False, jit_compile=True).get_concrete_function(*specs)
         self._cf = cf  # keeps the functions the step calls registered with the runtime
         graph = cf.graph
+        # Its VJP is traced in an XLA context then (:class:`tfscan._scan.residuals.StepVJP`).
+        self.has_conditional = any(op.type in _CONDITIONALS for op in graph.get_operations())
         self.name = name
         self.n_args = len(specs)
         self.out_specs = [tf.TensorSpec(t.shape, t.dtype) for t in graph.outputs]
