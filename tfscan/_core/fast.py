@@ -21,6 +21,7 @@ the slow path, which checks everything and raises the same errors as before.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Any, Hashable
 
@@ -78,8 +79,30 @@ def static(*values: Any) -> tuple:
     return tuple((type(v), v) for v in values)
 
 
+class Signatures:
+    """Up to ``maxsize`` signatures and their entries (cleared when a new one would exceed it:
+    a sweep over many shapes keeps the table small)."""
+
+    def __init__(self, maxsize: int = 8):
+        self.maxsize = maxsize
+        self._entries: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, sig: Hashable) -> Any:
+        return self._entries.get(sig)
+
+    def put(self, sig: Hashable, entry: Any) -> None:
+        with self._lock:
+            if len(self._entries) >= self.maxsize and sig not in self._entries:
+                self._entries.clear()
+            self._entries[sig] = entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class Table:
-    """Per function object (held weakly), up to ``per_function`` signatures and their entries."""
+    """Per function object (held weakly), its :class:`Signatures`."""
 
     def __init__(self, per_function: int = 8):
         self.per_function = per_function
@@ -97,15 +120,10 @@ class Table:
         try:
             entries = self._table.get(f)
             if entries is None:
-                entries = self._table[f] = {}
+                entries = self._table[f] = Signatures(self.per_function)
         except TypeError:
             return
-        if len(entries) >= self.per_function and sig not in entries:
-            entries.clear()  # a sweep over many shapes: keep the table small
-        entries[sig] = entry
-
-    def clear(self) -> None:
-        self._table.clear()
+        entries.put(sig, entry)
 
     def __len__(self) -> int:
-        return sum(len(e) for e in self._table.values())
+        return sum(len(e) for e in list(self._table.values()))

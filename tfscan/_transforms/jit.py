@@ -94,7 +94,7 @@ class Jitted:
         self._static_nums, self._static_names = _static_args(fun, self._params, static_argnums, static_argnames)
         # The short-call fast path (:mod:`tfscan._core.fast`), for calls without static arguments:
         # signature -> (closure, entry, captured inputs).
-        self._fast: dict | None = None if self._static_nums or self._static_names else {}
+        self._fast = None if self._static_nums or self._static_names else _fast.Signatures()
         functools.update_wrapper(self, fun, updated=())  # not __dict__: it would overwrite ours
 
     @property
@@ -158,10 +158,7 @@ class Jitted:
             return
         sig, _ = _fast.signature(args)
         if sig is not None:
-            with self._lock:
-                if len(self._fast) >= 8 and sig not in self._fast:
-                    self._fast.clear()  # a sweep over many shapes: keep the table small
-                self._fast[sig] = (closure, entry, list(captured))
+            self._fast.put(sig, (closure, entry, list(captured)))
 
     def lower(self, *args: Any, **kwargs: Any) -> "Lowered":
         """The program for these arguments (traced if needed), for inspection.
