@@ -21,7 +21,8 @@ PACKAGE = pathlib.Path(tfscan.__file__).parent
 PRIVATE = ["_call_flat", "_omit_frequent_tracing_warning", "_get_function", "_gradient_function",
            "_pfor_converter_registry", "_convert_function_call", "_convert_helper", "_stack",
            "_dropout_mask", "_recurrent_dropout_mask", "_call_has_training_arg",
-           "_maybe_config_dropout_masks", "_maybe_reset_dropout_masks", "capture", "_watched_variables"]
+           "_maybe_config_dropout_masks", "_maybe_reset_dropout_masks", "capture", "_watched_variables",
+           "_captured_inputs"]
 # An attribute access (``x._name``) or a name given as a string (``getattr(x, "_name")``).
 PRIVATE_USE = re.compile(r"""(?:\.|["'])(%s)\b""" % "|".join(PRIVATE))
 
@@ -49,6 +50,7 @@ def test_call_concrete_feeds_new_captures():
     assert _tf.call_concrete(fn, [tf.constant(3.0)])[0].numpy() == 6.0
     assert _tf.call_concrete(fn, [tf.constant(3.0)], [tf.constant(5.0)])[0].numpy() == 15.0
     assert _tf.quiet_retracing(tf.function(lambda: 1)) is not None
+    assert [c is a for c in _tf.fixed_captures(fn)] == [True]
 
 
 def test_record_sees_tapes_and_accumulators():

@@ -77,6 +77,20 @@ def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[A
     return list(outs) if isinstance(outs, (list, tuple)) else [outs]
 
 
+def fixed_captures(concrete: Any) -> list | None:
+    """``concrete.captured_inputs`` when they are fixed objects, ``None`` when one is a
+    deferred capture (a value TensorFlow recomputes at each call).
+
+    Why private: ``captured_inputs`` rebuilds its list (``nest.flatten``) on every call, a
+    tenth of a short scan's eager call; the short-call fast path (:mod:`tfscan._core.fast`)
+    reads it once. Only the private ``_captured_inputs`` tells a deferred capture
+    (``capture_call_time_value``, a callable) from a tensor. Checked on TensorFlow 2.21.
+    """
+    if any(callable(c) for c in concrete._captured_inputs):  # noqa: SLF001 - see docstring
+        return None
+    return list(concrete.captured_inputs)
+
+
 def quiet_retracing(fn: Any) -> Any:
     """Silence ``tf.function``'s "frequent retracing" warning for ``fn``.
 

@@ -279,6 +279,14 @@ class Programs:
             concrete = self._concrete[name] = fn.get_concrete_function(*args)
         return _tf.call_concrete(concrete, args, xla=True)
 
+    def direct_forward(self) -> tuple[Any, list] | None:
+        """``(concrete function, its captured inputs)`` of the forward program without
+        residuals, once an eager call has made it (``None`` before, or when a capture is
+        deferred): the short-call fast path calls it with ``init + xs + consts``."""
+        concrete = self._concrete.get("forward_False_None")
+        captured = _tf.fixed_captures(concrete) if concrete is not None else None
+        return None if captured is None else (concrete, captured)
+
     def forward(self, init, xs, consts, dynamic_length=None, save=False, wanted=None):
         """``(carry, ys, saved)``; ``wanted`` (a bool per xs and consts leaf, or ``None`` for
         all) limits the residuals to what the gradients of those leaves need."""
