@@ -53,6 +53,29 @@ def test_call_concrete_feeds_new_captures():
     assert [c is a for c in _tf.fixed_captures(fn)] == [True]
 
 
+def test_launch_compiled_emits_one_xla_launch_op_or_nothing():
+    v = tf.Variable([1.0, 2.0])
+    held = tf.function(lambda x, n: (x * v + tf.cast(n, tf.float32), n), jit_compile=True)
+    concrete = held.get_concrete_function(tf.TensorSpec([2]), tf.TensorSpec([], tf.int32))
+    assert concrete.captured_inputs[-1].dtype == tf.resource  # the variable goes last, as XlaLaunch reads it
+
+    @tf.function
+    def outer(x, n):
+        launched = _tf.launch_compiled(concrete, [x, n], not_constant=[1])
+        assert [op.type for op in tf.compat.v1.get_default_graph().get_operations()].count("XlaLaunch") == 1
+        assert launched[0].shape == [2] and launched[1].dtype == tf.int32
+        assert _tf.launch_compiled(concrete, [x, n]) is None  # n might be a compile-time constant
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            assert _tf.launch_compiled(concrete, [x, n], not_constant=[1]) is None  # the tape could record it
+        return launched
+
+    out = outer(tf.constant([3.0, 4.0]), tf.constant(5))
+    np.testing.assert_allclose(out[0].numpy(), [8.0, 13.0])
+    assert out[1].numpy() == 5
+    assert _tf.launch_compiled(concrete, [tf.constant([3.0, 4.0]), tf.constant(5)], not_constant=[1]) is None
+
+
 def test_record_sees_tapes_and_accumulators():
     x = tf.constant(2.0)
     assert not _tf.record.could_possibly_record()

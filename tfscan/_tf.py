@@ -7,7 +7,7 @@ entry — so a TensorFlow release that moves an internal breaks this module and 
 test, not code scattered across the package.
 
 The entries come in six groups: calling a traced function (:func:`call_concrete`,
-:func:`quiet_retracing`), the eager tapes (:class:`record`), graphs
+:func:`launch_compiled`, :func:`xla_trace`, :func:`quiet_retracing`), the eager tapes (:class:`record`), graphs
 (:func:`default_graph`, :func:`in_xla_context`, :func:`is_func_graph`,
 :func:`graph_function`, :func:`function_graph`, :func:`op_gradient_functions`, :func:`in_graph`,
 :func:`is_autograph_scope`, :func:`mark_variable_accessed`), vectorization
@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla as _xla
+from tensorflow.core.framework import attr_value_pb2 as _attr_value_pb2
 from tensorflow.python.autograph.core import function_wrappers as _autograph_wrappers
 from tensorflow.python.eager import context as _context
 from tensorflow.python.eager import forwardprop_util as _forwardprop_util
@@ -89,6 +90,86 @@ def fixed_captures(concrete: Any) -> list | None:
     if any(callable(c) for c in concrete._captured_inputs):  # noqa: SLF001 - see docstring
         return None
     return list(concrete.captured_inputs)
+
+
+# Integer inputs may be compile-time constants of the program (a shape, a ``tf.range``
+# bound): only TensorFlow's kernel for a ``_XlaMustCompile`` call knows which, so those calls
+# keep that path (:func:`launch_compiled`).
+_MAYBE_CONSTANT = (tf.int8, tf.int16, tf.int32, tf.int64, tf.uint8, tf.uint16, tf.uint32, tf.uint64)
+
+
+def launch_compiled(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = None,
+                    not_constant: Sequence[int] = ()) -> list | None:
+    """Emit a call of a held ``jit_compile=True`` concrete function in the graph being built
+    as one ``XlaLaunch`` op; ``None`` (nothing emitted) when that cannot be done safely.
+
+    Why private: TensorFlow emits the call as a ``PartitionedCall`` marked
+    ``_XlaMustCompile``. When a graph holding that call runs, the runtime builds its kernel
+    (``CreateXlaKernel``, ``compiler/jit/xla_kernel_creator.cc``) with
+    ``GetBodyAndConstantsAndResources``, which instantiates the called function in the
+    device's ``FunctionLibraryRuntime`` under the calling function's own library (a new
+    instantiation key for every calling function) and never releases the handle: every
+    fresh ``tf.function`` that calls a held compiled function keeps a copy of its body graph
+    for the life of the process (260 KiB for a 20-step unrolled RNN, 1.5 MiB with its
+    gradient; ``benchmarks/everyday.py``, row "held jit_compile function"). The
+    ``XlaLaunch`` op's kernel reads its constant and resource inputs from its attributes
+    and instantiates nothing; it is freed with the graph, and XLA's compilation cache (keyed
+    by the function's name and argument shapes) still compiles the program once. No public
+    API emits it (``tf.raw_ops`` omits it): the op is made with ``Graph.create_op`` and the
+    function added to the graph's library with ``ConcreteFunction.add_to_graph``.
+
+    ``XlaLaunch`` takes the function's inputs in its order as ``constants, args,
+    resources``: nothing is emitted (``None``) when a resource input comes before a
+    non-resource one, when an integer input (a possible compile-time constant) is not in
+    ``not_constant`` (indices into ``args``, known to be run-time values only), when the
+    graph is not a ``tf.function``'s, or when a tape or accumulator could record the op
+    (it has no registered gradient; tfscan records its own). Checked on TF 2.21.
+    """
+    graph = _ops.get_default_graph()
+    if (_context.executing_eagerly() or not isinstance(graph, _func_graph.FuncGraph)
+            or _record.could_possibly_record()):
+        return None
+    if captured is None:
+        captured = concrete.captured_inputs
+    inputs = list(args) + [_ops.convert_to_tensor(c) for c in captured]
+    dtypes = [t.dtype for t in inputs]
+    n_res = 0
+    while n_res < len(dtypes) and dtypes[len(dtypes) - 1 - n_res] == tf.resource:
+        n_res += 1
+    plain = dtypes[: len(dtypes) - n_res]
+    allowed = set(not_constant)
+    if any(d == tf.resource or d == tf.variant for d in plain) or any(
+            d in _MAYBE_CONSTANT and i not in allowed for i, d in enumerate(plain)):
+        return None
+    outputs = concrete.outputs
+    if any(o.dtype in (tf.resource, tf.variant) for o in outputs):
+        return None
+    concrete.add_to_graph(graph)
+    name = concrete._inference_function.name  # noqa: SLF001 - the function add_to_graph adds
+    name = name.decode() if isinstance(name, bytes) else name
+    types = lambda ts: _attr_value_pb2.AttrValue(  # noqa: E731
+        list=_attr_value_pb2.AttrValue.ListValue(type=[t.as_datatype_enum for t in ts]))
+    op = graph.create_op("XlaLaunch", inputs, [o.dtype for o in outputs], attrs={
+        "Tconstants": types([]), "Targs": types(plain), "Nresources": _attr_value_pb2.AttrValue(i=n_res),
+        "Tresults": types([o.dtype for o in outputs]),
+        "function": _attr_value_pb2.AttrValue(func=_attr_value_pb2.NameAttrList(name=name))})
+    for variable in concrete.graph.variables:  # as ``ConcreteFunction._call_flat`` does
+        _resource_variable_ops.variable_accessed(variable)
+    result = list(op.outputs)
+    for r, o in zip(result, outputs):
+        r.set_shape(o.shape)
+    return result
+
+
+def xla_trace() -> contextlib.AbstractContextManager:
+    """A context in which a ``jit_compile=True`` function is traced (``get_concrete_function``)
+    as its call traces it: the graph built is in XLA's context (:func:`in_xla_context`).
+
+    Why private: ``tf.function.__call__`` enters ``OptionalXlaContext`` around its trace;
+    ``get_concrete_function`` does not, so code traced there could not tell that XLA
+    compiles it (and would nest compiled calls, or ``XlaLaunch`` ops XLA cannot compile).
+    """
+    return _polymorphic_function.OptionalXlaContext(True)
 
 
 def quiet_retracing(fn: Any) -> Any:

@@ -268,7 +268,8 @@ class _Entry:
         self.function = _tf.quiet_retracing(
             tf.function(traced, jit_compile=True, autograph=False, reduce_retracing=False))
         self.specs = [t if isinstance(t, tf.TensorSpec) else tf.TensorSpec(t.shape, t.dtype) for t in flat]
-        self.concrete = self.function.get_concrete_function(*self.specs)
+        with _tf.xla_trace():  # a scan traced here is compiled inline, as in the function's call
+            self.concrete = self.function.get_concrete_function(*self.specs)
         self.feed = _cache.Feed(self.concrete.captured_inputs, slots)
         self.graph_bound = any(tf.is_symbolic_tensor(t) for t in self.concrete.captured_inputs)
 

@@ -68,8 +68,9 @@ class Batched:
         self.function = _tf.quiet_retracing(
             tf.function(self._batched, jit_compile=True, autograph=False, reduce_retracing=False))
         loops = _batching.loops_batched()
-        self.run = self.function.get_concrete_function(
-            *[tf.TensorSpec(t.shape, t.dtype) for t in list(mapped) + list(shared)])
+        with _tf.xla_trace():  # a scan traced here is compiled inline, as in the function's call
+            self.run = self.function.get_concrete_function(
+                *[tf.TensorSpec(t.shape, t.dtype) for t in list(mapped) + list(shared)])
         captured = list(self.pe.captured_inputs)
         by_handle = {id(v.handle): v for v in self.pe.graph.variables}
         self.variables = [by_handle.get(id(c)) for c in captured]  # the variable of each resource capture
