@@ -313,12 +313,7 @@ def test_forwarded_value_stays_unbatched(kind):
     close(got[1], want[1])
 
 
-_VARIANT = ("the batched step's nested conditional or while loop carries its gradient's variant "
-            "intermediates, which pfor cannot batch (README, Known limitations)")
-
-
-@pytest.mark.parametrize("nested", ["jit", pytest.param("while_loop", marks=pytest.mark.xfail(strict=True, reason=_VARIANT)),
-                                    pytest.param("cond", marks=pytest.mark.xfail(strict=True, reason=_VARIANT))])
+@pytest.mark.parametrize("nested", ["jit", "while_loop", "cond"])
 def test_vmap_of_a_loop_whose_body_makes_nested_compiled_calls(nested):
     """A scan step calling a jitted function (an inner while_loop, a cond), batched: pfor must
     convert calls of functions the step was re-emitted with (imported, no FuncGraph)."""

@@ -21,7 +21,8 @@ PACKAGE = pathlib.Path(tfscan.__file__).parent
 PRIVATE = ["_call_flat", "_omit_frequent_tracing_warning", "_get_function", "_gradient_function",
            "_pfor_converter_registry", "_convert_function_call", "_convert_helper", "_stack",
            "_dropout_mask", "_recurrent_dropout_mask", "_call_has_training_arg",
-           "_maybe_config_dropout_masks", "_maybe_reset_dropout_masks", "capture"]
+           "_maybe_config_dropout_masks", "_maybe_reset_dropout_masks", "capture", "_watched_variables",
+           "_captured_inputs"]
 # An attribute access (``x._name``) or a name given as a string (``getattr(x, "_name")``).
 PRIVATE_USE = re.compile(r"""(?:\.|["'])(%s)\b""" % "|".join(PRIVATE))
 
@@ -49,6 +50,7 @@ def test_call_concrete_feeds_new_captures():
     assert _tf.call_concrete(fn, [tf.constant(3.0)])[0].numpy() == 6.0
     assert _tf.call_concrete(fn, [tf.constant(3.0)], [tf.constant(5.0)])[0].numpy() == 15.0
     assert _tf.quiet_retracing(tf.function(lambda: 1)) is not None
+    assert [c is a for c in _tf.fixed_captures(fn)] == [True]
 
 
 def test_launch_compiled_emits_one_xla_launch_op_or_nothing():
@@ -85,8 +87,29 @@ def test_record_sees_tapes_and_accumulators():
         y = tf.identity(x)
         _tf.record.record_operation("Scale", [y], [x], lambda d: [3.0 * d])
     assert tape.gradient(y, x).numpy() == 3.0
-    with tf.autodiff.ForwardAccumulator([x], [tf.constant(1.0)]):
+    with tf.autodiff.ForwardAccumulator([x], [tf.constant(1.0)]) as acc:
         assert _tf.record.tangent_indices([tf.constant(0.0), x]) == {1}
+        assert _tf.record.tangent_indices([1.0, "a", x]) == {2}  # only tensors have tangents
+        packed = _tf.record.pack_tangents([tf.constant(0.0), x])
+        assert [list(e) for e in packed.indices] == [[(1, 2)]] and packed.tangents[0].numpy() == 1.0
+        with _tf.record.stop_recording():
+            z = tf.identity(x)
+        _tf.record.record_operation_forwardprop_only("Scale", [z], [x], lambda d: [5.0 * d])
+        assert acc.jvp(z).numpy() == 5.0
+        with _tf.record.forwardprop_state():  # an accumulator made inside still records
+            with tf.autodiff.ForwardAccumulator([x], [tf.constant(2.0)]) as inner:
+                assert inner.jvp(x * 3.0).numpy() == 6.0
+    assert _tf.record.tangent_indices([x]) == set() and not _tf.record.pack_tangents([x]).indices
+
+    seen = {}
+
+    @tf.function
+    def trace():
+        seen["graph"] = _tf.default_graph()
+        seen["captured"] = _tf.record.silent_capture(seen["graph"], x)
+        return seen["captured"] + 1.0
+
+    assert trace().numpy() == 3.0 and seen["captured"].graph is seen["graph"]
 
 
 def test_graph_entries():

@@ -65,6 +65,16 @@ def in_vmap_trace() -> bool:
     return getattr(_state, "vmap", 0) > 0
 
 
+def per_example_vjp() -> contextlib.AbstractContextManager:
+    """While ``vmap``'s gradient traces the vmapped per-example VJP: the scans it batches
+    there are batched op by op, since that VJP reads their forward loops' residuals."""
+    return _depth("per_example_vjp")
+
+
+def in_per_example_vjp() -> bool:
+    return getattr(_state, "per_example_vjp", 0) > 0
+
+
 def in_xla_context() -> bool:
     """True while tracing a function that XLA compiles as a whole (``jit_compile=True``)."""
     if tf.executing_eagerly():

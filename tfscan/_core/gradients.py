@@ -38,3 +38,31 @@ def identity(name: str, flat: Sequence[tf.Tensor]) -> list:
     """``flat`` through one ``IdentityN`` whose gradient is the one registered as ``name``."""
     with _tf.default_graph().gradient_override_map({"IdentityN": name}):
         return list(tf.identity_n(list(flat)))
+
+
+_failing: dict[str, str] = {}  # error message -> the name its failing gradient is registered as
+
+
+def failing_identity(flat: Sequence[tf.Tensor], message: str) -> list:
+    """``flat`` through an ``IdentityN`` whose gradient raises ``ValueError(message)`` (a
+    loop with no reverse mode). ``vmap``'s batching keeps it (:func:`is_failing`), so the
+    batched loop has no reverse mode either."""
+    with _lock:
+        name = _failing.get(message)
+    if name is None:
+        def grad(op, *d_outputs):
+            raise ValueError(message)
+        name = register("TfscanNoGradient", grad)
+        with _lock:
+            name = _failing.setdefault(message, name)
+    return identity(name, flat)
+
+
+def is_failing(op: tf.Operation) -> str | None:
+    """The gradient name of ``op`` when it is a :func:`failing_identity`, else ``None``."""
+    try:
+        name = op.get_attr("_gradient_op_type")
+    except ValueError:
+        return None
+    name = name.decode() if isinstance(name, bytes) else name
+    return name if name in _failing.values() else None

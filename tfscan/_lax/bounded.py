@@ -34,9 +34,10 @@ from typing import Any
 import tensorflow as tf
 
 from tfscan._core import gradients as _gradients
+from tfscan._core.flat import scatter, split_list
 from tfscan._lax import control as _control
 from tfscan._scan.buffered_loop import _write, keep_shape
-from tfscan._scan.plan import Plan, float_indices, is_float, scatter
+from tfscan._scan.plan import Plan, float_indices, is_float
 from tfscan._scan.program import captured, step_vjp
 from tfscan._scan.residuals import NotSplittable, StepVJP
 
@@ -80,7 +81,7 @@ class Reverse:
     def _forward_build(self, *args):
         """``carry, n, checkpoints`` of the loop on ``(carry, cond consts, body consts)``."""
         n, nc = len(self.plan.carry_specs), len(self.cond.const_sources)
-        carry, kc, kb = list(args[:n]), list(args[n: n + nc]), list(args[n + nc:])
+        carry, kc, kb = split_list(args, [n, nc])
         bufs = [tf.repeat(c[None], self.n_seg, axis=0) for c in carry]
         k, N = self.k, self.N
 
@@ -101,8 +102,8 @@ class Reverse:
 
     def forward(self, carry: list, kc: list, kb: list) -> tuple[list, tf.Tensor, list]:
         flat = self._forward(*carry, *kc, *kb)
-        n = len(carry)
-        return flat[:n], flat[n], flat[n + 1:]
+        carry, (steps,), bufs = split_list(flat, [len(carry), 1])
+        return carry, steps, bufs
 
     # ---------------------------------------------------------------- backward
     def trace_vjp(self, kb: list) -> None:

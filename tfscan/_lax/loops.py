@@ -24,13 +24,15 @@ import tensorflow as tf
 from tfscan._core import cache as _cache
 from tfscan._core import checks as _checks
 from tfscan._core import context as _context
+from tfscan._core import gradients as _gradients
 from tfscan._core import tree as _tree
 from tfscan._core import weak as _weak
+from tfscan._core.flat import scatter, split_list
 from tfscan._lax import bounded as _bounded
 from tfscan._lax import control as _control
 from tfscan._scan import forward as _forward
 from tfscan._scan.buffered_loop import keep_shape
-from tfscan._scan.plan import Plan, is_float, scatter
+from tfscan._scan.plan import Plan, is_float
 from tfscan._scan.step import Traced
 from tfscan._tf import record
 
@@ -218,16 +220,9 @@ class _WhilePlan:
             lambda *c: [keep_shape(t, s) for t, s in zip(body(list(c)), shapes)],
             carry, maximum_iterations=self.max_steps))
 
-    def _split(self, args: tuple, sizes: list) -> list:
-        out, args = [], list(args)
-        for n in sizes:
-            out.append(args[:n])
-            args = args[n:]
-        return out
-
     def _forward_build(self, *args):
         n, nc = len(self.specs), len(self.cond.const_sources)
-        carry, kc, kb = self._split(args, [n, nc, len(args) - n - nc])
+        carry, kc, kb = split_list(args, [n, nc])
         return self._loop(carry, kc, lambda c: self.body.apply(c, kb))
 
     def _jvp_closed(self, kb: list) -> list:
@@ -260,7 +255,7 @@ class _WhilePlan:
             return cond_fun(_tree.unflatten(tree, v[:n]))
 
         def body(v):
-            c, tc, tk = v[:n], v[n: n + n_t], v[n + n_t:]
+            c, tc, tk = split_list(v, [n, n_t])
             outs, t_outs = _forward.jvp_call(self._flat_body, c, scatter(n, fc, tc),
                                              _forward.watch_list(sources, kb, fk, tk), closed)
             return list(outs) + [t_outs[i] for i in fc] + list(tk)
@@ -317,10 +312,4 @@ def _zeros_if_none(t: Any, like: tf.Tensor) -> tf.Tensor:
 
 def _no_reverse(outs: list) -> list:
     """Identity whose gradient is JAX's reverse-mode error (for graph-mode symbolic gradients)."""
-    @tf.custom_gradient
-    def identity(*xs):
-        def grad(*_):
-            raise ValueError(_SYMBOLIC_ERROR)
-        return [tf.identity(x) for x in xs], grad
-
-    return list(identity(*outs))
+    return _gradients.failing_identity(outs, _SYMBOLIC_ERROR)

@@ -19,10 +19,11 @@ import tensorflow as tf
 from tfscan import _tf
 from tfscan._core import context as _context
 from tfscan._core import gradients as _gradients
+from tfscan._core.flat import scatter, split_list
 from tfscan._scan import cotangent as _cotangent
 from tfscan._scan import forward as _forward
 from tfscan._scan import program as _program
-from tfscan._scan.plan import float_indices, is_float, scatter
+from tfscan._scan.plan import float_indices, is_float
 from tfscan._scan.program import Programs
 from tfscan._tf import record
 
@@ -175,13 +176,8 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
                 raise ValueError(f"tfscan: cannot save the gradient of a scan ({name}): its graph "
                                  "is gone. Save with tf.saved_model.SaveOptions("
                                  "experimental_custom_gradients=False) to save the forward pass only.")
-        ins = list(op.inputs)
-        outs, ins = ins[:n_out], ins[n_out:]
-        saved, ins = ins[:n_saved], ins[n_saved:]
-        init, ins = ins[:n_i], ins[n_i:]
-        xs, ins = ins[:n_x], ins[n_x:]
-        consts, ins = ins[:n_k], ins[n_k:]
-        dl = ins[0] if has_dl else None
+        outs, saved, init, xs, consts, dl = split_list(op.inputs, [n_out, n_saved, n_i, n_x, n_k])
+        dl = dl[0] if has_dl else None
         if wanted is None:
             grads = _backward(programs, init, xs, consts, saved, d_all[:n_out], outs, dl)
         else:  # residuals saved for the tape's gradients only: tf.gradients may ask for any

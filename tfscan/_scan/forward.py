@@ -25,7 +25,8 @@ import tensorflow as tf
 
 from tfscan import _tf
 from tfscan._core import tree as _tree
-from tfscan._scan.plan import Plan, float_indices, is_float, scatter
+from tfscan._core.flat import scatter, split_list
+from tfscan._scan.plan import Plan, float_indices, is_float
 from tfscan._scan.program import Programs
 
 __all__ = []  # private module
@@ -47,7 +48,7 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     _tf.guard_empty_function_call_records()  # nested accumulators in one trace (a JVP of a JVP)
     graph = _tf.default_graph()
     for obj in list(closed) + [o for o, _ in watched]:
-        _tf.silent_capture(graph, obj.handle if isinstance(obj, tf.Variable) else obj)
+        _tf.record.silent_capture(graph, obj.handle if isinstance(obj, tf.Variable) else obj)
     primals, ts = [], []
     for a, t in zip(args, tangents):
         if t is not None:
@@ -58,11 +59,21 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
         ts.append(t)
     # An accumulator busy computing a tangent (the one whose forward function traces this)
     # silences the accumulators made after it: let this one record.
-    with _tf.forwardprop_state(), tf.autodiff.ForwardAccumulator(primals, ts) as acc:
+    with _tf.record.forwardprop_state(), tf.autodiff.ForwardAccumulator(primals, ts) as acc:
         outs = list(fn(*args))
-    out_t = [acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO) if is_float(o.dtype) else None
-             for o in outs]
+    out_t = [_shaped_as(acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO), o) if is_float(o.dtype)
+             else None for o in outs]
     return outs, out_t
+
+
+def _shaped_as(t: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """A tangent with its primal's static shape: an accumulator's tangent of a function call's
+    output may have lost it (a JVP of a JVP), and a loop buffer needs the rank."""
+    if t.shape.is_fully_defined() or not like.shape.is_compatible_with(t.shape):
+        return t
+    t = tf.identity(t)
+    t.set_shape(t.shape.merge_with(like.shape))
+    return t
 
 
 def watch_list(sources: Sequence[Any], values: Sequence[tf.Tensor], indices: Sequence[int],
@@ -98,13 +109,14 @@ class _ScanJVP:
         closed += [h for _, h in plan.step.handles]
 
         def step(carry, x):
-            c, tc, tk = carry[:n_c], carry[n_c: n_c + n_tc], carry[n_c + n_tc:]
-            xv, tx = x[:n_x], x[n_x:]
+            c, tc, tk = split_list(carry, [n_c, n_tc])
+            xv, tx = split_list(x, [n_x])
             outs, t_outs = jvp_call(plan.flat_step, list(c) + list(xv),
                                     scatter(n_c, fc, tc) + scatter(n_x, fx, tx),
                                     watch_list(sources, values, fk, tk), closed)
-            new_carry = outs[:n_c] + [t_outs[i] for i in fc] + list(tk)
-            ys = outs[n_c:] + [t_outs[n_c + i] for i in fy]
+            c_out, y_out = split_list(outs, [n_c])
+            new_carry = c_out + [t_outs[i] for i in fc] + list(tk)
+            ys = y_out + [t_outs[n_c + i] for i in fy]
             return new_carry, ys
 
         carry_tree = _tree.flatten([0] * len(carry_specs))[1]
@@ -175,7 +187,7 @@ def first_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[t
     if getattr(_state, "computing", 0):
         return None  # inside a forward function: the oldest accumulator may be the busy one
     inputs = list(init) + list(xs) + list(consts)
-    packed = _tf.pack_tangents(inputs)
+    packed = _tf.record.pack_tangents(inputs)
     entries = [e for e in packed.indices if e]  # newest first: the last is the oldest accumulator
     if not entries:
         return None
@@ -185,7 +197,7 @@ def first_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[t
         if i >= len(inputs):  # (indices may name another accumulator's tangent as a primal)
             return None  # a tangent with a tangent of its own: the recorded path differentiates it
         given[i] = pool[j]
-    if _tf.has_tangents([t for t in given if t is not None]):
+    if _tf.record.tangent_indices([t for t in given if t is not None]):
         return None
 
     def unrecorded(progs, i, x, k, dl):
@@ -220,8 +232,5 @@ def _jvp(programs: Programs, init, xs, consts, dynamic_length, tangents, run) ->
     t_xs = [tangent(n_i + i, xs[i]) for i in jvp.fx]
     t_k = [tangent(n_i + n_x + i, consts[i]) for i in jvp.fk]
     outs = run(jvp.programs, list(init) + t_init + t_k, list(xs) + t_xs, k, dynamic_length)
-    n_carry = n_i + len(t_init) + len(t_k)
-    t_carry = outs[n_i: n_i + len(t_init)]
-    primal = outs[:n_i] + outs[n_carry: n_carry + jvp.n_y]
-    t_ys = outs[n_carry + jvp.n_y:]
-    return primal, scatter(n_i, jvp.fc, t_carry) + scatter(jvp.n_y, jvp.fy, t_ys)
+    carry, t_carry, _, ys, t_ys = split_list(outs, [n_i, len(t_init), len(t_k), jvp.n_y])
+    return carry + ys, scatter(n_i, jvp.fc, t_carry) + scatter(jvp.n_y, jvp.fy, t_ys)

@@ -7,7 +7,7 @@ before any loop is built.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import tensorflow as tf
 
@@ -32,6 +32,7 @@ class Plan:
         self.n_carry = len(carry_specs)
         self.name = name
         self.y_tree: _tree.TreeDef | None = None
+        self.float_indices: dict = {}  # ``float_indices`` of this plan, by consts' dtypes and ``wanted``
 
         def traced_on() -> str:
             return _step_errors.describe([("carry", _tree.leaf_paths(carry_tree, "carry"), self.carry_specs),
@@ -64,29 +65,35 @@ class Plan:
         return outs[: self.n_carry], outs[self.n_carry:]
 
 
-def scatter(n: int, indices: Sequence[int], values: Sequence[Any]) -> list:
-    """A list of ``n`` entries: ``values`` at ``indices``, ``None`` elsewhere."""
-    out: list = [None] * n
-    for i, v in zip(indices, values):
-        out[i] = v
-    return out
-
-
 def is_float(dtype: tf.DType) -> bool:
     """Whether leaves of ``dtype`` get gradients (floating or complex)."""
     return dtype.is_floating or dtype.is_complex
 
 
-def float_indices(plan: Plan, consts: Sequence[Any], wanted: tuple | None = None):
+class FloatIndices(NamedTuple):
+    """Indices of the leaves of each group that get gradients (``fc, fx, fy, fk = ...``)."""
+
+    carry: list[int]
+    x: list[int]
+    y: list[int]
+    consts: list[int]
+
+
+def float_indices(plan: Plan, consts: Sequence[Any], wanted: tuple | None = None) -> FloatIndices:
     """Indices of the leaves of (carry, x, y, consts) that get gradients.
 
     ``wanted`` (a bool per x leaf then per constant, or ``None`` for all) drops the
     gradients no tape asked for; the carry's are always needed (they chain the steps).
+    Computed once per plan, constants' dtypes and ``wanted``; callers must not mutate it.
     """
-    nx = len(plan.x_specs)
-    want = (lambda j: True) if wanted is None else (lambda j: wanted[j])
-    fc = [i for i, s in enumerate(plan.carry_specs) if is_float(s.dtype)]
-    fx = [i for i, s in enumerate(plan.x_specs) if is_float(s.dtype) and want(i)]
-    fy = [i for i, s in enumerate(plan.y_specs) if is_float(s.dtype)]
-    fk = [i for i, c in enumerate(consts) if is_float(c.dtype) and want(nx + i)]
-    return fc, fx, fy, fk
+    key = (tuple(c.dtype for c in consts), wanted)
+    found = plan.float_indices.get(key)
+    if found is None:
+        nx = len(plan.x_specs)
+        want = (lambda j: True) if wanted is None else (lambda j: wanted[j])
+        found = plan.float_indices[key] = FloatIndices(
+            [i for i, s in enumerate(plan.carry_specs) if is_float(s.dtype)],
+            [i for i, s in enumerate(plan.x_specs) if is_float(s.dtype) and want(i)],
+            [i for i, s in enumerate(plan.y_specs) if is_float(s.dtype)],
+            [i for i, c in enumerate(consts) if is_float(c.dtype) and want(nx + i)])
+    return found

@@ -15,10 +15,11 @@ import tensorflow as tf
 
 from tfscan import _tf
 from tfscan._core import context as _context
+from tfscan._core.flat import scatter, split_list
 from tfscan._scan import buffered_loop as _buffered_loop
 from tfscan._scan import cotangent as _cotangent
 from tfscan._scan import remat as _remat
-from tfscan._scan.plan import Plan, float_indices, scatter
+from tfscan._scan.plan import Plan, float_indices
 from tfscan._scan.residuals import NotSplittable, StepVJP, warn_recompute
 
 __all__ = []  # private module
@@ -292,6 +293,14 @@ class Programs:
                 concrete = self._concrete[name] = fn.get_concrete_function(*args)
         return _tf.call_concrete(concrete, args, xla=True)
 
+    def direct_forward(self) -> tuple[Any, list] | None:
+        """``(concrete function, its captured inputs)`` of the forward program without
+        residuals, once an eager call has made it (``None`` before, or when a capture is
+        deferred): the short-call fast path calls it with ``init + xs + consts``."""
+        concrete = self._concrete.get("forward_False_None")
+        captured = _tf.fixed_captures(concrete) if concrete is not None else None
+        return None if captured is None else (concrete, captured)
+
     def forward(self, init, xs, consts, dynamic_length=None, save=False, wanted=None):
         """``(carry, ys, saved)``; ``wanted`` (a bool per xs and consts leaf, or ``None`` for
         all) limits the residuals to what the gradients of those leaves need."""
@@ -320,14 +329,15 @@ class Programs:
         args = _join(init, xs, consts, dynamic_length)
         flat = self._call(f"forward_{save}_{wanted}", build, args, _run_time_length(args, xs, dynamic_length))
         ny = len(plan.y_specs)
-        carry, ys, saved = flat[:n_i], flat[n_i: n_i + ny], flat[n_i + ny:]
+        carry, ys, saved = split_list(flat, [n_i, ny])
         if binomial or not save:
             return carry, ys, saved
         n_sc = len([i for i in _needed_carry(plan, split) if i not in plan.carry_is_y])
         if split is not None and split.y_alias:  # residuals that are ys: the ys buffers themselves
-            rest = iter(saved[n_sc:])
-            saved = saved[:n_sc] + [ys[split.y_alias[j]] if j in split.y_alias else next(rest)
-                                    for j in range(len(split.residual_specs))]
+            saved_carry, rest = split_list(saved, [n_sc])
+            rest = iter(rest)
+            saved = saved_carry + [ys[split.y_alias[j]] if j in split.y_alias else next(rest)
+                                   for j in range(len(split.residual_specs))]
         # Carries that are ys are read back from the ys: the init and ys leaves go last.
         saved = saved + [t for i, j in carry_aliases(plan, split) for t in (init[i], ys[j])]
         if true_length is not None:  # ``saved`` stays padded: the backward loop reads it so
@@ -345,15 +355,11 @@ class Programs:
         n_y = len(d_ys)
 
         def build(*args):
-            args = list(args)
-            x, args = args[:n_x], args[n_x:]
-            k, args = args[:n_k], args[n_k:]
-            s, args = args[:n_s], args[n_s:]
-            dc, args = scatter(n_c, d_carry_idx, args), args[len(d_carry_idx):]
-            dy, args = scatter(n_y, d_ys_idx, args), args[len(d_ys_idx):]
-            rows, args = dict(zip(row_idx, args)), args[len(row_idx):]
-            dl = args[0] if args else None
-            d_init, d_xs, d_k = backward(plan, static, x, k, s, dc, dy, dl, vjp, remat, wanted, rows)
+            x, k, s, dc, dy, rows, dl = split_list(args, [n_x, n_k, n_s, len(d_carry_idx), len(d_ys_idx),
+                                                          len(row_idx)])
+            dc, dy, rows = scatter(n_c, d_carry_idx, dc), scatter(n_y, d_ys_idx, dy), dict(zip(row_idx, rows))
+            d_init, d_xs, d_k = backward(plan, static, x, k, s, dc, dy, dl[0] if dl else None, vjp, remat,
+                                         wanted, rows)
             return [g for g in d_init + d_xs + d_k if g is not None]
 
         true_length = _bucketed(static, xs, dynamic_length)
@@ -367,9 +373,10 @@ class Programs:
         flat = list(self._call(f"backward_{wanted}_{tuple(row_idx)}", build, args,
                                _run_time_length(args, xs, dynamic_length)))
         fc, fx, _, fk = float_indices(plan, consts, wanted)
-        a, b = len(fc), len(fc) + len(fx)
-        d_xs = flat[a:b] if true_length is None else [d[:true_length] for d in flat[a:b]]
-        return scatter(n_c, fc, flat[:a]), scatter(n_x, fx, d_xs), scatter(n_k, fk, flat[b:])
+        d_init, d_xs, d_k = split_list(flat, [len(fc), len(fx)])
+        if true_length is not None:
+            d_xs = [d[:true_length] for d in d_xs]
+        return scatter(n_c, fc, d_init), scatter(n_x, fx, d_xs), scatter(n_k, fk, d_k)
 
 
 def _run_time_length(args: list, xs, dynamic_length) -> list:
@@ -383,6 +390,6 @@ def _join(init, xs, consts, dynamic_length) -> list:
 
 
 def _split(args, n_i, n_x, n_k):
-    args = list(args)
-    dl = args[n_i + n_x + n_k] if len(args) > n_i + n_x + n_k else None
-    return args[:n_i], args[n_i: n_i + n_x], args[n_i + n_x: n_i + n_x + n_k], dl
+    """The inverse of :func:`_join`: ``(init, xs, consts, dynamic_length or None)``."""
+    init, xs, consts, dl = split_list(args, [n_i, n_x, n_k])
+    return init, xs, consts, dl[0] if dl else None

@@ -42,8 +42,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfscan._core import tree as _tree
+from tfscan._core.flat import scatter, split_list
 from tfscan._scan.buffered_loop import _write, keep_shape
-from tfscan._scan.plan import Plan, float_indices, scatter
+from tfscan._scan.plan import Plan, float_indices
 
 __all__ = []  # private module
 
@@ -198,14 +199,15 @@ def binomial_forward(plan: Plan, length: int, reverse: bool, unroll, init, xs, c
     snaps0 = [tf.repeat(tf.convert_to_tensor(c)[None], slots + 1, axis=0) for c in init]
 
     def body(carry, slices):
-        c, snaps = carry[:n], carry[n:]
+        c, snaps = split_list(carry, [n])
         snaps = [_write(b, v, slices[-1]) for b, v in zip(snaps, c)]
         new_c, ys = plan.apply(c, slices[:-1], captured(consts))
         return list(new_c) + snaps, ys
 
     carry, ys = _buffered_loop.run(body, list(init) + snaps0, list(xs) + [order], length, reverse, unroll,
                                    plan.y_specs)
-    return carry[:n], ys, carry[n:]
+    carry, snaps = split_list(carry, [n])
+    return carry, ys, snaps
 
 
 def binomial_backward(plan: Plan, length: int, reverse: bool, xs, consts, snaps, d_carry, d_ys,

@@ -26,6 +26,7 @@ import tensorflow as tf
 from tfscan import _tf
 from tfscan._core import context as _context
 from tfscan._core import step_errors as _step_errors
+from tfscan._core.flat import split_list
 from tfscan._scan.graph_piece import GraphPiece
 from tfscan._scan.plan import Plan, float_indices
 from tfscan._scan.step import _writes
@@ -89,7 +90,7 @@ class StepVJP:
         n_out = nc + len(plan.y_specs)
 
         def joint(*args):
-            c, x, cts = args[:nc], args[nc: nc + nx], list(args[nc + nx:])
+            c, x, cts = split_list(args, [nc, nx])
             outs = list(plan.flat_step(*c, *x))
             graph = _tf.default_graph()
             by_index = collections.defaultdict(list)
@@ -126,23 +127,17 @@ class StepVJP:
 
         specs = (list(plan.carry_specs) + list(plan.x_specs)
                  + [plan.carry_specs[i] for i in fc] + [plan.y_specs[i] for i in fy])
-        try:  # with tapes live: a GradientTape inside the step must record
-            with _context.internal_trace():
-                self._cf = tf.function(joint, autograph=False).get_concrete_function(*specs)
-        except NotSplittable:
-            raise
-        except Exception as e:  # noqa: BLE001 - any failure: fall back to recomputing (warned)
-            raise NotSplittable(f"its VJP could not be traced ({type(e).__name__}: {str(e)[:200]})",
-                                quiet=_step_errors.is_own(e)) from e
-        graph = self._cf.graph
+        # A conditional in the step is differentiated in an XLA context (the pieces only
+        # ever run compiled): its gradient intermediates are then plain tensors, not
+        # TensorFlow's ``variant`` optionals, which no loop can save per step.
+        graph = self._trace(joint, specs, xla=plan.step.has_conditional)
         self.n_carry = nc
         self.graph_def = graph.as_graph_def()
         args = [t.name for t in graph.inputs[: nc + nx + len(fc) + len(fy)]]
-        self.step_names, self.ct_names = args[: nc + nx], args[nc + nx:]
+        self.step_names, self.ct_names = split_list(args, [nc + nx])
         self.const_feeds, self.handle_feeds = const_feeds, handle_feeds
         outputs = list(graph.outputs)
-        self.fwd_outs = [t.name for t in outputs[:n_out]]
-        self.grad_outs = [t.name for t in outputs[n_out:]]
+        self.fwd_outs, self.grad_outs = ([t.name for t in group] for group in split_list(outputs, [n_out]))
         fed = self.fed_names(self.ct_names)
         self.vjp_piece = GraphPiece(self.graph_def, fed, self.grad_outs, keep=_ancestors_of(graph, self.grad_outs, fed),
                                     stub=self.stubs(graph), name="vjp", source=graph)
@@ -151,6 +146,17 @@ class StepVJP:
         except NotSplittable as e:
             self.split = None
             warn_recompute(plan.name, str(e))
+
+    def _trace(self, joint, specs, xla: bool):
+        try:  # with tapes live: a GradientTape inside the step must record
+            with _context.internal_trace():
+                self._cf = tf.function(joint, autograph=False, jit_compile=xla).get_concrete_function(*specs)
+        except NotSplittable:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure: fall back to recomputing (warned)
+            raise NotSplittable(f"its VJP could not be traced ({type(e).__name__}: {str(e)[:200]})",
+                                quiet=_step_errors.is_own(e)) from e
+        return self._cf.graph
 
     def fed_names(self, extra: Sequence[str]) -> list[str]:
         return self.step_names + [n for n, _ in self.const_feeds] + [n for n, _ in self.handle_feeds] + list(extra)
@@ -164,8 +170,7 @@ class StepVJP:
         return [t.name for _, t in graph.captures if t.dtype == tf.resource]
 
     def split_grads(self, grads: list):
-        a, b = len(self.fc), len(self.fc) + len(self.fx)
-        return grads[:a], grads[a:b], grads[b:]
+        return split_list(grads, [len(self.fc), len(self.fx)])
 
     def vjp(self, carry, x, consts, d_carry, d_y):
         """Gradients for the float carry, x and constant leaves of one step (recomputed)."""
@@ -217,6 +222,8 @@ class _Split:
             elif t.dtype == tf.resource:
                 raise NotSplittable("the backward pass reads a resource")
             elif dep_step[op]:
+                if t.dtype == tf.variant:
+                    raise NotSplittable(f"the backward pass reads {name}, a variant (no loop saves it per step)")
                 if t.dtype.is_integer and any(ops_[a].type in _SHAPE_OPS for a in _ancestors([t.op], step_in)):
                     # A shape known only at run time, read by the backward pass: saved per step it
                     # would hide from XLA a value it must know when compiling (recompute instead).
@@ -264,8 +271,7 @@ class _Split:
         """``(new_carry, ys, residuals)`` of one step."""
         vjp = self.vjp
         outs = self.forward.apply(vjp.fed_values(carry, x, consts, []))
-        n = len(outs) - len(self.per_step)
-        return outs[: vjp.n_carry], outs[vjp.n_carry: n], outs[n:]
+        return split_list(outs, [vjp.n_carry, len(outs) - vjp.n_carry - len(self.per_step)])
 
     def step_backward(self, carry, x, consts, residuals, invariants, d_carry, d_y):
         """Gradients for the float carry, x and constant leaves of one step."""

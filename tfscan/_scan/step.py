@@ -22,6 +22,9 @@ from tfscan._scan.graph_piece import GraphPiece
 __all__ = []  # private module
 
 
+_CONDITIONALS = frozenset({"If", "StatelessIf", "Case", "StatelessCase"})
+
+
 class Traced:
     """``fn(*args) -> list of tensors`` traced on ``specs``; re-emitted by :meth:`apply`.
 
@@ -35,11 +38,17 @@ class Traced:
 
     def __init__(self, fn: Callable[..., Sequence[tf.Tensor]], specs: Sequence[tf.TensorSpec],
                  name: str = "step", slots: Sequence[tf.Tensor] = ()):
-        # Traced with tapes live: a GradientTape used inside the step must record.
+        # Traced with tapes live: a GradientTape used inside the step must record. Traced as
+        # XLA compiles it (the step only ever runs inside a compiled program): a nested
+        # cond/switch/scan/jit is emitted inline, so the step's VJP differentiates its ops, not
+        # a call of a compiled function (whose gradient TensorFlow builds outside any XLA
+        # context, with ``variant`` intermediates no loop can save).
         with _context.internal_trace():
-            cf = tf.function(fn, autograph=False).get_concrete_function(*specs)
+            cf = tf.function(fn, autograph=False, jit_compile=True).get_concrete_function(*specs)
         self._cf = cf  # keeps the functions the step calls registered with the runtime
         graph = cf.graph
+        # Its VJP is traced in an XLA context then (:class:`tfscan._scan.residuals.StepVJP`).
+        self.has_conditional = any(op.type in _CONDITIONALS for op in graph.get_operations())
         self.name = name
         self.n_args = len(specs)
         self.out_specs = [tf.TensorSpec(t.shape, t.dtype) for t in graph.outputs]
@@ -99,6 +108,35 @@ class Traced:
         consts += tuple(("resource", id(e)) for _, e in self._handle_names)
         return consts, tuple(nodes)
 
+    def depends_on(self) -> list[tuple[set, set]]:
+        """For each output, ``(argument indices, constant indices)`` it may depend on: the
+        trace's ops walked in order (a GraphDef lists a function's ops as they were created),
+        every output of an op taken to depend on all of its inputs (a nested loop or call
+        counts whole), except that a shape, size, rank or ``zeros_like`` depends on nothing
+        (as in JAX, where shapes are static; ``pfor`` never batches them). Otherwise over-approximate: an input
+        met before its op (an order this walk does not expect) counts as every input."""
+        every = (frozenset(range(self.n_args)), frozenset(range(len(self._const_names))))
+        reach: dict[str, tuple[frozenset, frozenset]] = {}
+        for i, name in enumerate(self._arg_names):
+            reach[name.split(":")[0]] = (frozenset([i]), frozenset())
+        for i, name in enumerate(self._const_names):
+            a, k = reach.get(name.split(":")[0], (frozenset(), frozenset()))
+            reach[name.split(":")[0]] = (a, k | {i})
+        for node in self.piece.graph_def.node:
+            if node.name in reach:
+                continue
+            if node.op in _SHAPE_OPS:
+                reach[node.name] = (frozenset(), frozenset())
+                continue
+            a, k = set(), set()
+            for inp in node.input:
+                if not inp.startswith("^"):
+                    ra, rk = reach.get(inp.split(":")[0], every)
+                    a |= ra
+                    k |= rk
+            reach[node.name] = (frozenset(a), frozenset(k))
+        return [tuple(set(s) for s in reach.get(name.split(":")[0], every)) for name in self._out_names]
+
     def const_values(self, slots: Sequence[tf.Tensor] | None = None) -> list[tf.Tensor]:
         """The constants' current values: variables are read now (and seen by a tape);
         with ``slots`` (a later call's closure tensors) those replace the traced ones."""
@@ -117,6 +155,11 @@ class Traced:
     def apply(self, args: Sequence[tf.Tensor], consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         """Emit the traced ops into the current graph, fed with ``args`` and ``consts``."""
         return self.piece.apply(self.feeds(args, consts))
+
+
+# Ops whose value depends on their inputs' shapes only: ``pfor`` leaves them unbatched.
+_SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "VariableShape", "ZerosLike", "OnesLike",
+                        "TensorListLength", "TensorListElementShape"})
 
 
 def _root(t: tf.Tensor) -> tf.Tensor:

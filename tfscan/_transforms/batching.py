@@ -39,6 +39,7 @@ from typing import Iterator
 import tensorflow as tf
 
 from tfscan import _tf
+from tfscan._core import gradients as _gradients
 from tfscan._tf import pfor as pfor_lib, xla
 
 __all__ = []  # private module
@@ -100,10 +101,19 @@ def _batch_size(pfor_input) -> tf.Tensor:
     return pfor_input.pfor.loop_len_vector  # shape [1]
 
 
-def _tile(t: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+def tile(t: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
     """``t`` repeated ``n`` times along a new leading axis."""
     return tf.repeat(t[None], tf.reshape(n, []), axis=0) if t.shape.rank is None else \
         tf.tile(t[None], tf.concat([tf.cast(n, tf.int32), tf.ones([t.shape.rank], tf.int32)], 0))
+
+
+def along(mask: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """A per-example ``mask`` (shape ``[batch]``) reshaped to broadcast against ``like``; the
+    shape is a constant when the rank is known (under a second ``vmap`` XLA needs it so)."""
+    rank = like.shape.rank
+    if rank is not None:
+        return tf.reshape(mask, [-1] + [1] * (rank - 1))
+    return tf.reshape(mask, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], 0))
 
 
 def _convert_dynamic_update_slice(pfor_input):
@@ -112,9 +122,9 @@ def _convert_dynamic_update_slice(pfor_input):
     idx, idx_stacked, _ = pfor_input.input(2)
     n = _batch_size(pfor_input)
     if not buf_stacked:
-        buf = _tile(buf, n)
+        buf = tile(buf, n)
     if not upd_stacked:
-        upd = _tile(upd, n)
+        upd = tile(upd, n)
     if not idx_stacked:
         start = tf.concat([tf.zeros([1], idx.dtype), idx], 0)
         return pfor_lib.wrap(xla.dynamic_update_slice(buf, upd, start), True)
@@ -136,7 +146,7 @@ def _convert_dynamic_slice(pfor_input):
     sizes = pfor_input.unstacked_input(2)
     n = _batch_size(pfor_input)
     if not x_stacked:
-        x = _tile(x, n)
+        x = tile(x, n)
     if not idx_stacked:
         start = tf.concat([tf.zeros([1], idx.dtype), idx], 0)
         return pfor_lib.wrap(xla.dynamic_slice(x, start, tf.concat([tf.cast(n, sizes.dtype), sizes], 0)), True)
@@ -225,7 +235,12 @@ for _name, _fn in (("Sum", tf.reduce_sum), ("Prod", tf.reduce_prod), ("Max", tf.
 
 @_override("IdentityN")
 def _convert_identity_n(pfor_input):
-    """A scan's outputs (an ``IdentityN`` carrying its gradient): the scan's own batching rule."""
+    """A scan's outputs (an ``IdentityN`` carrying its gradient): the scan's own batching rule.
+    A loop's outputs whose gradient is an error keep it (the batched loop has none either)."""
+    name = _gradients.is_failing(pfor_input.op)
+    if name is not None:
+        outs = _gradients.identity(name, [w.t for w in pfor_input.inputs])
+        return [pfor_lib.wrap(t, w.is_stacked) for t, w in zip(outs, pfor_input.inputs)]
     from tfscan._transforms import scan_batching  # imports the scan machinery: only when used
     return scan_batching.convert(pfor_input)
 
@@ -263,7 +278,7 @@ def _install_while() -> None:
 _INSTALL.append(_install_while)
 
 
-def _sub_converter(pfor, fgraph):
+def sub_converter(pfor, fgraph):
     """A ``PFor`` for the ops of a function graph called inside the loop ``pfor`` converts."""
     return pfor_lib.PFor(
         loop_var=pfor.loop_var,
@@ -283,12 +298,22 @@ def _convert_call(pfor_input):
     fgraph = _tf.function_graph(pfor_input.op.graph, pfor_input.get_attr("f").name)
     if fgraph is None:
         return None  # pfor's own rule (and its error)
-    return pfor_lib.convert_graph_call(fgraph, _sub_converter(pfor_input.pfor, fgraph), pfor_input.inputs,
+    return pfor_lib.convert_graph_call(fgraph, sub_converter(pfor_input.pfor, fgraph), pfor_input.inputs,
                                        len(pfor_input.op.outputs))
 
 
 _override("PartitionedCall")(_convert_call)
 _override("StatefulPartitionedCall")(_convert_call)
+
+
+def _convert_branches(pfor_input):
+    """A conditional (``cond``/``switch``): JAX's batching rule (``branch_batching``)."""
+    from tfscan._transforms import branch_batching
+    return branch_batching.convert(pfor_input)
+
+
+for _name in ("If", "StatelessIf", "Case", "StatelessCase"):
+    _override(_name)(_convert_branches)
 
 
 class _WhileBatcher:
@@ -309,12 +334,12 @@ class _WhileBatcher:
 
     def _cond(self, args, stacked):
         wrapped = [pfor_lib.wrap(a, s) for a, s in zip(args, stacked)]
-        return pfor_lib.convert_graph_call(self.cond_graph, _sub_converter(self.pfor, self.cond_graph),
+        return pfor_lib.convert_graph_call(self.cond_graph, sub_converter(self.pfor, self.cond_graph),
                                            wrapped, 1)[0]
 
     def _body(self, args, stacked):
         wrapped = [pfor_lib.wrap(a, s) for a, s in zip(args, stacked)]
-        return pfor_lib.convert_graph_call(self.body_graph, _sub_converter(self.pfor, self.body_graph),
+        return pfor_lib.convert_graph_call(self.body_graph, sub_converter(self.pfor, self.body_graph),
                                            wrapped, self.n)
 
     def _shapes(self, stacked):
@@ -350,15 +375,14 @@ class _WhileBatcher:
                 if o.is_stacked and not s:
                     record.setdefault("mismatch", set()).add(i)
                 elif s and not o.is_stacked:
-                    t = _tile(t, n)
+                    t = tile(t, n)
                 new.append(t)
             if batched_pred:
                 c = self._cond(args, stacked)
                 keep = c.t if c.is_stacked else tf.fill(tf.reshape(n, [1]), tf.reshape(c.t, []))
                 for i in range(self.n):
                     if stacked[i] and i not in self.pass_through:
-                        mask = tf.reshape(keep, tf.concat([n, tf.ones([tf.rank(new[i]) - 1], tf.int32)], 0))
-                        new[i] = tf.where(mask, new[i], args[i])
+                        new[i] = tf.where(along(keep, new[i]), new[i], args[i])
             if record.get("mismatch"):
                 return list(args)  # an abandoned trace: the stacking changes, then we retrace
             for t, shape in zip(new, shapes):
@@ -389,7 +413,7 @@ class _WhileBatcher:
                 stacked = [s or i in record["mismatch"] for i, s in enumerate(stacked)]
             else:
                 break
-            inputs = [_tile(t, n) if s and not inp.is_stacked else t
+            inputs = [tile(t, n) if s and not inp.is_stacked else t
                       for t, s, inp in zip([i.t for i in self.pfor_input.inputs], stacked,
                                            self.pfor_input.inputs)]
         else:  # pragma: no cover - the stacked set only grows, so this terminates
