@@ -206,6 +206,21 @@ def main(argv=None) -> int:
                             "B=32, I=64, H=128", "measure": "time", "kind": "keras", "per_step": True,
                             "sizes": _workloads.SIZES[mode]["keras"], "reference": None, "note": ""})
 
+    if not only or "keras-fit" in only:
+        from benchmarks import _keras_fit
+        log(f"[{time.perf_counter() - t_start:5.0f} s] 7b. Keras model.fit epochs (one subprocess per configuration)")
+        records += _keras_fit.run(mode, log)
+        kinds["keras-fit"] = "keras-fit"
+        size = _keras_fit.SIZES[mode]
+        wl_meta.append({"key": "keras-fit", "title": "7b. Keras model.fit, seconds per epoch: tfscan's layer vs "
+                        "Keras's, per dtype policy and under MirroredStrategy", "measure": "time",
+                        "kind": "keras-fit", "per_step": False, "sizes": [size["T"]], "reference": None,
+                        "note": f"`Input((T, 64)) -> LSTM/GRU(128) -> Dense(1)`, {size['N']} samples, batch 32, "
+                                f"SGD; median of {size['epochs']} steady epochs per model, alternating "
+                                "between the two models in one subprocess per configuration; \"compile\" = "
+                                "first epoch minus a steady epoch (Keras compiles no XLA: its first epoch "
+                                "is tracing and graph optimisation). See `_keras_fit.py`."})
+
     for w in wl_meta:
         for r in records:
             if r["workload"] == w["key"] and r.get("status") == "unavailable":

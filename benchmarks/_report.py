@@ -15,6 +15,7 @@ LINEAR_LIMIT = 1.3      # gradient per-step time, largest T vs T=500 (or the sma
 BINOMIAL_MEMORY_LIMIT = 2.0  # issue 13: peak at T=20,000 within 2x of T=2,000
 BINOMIAL_TIME_LIMIT = 3.0  # issue 13: within 3x of remat=False
 COMPILE_LIMIT = 1.5     # compile time at the largest T vs the smallest
+KERAS_COMPILE_LIMIT = 1.5  # issue 14: a Keras first epoch's compile within 1.5x Keras's own
 VECTORIZED_MAP_SPEEDUP = 20.0
 
 MEASURED = ("ok", "over budget")
@@ -26,7 +27,7 @@ def _has_value(r: dict) -> bool:
 
 def _group(r: dict) -> str:
     """Rows compared with each other: the same workload and T (and, for Keras, the same layer)."""
-    if r["workload"] == "keras":
+    if r["workload"] in ("keras", "keras-fit"):  # e.g. "LSTM", "LSTM[mixed_bfloat16]"
         return r["impl"].split(".", 1)[-1].split("@")[0]
     return ""
 
@@ -157,6 +158,19 @@ def goals(records: list[dict], kinds: dict[str, str], refs_jax: dict[str, str] |
             ratio = r["value"] / ref["value"]
             add("T=10 eager call no slower than un-jitted jax.lax.scan", "tfscan",
                 ratio <= MISS_ALLOWANCE, f"{ratio:.2f}x jax.nojit", [r])
+    # G7 (issue 14, item 3): Keras fit epochs no slower than Keras's own layer, compile within 1.5x.
+    fit = [r for r in records if r["workload"] == "keras-fit" and _has_value(r)]
+    for r in [r for r in fit if r["impl"].startswith("tfscan.")]:
+        peer = next((o for o in fit if o["impl"] == "keras." + r["impl"].split(".", 1)[1]), None)
+        if peer is None:
+            continue
+        ratio = r["value"] / peer["value"]
+        add("Keras fit epoch no slower than Keras's layer", r["impl"], ratio <= MISS_ALLOWANCE,
+            f"{ratio:.2f}x {peer['impl']} ({r['value']:.3g} vs {peer['value']:.3g} s/epoch)", [r])
+        c = r["compile_s"] / max(peer["compile_s"], 1e-9)
+        add(f"Keras first-epoch compile within {KERAS_COMPILE_LIMIT:g}x Keras's", r["impl"],
+            c <= KERAS_COMPILE_LIMIT, f"{c:.2f}x ({r['compile_s']:.2f} vs {peer['compile_s']:.2f} s; first "
+            f"epochs {r['first_s']:.2f} vs {peer['first_s']:.2f} s)", [r])
     # G6 (issue 13): binomial checkpointing: memory O(log T), time within 3x of remat=False.
     binom = "tfscan[remat=binomial]"
     mem = sorted([r for r in records if r["workload"] == "memory-final" and r["impl"] == binom

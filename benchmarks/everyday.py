@@ -9,13 +9,16 @@ in the same process, interleaved):
   itself; and the number of cached programs after 2 and after 25 iterations.
 * **rewrap-jit / rewrap-grad** — ``tfscan.jit(f)(args)`` and ``tfscan.grad(f)(args)``
   re-wrapped on every call, against a held ``tfscan.jit(f)`` / ``tfscan.grad(f)``.
-* **memory per traced graph** — RSS growth per fresh ``tf.function`` that differentiates a
-  20-step scan of a 16x16 tanh RNN (after 20 warm-up graphs, ``gc.collect()`` between), for
-  ``tfscan.scan``, ``tf.scan`` and TensorFlow alone calling a held ``jit_compile=True``
-  function (the unrolled RNN) from each fresh graph; each in fresh subprocesses.
+* **memory per traced graph** — RSS growth (after ``malloc_trim``) per fresh ``tf.function``
+  that differentiates a 20-step scan of a 16x16 tanh RNN (``gc.collect()`` between):
+  ``tfscan.scan`` and ``tf.scan`` side by side in one process (:data:`SIDE_BY_SIDE`, two
+  interleaved blocks of ``--graphs``/2 graphs each, after 10 warm-up graphs each), and
+  TensorFlow alone calling a held ``jit_compile=True`` function (the unrolled RNN) from
+  each fresh graph (:data:`SOAK`, its own subprocess: the retention ``XlaLaunch`` avoids).
 * **memory per sequence length** — RSS growth per new sequence length of a Keras model
   with ``Input((None, 8))`` (``train_on_batch`` + ``predict_on_batch``), after a warm-up
-  over 20 lengths spread over 2..256, for ``tfscan.keras.LSTM`` and ``keras.layers.LSTM``.
+  over 20 lengths spread over 2..256 (run twice: Keras traces a relaxed, None-length graph
+  after the first few), for ``tfscan.keras.LSTM`` and ``keras.layers.LSTM``.
 
 Writes ``benchmarks/results/everyday.json`` and prints a Markdown table.
 """
@@ -99,13 +102,15 @@ def _rewrap_rows(calls: int) -> dict:
     return out
 
 
-SOAK = textwrap.dedent("""
-    import gc, os, sys, tensorflow as tf, tfscan
-    impl, n = sys.argv[1], int(sys.argv[2])
+# The workload of the "memory per traced graph" rows: ``one()`` traces and runs a fresh
+# ``tf.function`` differentiating a 20-step scan of a 16x16 tanh RNN with the global ``impl``.
+_SOAK_SETUP = textwrap.dedent("""
+    import ctypes, gc, os, sys, tensorflow as tf, tfscan
     W = tf.Variable(tf.random.stateless_normal([16, 16], seed=[1, 2]) * 0.3)
     xs = tf.random.stateless_normal([20, 16], seed=[3, 4])
 
-    def rss():
+    def rss():  # resident MiB, after returning freed heap pages to the system (less noise)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
@@ -129,7 +134,10 @@ SOAK = textwrap.dedent("""
         for i in range(20):
             h = tf.tanh(tf.linalg.matvec(W, h) + xs[i])
         return h
+""")
 
+SOAK = _SOAK_SETUP + textwrap.dedent("""
+    impl, n = sys.argv[1], int(sys.argv[2])
     for _ in range(20):
         one()
     gc.collect()
@@ -140,11 +148,40 @@ SOAK = textwrap.dedent("""
     print("KIB", (rss() - r0) * 1024 / n)
 """)
 
+# ``SOAK`` (``python -c SOAK IMPL N``) prints the RSS growth per traced graph of one implementation.
 
-# ``SOAK`` (``python -c SOAK IMPL N``) prints the RSS growth per traced graph (tests use it too).
+SIDE_BY_SIDE = _SOAK_SETUP + textwrap.dedent("""
+    n, rounds, impls = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+    for _ in range(10):  # warm-up
+        for impl in impls:
+            one()
+    gc.collect()
+    grown = dict.fromkeys(impls, 0.0)
+    for r in range(rounds):  # interleaved blocks of n graphs, the order alternating
+        for impl in (impls if r % 2 == 0 else impls[::-1]):
+            r0 = rss()
+            for _ in range(n):
+                one()
+                gc.collect()
+            grown[impl] += rss() - r0
+    print("KIB", " ".join(f"{k}={v * 1024 / (n * rounds):.1f}" for k, v in grown.items()))
+""")
+
+# ``SIDE_BY_SIDE`` (``python -c SIDE_BY_SIDE N ROUNDS IMPL...``) prints the RSS growth per traced
+# graph of each implementation measured in one process: ``ROUNDS`` interleaved blocks of ``N``
+# graphs each (tests use it too).
+
+
+def side_by_side(n: int, rounds: int, impls: tuple = ("tfscan", "tf.scan")) -> dict:
+    """``{impl: KiB}`` per traced graph, measured side by side in one fresh subprocess."""
+    proc = subprocess.run([sys.executable, "-c", SIDE_BY_SIDE, str(n), str(rounds), *impls], capture_output=True,
+                          text=True, timeout=3600, cwd=os.path.dirname(HERE))
+    if "KIB" not in proc.stdout:
+        raise RuntimeError(proc.stderr[-3000:])
+    return {k: float(v) for k, v in (kv.split("=") for kv in proc.stdout.split("KIB")[1].split())}
 
 KERAS_SOAK = textwrap.dedent("""
-    import gc, os, sys
+    import ctypes, gc, os, sys
     import numpy as np, keras, tensorflow as tf, tfscan.keras
     impl, n = sys.argv[1], int(sys.argv[2])
     layer = tfscan.keras.LSTM(16) if impl == "tfscan" else keras.layers.LSTM(16)
@@ -152,7 +189,8 @@ KERAS_SOAK = textwrap.dedent("""
     model.compile("adam", "mse")
     rng = np.random.default_rng(0)
 
-    def rss():
+    def rss():  # resident MiB, after returning freed heap pages to the system (less noise)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
@@ -165,7 +203,7 @@ KERAS_SOAK = textwrap.dedent("""
     warm = sorted(set(np.linspace(2, top, 20).astype(int).tolist()))
     rest = [t for t in range(2, top + 1) if t not in warm]
     lengths = [rest[i] for i in np.linspace(0, len(rest) - 1, n).astype(int)]
-    for t in warm:
+    for t in warm + warm:  # twice: Keras traces a relaxed (None-length) graph after the first few
         one(t)
     gc.collect()
     r0 = rss()
@@ -189,8 +227,9 @@ def _memory_rows(graphs: int, lengths: int, repeats: int) -> dict:
     """Medians over ``repeats`` fresh subprocesses per implementation (interleaved)."""
     runs: dict = {"tfscan": [], "tf.scan": [], "xla-call": [], "keras-tfscan": [], "keras-LSTM": []}
     for _ in range(repeats):
-        for impl in ("tfscan", "tf.scan", "xla-call"):
-            runs[impl].append(_soak(SOAK, impl, graphs))
+        for impl, kib in side_by_side(max(1, graphs // 2), 2).items():  # tfscan and tf.scan in one process
+            runs[impl].append(kib)
+        runs["xla-call"].append(_soak(SOAK, "xla-call", graphs))
         runs["keras-tfscan"].append(_soak(KERAS_SOAK, "tfscan", lengths))
         runs["keras-LSTM"].append(_soak(KERAS_SOAK, "keras", lengths))
     return {k: statistics.median([v for v in vs if v is not None] or [float("nan")]) for k, vs in runs.items()} | {

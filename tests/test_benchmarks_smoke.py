@@ -21,7 +21,10 @@ def test_benchmarks_smoke(tmp_path):
     assert result["mode"] == "smoke"
     workloads = {r["workload"] for r in result["records"]}
     assert {"cumsum", "elman-fwd", "elman-grad", "light-fwd", "light-grad", "vmap",
-            "compile-fwd", "compile-grad", "overhead", "final-grad", "memory-final"} <= workloads
+            "compile-fwd", "compile-grad", "overhead", "final-grad", "memory-final", "keras-fit"} <= workloads
+    fit = {r["impl"]: r for r in result["records"] if r["workload"] == "keras-fit"}
+    assert set(fit) == {"keras.GRU[mixed_bfloat16]", "tfscan.GRU[mixed_bfloat16]"}
+    assert all(r["status"] == "ok" for r in fit.values()), fit
     # Every implementation that ran agreed with the reference: none is marked wrong.
     assert not [r for r in result["records"] if r["status"] == "wrong"]
     # tfscan and JAX were measured on every timing workload.

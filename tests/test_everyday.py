@@ -172,16 +172,16 @@ def test_a_graphs_scan_gradient_registration_is_freed_with_the_graph():
 
 
 @pytest.mark.slow
-def test_memory_per_fresh_traced_graph_stays_small():
-    """Each fresh tf.function differentiating a scan used to keep 4.3 MiB for the life of
-    the process (its programs, compiled anew per graph, and its registered gradient)."""
-    from benchmarks.everyday import SOAK
+def test_memory_per_fresh_traced_graph_is_within_twice_tf_scans():
+    """Each fresh tf.function differentiating a scan kept 4.3 MiB for the life of the process
+    (programs compiled anew per graph, its registered gradient), then ~180-280 KiB: TF's call
+    of a held compiled function keeps an instantiation of it per calling graph (the calls
+    are now ``XlaLaunch`` ops). Measured side by side with ``tf.scan`` in one process; the
+    32 KiB (2 MiB over the 50 graphs) absorbs RSS noise around tf.scan's ~0."""
+    from benchmarks.everyday import side_by_side
 
-    out = subprocess.run([sys.executable, "-c", SOAK, "tfscan", "80"], capture_output=True, text=True,
-                         timeout=900, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    per_graph = float(out.stdout.split("KIB")[1])
-    assert per_graph < 1024, f"{per_graph:.0f} KiB per traced graph"
+    kib = side_by_side(25, 2)
+    assert kib["tfscan"] <= 2 * max(kib["tf.scan"], 0.0) + 32, f"KiB per traced graph: {kib}"
 
 
 @pytest.mark.slow

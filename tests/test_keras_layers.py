@@ -359,3 +359,61 @@ def test_import_tfscan_registers_the_layers_for_load_model(tmp_path):
     _fresh("import sys, numpy as np, tfscan; assert 'keras' not in sys.modules; "
            "import keras; " + check, TF_USE_LEGACY_KERAS="1")
     assert tfscan.keras is tk
+
+
+def _rounding_excess(got, want, half: str) -> float:
+    """The largest distance of ``got`` (16-bit) from float32 ``want``, in units of one
+    rounding of ``want`` to ``half`` (to nearest: 2**-8 relative for bfloat16, 2**-11 for float16)."""
+    eps = 2.0 ** (-8 if half == "bfloat16" else -11)
+    got, want = np.asarray(tf.cast(got, "float32")), np.asarray(want)
+    return float(np.max(np.abs(got - want) / (eps * np.abs(want) + 1e-6)))
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_loops_in_float32_on_cpu(policy):
+    """Under a mixed 16-bit policy on CPU the loop computes in float32 (XLA:CPU has no
+    16-bit arithmetic; see ``loop_dtype``): outputs are the float32 layer's rounded once to
+    the policy's dtype, gradients reach the float32 weights; ``loop_dtype`` opts back into
+    per-op 16-bit arithmetic, which rounds at every step."""
+    half = policy.split("_")[1]
+    x = _x(b=4, t=40, f=5)
+    ref = tk.LSTM(6, return_sequences=True, return_state=True)
+    ours = tk.LSTM(6, return_sequences=True, return_state=True, dtype=policy)
+    ref(x), ours(x)
+    ours.set_weights(ref.get_weights())
+    x16 = tf.cast(tf.cast(x, half), "float32")  # Keras casts a mixed layer's inputs to 16 bits
+    want, got = ref(x16), ours(x)
+    assert [o.dtype.name for o in got] == [half] * 3
+    for g, w in zip(got, want):
+        assert _rounding_excess(g, w, half) <= 1.01  # one rounding (plus float32 noise)
+    per_op = tk.LSTM(6, return_sequences=True, dtype=policy, loop_dtype=half)
+    per_op(x)
+    per_op.set_weights(ref.get_weights())
+    assert _rounding_excess(per_op(x), want[0], half) > 1.5  # rounded at every op of every step
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.cast(ours(x)[0], "float32") ** 2)
+    grads = tape.gradient(loss, ours.trainable_weights)
+    with tf.GradientTape() as tape:
+        ref_loss = tf.reduce_sum(ref(x16)[0] ** 2)
+    ref_grads = tape.gradient(ref_loss, ref.trainable_weights)
+    assert all(g.dtype == tf.float32 for g in grads)
+    _assert_close(grads, ref_grads, rtol=2e-2, atol=2e-2)
+    assert tk.LSTM.from_config(per_op.get_config()).loop_dtype == half
+    with pytest.raises(ValueError, match="loop_dtype must be None"):
+        tk.GRU(3, loop_dtype="int32")
+
+
+def test_mixed_precision_stacked_dropout_cells_train():
+    """Stacked cells with dropout under mixed_bfloat16: Keras calls each stacked cell once
+    outside the loop to draw their dropout masks; that call computes in the loop's dtype too."""
+    x = _x(b=4, t=5, f=3)
+    layer = tk.Scan([keras.layers.LSTMCell(3, dropout=0.3, recurrent_dropout=0.2, dtype="mixed_bfloat16"),
+                     keras.layers.GRUCell(2, dropout=0.1, dtype="mixed_bfloat16")],
+                    return_sequences=True, dtype="mixed_bfloat16")
+    with tf.GradientTape() as tape:
+        out = layer(x, training=True)
+        loss = tf.reduce_sum(tf.cast(out, "float32") ** 2)
+    grads = tape.gradient(loss, layer.trainable_weights)
+    assert out.dtype == tf.bfloat16 and tuple(out.shape) == (4, 5, 2)
+    assert all(g is not None and g.dtype == tf.float32 for g in grads)
+    assert [c.compute_dtype for c in layer.cell.cells] == ["bfloat16", "bfloat16"]  # policies restored

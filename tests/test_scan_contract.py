@@ -229,10 +229,15 @@ def test_graph_call_is_a_nested_compiled_function():
     def run(xs):
         return tfscan.scan(lambda c, x: (c + x, c), 0.0, xs)
 
-    graph = run.get_concrete_function(tf.TensorSpec([None], tf.float32)).graph
-    calls = [op for op in graph.get_operations() if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
-    assert calls and all(op.get_attr("_XlaMustCompile") for op in calls)
-    assert not [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+    concrete = run.get_concrete_function(tf.TensorSpec([None], tf.float32))
+    graph = concrete.graph
+    # One XlaLaunch op (TF's _XlaMustCompile PartitionedCall keeps an instantiation of the
+    # called function for every graph that runs it); the function lives in the graph's library.
+    calls = [op for op in graph.get_operations() if op.type == "XlaLaunch"]
+    assert len(calls) == 1 and graph._get_function(calls[0].get_attr("function").name) is not None
+    assert not [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile", "PartitionedCall")]
+    xs = tf.constant([1.0, 2.0, 3.0])
+    np.testing.assert_allclose(concrete(xs)[1].numpy(), [0.0, 1.0, 3.0])
 
 
 @pytest.mark.parametrize("length", [10, 100_000])

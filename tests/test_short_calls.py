@@ -4,6 +4,7 @@ a rebound closure cell, a rebound global, a list mutated in place, a tape."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import tfscan
@@ -65,3 +66,93 @@ def test_a_tape_started_between_calls_still_records():
     for x in xs.numpy():
         ref = np.tanh(0.5 * ref + x)
     np.testing.assert_allclose(float(c), ref, rtol=1e-6)
+
+
+# -- the fast path (tfscan/_core/fast.py): a call with a known signature skips the checks ------
+
+def _count(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_a_repeated_eager_scan_skips_the_checks_until_its_signature_changes(monkeypatch):
+    from tfscan._core import checks
+
+    a = tf.constant(0.5)
+
+    def step(c, x):
+        return tf.tanh(a * c + x), c
+
+    xs = tf.constant(np.linspace(-1, 1, 6).astype(np.float32))
+    want = tfscan.scan(step, tf.constant(0.0), xs)  # checked, then remembered
+    checked = _count(monkeypatch, checks, "scan_length")
+    for _ in range(3):
+        got = tfscan.scan(step, tf.constant(0.0), xs)
+        np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
+    assert checked == []
+    # Every change of signature is checked again: shape, dtype, structure, static arguments.
+    tfscan.scan(step, tf.constant(0.0), xs[:4])
+    tfscan.scan(step, [tf.constant(0.0)][0], xs, unroll=2)
+    tfscan.scan(step, tf.constant(0.0), xs, unroll=True)
+    tfscan.scan(step, tf.constant(0.0), xs, reverse=True)
+    assert len(checked) == 4
+    with tf.GradientTape():  # a live tape: the recorded path
+        tfscan.scan(step, tf.constant(0.0), xs)
+    with tfscan.disable_jit():
+        tfscan.scan(step, tf.constant(0.0), xs)
+    assert len(checked) == 6
+
+
+def test_the_fast_path_converts_python_numbers_and_keeps_weak_types():
+    xs8 = tf.constant([1, 2, 3], tf.int8)
+
+    def add(c, x):
+        return c + x, c
+
+    for _ in range(3):
+        carry, ys = tfscan.scan(add, 0, xs8)  # a weak int: the step's int8
+        assert carry.dtype == tf.int8 and ys.dtype == tf.int8 and int(carry) == 6
+
+    def halve(c, x):
+        return c * 0.5 + x, c
+
+    for _ in range(3):
+        carry, _ = tfscan.scan(halve, 0.0, tf.ones(2))
+        assert carry.dtype == tf.float32 and float(carry) == 1.5
+    with pytest.raises(TypeError, match=r"init leaf init"):
+        tfscan.scan(halve, "zero", tf.ones(2))  # still the slow path's error, naming the leaf
+
+
+def test_the_fast_path_reads_variables_at_each_call_and_sees_rebound_cells():
+    v = tf.Variable(1.0)
+    w = tf.constant(1.0)
+
+    def step(c, x):
+        return c * v + w * x, None
+
+    xs = tf.ones(3)
+    assert float(tfscan.scan(step, tf.constant(0.0), xs)[0]) == 3.0
+    assert float(tfscan.scan(step, tf.constant(0.0), xs)[0]) == 3.0
+    v.assign(2.0)
+    assert float(tfscan.scan(step, tf.constant(0.0), xs)[0]) == 7.0  # 1, 3, 7
+    w = tf.constant(10.0)  # noqa: F841 - read by step through its cell
+    assert float(tfscan.scan(step, tf.constant(0.0), xs)[0]) == 70.0
+
+
+def test_a_repeated_jit_call_skips_the_conversions_until_its_signature_changes(monkeypatch):
+    from tfscan._transforms import jit as jit_module
+
+    a = tf.constant(2.0)
+    f = tfscan.jit(lambda p, xs: tfscan.scan(lambda c, x: (c * p["w"] + a * x, None), 0.0, xs)[0])
+    p, xs = {"w": tf.constant(1.0)}, tf.ones(3)
+    assert float(f(p, xs)) == 6.0
+    converted = _count(monkeypatch, jit_module, "_to_tensor")
+    assert float(f({"w": tf.constant(0.5)}, xs)) == 3.5  # new values, same signature
+    assert float(f(p, 2 * xs)) == 12.0
+    assert converted == [] and f.trace_count == 1
+    assert float(f(p, tf.ones(4))) == 8.0  # a new shape: converted, checked and traced
+    assert len(converted) == 2 and f.trace_count == 2
+    assert float(f({"w": 1.0}, xs)) == 6.0  # a Python number: a float32 tensor, as before
+    assert f.trace_count == 2

@@ -21,7 +21,8 @@ PACKAGE = pathlib.Path(tfscan.__file__).parent
 PRIVATE = ["_call_flat", "_omit_frequent_tracing_warning", "_get_function", "_gradient_function",
            "_pfor_converter_registry", "_convert_function_call", "_convert_helper", "_stack",
            "_dropout_mask", "_recurrent_dropout_mask", "_call_has_training_arg",
-           "_maybe_config_dropout_masks", "_maybe_reset_dropout_masks", "capture"]
+           "_maybe_config_dropout_masks", "_maybe_reset_dropout_masks", "capture", "_watched_variables",
+           "_captured_inputs"]
 # An attribute access (``x._name``) or a name given as a string (``getattr(x, "_name")``).
 PRIVATE_USE = re.compile(r"""(?:\.|["'])(%s)\b""" % "|".join(PRIVATE))
 
@@ -49,6 +50,30 @@ def test_call_concrete_feeds_new_captures():
     assert _tf.call_concrete(fn, [tf.constant(3.0)])[0].numpy() == 6.0
     assert _tf.call_concrete(fn, [tf.constant(3.0)], [tf.constant(5.0)])[0].numpy() == 15.0
     assert _tf.quiet_retracing(tf.function(lambda: 1)) is not None
+    assert [c is a for c in _tf.fixed_captures(fn)] == [True]
+
+
+def test_launch_compiled_emits_one_xla_launch_op_or_nothing():
+    v = tf.Variable([1.0, 2.0])
+    held = tf.function(lambda x, n: (x * v + tf.cast(n, tf.float32), n), jit_compile=True)
+    concrete = held.get_concrete_function(tf.TensorSpec([2]), tf.TensorSpec([], tf.int32))
+    assert concrete.captured_inputs[-1].dtype == tf.resource  # the variable goes last, as XlaLaunch reads it
+
+    @tf.function
+    def outer(x, n):
+        launched = _tf.launch_compiled(concrete, [x, n], not_constant=[1])
+        assert [op.type for op in tf.compat.v1.get_default_graph().get_operations()].count("XlaLaunch") == 1
+        assert launched[0].shape == [2] and launched[1].dtype == tf.int32
+        assert _tf.launch_compiled(concrete, [x, n]) is None  # n might be a compile-time constant
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            assert _tf.launch_compiled(concrete, [x, n], not_constant=[1]) is None  # the tape could record it
+        return launched
+
+    out = outer(tf.constant([3.0, 4.0]), tf.constant(5))
+    np.testing.assert_allclose(out[0].numpy(), [8.0, 13.0])
+    assert out[1].numpy() == 5
+    assert _tf.launch_compiled(concrete, [tf.constant([3.0, 4.0]), tf.constant(5)], not_constant=[1]) is None
 
 
 def test_record_sees_tapes_and_accumulators():
@@ -62,8 +87,29 @@ def test_record_sees_tapes_and_accumulators():
         y = tf.identity(x)
         _tf.record.record_operation("Scale", [y], [x], lambda d: [3.0 * d])
     assert tape.gradient(y, x).numpy() == 3.0
-    with tf.autodiff.ForwardAccumulator([x], [tf.constant(1.0)]):
+    with tf.autodiff.ForwardAccumulator([x], [tf.constant(1.0)]) as acc:
         assert _tf.record.tangent_indices([tf.constant(0.0), x]) == {1}
+        assert _tf.record.tangent_indices([1.0, "a", x]) == {2}  # only tensors have tangents
+        packed = _tf.record.pack_tangents([tf.constant(0.0), x])
+        assert [list(e) for e in packed.indices] == [[(1, 2)]] and packed.tangents[0].numpy() == 1.0
+        with _tf.record.stop_recording():
+            z = tf.identity(x)
+        _tf.record.record_operation_forwardprop_only("Scale", [z], [x], lambda d: [5.0 * d])
+        assert acc.jvp(z).numpy() == 5.0
+        with _tf.record.forwardprop_state():  # an accumulator made inside still records
+            with tf.autodiff.ForwardAccumulator([x], [tf.constant(2.0)]) as inner:
+                assert inner.jvp(x * 3.0).numpy() == 6.0
+    assert _tf.record.tangent_indices([x]) == set() and not _tf.record.pack_tangents([x]).indices
+
+    seen = {}
+
+    @tf.function
+    def trace():
+        seen["graph"] = _tf.default_graph()
+        seen["captured"] = _tf.record.silent_capture(seen["graph"], x)
+        return seen["captured"] + 1.0
+
+    assert trace().numpy() == 3.0 and seen["captured"].graph is seen["graph"]
 
 
 def test_graph_entries():

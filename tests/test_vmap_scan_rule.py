@@ -134,3 +134,75 @@ def test_mapped_weights_and_reverse_match_jax(reverse):
     got_g = tfscan.grad(lambda w, xs: tf.reduce_sum(tfscan.vmap(f_tf)(w, xs)[1] ** 2), argnums=(0, 1))(
         tf.constant(w), tf.constant(xs))
     assert_trees_match(got_g, want_g, rtol=1e-9, atol=1e-11)
+
+
+def _count_plans(monkeypatch):
+    from tfscan._scan import scan as scan_module
+
+    made = []
+
+    class Counted(scan_module.Plan):
+        def __init__(self, *a, **k):
+            made.append(1)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(scan_module, "Plan", Counted)
+    return made
+
+
+def _shared_init_program(x, a):
+    """``h`` starts shared and is batched by the mapped xs; ``n`` (a counter fed by a shape)
+    and ``m`` (a constant) stay unbatched, as in JAX."""
+    def step(c, x):
+        h, n, m = c
+        return (tf.sin(h * a) + x, n + tf.shape(tf.reshape(x, [-1]))[0], tf.ones([], tf.float64)), h * x
+    (h, n, m), ys = tfscan.scan(step, (tf.constant(0.5, tf.float64), tf.constant(0), tf.constant(0.0, tf.float64)), x)
+    return h, n, m, ys
+
+
+def _shared_init_program_jax(x, a):
+    def step(c, x):
+        h, n, m = c
+        return (jnp.sin(h * a) + x, n + 1, jnp.ones([])), h * x
+    (h, n, m), ys = jax.lax.scan(step, (0.5, 0, 0.0), x)
+    return h, n, m, ys
+
+
+def _check_shared_init(seed):
+    rng = np.random.default_rng(seed)
+    xs, a = rng.normal(size=(B, T)), rng.normal(size=(B,))
+    axes = (0, None, None, 0)
+    from tfscan._core import cache
+    for name in ("scan", "vmap"):  # traced afresh: cached programs would hide the tracing
+        cache.eager_cache(name).clear()
+    h, n, m, ys = tfscan.vmap(_shared_init_program, out_axes=axes)(tf.constant(xs), tf.constant(a))
+    want = jax.vmap(_shared_init_program_jax, out_axes=axes)(xs, a)
+    assert n.shape == () and int(n) == T and m.shape == () and float(m) == 1.0
+    assert_trees_match((h, ys), (want[0], want[3]), rtol=1e-10, atol=1e-12)
+
+
+def test_a_carry_batched_by_mapped_xs_traces_the_batched_step_once(monkeypatch):
+    """The carry fixpoint is read from the step's dependencies: the batched step is traced
+    once (it was traced a second time once ``h`` came out batched)."""
+    made = _count_plans(monkeypatch)
+    _check_shared_init(3)
+    assert len(made) == 2  # the per-example scan, then the batched one
+
+
+def test_a_wrong_guess_of_a_batched_carry_is_corrected(monkeypatch):
+    """Were the dependencies to over-approximate (the constant ``m`` reading x), the leaf
+    pfor leaves unbatched is unbatched again: out_axes=None still accepts it."""
+    from tfscan._scan import step as step_module
+
+    real = step_module.Traced.depends_on
+
+    def over(self):
+        deps = real(self)
+        if len(deps) == 4:  # (h, n, m) and ys: m "reads" x
+            deps[2] = (deps[2][0] | {3}, deps[2][1])
+        return deps
+
+    monkeypatch.setattr(step_module.Traced, "depends_on", over)
+    made = _count_plans(monkeypatch)
+    _check_shared_init(4)
+    assert len(made) == 3  # the guess for m is refuted by one more trace

@@ -7,7 +7,7 @@ entry — so a TensorFlow release that moves an internal breaks this module and 
 test, not code scattered across the package.
 
 The entries come in six groups: calling a traced function (:func:`call_concrete`,
-:func:`quiet_retracing`), the eager tapes (:class:`record`), graphs
+:func:`launch_compiled`, :func:`xla_trace`, :func:`quiet_retracing`), the eager tapes (:class:`record`), graphs
 (:func:`default_graph`, :func:`in_xla_context`, :func:`is_func_graph`,
 :func:`graph_function`, :func:`function_graph`, :func:`op_gradient_functions`, :func:`in_graph`,
 :func:`is_autograph_scope`, :func:`mark_variable_accessed`), vectorization
@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla as _xla
+from tensorflow.core.framework import attr_value_pb2 as _attr_value_pb2
 from tensorflow.python.autograph.core import function_wrappers as _autograph_wrappers
 from tensorflow.python.eager import context as _context
 from tensorflow.python.eager import forwardprop_util as _forwardprop_util
@@ -75,6 +76,100 @@ def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[A
     if outs is None:
         return []
     return list(outs) if isinstance(outs, (list, tuple)) else [outs]
+
+
+def fixed_captures(concrete: Any) -> list | None:
+    """``concrete.captured_inputs`` when they are fixed objects, ``None`` when one is a
+    deferred capture (a value TensorFlow recomputes at each call).
+
+    Why private: ``captured_inputs`` rebuilds its list (``nest.flatten``) on every call, a
+    tenth of a short scan's eager call; the short-call fast path (:mod:`tfscan._core.fast`)
+    reads it once. Only the private ``_captured_inputs`` tells a deferred capture
+    (``capture_call_time_value``, a callable) from a tensor. Checked on TensorFlow 2.21.
+    """
+    if any(callable(c) for c in concrete._captured_inputs):  # noqa: SLF001 - see docstring
+        return None
+    return list(concrete.captured_inputs)
+
+
+# Integer inputs may be compile-time constants of the program (a shape, a ``tf.range``
+# bound): only TensorFlow's kernel for a ``_XlaMustCompile`` call knows which, so those calls
+# keep that path (:func:`launch_compiled`).
+_MAYBE_CONSTANT = (tf.int8, tf.int16, tf.int32, tf.int64, tf.uint8, tf.uint16, tf.uint32, tf.uint64)
+
+
+def launch_compiled(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = None,
+                    not_constant: Sequence[int] = ()) -> list | None:
+    """Emit a call of a held ``jit_compile=True`` concrete function in the graph being built
+    as one ``XlaLaunch`` op; ``None`` (nothing emitted) when that cannot be done safely.
+
+    Why private: TensorFlow emits the call as a ``PartitionedCall`` marked
+    ``_XlaMustCompile``. When a graph holding that call runs, the runtime builds its kernel
+    (``CreateXlaKernel``, ``compiler/jit/xla_kernel_creator.cc``) with
+    ``GetBodyAndConstantsAndResources``, which instantiates the called function in the
+    device's ``FunctionLibraryRuntime`` under the calling function's own library (a new
+    instantiation key for every calling function) and never releases the handle: every
+    fresh ``tf.function`` that calls a held compiled function keeps a copy of its body graph
+    for the life of the process (260 KiB for a 20-step unrolled RNN, 1.5 MiB with its
+    gradient; ``benchmarks/everyday.py``, row "held jit_compile function"). The
+    ``XlaLaunch`` op's kernel reads its constant and resource inputs from its attributes
+    and instantiates nothing; it is freed with the graph, and XLA's compilation cache (keyed
+    by the function's name and argument shapes) still compiles the program once. No public
+    API emits it (``tf.raw_ops`` omits it): the op is made with ``Graph.create_op`` and the
+    function added to the graph's library with ``ConcreteFunction.add_to_graph``.
+
+    ``XlaLaunch`` takes the function's inputs in its order as ``constants, args,
+    resources``: nothing is emitted (``None``) when a resource input comes before a
+    non-resource one, when an integer input (a possible compile-time constant) is not in
+    ``not_constant`` (indices into ``args``, known to be run-time values only), when the
+    graph is not a ``tf.function``'s, or when a tape or accumulator could record the op
+    (it has no registered gradient; tfscan records its own). Checked on TF 2.21.
+    """
+    graph = _ops.get_default_graph()
+    if (_context.executing_eagerly() or not isinstance(graph, _func_graph.FuncGraph)
+            or _record.could_possibly_record()):
+        return None
+    if captured is None:
+        captured = concrete.captured_inputs
+    inputs = list(args) + [_ops.convert_to_tensor(c) for c in captured]
+    dtypes = [t.dtype for t in inputs]
+    n_res = 0
+    while n_res < len(dtypes) and dtypes[len(dtypes) - 1 - n_res] == tf.resource:
+        n_res += 1
+    plain = dtypes[: len(dtypes) - n_res]
+    allowed = set(not_constant)
+    if any(d == tf.resource or d == tf.variant for d in plain) or any(
+            d in _MAYBE_CONSTANT and i not in allowed for i, d in enumerate(plain)):
+        return None
+    outputs = concrete.outputs
+    if any(o.dtype in (tf.resource, tf.variant) for o in outputs):
+        return None
+    concrete.add_to_graph(graph)
+    name = concrete._inference_function.name  # noqa: SLF001 - the function add_to_graph adds
+    name = name.decode() if isinstance(name, bytes) else name
+    types = lambda ts: _attr_value_pb2.AttrValue(  # noqa: E731
+        list=_attr_value_pb2.AttrValue.ListValue(type=[t.as_datatype_enum for t in ts]))
+    op = graph.create_op("XlaLaunch", inputs, [o.dtype for o in outputs], attrs={
+        "Tconstants": types([]), "Targs": types(plain), "Nresources": _attr_value_pb2.AttrValue(i=n_res),
+        "Tresults": types([o.dtype for o in outputs]),
+        "function": _attr_value_pb2.AttrValue(func=_attr_value_pb2.NameAttrList(name=name))})
+    for variable in concrete.graph.variables:  # as ``ConcreteFunction._call_flat`` does
+        _resource_variable_ops.variable_accessed(variable)
+    result = list(op.outputs)
+    for r, o in zip(result, outputs):
+        r.set_shape(o.shape)
+    return result
+
+
+def xla_trace() -> contextlib.AbstractContextManager:
+    """A context in which a ``jit_compile=True`` function is traced (``get_concrete_function``)
+    as its call traces it: the graph built is in XLA's context (:func:`in_xla_context`).
+
+    Why private: ``tf.function.__call__`` enters ``OptionalXlaContext`` around its trace;
+    ``get_concrete_function`` does not, so code traced there could not tell that XLA
+    compiles it (and would nest compiled calls, or ``XlaLaunch`` ops XLA cannot compile).
+    """
+    return _polymorphic_function.OptionalXlaContext(True)
 
 
 def quiet_retracing(fn: Any) -> Any:
@@ -132,9 +227,56 @@ class record:  # noqa: N801 - a namespace named after TensorFlow's module it fro
         _record.record_operation_backprop_only(name, list(outputs), list(inputs), backward)
 
     @staticmethod
-    def tangent_indices(inputs: Sequence[tf.Tensor]) -> set:
-        """Indices of ``inputs`` that a live ``ForwardAccumulator`` carries a tangent for."""
-        return {i for acc in _forwardprop_util.pack_tangents(list(inputs)).indices for i, _ in acc}
+    def pack_tangents(tensors: Sequence[tf.Tensor]) -> Any:
+        """The live accumulators' tangents of ``tensors``: ``indices`` (one sequence of
+        ``(tensor index, index into tensors + tangents)`` per live accumulator, newest
+        first; empty when none is live) and ``tangents``. It is the only query of the
+        accumulators' state: ``ForwardAccumulator.jvp`` needs the accumulator object,
+        which code called inside its scope does not have."""
+        return _forwardprop_util.pack_tangents(list(tensors))
+
+    @staticmethod
+    def tangent_indices(values: Sequence[Any]) -> set:
+        """Indices of ``values`` (any Python values) that a live ``ForwardAccumulator``
+        carries a tangent for; only tensors can have one. An index ``>= len(values)`` names
+        one of the packed tangents (a newer accumulator's tangent of an older one's)."""
+        where = [i for i, v in enumerate(values) if isinstance(v, tf.Tensor)]
+        if not where:
+            return set()
+        packed = _forwardprop_util.pack_tangents([values[i] for i in where])
+        shift = len(values) - len(where)
+        return {where[i] if i < len(where) else i + shift for acc in packed.indices for i, _ in acc}
+
+    @staticmethod
+    def record_operation_forwardprop_only(name: str, outputs: Sequence[tf.Tensor], inputs: Sequence[tf.Tensor],
+                                          backward: Callable) -> None:
+        """Record ``outputs = op(inputs)`` on the live ``ForwardAccumulator``s only (not on
+        tapes); they take its JVP by transposing ``backward``. It is how TensorFlow's own
+        functions show an op to accumulators alone; ``tf.custom_gradient`` would record it
+        on the tapes too."""
+        _record.record_operation_forwardprop_only(name, list(outputs), list(inputs), backward, None)
+
+    @staticmethod
+    def forwardprop_state() -> contextlib.AbstractContextManager:
+        """A context in which every live ``ForwardAccumulator`` records ops again, even one
+        busy computing a ``forward_function`` (TensorFlow's ``push_forwardprop_state``).
+
+        An accumulator computing a tangent ignores the ops that computation runs, and so do
+        accumulators made after it; a scan's forward function traces its JVP step, which
+        makes its own ``ForwardAccumulator`` inside the trace: that one must record.
+        ``tf.function`` uses this same switch when it builds a function's forward-mode
+        version."""
+        return _forwardprop_util.push_forwardprop_state()
+
+    @staticmethod
+    def silent_capture(graph: Any, value: Any) -> tf.Tensor:
+        """``graph.capture(value)`` without recording the capture on the live tapes.
+
+        Capturing an outer tensor records an identity op (``captured_value``) on every live
+        tape and accumulator, so outer accumulators would differentiate the ops of a trace
+        tfscan differentiates itself; ``GradientTape.stop_recording`` needs a tape object."""
+        with _record.stop_recording():
+            return graph.capture(value)
 
 
 # --- graphs ---------------------------------------------------------------------------
@@ -210,6 +352,17 @@ def in_graph(graph: Any, t: tf.Tensor) -> tf.Tensor:
     tensor; importing a traced piece with ``input_map`` needs the capture made explicitly.
     """
     return graph.capture(t) if is_func_graph(graph) else t
+
+
+def graph_variables(graph: Any) -> tuple:
+    """The variables a function graph has read so far in its trace (``()`` for another graph).
+
+    Why private: ``FuncGraph._watched_variables`` is how ``tf.function`` knows what its
+    trace read (``FuncGraph.variables`` is set from it only when the trace ends); each read
+    calls ``FuncGraph.watch_variable`` whether or not a tape records. No public API lists
+    them during a trace.
+    """
+    return tuple(graph._watched_variables) if is_func_graph(graph) else ()  # noqa: SLF001 - see docstring
 
 
 def set_op_gradient_function(op: Any, fn: Callable) -> None:
@@ -432,58 +585,6 @@ class keras_rnn:  # noqa: N801 - a namespace
 
 
 
-def forwardprop_state() -> Any:
-    """A context in which every live ``ForwardAccumulator`` records ops again, even one that
-    is busy computing a ``forward_function`` (TensorFlow's ``push_forwardprop_state``).
-
-    Why private: an accumulator computing a tangent ignores the ops that computation runs,
-    and so do accumulators made after it; a scan's forward function traces its JVP step,
-    which makes its own ``ForwardAccumulator`` inside the trace — that one must record.
-    ``tf.function`` uses this same switch when it builds a function's forward-mode
-    version. No public API exposes it.
-    """
-    from tensorflow.python.eager import forwardprop_util  # noqa: PLC0415 - see docstring
-    return forwardprop_util.push_forwardprop_state()
-
-
-def silent_capture(graph: Any, value: Any) -> tf.Tensor:
-    """``graph.capture(value)`` without recording the capture on the live tapes.
-
-    Why private: capturing an outer tensor records an identity op (``captured_value``) on
-    every live tape and accumulator, so outer accumulators would differentiate the ops of a
-    trace tfscan differentiates itself. ``record.stop_recording`` (``tf.GradientTape``'s
-    ``stop_recording`` needs a tape object) pauses that for the capture only.
-    """
-    from tensorflow.python.eager import record  # noqa: PLC0415 - see docstring
-    with record.stop_recording():
-        return graph.capture(value)
-
-
-def has_tangents(tensors: Sequence[Any]) -> bool:
-    """Whether a live ``ForwardAccumulator`` holds a tangent for any of ``tensors``.
-
-    Why private: ``forwardprop_util.pack_tangents`` is the only query of the accumulators'
-    state (``ForwardAccumulator.jvp`` needs the accumulator object, which code called
-    inside its scope does not have).
-    """
-    from tensorflow.python.eager import forwardprop_util  # noqa: PLC0415 - see docstring
-    ts = [t for t in tensors if isinstance(t, tf.Tensor)]
-    return bool(ts) and any(forwardprop_util.pack_tangents(ts).indices)  # one entry per accumulator
-
-
-def record_for_accumulators(op_type: str, outputs: Sequence[tf.Tensor], inputs: Sequence[tf.Tensor],
-                            backward_function: Any) -> None:
-    """Record an operation on the live ``ForwardAccumulator``s only (not on tapes); they
-    take its JVP by transposing ``backward_function``.
-
-    Why private: ``record.record_operation_forwardprop_only`` is how TensorFlow's own
-    functions show an op to accumulators alone; ``tf.custom_gradient`` would record it
-    on the tapes too, and there is no public way to record an op on accumulators.
-    """
-    from tensorflow.python.eager import record  # noqa: PLC0415 - see docstring
-    record.record_operation_forwardprop_only(op_type, list(outputs), list(inputs), backward_function, None)
-
-
 _empty_records_guarded = False
 
 
@@ -514,11 +615,3 @@ def guard_empty_function_call_records() -> None:
 
     cls.record = record
     _empty_records_guarded = True
-
-
-def pack_tangents(tensors: Sequence[tf.Tensor]) -> Any:
-    """The live accumulators' tangents of ``tensors``: ``indices`` (one sequence of
-    ``(tensor index, index into tensors + tangents)`` per accumulator, newest first) and
-    ``tangents``. Why private: as :func:`has_tangents`."""
-    from tensorflow.python.eager import forwardprop_util  # noqa: PLC0415 - see docstring
-    return forwardprop_util.pack_tangents(list(tensors))

@@ -27,6 +27,10 @@ Differences from ``keras.layers.RNN``:
 * ``unroll`` is tfscan's: steps per loop iteration (an int), or ``True`` for a full unroll;
 * extra ``remat`` (see :func:`tfscan.scan`) and ``time_major`` arguments, and the call
   argument ``constants``;
+* under a ``mixed_bfloat16``/``mixed_float16`` policy with no GPU or TPU, the loop computes
+  in float32 and rounds its outputs once to the policy's dtype (Keras' layers round every
+  op; see ``loop_dtype``): XLA:CPU has no 16-bit arithmetic, so this is faster to run and
+  to compile, and as near Keras' own outputs as a 16-bit XLA loop is;
 * a cell's per-step output must have shape ``(batch, *output_size)``, with
   ``output_size`` the cell's attribute or else ``state_size[0]`` (as Keras assumes for
   ``compute_output_shape``) when ``return_sequences=False`` or a mask is given.
@@ -40,6 +44,8 @@ Example:
 >>> out, h, c = tfscan.keras.Scan(keras.layers.LSTMCell(4), return_state=True)(x)
 >>> tuple(out.shape), tuple(c.shape)
 ((2, 4), (2, 4))
+>>> tfscan.keras.GRU(4, dtype="mixed_bfloat16")(x).dtype.name  # computed in float32 on CPU
+'bfloat16'
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ import keras
 import tensorflow as tf
 
 import tfscan
+from tfscan._keras_dtypes import LOOP_DTYPES, ComputingIn, loop_dtype_for
 from tfscan._tf import keras_rnn
 
 __all__ = ["Scan", "SimpleRNN", "GRU", "LSTM"]
@@ -116,6 +123,14 @@ class Scan(keras.layers.RNN):
       time_major: inputs (and returned sequences) are ``[time, batch, ...]``.
       zero_output_for_mask: with a mask, masked steps output zeros instead of repeating
         the previous output (as ``keras.layers.RNN``).
+      loop_dtype: the dtype the time loop computes in. ``None`` (the default): under a
+        ``mixed_float16``/``mixed_bfloat16`` policy with no GPU or TPU visible, ``"float32"``
+        (XLA:CPU has no 16-bit arithmetic: it converts every 16-bit op to float32 and back,
+        which costs time and compile time, and its results are no nearer Keras' own
+        16-bit ones than float32's); otherwise the cell's compute dtype. The layer's
+        inputs and outputs keep the policy's compute dtype either way. Give the compute
+        dtype (e.g. ``"bfloat16"``) to loop in it on CPU too. It applies to cells with
+        float32 variables (a plain Keras dtype policy).
       **kwargs: ``keras.layers.Layer`` arguments (``name``, ``dtype``, ``trainable``, ...).
 
     Call arguments:
@@ -140,7 +155,7 @@ class Scan(keras.layers.RNN):
     def __init__(self, cell, return_sequences: bool = False, return_state: bool = False,
                  go_backwards: bool = False, stateful: bool = False, unroll: int | bool = 1,
                  remat: bool | int | str = False, time_major: bool = False,
-                 zero_output_for_mask: bool = False, **kwargs):
+                 zero_output_for_mask: bool = False, loop_dtype: str | None = None, **kwargs):
         if isinstance(cell, (list, tuple)):
             cell = keras.layers.StackedRNNCells(cell)
         if not hasattr(cell, "call"):
@@ -156,6 +171,10 @@ class Scan(keras.layers.RNN):
         self.unroll = True if unroll is True else 1 if unroll is False else int(unroll)  # Keras' False: 1
         self.remat = remat
         self.time_major = bool(time_major)
+        if loop_dtype is not None and keras.backend.standardize_dtype(loop_dtype) not in LOOP_DTYPES:
+            raise ValueError(f"Scan: loop_dtype must be None, 'float32', 'bfloat16' or "
+                             f"'float16'; got {loop_dtype!r}.")
+        self.loop_dtype = None if loop_dtype is None else keras.backend.standardize_dtype(loop_dtype)
         self.input_spec = keras.layers.InputSpec(min_ndim=3)
         params = _parameters(cell.call)
         self._cell_takes_training = keras_rnn.cell_takes_training(cell, "training" in params)
@@ -202,8 +221,10 @@ class Scan(keras.layers.RNN):
             raise TypeError(f"tfscan.keras.Scan: `constants` were given but the cell "
                             f"{type(self.cell).__name__}.call takes no `constants` argument.")
         training = bool(training) if isinstance(training, bool) or training is None else training
-        cell_dtype = getattr(self.cell, "compute_dtype", self.compute_dtype)
+        cell_dtype = self._computes_in()
         sequences = tf.convert_to_tensor(sequences)
+        if sequences.dtype.is_floating and sequences.dtype != cell_dtype:
+            sequences = tf.cast(sequences, cell_dtype)  # once, not per step
         x = sequences if self.time_major else tf.transpose(
             sequences, [1, 0] + list(range(2, sequences.shape.rank)))
         batch = tf.shape(x)[1] if x.shape[1] is None else x.shape[1]
@@ -223,7 +244,8 @@ class Scan(keras.layers.RNN):
 
         # Dropout masks are drawn once per call (Keras' way) and ride in the scan's carry,
         # so the compiled step never holds a stale mask from an earlier call.
-        keras_rnn.config_dropout_masks(self, self.cell, x[0], initial_state)
+        with ComputingIn(self.cell, cell_dtype):  # stacked cells are called once here
+            keras_rnn.config_dropout_masks(self, self.cell, x[0], initial_state)
         try:
             last, outputs, states = self.inner_loop(x, initial_state, mask, training, constants)
         finally:
@@ -235,6 +257,12 @@ class Scan(keras.layers.RNN):
                 var.assign(s)
         output = tf.cast(outputs if self.return_sequences else last, out_dtype)
         return (output, *states) if self.return_state else output
+
+    def _computes_in(self) -> str:
+        """The dtype of the loop's arithmetic (see ``loop_dtype``)."""
+        if not hasattr(self.cell, "compute_dtype"):  # not a Keras layer: no policy to swap
+            return self.compute_dtype
+        return loop_dtype_for(self.cell, self.loop_dtype)
 
     def inner_loop(self, sequences, initial_state, mask, training=False, constants=None):
         """``(last_output, outputs, final_states)`` from one ``tfscan.scan`` over time.
@@ -257,7 +285,7 @@ class Scan(keras.layers.RNN):
         keep_last = (not self.return_sequences) or m is not None
         last0 = tf.zeros(tf.concat([[batch], self._output_size()], 0), cell_dtype) if keep_last else None
         flags = (training, m is not None, keep_last, self.return_sequences,
-                 self.zero_output_for_mask, skeleton, constants is not None)
+                 self.zero_output_for_mask, skeleton, constants is not None, cell_dtype.name)
         carry0 = (tuple(tf.nest.flatten(initial_state)), last0, drops, constants)
         (leaves, last, _, _), ys = tfscan.scan(self._make_step(flags), carry0, (x, m),
                                                reverse=self.go_backwards, unroll=self.unroll,
@@ -275,7 +303,7 @@ class Scan(keras.layers.RNN):
         layer = self
 
         def step(carry, xt):
-            training, has_mask, keep_last, return_sequences, zero_output, skeleton, has_k = flags
+            training, has_mask, keep_last, return_sequences, zero_output, skeleton, has_k, dtype = flags
             leaves, prev, drops, constants = carry
             x_t, m_t = xt
             for c, (dm, rdm) in zip(_dropout_cells(layer.cell), drops):
@@ -284,7 +312,8 @@ class Scan(keras.layers.RNN):
             kw = {"training": training} if layer._cell_takes_training else {}
             if has_k:
                 kw["constants"] = list(constants)
-            out, new_states = layer.cell(x_t, states, **kw)
+            with ComputingIn(layer.cell, dtype):
+                out, new_states = layer.cell(x_t, states, **kw)
             new_leaves = tf.nest.flatten(new_states)
             if len(new_leaves) != len(leaves):
                 raise ValueError(f"Scan: the cell returned {len(new_leaves)} state tensors for "
@@ -305,7 +334,7 @@ class Scan(keras.layers.RNN):
         return {"return_sequences": self.return_sequences, "return_state": self.return_state,
                 "go_backwards": self.go_backwards, "stateful": self.stateful, "unroll": self.unroll,
                 "remat": self.remat, "time_major": self.time_major,
-                "zero_output_for_mask": self.zero_output_for_mask}
+                "zero_output_for_mask": self.zero_output_for_mask, "loop_dtype": self.loop_dtype}
 
     def get_config(self):
         return {**super().get_config(), **self._scan_config()}
@@ -320,7 +349,7 @@ class _CellLayer(Scan):
     def __init__(self, units: int, return_sequences: bool = False, return_state: bool = False,
                  go_backwards: bool = False, unroll: int | bool = 1, remat: bool | int | str = False,
                  time_major: bool = False, zero_output_for_mask: bool = False,
-                 stateful: bool = False, **kwargs):
+                 stateful: bool = False, loop_dtype: str | None = None, **kwargs):
         params = inspect.signature(self._cell_class.__init__).parameters
         cell_kwargs = {k: kwargs.pop(k) for k in list(kwargs)
                        if k in params and params[k].kind is not inspect.Parameter.VAR_KEYWORD
@@ -332,7 +361,8 @@ class _CellLayer(Scan):
                                 name=self._cell_name, **cell_kwargs)
         super().__init__(cell, return_sequences=return_sequences, return_state=return_state,
                          go_backwards=go_backwards, unroll=unroll, remat=remat, time_major=time_major,
-                         zero_output_for_mask=zero_output_for_mask, stateful=stateful, **kwargs)
+                         zero_output_for_mask=zero_output_for_mask, stateful=stateful,
+                         loop_dtype=loop_dtype, **kwargs)
 
     @property
     def units(self) -> int:
@@ -348,47 +378,41 @@ class _CellLayer(Scan):
         return cls(**config)
 
 
-@keras.saving.register_keras_serializable(package="tfscan")
-class SimpleRNN(_CellLayer):
-    """``keras.layers.SimpleRNN`` run by :func:`tfscan.scan`: ``Scan(keras.layers.SimpleRNNCell(units, ...))``.
-
-    Takes ``keras.layers.SimpleRNNCell``'s arguments and :class:`Scan`'s.
-
-    >>> import numpy as np, tfscan.keras
-    >>> tuple(tfscan.keras.SimpleRNN(4)(np.zeros((2, 5, 3), "float32")).shape)
-    (2, 4)
-    """
-
-    _cell_class = keras.layers.SimpleRNNCell
-    _cell_name = "simple_rnn_cell"
+def _cell_layer(name: str, cell_class: type, cell_name: str, doc: str) -> type:
+    """A :class:`_CellLayer` subclass named ``name`` for Keras' ``cell_class``, registered for
+    Keras serialization (what ``class name(_CellLayer)`` with two attributes would be)."""
+    attrs = {"__doc__": doc, "__module__": __name__, "__qualname__": name,
+             "_cell_class": cell_class, "_cell_name": cell_name}
+    return keras.saving.register_keras_serializable(package="tfscan")(type(name, (_CellLayer,), attrs))
 
 
-@keras.saving.register_keras_serializable(package="tfscan")
-class GRU(_CellLayer):
-    """``keras.layers.GRU`` run by :func:`tfscan.scan`: ``Scan(keras.layers.GRUCell(units, ...))``.
+SimpleRNN = _cell_layer("SimpleRNN", keras.layers.SimpleRNNCell, "simple_rnn_cell", """\
+``keras.layers.SimpleRNN`` run by :func:`tfscan.scan`: ``Scan(keras.layers.SimpleRNNCell(units, ...))``.
 
-    Takes ``keras.layers.GRUCell``'s arguments (e.g. ``reset_after``) and :class:`Scan`'s.
+Takes ``keras.layers.SimpleRNNCell``'s arguments and :class:`Scan`'s.
 
-    >>> import numpy as np, tfscan.keras
-    >>> out, h = tfscan.keras.GRU(4, return_state=True)(np.zeros((2, 5, 3), "float32"))
-    >>> tuple(h.shape)
-    (2, 4)
-    """
+>>> import numpy as np, tfscan.keras
+>>> tuple(tfscan.keras.SimpleRNN(4)(np.zeros((2, 5, 3), "float32")).shape)
+(2, 4)
+""")
 
-    _cell_class = keras.layers.GRUCell
-    _cell_name = "gru_cell"
+GRU = _cell_layer("GRU", keras.layers.GRUCell, "gru_cell", """\
+``keras.layers.GRU`` run by :func:`tfscan.scan`: ``Scan(keras.layers.GRUCell(units, ...))``.
 
+Takes ``keras.layers.GRUCell``'s arguments (e.g. ``reset_after``) and :class:`Scan`'s.
 
-@keras.saving.register_keras_serializable(package="tfscan")
-class LSTM(_CellLayer):
-    """``keras.layers.LSTM`` run by :func:`tfscan.scan`: ``Scan(keras.layers.LSTMCell(units, ...))``.
+>>> import numpy as np, tfscan.keras
+>>> out, h = tfscan.keras.GRU(4, return_state=True)(np.zeros((2, 5, 3), "float32"))
+>>> tuple(h.shape)
+(2, 4)
+""")
 
-    Takes ``keras.layers.LSTMCell``'s arguments and :class:`Scan`'s.
+LSTM = _cell_layer("LSTM", keras.layers.LSTMCell, "lstm_cell", """\
+``keras.layers.LSTM`` run by :func:`tfscan.scan`: ``Scan(keras.layers.LSTMCell(units, ...))``.
 
-    >>> import numpy as np, tfscan.keras
-    >>> tuple(tfscan.keras.LSTM(4, return_sequences=True)(np.zeros((2, 5, 3), "float32")).shape)
-    (2, 5, 4)
-    """
+Takes ``keras.layers.LSTMCell``'s arguments and :class:`Scan`'s.
 
-    _cell_class = keras.layers.LSTMCell
-    _cell_name = "lstm_cell"
+>>> import numpy as np, tfscan.keras
+>>> tuple(tfscan.keras.LSTM(4, return_sequences=True)(np.zeros((2, 5, 3), "float32")).shape)
+(2, 5, 4)
+""")

@@ -337,6 +337,13 @@ def closure(f: Any) -> Closure:
     return result
 
 
+def memoized(f: Any, result: Closure) -> bool:
+    """Whether :func:`closure` keeps ``result`` for ``f``: it returns this same object while
+    nothing ``f``'s walk read changes (:mod:`tfscan._core.fast` relies on that identity)."""
+    memo = _memo.get(f) if isinstance(f, types.FunctionType) else None
+    return memo is not None and memo[1] is result
+
+
 _EMPTY = object()
 _memo: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 

@@ -10,12 +10,14 @@ a ``ForwardAccumulator`` (``_with_jvp``), as JAX linearizes each branch.
 from __future__ import annotations
 
 from collections.abc import Sequence as SequenceABC
+import weakref
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tfscan import _tf
+from tfscan._core import cache as _cache
 from tfscan._core import checks as _checks
 from tfscan._core import context as _context
 from tfscan._core import tree as _tree
@@ -163,6 +165,9 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
             def branch(k: int):
                 def run():
                     out = fns[k](*_tree.unflatten(op_tree, list(args)))
+                    # The trainable variables the branch read (for the own VJP, ``_with_jvp``).
+                    meta.setdefault("variables", {}).update(
+                        {id(v): weakref.ref(v) for v in _tf.graph_variables(_tf.default_graph()) if v.trainable})
                     out_leaves, out_paths, out_tree = _tree.flatten_with_paths(out, "output")
                     out_leaves = [_checks.output_tensor(v, p, api, names[k]) for v, p in zip(out_leaves, out_paths)]
                     # Leaves every branch returns unchanged are forwarded past the conditional
@@ -186,14 +191,14 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
 
     # Any live accumulator (a busy one's tangents of an operand are not visible here): the
     # conditional then never reaches TensorFlow's own forward rule for it.
-    own_jvp = bool(leaves) and bool(_tf.pack_tangents(leaves).indices)
+    own_jvp = bool(leaves) and bool(record.pack_tangents(leaves).indices)
     try:
         if own_jvp:
-            # Tapes see the conditional through an identity of the operands (its gradient is
-            # TensorFlow's); accumulators do not: they take the JVP conditional below.
+            # Neither tapes nor accumulators see the operands reach TensorFlow's conditional:
+            # they take the derivatives recorded by ``_with_jvp``. (The conditional is not
+            # built with recording paused: a JVP conditional's branches record inside.)
             with record.stop_recording():
                 hidden = [tf.identity(t) for t in leaves]
-            record.record_operation_backprop_only("Identity", hidden, leaves, lambda *d: d)
             outs, meta = _control.run(api, fns, key, make_build, [selector] + hidden)
         else:
             outs, meta = _control.run(api, fns, key, make_build, [selector] + leaves)
@@ -210,48 +215,95 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
     forward = meta.get("forward") or [None] * len(outs)
     outs = [leaves[i] if i is not None else o for o, i in zip(outs, forward)]
     if own_jvp:
-        outs = _with_jvp(api, selector, fns, names, leaves, outs, op_tree, choose)
+        variables = [v for v in (r() for r in meta.get("variables", {}).values()) if v is not None]
+        outs = _with_jvp(api, selector, fns, names, leaves, outs, op_tree, choose, variables)
     return _tree.unflatten(meta["tree"], outs)
 
 
-def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: list, op_tree, choose) -> list:
-    """``outs`` recorded for the accumulators with a forward rule of their own: the
-    conditional over ``(operands, their tangents)`` whose branches run under a
+def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: list, op_tree, choose,
+              variables: list) -> list:
+    """``outs`` recorded with derivatives of their own, as JAX differentiates a conditional.
+
+    Forward mode (accumulators): the conditional over ``(operands, their tangents, the
+    tangents of what the branches close over)`` whose branches run under a
     ``ForwardAccumulator`` in their trace (each op by its own forward rule, a nested
-    run-time-bounded loop too). It is a conditional of this kind again (a JVP of a JVP
-    nests). Tangents that reach the branches through closed-over tensors come from
-    TensorFlow's rule for the conditional itself, and add up (the JVP is linear)."""
+    run-time-bounded loop too). Reverse mode (tapes): the conditional of the branches' VJPs,
+    which recompute the taken branch. TensorFlow's own gradient of its conditional reads
+    intermediates of the forward conditional that it adds after the accumulators recorded
+    it, so they would have no tangents: a forward-over-reverse derivative (a JVP of a
+    gradient) would silently miss their terms. Both are conditionals of this kind again (a
+    JVP of a JVP, or of a VJP, nests).
+    """
+    closed = _closed_tensors(fns)
     fl = tuple(i for i, t in enumerate(leaves) if is_float(t.dtype))
-    fo = [i for i, o in enumerate(outs) if is_float(o.dtype)]
+    fo = tuple(i for i, o in enumerate(outs) if is_float(o.dtype))
+    for v in variables:
+        _tf.mark_variable_accessed(v)  # so that the tapes watch it
     with record.stop_recording():
         shown = [tf.identity(o) for o in outs]
+    inputs = list(leaves) + closed + [v.handle for v in variables]
 
-    def backward(*d):  # tapes: an identity of the conditional's outputs
-        return list(d) + [None] * len(leaves)
+    def backward(*d_outs):
+        d = [tf.zeros_like(outs[i]) if d_outs[i] is None else tf.convert_to_tensor(d_outs[i]) for i in fo]
+        vjp_fns = [_branch_vjp(f, op_tree, fl, fo, tuple(closed), tuple(variables)) for f in fns]
+        grads = _select(api, selector, vjp_fns, [f"vjp of {n}" for n in names], (tuple(leaves), tuple(d)), choose)
+        return scatter(len(leaves), fl, grads[: len(fl)]) + list(grads[len(fl):])
 
     def forward(*tangents):
-        t_out, t_in = tangents[: len(outs)], tangents[len(outs):]
+        t_in = list(tangents)
         t_leaves = [tf.zeros_like(leaves[i]) if t_in[i] is None else t_in[i] for i in fl]
-        jvp_fns = [_branch_jvp(f, op_tree, len(leaves), fl) for f in fns]
-        jvp_names = [f"jvp of {n}" for n in names]
+        t_closed = [tf.zeros_like(c) if t is None else t for c, t in zip(closed, t_in[len(leaves): len(leaves) + len(closed)])]
+        t_vars = [tf.zeros(v.shape, v.dtype) if t is None else t for v, t in zip(variables, t_in[len(leaves) + len(closed):])]
+        jvp_fns = [_branch_jvp(f, op_tree, len(leaves), fl, tuple(closed), tuple(variables)) for f in fns]
         with _forward.computing():
-            _, t = _select(api, selector, jvp_fns, jvp_names, (tuple(leaves), tuple(t_leaves)), choose)
-        result = [None] * len(outs)
-        for i, ti in zip(fo, t):
-            result[i] = ti if t_out[i] is None else ti + t_out[i]
-        return result
+            _, t = _select(api, selector, jvp_fns, [f"jvp of {n}" for n in names],
+                           (tuple(leaves), tuple(t_leaves), tuple(t_closed), tuple(t_vars)), choose)
+        return scatter(len(outs), fo, t)
 
-    record.record_operation(f"tfscan_{api}", shown, list(outs) + list(leaves), backward, forward)
+    record.record_operation(f"tfscan_{api}", shown, inputs, backward, forward)
     return shown
 
 
-def _branch_jvp(fn: Callable, op_tree: _tree.TreeDef, n: int, fl: tuple) -> Callable:
-    """``fn``'s JVP as a branch over ``(operands, float operand tangents)`` (flat tuples);
-    closes over hashable values only, so the JVP conditional is cached (tfscan._core.cache)."""
-    def jvp_branch(leaves, t_leaves):
-        def flat(*args):
-            out = fn(*_tree.unflatten(op_tree, list(args)))
-            return [tf.convert_to_tensor(v) for v in _tree.flatten(out)[0]]
-        outs, t_outs = _forward.jvp_call(flat, list(leaves), scatter(n, fl, t_leaves))
+def _closed_tensors(fns: list) -> list:
+    """The float tensors the branches close over (each once)."""
+    seen: dict = {}
+    for f in fns:
+        for t in _cache.closure(f).tensors:
+            if is_float(t.dtype):
+                seen.setdefault(id(t), t)
+    return list(seen.values())
+
+
+def _flat_call(fn: Callable, op_tree: _tree.TreeDef) -> Callable:
+    def flat(*args):
+        out = fn(*_tree.unflatten(op_tree, list(args)))
+        return [tf.convert_to_tensor(v) for v in _tree.flatten(out)[0]]
+    return flat
+
+
+def _branch_vjp(fn: Callable, op_tree: _tree.TreeDef, fl: tuple, fo: tuple, closed: tuple,
+                variables: tuple) -> Callable:
+    """``fn``'s VJP as a branch over ``(operands, float output cotangents)``: the gradients of
+    the float operands, then of ``closed`` and ``variables`` (zeros where not reached)."""
+    def vjp_branch(leaves, d_outs):
+        graph = _tf.default_graph()
+        sources = [leaves[i] for i in fl] + [_tf.in_graph(graph, c) for c in closed] + list(variables)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(sources)
+            outs = _flat_call(fn, op_tree)(*leaves)
+        grads = tape.gradient([outs[i] for i in fo], sources, output_gradients=list(d_outs),
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return tuple(tf.convert_to_tensor(g) for g in grads)
+    return vjp_branch
+
+
+def _branch_jvp(fn: Callable, op_tree: _tree.TreeDef, n: int, fl: tuple, closed: tuple = (),
+                variables: tuple = ()) -> Callable:
+    """``fn``'s JVP as a branch over ``(operands, float operand tangents, tangents of
+    ``closed``, tangents of ``variables``)`` (flat tuples); closes over hashable values and
+    the tensors ``fn`` closes over, so the JVP conditional is cached (tfscan._core.cache)."""
+    def jvp_branch(leaves, t_leaves, t_closed=(), t_vars=()):
+        watched = list(zip(closed, t_closed)) + list(zip(variables, t_vars))
+        outs, t_outs = _forward.jvp_call(_flat_call(fn, op_tree), list(leaves), scatter(n, fl, t_leaves), watched)
         return tuple(outs), tuple(t for t in t_outs if t is not None)
     return jvp_branch

@@ -58,7 +58,8 @@ class _Fed:
                  slots: Sequence[tf.Tensor], owner: Any):
         self.meta = meta
         fn = tf.function(build, jit_compile=True, autograph=False, reduce_retracing=False)
-        self.concrete = fn.get_concrete_function(*specs)
+        with _tf.xla_trace():  # a scan traced here is compiled inline, as in the function's call
+            self.concrete = fn.get_concrete_function(*specs)
         captured = self.concrete.captured_inputs
         self.feed = _cache.Feed(captured, slots)
         self.owner = _cache.Owner(owner)

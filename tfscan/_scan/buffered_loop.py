@@ -101,7 +101,11 @@ def _stacked_shape(length: Any, shape: Any) -> Any:
 
 
 def _write(buf: tf.Tensor, value: tf.Tensor, idx: Any) -> tf.Tensor:
-    start = tf.stack([idx] + [0] * value.shape.rank) if value.shape.rank else tf.reshape(idx, [1])
+    if value.shape.rank is None:  # (a residual of a traced gradient may have lost its rank:
+        # XLA knows it when it compiles, so the start vector's length is a constant there)
+        start = tf.concat([tf.reshape(tf.cast(idx, tf.int32), [1]), tf.zeros(tf.rank(value)[None], tf.int32)], 0)
+    else:
+        start = tf.stack([idx] + [0] * value.shape.rank) if value.shape.rank else tf.reshape(idx, [1])
     return xla.dynamic_update_slice(buf, value[None], tf.cast(start, tf.int32))
 
 

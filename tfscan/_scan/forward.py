@@ -48,7 +48,7 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     _tf.guard_empty_function_call_records()  # nested accumulators in one trace (a JVP of a JVP)
     graph = _tf.default_graph()
     for obj in list(closed) + [o for o, _ in watched]:
-        _tf.silent_capture(graph, obj.handle if isinstance(obj, tf.Variable) else obj)
+        _tf.record.silent_capture(graph, obj.handle if isinstance(obj, tf.Variable) else obj)
     primals, ts = [], []
     for a, t in zip(args, tangents):
         if t is not None:
@@ -59,11 +59,21 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
         ts.append(t)
     # An accumulator busy computing a tangent (the one whose forward function traces this)
     # silences the accumulators made after it: let this one record.
-    with _tf.forwardprop_state(), tf.autodiff.ForwardAccumulator(primals, ts) as acc:
+    with _tf.record.forwardprop_state(), tf.autodiff.ForwardAccumulator(primals, ts) as acc:
         outs = list(fn(*args))
-    out_t = [acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO) if is_float(o.dtype) else None
-             for o in outs]
+    out_t = [_shaped_as(acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO), o) if is_float(o.dtype)
+             else None for o in outs]
     return outs, out_t
+
+
+def _shaped_as(t: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """A tangent with its primal's static shape: an accumulator's tangent of a function call's
+    output may have lost it (a JVP of a JVP), and a loop buffer needs the rank."""
+    if t.shape.is_fully_defined() or not like.shape.is_compatible_with(t.shape):
+        return t
+    t = tf.identity(t)
+    t.set_shape(t.shape.merge_with(like.shape))
+    return t
 
 
 def watch_list(sources: Sequence[Any], values: Sequence[tf.Tensor], indices: Sequence[int],
@@ -177,7 +187,7 @@ def first_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[t
     if getattr(_state, "computing", 0):
         return None  # inside a forward function: the oldest accumulator may be the busy one
     inputs = list(init) + list(xs) + list(consts)
-    packed = _tf.pack_tangents(inputs)
+    packed = _tf.record.pack_tangents(inputs)
     entries = [e for e in packed.indices if e]  # newest first: the last is the oldest accumulator
     if not entries:
         return None
@@ -187,7 +197,7 @@ def first_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[t
         if i >= len(inputs):  # (indices may name another accumulator's tangent as a primal)
             return None  # a tangent with a tangent of its own: the recorded path differentiates it
         given[i] = pool[j]
-    if _tf.has_tangents([t for t in given if t is not None]):
+    if _tf.record.tangent_indices([t for t in given if t is not None]):
         return None
 
     def unrecorded(progs, i, x, k, dl):

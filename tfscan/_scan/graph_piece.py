@@ -91,7 +91,7 @@ class GraphPiece:
             computed = computed[: len(self._computed)]
         made = dict(zip(self._computed, computed))
         inputs = list(input_map.values())  # as the imported ops read them (captured)
-        if computed and _tf.has_tangents(inputs):
+        if computed and _tf.record.tangent_indices(inputs):
             _record_for_accumulators(self.name, computed, inputs)
         return [fed[n] if n in fed else made[n] for n in self.outputs]
 
@@ -120,7 +120,7 @@ def _record_for_accumulators(name: str, outs: list, feeds: list) -> None:
             out[i] = tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
         return out
 
-    _tf.record_for_accumulators(f"TfscanPiece_{name}", outs, feeds, backward)
+    _tf.record.record_operation_forwardprop_only(f"TfscanPiece_{name}", outs, feeds, backward)
 
 
 def _tensor_name(name: str) -> str:

@@ -265,19 +265,41 @@ class Programs:
                     tf.function(build, jit_compile=True, autograph=False, reduce_retracing=False))
             return fn
 
-    def _call(self, name: str, build, args: list) -> list:
-        """``build(*args)`` (a flat list) inline under XLA, else through its compiled function."""
+    def _call(self, name: str, build, args: list, run_time: Sequence[int] = ()) -> list:
+        """``build(*args)`` (a flat list) inline under XLA, else through its compiled function.
+
+        ``run_time``: indices of integer ``args`` the program never needs as compile-time
+        constants (a run-time length, when buffers are sized by the padded rows).
+        """
         if _context.in_xla_context():
             return list(build(*args))
         fn = self._compiled(name, build)
         if not tf.executing_eagerly():
+            if not (_context.in_internal_trace() or _context.in_vmap_trace()):
+                # One XlaLaunch op: TF's own call of a compiled function keeps memory for
+                # every graph that runs it (see _tf.launch_compiled). Steps tfscan traces and
+                # copies, and vmap's traces, keep the call op their rules convert.
+                with _tf.xla_trace():
+                    concrete = fn.get_concrete_function(*args)
+                outs = _tf.launch_compiled(concrete, args, not_constant=run_time)
+                if outs is not None:
+                    return outs
             return list(fn(*args))
         # Eagerly, call the one concrete function directly: this skips tf.function's
         # argument canonicalization, a large part of a short scan's cost.
         concrete = self._concrete.get(name)
         if concrete is None:
-            concrete = self._concrete[name] = fn.get_concrete_function(*args)
+            with _tf.xla_trace():
+                concrete = self._concrete[name] = fn.get_concrete_function(*args)
         return _tf.call_concrete(concrete, args, xla=True)
+
+    def direct_forward(self) -> tuple[Any, list] | None:
+        """``(concrete function, its captured inputs)`` of the forward program without
+        residuals, once an eager call has made it (``None`` before, or when a capture is
+        deferred): the short-call fast path calls it with ``init + xs + consts``."""
+        concrete = self._concrete.get("forward_False_None")
+        captured = _tf.fixed_captures(concrete) if concrete is not None else None
+        return None if captured is None else (concrete, captured)
 
     def forward(self, init, xs, consts, dynamic_length=None, save=False, wanted=None):
         """``(carry, ys, saved)``; ``wanted`` (a bool per xs and consts leaf, or ``None`` for
@@ -304,7 +326,8 @@ class Programs:
         true_length = _bucketed(static, xs, dynamic_length)
         if true_length is not None:  # padded to a bucket; the loop runs the true length
             xs, dynamic_length = _pad(xs, _bucket(true_length)), true_length
-        flat = self._call(f"forward_{save}_{wanted}", build, _join(init, xs, consts, dynamic_length))
+        args = _join(init, xs, consts, dynamic_length)
+        flat = self._call(f"forward_{save}_{wanted}", build, args, _run_time_length(args, xs, dynamic_length))
         ny = len(plan.y_specs)
         carry, ys, saved = split_list(flat, [n_i, ny])
         if binomial or not save:
@@ -347,12 +370,19 @@ class Programs:
         args = list(xs) + list(consts) + list(saved) + [d_carry[i] for i in d_carry_idx] + \
             [d_ys[i] for i in d_ys_idx] + [d_ys[i].value for i in row_idx] + \
             ([dynamic_length] if dynamic_length is not None else [])
-        flat = list(self._call(f"backward_{wanted}_{tuple(row_idx)}", build, args))
+        flat = list(self._call(f"backward_{wanted}_{tuple(row_idx)}", build, args,
+                               _run_time_length(args, xs, dynamic_length)))
         fc, fx, _, fk = float_indices(plan, consts, wanted)
         d_init, d_xs, d_k = split_list(flat, [len(fc), len(fx)])
         if true_length is not None:
             d_xs = [d[:true_length] for d in d_xs]
         return scatter(n_c, fc, d_init), scatter(n_x, fx, d_xs), scatter(n_k, fk, d_k)
+
+
+def _run_time_length(args: list, xs, dynamic_length) -> list:
+    """The index of the run-time length in ``args`` when the loops size their buffers by the
+    rows of ``xs`` (:func:`_rows`): the length is then only a trip count, never a shape."""
+    return [len(args) - 1] if dynamic_length is not None and len(xs) else []
 
 
 def _join(init, xs, consts, dynamic_length) -> list:

@@ -9,6 +9,7 @@ import tensorflow as tf
 from tfscan._core import cache as _cache
 from tfscan._core import checks as _checks
 from tfscan._core import context as _context
+from tfscan._core import fast as _fast
 from tfscan._core import tree as _tree
 from tfscan._core import weak as _weak
 from tfscan._scan.autodiff import differentiable_scan
@@ -16,6 +17,7 @@ from tfscan._scan.plan import Plan
 from tfscan._scan.plan import is_float
 from tfscan._scan.program import Programs, Static
 from tfscan._scan.remat import binomial_slots, checkpointed_scan, is_binomial
+from tfscan import _tf
 from tfscan._tf import record
 
 __all__ = ["scan"]
@@ -76,6 +78,9 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
     >>> tfscan.scan(lambda c, _: (2 * c, c), 1, length=4)[1].numpy().tolist()
     [1, 2, 4, 8]
     """
+    fast = _fast_call(f, init, xs, length, reverse, unroll, remat)
+    if fast is not None:
+        return fast
     _checks.check_callable(f)
     unroll = _checks.check_unroll(unroll)
     reverse = _checks.check_reverse(reverse)
@@ -140,8 +145,65 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
     else:
         carry, ys, _ = programs.forward(init_leaves, xs_leaves, consts, dynamic_length)
         outs = list(carry) + list(ys)
+        if static_length is not None and closure.exact and plan.step.feed.complete and tf.executing_eagerly():
+            _remember(f, (init, xs, length, reverse, unroll, remat), closure, programs)
     n = len(init_leaves)
     return _tree.unflatten(init_tree, outs[:n]), _tree.unflatten(plan.y_tree, outs[n:])
+
+
+# The short-call fast path (:mod:`tfscan._core.fast`): eager calls nothing records, per step function.
+_FAST = _fast.Table()
+
+
+class _FastScan:
+    """What the slow path resolved for one signature: the forward program and its inputs."""
+
+    __slots__ = ("closure", "concrete", "captured", "consts", "step", "n", "init_tree", "y_tree")
+
+    def __init__(self, closure, programs: Programs, direct):
+        plan = programs.plan
+        self.closure, (self.concrete, self.captured) = closure, direct
+        self.step, self.n = plan.step, plan.n_carry
+        variables = any(isinstance(s, tf.Variable) for s in plan.step.const_sources)
+        self.consts = None if variables else plan.step.const_values(closure.tensors)
+        self.init_tree, self.y_tree = plan.carry_tree, plan.y_tree
+
+    def __call__(self, leaves: list):
+        consts = self.consts if self.consts is not None else self.step.const_values(self.closure.tensors)
+        outs = _tf.call_concrete(self.concrete, leaves + consts, self.captured)
+        n = self.n
+        return _tree.unflatten(self.init_tree, outs[:n]), _tree.unflatten(self.y_tree, outs[n:])
+
+
+def _fast_key(f, args: tuple):
+    """``(signature, leaves)`` of a call ``scan(f, *args)`` the fast path may take, else ``(None, None)``."""
+    init, xs, length, reverse, unroll, remat = args
+    if not (type(reverse) is bool and type(remat) is bool and type(unroll) in (int, bool)
+            and (length is None or type(length) is int)):
+        return None, None
+    sig, leaves = _fast.signature((init, xs))
+    return (None, None) if sig is None else ((sig, _fast.static(length, reverse, unroll, remat)), leaves)
+
+
+def _fast_call(f, init, xs, length, reverse, unroll, remat):
+    """The scan's result through the fast path, or ``None`` (then the slow path runs)."""
+    if not tf.executing_eagerly() or record.could_possibly_record() or _context.jit_disabled():
+        return None
+    key, leaves = _fast_key(f, (init, xs, length, reverse, unroll, remat))
+    entry = _FAST.get(f, key) if key is not None else None
+    if entry is None or _cache.closure(f) is not entry.closure:
+        return None
+    return entry(leaves)
+
+
+def _remember(f, args: tuple, closure, programs: Programs) -> None:
+    """Record an eager call the slow path checked, for the fast path (see :mod:`tfscan._core.fast`)."""
+    direct = programs.direct_forward()
+    if direct is None or not _cache.memoized(f, closure):
+        return
+    key, _ = _fast_key(f, args)
+    if key is not None:
+        _FAST.put(f, key, _FastScan(closure, programs, direct))
 
 
 def _x_specs(xs_leaves):

@@ -108,6 +108,35 @@ class Traced:
         consts += tuple(("resource", id(e)) for _, e in self._handle_names)
         return consts, tuple(nodes)
 
+    def depends_on(self) -> list[tuple[set, set]]:
+        """For each output, ``(argument indices, constant indices)`` it may depend on: the
+        trace's ops walked in order (a GraphDef lists a function's ops as they were created),
+        every output of an op taken to depend on all of its inputs (a nested loop or call
+        counts whole), except that a shape, size, rank or ``zeros_like`` depends on nothing
+        (as in JAX, where shapes are static; ``pfor`` never batches them). Otherwise over-approximate: an input
+        met before its op (an order this walk does not expect) counts as every input."""
+        every = (frozenset(range(self.n_args)), frozenset(range(len(self._const_names))))
+        reach: dict[str, tuple[frozenset, frozenset]] = {}
+        for i, name in enumerate(self._arg_names):
+            reach[name.split(":")[0]] = (frozenset([i]), frozenset())
+        for i, name in enumerate(self._const_names):
+            a, k = reach.get(name.split(":")[0], (frozenset(), frozenset()))
+            reach[name.split(":")[0]] = (a, k | {i})
+        for node in self.piece.graph_def.node:
+            if node.name in reach:
+                continue
+            if node.op in _SHAPE_OPS:
+                reach[node.name] = (frozenset(), frozenset())
+                continue
+            a, k = set(), set()
+            for inp in node.input:
+                if not inp.startswith("^"):
+                    ra, rk = reach.get(inp.split(":")[0], every)
+                    a |= ra
+                    k |= rk
+            reach[node.name] = (frozenset(a), frozenset(k))
+        return [tuple(set(s) for s in reach.get(name.split(":")[0], every)) for name in self._out_names]
+
     def const_values(self, slots: Sequence[tf.Tensor] | None = None) -> list[tf.Tensor]:
         """The constants' current values: variables are read now (and seen by a tape);
         with ``slots`` (a later call's closure tensors) those replace the traced ones."""
@@ -126,6 +155,11 @@ class Traced:
     def apply(self, args: Sequence[tf.Tensor], consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         """Emit the traced ops into the current graph, fed with ``args`` and ``consts``."""
         return self.piece.apply(self.feeds(args, consts))
+
+
+# Ops whose value depends on their inputs' shapes only: ``pfor`` leaves them unbatched.
+_SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "VariableShape", "ZerosLike", "OnesLike",
+                        "TensorListLength", "TensorListElementShape"})
 
 
 def _root(t: tf.Tensor) -> tf.Tensor:

@@ -26,6 +26,7 @@ from tfscan import _tf
 from tfscan._core import cache as _cache
 from tfscan._core import checks as _checks
 from tfscan._core import context as _context
+from tfscan._core import fast as _fast
 from tfscan._core import tree as _tree
 from tfscan._tf import record
 
@@ -91,6 +92,9 @@ class Jitted:
         self._trace_count = 0
         self._params = _positional_params(fun)
         self._static_nums, self._static_names = _static_args(fun, self._params, static_argnums, static_argnames)
+        # The short-call fast path (:mod:`tfscan._core.fast`), for calls without static arguments:
+        # signature -> (closure, entry, captured inputs).
+        self._fast = None if self._static_nums or self._static_names else _fast.Signatures()
         functools.update_wrapper(self, fun, updated=())  # not __dict__: it would overwrite ours
 
     @property
@@ -108,17 +112,20 @@ class Jitted:
         return functools.partial(self, instance)  # a method: ``self`` is argument 0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        fast = self._fast_call(args, kwargs)
+        if fast is not None:
+            return fast
         if _context.jit_disabled():
             return self._fun(*args, **kwargs)
         if not tf.executing_eagerly() and record.could_possibly_record() and \
-                _tf.has_tangents(_tree.flatten((args, kwargs))[0]):
+                record.tangent_indices(_tree.flatten((args, kwargs))[0]):
             # Forward mode inside a trace (a scan's JVP step): traced inline, so the
             # accumulator differentiates each op by its own rule, as a jit inside a jit is
             # inlined in JAX. Through the call, TensorFlow would transpose the function's
             # gradient, whose shapes XLA may not know when it compiles.
             return self._fun(*args, **kwargs)
         recording = tf.executing_eagerly() and record.could_possibly_record()
-        entry, flat, captured = self._entry(args, kwargs, own_captures=recording)
+        entry, flat, captured, stable = self._entry(args, kwargs, own_captures=recording)
         if recording:
             # Through the tf.function, which builds the gradient and forward-mode functions
             # TensorFlow derives for this call in an XLA context (as the function itself):
@@ -129,14 +136,36 @@ class Jitted:
             # Straight to the concrete function (no re-canonicalization), fed this call's
             # closed-over tensors in place of those the trace captured.
             outs = _tf.call_concrete(entry.concrete, flat, captured, xla=True)
+            if stable is not None and tf.executing_eagerly():
+                self._remember(args, kwargs, stable, entry, captured)
         return _tree.unflatten(entry.out_tree, outs)
+
+    def _fast_call(self, args: tuple, kwargs: dict) -> Any:
+        """The result through the fast path, or ``None`` (then the slow path runs): an eager
+        call nothing records, with the signature of a call the slow path resolved."""
+        if not self._fast or kwargs or not tf.executing_eagerly() or record.could_possibly_record() \
+                or _context.jit_disabled():
+            return None
+        sig, flat = _fast.signature(args)
+        hit = self._fast.get(sig) if sig is not None else None
+        if hit is None or _cache.closure(self._fun) is not hit[0]:
+            return None
+        entry = hit[1]
+        return _tree.unflatten(entry.out_tree, _tf.call_concrete(entry.concrete, flat, hit[2], xla=True))
+
+    def _remember(self, args: tuple, kwargs: dict, closure: Any, entry: "_Entry", captured: list) -> None:
+        if self._fast is None or kwargs or _tf.fixed_captures(entry.concrete) is None:
+            return
+        sig, _ = _fast.signature(args)
+        if sig is not None:
+            self._fast.put(sig, (closure, entry, list(captured)))
 
     def lower(self, *args: Any, **kwargs: Any) -> "Lowered":
         """The program for these arguments (traced if needed), for inspection.
 
         Leaves may be ``tf.TensorSpec``s instead of tensors.
         """
-        entry, flat, _ = self._entry(args, kwargs, specs_ok=True)
+        entry, flat, _, _ = self._entry(args, kwargs, specs_ok=True)
         return Lowered(entry, flat)
 
     # -- tracing ---------------------------------------------------------------------------
@@ -169,11 +198,13 @@ class Jitted:
         return self._params[i] if i < len(self._params) else f"args[{i}]"
 
     def _entry(self, args: tuple, kwargs: dict, specs_ok: bool = False, own_captures: bool = False):
-        """``(entry, flat arguments, captured inputs to feed)`` for this call.
+        """``(entry, flat arguments, captured inputs to feed, stable)`` for this call.
 
         ``own_captures``: the call runs the entry's ``tf.function``, which feeds the trace's
         own captures; an entry that would need this call's closed-over tensors instead is
-        traced anew.
+        traced anew. ``stable``: the closure, when a later call that finds this same closure
+        object (:func:`tfscan._core.cache.memoized`) would resolve to this entry and these
+        captures (the fast path may then skip this resolution), else ``None``.
         """
         dyn_args, dyn_kwargs, static = self._split(args, kwargs)
         leaves, paths = [], []
@@ -211,7 +242,9 @@ class Jitted:
             captured = entry.concrete.captured_inputs
         with self._lock:
             self._trace_count += created
-        return entry, flat, captured
+        stable = (fresh and _cache.memoized(self._fun, closure) and not own_captures
+                  and (entry.owner.owns(self._fun) or (closure.exact and entry.feed.complete)))
+        return entry, flat, captured, closure if stable else None
 
 class _Entry:
     """One trace: a concrete XLA-compiled function of the flat dynamic leaves."""
@@ -235,7 +268,8 @@ class _Entry:
         self.function = _tf.quiet_retracing(
             tf.function(traced, jit_compile=True, autograph=False, reduce_retracing=False))
         self.specs = [t if isinstance(t, tf.TensorSpec) else tf.TensorSpec(t.shape, t.dtype) for t in flat]
-        self.concrete = self.function.get_concrete_function(*self.specs)
+        with _tf.xla_trace():  # a scan traced here is compiled inline, as in the function's call
+            self.concrete = self.function.get_concrete_function(*self.specs)
         self.feed = _cache.Feed(self.concrete.captured_inputs, slots)
         self.graph_bound = any(tf.is_symbolic_tensor(t) for t in self.concrete.captured_inputs)
 

@@ -36,6 +36,27 @@ class _Restack(Exception):
         self.index = index
 
 
+class _Unstack(_Restack):
+    """A carry leaf batched on a guess (:func:`_guess`) came out of the batched step unbatched."""
+
+
+def _guess(plan, c_stacked: list, x_stacked: list, k_stacked: list) -> list:
+    """The carry leaves the batched step will batch, guessed from the step's dependencies
+    (:meth:`tfscan._scan.step.Traced.depends_on`) as ``jax.vmap``'s fixpoint: a leaf whose new
+    value depends on a batched carry, x or constant is batched from the start. With the guess
+    the batched step is usually traced once, not once per leaf found batched."""
+    deps = plan.step.depends_on()
+    stacked = list(c_stacked)
+    changed = True
+    while changed:
+        changed = False
+        inputs = stacked + list(x_stacked)
+        for j, (args, consts) in enumerate(deps[: len(stacked)]):
+            if not stacked[j] and (any(inputs[i] for i in args) or any(k_stacked[i] for i in consts)):
+                stacked[j] = changed = True
+    return stacked
+
+
 def mark_forward(ops_: list, identity: Any) -> None:
     """The ops of a scan's forward loop (``ops_``, up to its ``IdentityN`` ``identity``) traced
     for ``vmap``: inside ``tfscan.vmap``, ``pfor`` leaves them as they are when only the
@@ -137,8 +158,10 @@ def _batched_scan(programs, init, xs, consts, dl, n: tf.Tensor) -> list:
     def rows(values, stacked, i):
         return [tf.gather(t, i) if s else t for t, s in zip(values, stacked)]
 
-    for _ in range(n_c + 1):
-        stacked = tuple(c_stacked)
+    guessed = _guess(plan, c_stacked, x_stacked, k_stacked)
+    refuted: set = set()
+    for _ in range(2 * n_c + 1):
+        stacked = tuple(s or (g and j not in refuted) for j, (s, g) in enumerate(zip(c_stacked, guessed)))
 
         def step(carry, x, stacked=stacked):
             def loop_fn(i):
@@ -151,6 +174,8 @@ def _batched_scan(programs, init, xs, consts, dl, n: tf.Tensor) -> list:
             for j, (w, s) in enumerate(zip(outs[:n_c], stacked)):
                 if w.is_stacked and not s:
                     raise _Restack(j)
+                if s and not w.is_stacked and not c_stacked[j]:
+                    raise _Unstack(j)  # guessed batched, but pfor leaves it unbatched
                 new_c.append(w.t if w.is_stacked or not s else _tile(w.t, size))
             return new_c, [w.t if w.is_stacked else _tile(w.t, size) for w in outs[n_c:]]
 
@@ -162,8 +187,10 @@ def _batched_scan(programs, init, xs, consts, dl, n: tf.Tensor) -> list:
                 carry, ys = scan(step, carry0, xs_t, length=length, reverse=static.reverse,
                                  unroll=static.unroll, remat=programs.remat)
             break
+        except _Unstack as e:  # the guess was wrong for this leaf: not batched after all
+            refuted.add(e.index)
         except _Restack as e:  # the leaf depends on a mapped input: batch it from the start
             c_stacked[e.index] = True
-    else:  # pragma: no cover - the batched set only grows
+    else:  # pragma: no cover - each retry batches a leaf or refutes a guess
         raise RuntimeError("tfscan.vmap: batching a scan's carry did not converge.")
-    return [_tf.pfor.wrap(c, s) for c, s in zip(carry, c_stacked)] + [_tf.pfor.wrap(_swap01(y), True) for y in ys]
+    return [_tf.pfor.wrap(c, s) for c, s in zip(carry, stacked)] + [_tf.pfor.wrap(_swap01(y), True) for y in ys]

@@ -141,7 +141,7 @@ def _call(fun, names, in_axes, out_axes, axis_size, args, kwargs):
     if _gradient.needs_gradient(mapped + shared + captured, entry) and not _gradient.native_gradient(entry, mapped + shared + captured):
         with record.stop_recording():
             outs = _tf.call_concrete(entry.run, mapped + shared, captured, xla=True)
-        outs = _gradient.with_gradient(entry, outs, mapped, shared,
+        outs = _gradient.with_gradient(fun, entry, outs, mapped, shared,
                               entry.feed_pe.values(entry.pe.captured_inputs, closure.tensors))
     else:
         outs = _tf.call_concrete(entry.run, mapped + shared, captured, xla=True)

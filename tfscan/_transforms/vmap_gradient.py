@@ -1,4 +1,8 @@
-"""``vmap``'s gradient when TensorFlow's own gradient of the batched program does not serve.
+"""``vmap``'s derivatives: its forward rule, and its gradient when TensorFlow's own does not serve.
+
+Forward mode is JAX's rule ``jvp(vmap(f)) == vmap(jvp(f))`` (:func:`tangents`): the
+recorded operation's forward function vmaps the per-example JVP (the function traced under
+a ``ForwardAccumulator``), so an accumulator never transposes the gradient below.
 
 When every loop in the batched program is a tfscan scan (batched whole, with its own
 VJP) and no variable is read, TensorFlow differentiates the batched program itself
@@ -12,16 +16,21 @@ output (``out_axes=None``) belongs to the batch once: example 0 gets it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import tensorflow as tf
 
 from tfscan import _tf
 from tfscan._core import context as _context
 from tfscan._core import gradients as _gradients
+from tfscan._core import tree as _tree
+from tfscan._core.flat import scatter, split_list
+from tfscan._scan import forward as _forward
 from tfscan._scan.plan import is_float
 from tfscan._tf import record
 from tfscan._transforms import vmap_axes as _axes
+
+from tfscan._transforms import vmap_program as _program
 
 if TYPE_CHECKING:
     from tfscan._transforms.vmap_program import Batched
@@ -45,8 +54,9 @@ def native_gradient(entry: Batched, inputs: Sequence[tf.Tensor]) -> bool:
         not record.tangent_indices(list(inputs))
 
 
-def with_gradient(entry: Batched, outs, mapped, shared, captured) -> list:
-    """Attach the vmapped per-example gradient to ``outs`` (eager tape, graph tape, tf.gradients)."""
+def with_gradient(fun: Callable, entry: Batched, outs, mapped, shared, captured) -> list:
+    """Attach the vmapped per-example gradient to ``outs`` (eager tape, graph tape, tf.gradients),
+    and the vmapped per-example JVP of ``fun`` for accumulators."""
     inputs = list(mapped) + list(shared) + list(captured)
     for v in entry.variables:
         if v is not None:
@@ -55,10 +65,46 @@ def with_gradient(entry: Batched, outs, mapped, shared, captured) -> list:
     def tape_gradient(*d_outs):
         return backward(entry, mapped, shared, captured, list(d_outs), outs)
 
+    def forward_function(*d_inputs):
+        return tangents(fun, entry, mapped, shared, captured, list(d_inputs))
+
     if not tf.executing_eagerly():
-        outs = _gradients.identity(entry.grad_name, list(outs) + inputs)[: len(outs)]
-    record.record_operation("tfscan_vmap", outs, inputs, tape_gradient)
+        with record.stop_recording():  # the tapes and accumulators see only the operation below
+            outs = _gradients.identity(entry.grad_name, list(outs) + inputs)[: len(outs)]
+    record.record_operation("tfscan_vmap", outs, inputs, tape_gradient, forward_function)
     return outs
+
+
+def tangents(fun: Callable, entry: Batched, mapped, shared, captured, d_inputs) -> list:
+    """The tangents of the batched outputs for the tangents ``d_inputs`` of ``mapped + shared +
+    captured`` (``None``: none): the per-example JVP of ``fun``, vmapped (``None`` for
+    outputs that are not float)."""
+    n_m, n_s = len(mapped), len(shared)
+    dm, ds, dc = split_list(d_inputs, [n_m, n_s])
+    m_f = [j for j, t in enumerate(mapped) if is_float(t.dtype) and dm[j] is not None]
+    s_f = [j for j, t in enumerate(shared) if is_float(t.dtype) and ds[j] is not None]
+    # What ``fun`` closes over, with a tangent: the tensor itself, or the variable of a handle.
+    watched = [(c if entry.variables[j] is None else entry.variables[j], dc[j]) for j, c in enumerate(captured)
+               if dc[j] is not None and (is_float(c.dtype) or entry.variables[j] is not None)]
+    objects = [o for o, _ in watched]
+    float_outs = [i for i, d in enumerate(entry.out_dtypes) if is_float(d)]
+    templates, args_tree = entry.templates, entry.args_tree
+
+    def per_example_jvp(m, s, tm, ts, tk):
+        def flat_call(*values):
+            out = _program.example_call(fun, args_tree, templates, values[:n_m], values[n_m:])
+            return [tf.convert_to_tensor(v) for v in _tree.flatten(out)[0]]
+
+        _, t_outs = _forward.jvp_call(flat_call, list(m) + list(s),
+                                      scatter(n_m, m_f, tm) + scatter(n_s, s_f, ts), list(zip(objects, tk)))
+        return [t_outs[i] for i in float_outs]
+
+    axes = entry.mapped_axes
+    out = _vmap()(per_example_jvp, in_axes=(list(axes), [None] * n_s, [axes[j] for j in m_f], [None] * len(s_f),
+                                            [None] * len(watched)),
+                  out_axes=[entry.out_axes[i] for i in float_outs], axis_size=entry.size)(
+        list(mapped), list(shared), [dm[j] for j in m_f], [ds[j] for j in s_f], [t for _, t in watched])
+    return scatter(len(entry.out_dtypes), float_outs, out)
 
 
 def backward(entry: Batched, mapped, shared, captured, d_outs, outs) -> list:
@@ -119,10 +165,11 @@ def backward(entry: Batched, mapped, shared, captured, d_outs, outs) -> list:
     return result + c_grads
 
 
-def _vmapped_vjp(per_example, mapped_axes, mapped, shared, captured, dys, dy_axes, size):
-    from tfscan._transforms.vmap import (
-        vmap,  # the public transform (which imports this module)
-    )
+def _vmap() -> Callable:
+    from tfscan._transforms.vmap import vmap  # the public transform (which imports this module)
+    return vmap
 
-    return vmap(per_example, in_axes=(list(mapped_axes), [None] * len(shared), [None] * len(captured), dy_axes),
+
+def _vmapped_vjp(per_example, mapped_axes, mapped, shared, captured, dys, dy_axes, size):
+    return _vmap()(per_example, in_axes=(list(mapped_axes), [None] * len(shared), [None] * len(captured), dy_axes),
                 out_axes=0, axis_size=None if mapped else size)(list(mapped), list(shared), list(captured), dys)

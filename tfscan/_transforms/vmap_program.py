@@ -46,7 +46,7 @@ class Batched:
     """
 
     def __init__(self, fun, args_tree, templates, size, out_axes, mapped, shared, slots=()):
-        self.templates, self.out_axes_spec = templates, out_axes
+        self.templates, self.out_axes_spec, self.args_tree = templates, out_axes, args_tree
         # A per-example VJP (``_gradient.backward``) reads the residuals of the scans it differentiates.
         self.whole_scans = not _context.in_per_example_vjp()
         self.size = size if isinstance(size, int) else None
@@ -55,11 +55,7 @@ class Batched:
         n_mapped = len(self.mapped_axes)
 
         def per_example(*flat):  # mapped slices first, then shared tensors
-            it_m, it_s = iter(flat[:n_mapped]), iter(flat[n_mapped:])
-            values = [next(it_m) if lf.kind == "mapped" else next(it_s) if lf.kind == "tensor" else lf.value
-                      for lf in templates]
-            a, kw = _tree.unflatten(args_tree, values)
-            out = fun(*a, **kw)
+            out = example_call(fun, args_tree, templates, flat[:n_mapped], flat[n_mapped:])
             out_leaves, self.out_paths, self.out_tree = _tree.flatten_with_paths(out, "output")
             self.out_axes = _axes.broadcast_axes(out_axes, out, "out_axes", "out_axes", "output")
             return [_checks.output_tensor(v, p, "vmap", "the function") for v, p in zip(out_leaves, self.out_paths)]
@@ -72,8 +68,9 @@ class Batched:
         self.function = _tf.quiet_retracing(
             tf.function(self._batched, jit_compile=True, autograph=False, reduce_retracing=False))
         loops = _batching.loops_batched()
-        self.run = self.function.get_concrete_function(
-            *[tf.TensorSpec(t.shape, t.dtype) for t in list(mapped) + list(shared)])
+        with _tf.xla_trace():  # a scan traced here is compiled inline, as in the function's call
+            self.run = self.function.get_concrete_function(
+                *[tf.TensorSpec(t.shape, t.dtype) for t in list(mapped) + list(shared)])
         captured = list(self.pe.captured_inputs)
         by_handle = {id(v.handle): v for v in self.pe.graph.variables}
         self.variables = [by_handle.get(id(c)) for c in captured]  # the variable of each resource capture
@@ -137,6 +134,16 @@ class Batched:
         n_s = len(inputs) - n_m - len(self.variables)
         m, s, c = inputs[:n_m], inputs[n_m: n_m + n_s], inputs[n_m + n_s:]
         return [None] * n_out + _gradient.backward(self, m, s, c, list(d_outs[:n_out]), list(op.outputs[:n_out]))
+
+
+def example_call(fun: Callable, args_tree: _tree.TreeDef, templates: tuple, mapped, shared) -> Any:
+    """``fun`` called on one example: the flat ``mapped`` slices and ``shared`` tensors put
+    back in the leaves of ``templates`` (static leaves keep their values), as ``args_tree``."""
+    it_m, it_s = iter(mapped), iter(shared)
+    values = [next(it_m) if lf.kind == "mapped" else next(it_s) if lf.kind == "tensor" else lf.value
+              for lf in templates]
+    a, kw = _tree.unflatten(args_tree, values)
+    return fun(*a, **kw)
 
 
 def pfor(loop_fn: Callable[[tf.Tensor], list], size: Any, whole_scans: bool = False) -> list:
