@@ -82,15 +82,7 @@ def test_three_deep(name, chain):
 def test_second_order_jvp_of_a_scan_with_xs_in_a_graph(compile_):
     """The JVP of a JVP saved residuals whose rank the traced gradient lost: the loop's buffer
     write must still index it (it failed in XLA: 'index must be a vector ...')."""
-    t = tf.constant(_T)
-
-    def jvp(f):
-        def g(v):
-            with FA(v, t) as acc:
-                out = f(v)
-            return acc.jvp(out, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return g
-
+    jvp = _tf_transforms()["J"]
     f = lambda x: tfscan.scan(lambda c, u: (tf.sin(c) * u, c), x, tf.ones(3))[0]  # noqa: E731
     jf = lambda x: jax.lax.scan(lambda c, u: (jnp.sin(c) * u, c), x, jnp.ones(3, jnp.float32))[0]  # noqa: E731
     jj = lambda v: jax.jvp(lambda w: jax.jvp(jf, (w,), (jnp.asarray(_T),))[1], (v,), (jnp.asarray(_T),))[1]  # noqa: E731

@@ -1,4 +1,4 @@
-"""``tfscan/_tf.py`` is the one door to TensorFlow internals: nothing else reaches past the
+"""``tfscan/_tf/`` is the one door to TensorFlow internals: nothing else reaches past the
 public API, and every entry of the door still works on the TensorFlow installed.
 
 Run against the oldest and the newest TensorFlow the package claims by
@@ -17,7 +17,7 @@ import tfscan
 from tfscan import _tf
 
 PACKAGE = pathlib.Path(tfscan.__file__).parent
-# Private TensorFlow/Keras names tfscan uses (all of them, in _tf.py only).
+# Private TensorFlow/Keras names tfscan uses (all of them, in tfscan/_tf/ only).
 PRIVATE = ["_call_flat", "_omit_frequent_tracing_warning", "_get_function", "_gradient_function",
            "_pfor_converter_registry", "_convert_function_call", "_convert_helper", "_stack",
            "_dropout_mask", "_recurrent_dropout_mask", "_call_has_training_arg",
@@ -28,20 +28,20 @@ PRIVATE_USE = re.compile(r"""(?:\.|["'])(%s)\b""" % "|".join(PRIVATE))
 
 
 def _sources():
-    return [p for p in PACKAGE.rglob("*.py") if p.name != "_tf.py" or p.parent != PACKAGE]
+    return [p for p in PACKAGE.rglob("*.py") if (PACKAGE / "_tf") not in p.parents]
 
 
 def test_no_module_but_the_adapter_imports_tensorflow_internals():
     internal = re.compile(r"^\s*(from|import)\s+(tensorflow\.(python|compiler|core)|keras\.src)", re.M)
     offenders = [f"{p.relative_to(PACKAGE)}: {m.group(0).strip()}"
                  for p in _sources() for m in internal.finditer(p.read_text())]
-    assert not offenders, "TensorFlow internals outside tfscan/_tf.py:\n" + "\n".join(offenders)
+    assert not offenders, "TensorFlow internals outside tfscan/_tf/:\n" + "\n".join(offenders)
 
 
 def test_no_module_but_the_adapter_touches_private_tensorflow_attributes():
     offenders = [f"{p.relative_to(PACKAGE)}: {m.group(0)}" for p in _sources()
                  for m in PRIVATE_USE.finditer(p.read_text())]
-    assert not offenders, "private TensorFlow/Keras attributes outside tfscan/_tf.py:\n" + "\n".join(offenders)
+    assert not offenders, "private TensorFlow/Keras attributes outside tfscan/_tf/:\n" + "\n".join(offenders)
 
 
 def test_call_concrete_feeds_new_captures():
@@ -230,7 +230,7 @@ def test_keras_rnn_entries():
 
 
 @pytest.mark.parametrize("name", [n for n, v in vars(_tf).items() if not n.startswith("_")
-                                  and getattr(v, "__module__", None) == _tf.__name__])
+                                  and str(getattr(v, "__module__", "")).startswith(_tf.__name__ + ".")])
 def test_every_entry_is_documented(name):
     entry = getattr(_tf, name)
     assert entry.__doc__ and ("Why private" in entry.__doc__ or "see" in entry.__doc__.lower()
@@ -258,3 +258,17 @@ def test_smoke_scan_grad_vmap_jit():
     g = tfscan.grad(lambda w: tf.reduce_sum(tfscan.vmap(loss, in_axes=(None, 0))(w, xs)))(w)
     fd = sum((np_loss(0.7 + eps, x) - np_loss(0.7 - eps, x)) / (2 * eps) for x in xs.numpy().astype(np.float64))
     np.testing.assert_allclose(g.numpy(), fd, rtol=1e-3)
+
+
+def test_every_entry_of_the_groups_is_at_the_door():
+    """Callers use ``_tf.<entry>``: each group module's entries are re-exported by the package."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(_tf.__path__):
+        module = importlib.import_module(f"{_tf.__name__}.{info.name}")
+        entries = [n for n, v in vars(module).items() if not n.startswith("_")
+                   and getattr(v, "__module__", None) == module.__name__]
+        assert entries, module.__name__
+        for name in entries:
+            assert getattr(_tf, name, None) is getattr(module, name), f"{module.__name__}.{name}"

@@ -1,0 +1,55 @@
+"""The one door to TensorFlow internals: every use of a private TensorFlow API is here.
+
+Each entry says what it is, why no public API serves, and the TensorFlow versions it
+was checked on. Everything else in tfscan imports this package (``from tfscan import
+_tf``) and uses public ``tf.*`` (and ``keras.*``) APIs only — ``tests/test_tf_adapter.py``
+greps the package to keep it so, and exercises every entry — so a TensorFlow release
+that moves an internal breaks this package and that test, not code scattered across
+tfscan.
+
+The entries come in five groups, one module each:
+
+* :mod:`~tfscan._tf.calls` — calling a traced function: :func:`call_concrete`,
+  :func:`fixed_captures`, :func:`launch_compiled`, :func:`xla_trace`, :func:`quiet_retracing`;
+* :mod:`~tfscan._tf.tapes` — the eager tapes and accumulators: :class:`record`,
+  :func:`guard_empty_function_call_records`;
+* :mod:`~tfscan._tf.graphs` — graphs being built: :func:`default_graph`,
+  :func:`in_xla_context`, :func:`is_func_graph`, :func:`graph_function`,
+  :func:`function_graph`, :func:`op_gradient_functions`, :func:`in_graph`,
+  :func:`graph_variables`, :func:`set_op_gradient_function`, :func:`is_autograph_scope`,
+  :func:`set_pfor_converter`, :func:`without_autograph`, :func:`unregister_gradient`,
+  :func:`mark_variable_accessed`;
+* :mod:`~tfscan._tf.vectorize` — vectorization: :class:`pfor`, :class:`xla`;
+* :mod:`~tfscan._tf.keras_rnn` — Keras' RNN internals: :class:`keras_rnn`.
+
+Checked on: TensorFlow 2.21 (the oldest and the newest release the package claims).
+"""
+
+from tfscan._tf.calls import call_concrete, fixed_captures, launch_compiled, quiet_retracing, xla_trace
+from tfscan._tf.graphs import (
+    default_graph,
+    function_graph,
+    graph_function,
+    graph_variables,
+    in_graph,
+    in_xla_context,
+    is_autograph_scope,
+    is_func_graph,
+    mark_variable_accessed,
+    op_gradient_functions,
+    set_op_gradient_function,
+    set_pfor_converter,
+    unregister_gradient,
+    without_autograph,
+)
+from tfscan._tf.keras_rnn import keras_rnn
+from tfscan._tf.tapes import guard_empty_function_call_records, record
+from tfscan._tf.vectorize import pfor, xla
+
+# The door's entries (a private package: callers write ``_tf.<entry>``).
+__all__ = ["call_concrete", "fixed_captures", "launch_compiled", "quiet_retracing", "xla_trace",
+           "record", "guard_empty_function_call_records",
+           "default_graph", "function_graph", "graph_function", "graph_variables", "in_graph", "in_xla_context",
+           "is_autograph_scope", "is_func_graph", "mark_variable_accessed", "op_gradient_functions",
+           "set_op_gradient_function", "set_pfor_converter", "unregister_gradient", "without_autograph",
+           "pfor", "xla", "keras_rnn"]

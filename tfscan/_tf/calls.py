@@ -1,0 +1,165 @@
+"""Calling a traced function: the concrete-function call without ``tf.function``'s
+argument canonicalization, fed new captures; the ``XlaLaunch`` op that a graph can hold
+without leaking; tracing in XLA's context; the retracing warning.
+
+Part of the one door to TensorFlow internals (:mod:`tfscan._tf`): every entry says what
+it is, why no public API serves, and the TensorFlow versions it was checked on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Sequence
+
+import tensorflow as tf
+from tensorflow.core.framework import attr_value_pb2 as _attr_value_pb2
+from tensorflow.python.eager import context as _context
+from tensorflow.python.eager import record as _record
+from tensorflow.python.eager.polymorphic_function import (
+    polymorphic_function as _polymorphic_function,
+)
+from tensorflow.python.framework import func_graph as _func_graph
+from tensorflow.python.framework import ops as _ops
+from tensorflow.python.ops import resource_variable_ops as _resource_variable_ops
+
+__all__: list = []  # private module
+
+
+def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = None,
+                  xla: bool = False) -> list:
+    """Call a ``ConcreteFunction`` on flat tensors, feeding ``captured`` for its captures.
+
+    Why private: ``ConcreteFunction._call_flat`` is the only way to (1) skip
+    ``tf.function``'s argument canonicalization (a large part of a short scan's eager
+    cost) and (2) feed new values for a trace's captured inputs, so that a function
+    closing over a tensor recomputed each call reuses its compiled program instead of
+    being traced again. Works eagerly and while building a graph. Eagerly with nothing
+    recording (``record.could_possibly_record``), it calls the traced function's
+    ``_inference_function.call_flat`` (an ``AtomicFunction``), which is what
+    ``_call_flat`` itself ends in then.
+
+    ``xla``: the function is ``jit_compile=True``. Its call then enters XLA's control-flow
+    context while a tape or accumulator may record, as ``tf.function.__call__`` does
+    (``OptionalXlaContext``): the derivative functions TensorFlow builds for the call
+    (a ``ForwardAccumulator``'s JVP, a tape's gradient) then take XLA's form of a
+    conditional's gradient, not one with ``Optional`` ops that XLA cannot compile.
+    """
+    if captured is None:
+        captured = concrete.captured_inputs
+    if not _record.could_possibly_record() and _context.executing_eagerly():
+        # No tape or accumulator could record this call: run the function itself, skipping
+        # ``_call_flat``'s gradient bookkeeping (a third of a short scan's call).
+        outs = concrete._inference_function.call_flat(*args, *captured)  # noqa: SLF001
+    elif xla and (not tf.executing_eagerly() or _record.could_possibly_record()):
+        with _polymorphic_function.OptionalXlaContext(True):
+            outs = concrete._call_flat(list(args), list(captured))  # noqa: SLF001 - see docstring
+    else:
+        outs = concrete._call_flat(list(args), list(captured))  # noqa: SLF001 - see docstring
+    if outs is None:
+        return []
+    return list(outs) if isinstance(outs, (list, tuple)) else [outs]
+
+
+def fixed_captures(concrete: Any) -> list | None:
+    """``concrete.captured_inputs`` when they are fixed objects, ``None`` when one is a
+    deferred capture (a value TensorFlow recomputes at each call).
+
+    Why private: ``captured_inputs`` rebuilds its list (``nest.flatten``) on every call, a
+    tenth of a short scan's eager call; the short-call fast path (:mod:`tfscan._core.fast`)
+    reads it once. Only the private ``_captured_inputs`` tells a deferred capture
+    (``capture_call_time_value``, a callable) from a tensor. Checked on TensorFlow 2.21.
+    """
+    if any(callable(c) for c in concrete._captured_inputs):  # noqa: SLF001 - see docstring
+        return None
+    return list(concrete.captured_inputs)
+
+
+# Integer inputs may be compile-time constants of the program (a shape, a ``tf.range``
+# bound): only TensorFlow's kernel for a ``_XlaMustCompile`` call knows which, so those calls
+# keep that path (:func:`launch_compiled`).
+_MAYBE_CONSTANT = (tf.int8, tf.int16, tf.int32, tf.int64, tf.uint8, tf.uint16, tf.uint32, tf.uint64)
+
+
+def launch_compiled(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = None,
+                    not_constant: Sequence[int] = ()) -> list | None:
+    """Emit a call of a held ``jit_compile=True`` concrete function in the graph being built
+    as one ``XlaLaunch`` op; ``None`` (nothing emitted) when that cannot be done safely.
+
+    Why private: TensorFlow emits the call as a ``PartitionedCall`` marked
+    ``_XlaMustCompile``. When a graph holding that call runs, the runtime builds its kernel
+    (``CreateXlaKernel``, ``compiler/jit/xla_kernel_creator.cc``) with
+    ``GetBodyAndConstantsAndResources``, which instantiates the called function in the
+    device's ``FunctionLibraryRuntime`` under the calling function's own library (a new
+    instantiation key for every calling function) and never releases the handle: every
+    fresh ``tf.function`` that calls a held compiled function keeps a copy of its body graph
+    for the life of the process (260 KiB for a 20-step unrolled RNN, 1.5 MiB with its
+    gradient; ``benchmarks/everyday.py``, row "held jit_compile function"). The
+    ``XlaLaunch`` op's kernel reads its constant and resource inputs from its attributes
+    and instantiates nothing; it is freed with the graph, and XLA's compilation cache (keyed
+    by the function's name and argument shapes) still compiles the program once. No public
+    API emits it (``tf.raw_ops`` omits it): the op is made with ``Graph.create_op`` and the
+    function added to the graph's library with ``ConcreteFunction.add_to_graph``.
+
+    ``XlaLaunch`` takes the function's inputs in its order as ``constants, args,
+    resources``: nothing is emitted (``None``) when a resource input comes before a
+    non-resource one, when an integer input (a possible compile-time constant) is not in
+    ``not_constant`` (indices into ``args``, known to be run-time values only), when the
+    graph is not a ``tf.function``'s, or when a tape or accumulator could record the op
+    (it has no registered gradient; tfscan records its own). Checked on TF 2.21.
+    """
+    graph = _ops.get_default_graph()
+    if (_context.executing_eagerly() or not isinstance(graph, _func_graph.FuncGraph)
+            or _record.could_possibly_record()):
+        return None
+    if captured is None:
+        captured = concrete.captured_inputs
+    inputs = list(args) + [_ops.convert_to_tensor(c) for c in captured]
+    dtypes = [t.dtype for t in inputs]
+    n_res = 0
+    while n_res < len(dtypes) and dtypes[len(dtypes) - 1 - n_res] == tf.resource:
+        n_res += 1
+    plain = dtypes[: len(dtypes) - n_res]
+    allowed = set(not_constant)
+    if any(d == tf.resource or d == tf.variant for d in plain) or any(
+            d in _MAYBE_CONSTANT and i not in allowed for i, d in enumerate(plain)):
+        return None
+    outputs = concrete.outputs
+    if any(o.dtype in (tf.resource, tf.variant) for o in outputs):
+        return None
+    concrete.add_to_graph(graph)
+    name = concrete._inference_function.name  # noqa: SLF001 - the function add_to_graph adds
+    name = name.decode() if isinstance(name, bytes) else name
+    types = lambda ts: _attr_value_pb2.AttrValue(  # noqa: E731
+        list=_attr_value_pb2.AttrValue.ListValue(type=[t.as_datatype_enum for t in ts]))
+    op = graph.create_op("XlaLaunch", inputs, [o.dtype for o in outputs], attrs={
+        "Tconstants": types([]), "Targs": types(plain), "Nresources": _attr_value_pb2.AttrValue(i=n_res),
+        "Tresults": types([o.dtype for o in outputs]),
+        "function": _attr_value_pb2.AttrValue(func=_attr_value_pb2.NameAttrList(name=name))})
+    for variable in concrete.graph.variables:  # as ``ConcreteFunction._call_flat`` does
+        _resource_variable_ops.variable_accessed(variable)
+    result = list(op.outputs)
+    for r, o in zip(result, outputs):
+        r.set_shape(o.shape)
+    return result
+
+
+def xla_trace() -> contextlib.AbstractContextManager:
+    """A context in which a ``jit_compile=True`` function is traced (``get_concrete_function``)
+    as its call traces it: the graph built is in XLA's context (:func:`in_xla_context`).
+
+    Why private: ``tf.function.__call__`` enters ``OptionalXlaContext`` around its trace;
+    ``get_concrete_function`` does not, so code traced there could not tell that XLA
+    compiles it (and would nest compiled calls, or ``XlaLaunch`` ops XLA cannot compile).
+    """
+    return _polymorphic_function.OptionalXlaContext(True)
+
+
+def quiet_retracing(fn: Any) -> Any:
+    """Silence ``tf.function``'s "frequent retracing" warning for ``fn``.
+
+    Why private: the warning counts traces of every ``tf.function`` made from the same
+    Python code; tfscan makes one function per cache entry, each traced once, so the
+    warning would be wrong. No public switch exists.
+    """
+    fn._omit_frequent_tracing_warning = True  # noqa: SLF001 - see docstring
+    return fn
