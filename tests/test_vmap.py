@@ -441,3 +441,18 @@ def test_error_nothing_mapped_and_mapped_output_with_out_axes_none():
         tfscan.vmap(lambda x: x)(object())
     with pytest.raises(TypeError, match=r"argument x\[0\] is mapped .* string"):
         tfscan.vmap(lambda x: x)([tf.constant(["a", "b"])])
+
+
+def test_tf_vectorized_map_of_a_function_calling_scan_in_a_graph():
+    """In a tf.function a scan calls its compiled program as one XlaLaunch op: TensorFlow's
+    own pfor (``tf.vectorized_map``) converts it as the function call it stands for."""
+    rs = np.random.RandomState(0)
+    w = tf.constant(rs.randn(3, 3).astype(np.float32) * 0.3)
+
+    def f(a):
+        return tfscan.scan(lambda h, x: (tf.tanh(tf.linalg.matvec(w, h) + x), h), a[0], a[1])[0]
+
+    h0 = tf.constant(rs.randn(4, 3).astype(np.float32))
+    xs = tf.constant(rs.randn(4, 5, 3).astype(np.float32))
+    out = tf.function(lambda h0, xs: tf.vectorized_map(f, (h0, xs), fallback_to_while_loop=False))(h0, xs)
+    np.testing.assert_allclose(out, np.stack([f((h0[i], xs[i])).numpy() for i in range(4)]), rtol=1e-5, atol=1e-6)

@@ -283,6 +283,8 @@ class Programs:
                     concrete = fn.get_concrete_function(*args)
                 outs = _tf.launch_compiled(concrete, args, not_constant=run_time)
                 if outs is not None:
+                    from tfscan._transforms import batching  # noqa: PLC0415 - a transform, used here only
+                    batching.install()  # so that pfor (tf.vectorized_map) converts the op
                     return outs
             return list(fn(*args))
         # Eagerly, call the one concrete function directly: this skips tf.function's

@@ -308,6 +308,21 @@ _override("PartitionedCall")(_convert_call)
 _override("StatefulPartitionedCall")(_convert_call)
 
 
+def _convert_launch(pfor_input):
+    """An ``XlaLaunch`` op (how tfscan calls a compiled program in a ``tf.function`` graph,
+    ``_tf.launch_compiled``), converted as the function call it stands for: its inputs are
+    the function's, in order. In every ``pfor`` (``tf.vectorized_map`` of a function that
+    calls a scan too), as pfor converts a ``PartitionedCall``."""
+    fgraph = _tf.function_graph(pfor_input.op.graph, pfor_input.get_attr("function").name)
+    if fgraph is None:
+        raise pfor_lib.ConversionNotImplementedError("XlaLaunch of a function pfor cannot find")
+    return pfor_lib.convert_graph_call(fgraph, sub_converter(pfor_input.pfor, fgraph), pfor_input.inputs,
+                                       len(pfor_input.op.outputs))
+
+
+_INSTALL.append(lambda: pfor_lib.set_converter("XlaLaunch", _convert_launch))
+
+
 def _convert_branches(pfor_input):
     """A conditional (``cond``/``switch``): JAX's batching rule (``branch_batching``)."""
     from tfscan._transforms import branch_batching
