@@ -23,6 +23,7 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 import tensorflow as tf
 from test_compositions import _JAX, _T, _TF, _X, close
@@ -88,3 +89,26 @@ def test_second_order_jvp_of_a_scan_with_xs_in_a_graph(compile_):
     jj = lambda v: jax.jvp(lambda w: jax.jvp(jf, (w,), (jnp.asarray(_T),))[1], (v,), (jnp.asarray(_T),))[1]  # noqa: E731
     fn = tf.function(jvp(jvp(f)), jit_compile=compile_ == "jit_compile")
     close(fn(tf.constant(_X)), jj(_X), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.xfail(strict=True, reason="a JVP of a gradient with respect to a variable read inside a branch "
+                   "fails inside TensorFlow (README, Known limitations)")
+def test_hessian_vector_product_in_a_variable_read_inside_a_branch():
+    w = tf.Variable([0.5, -1.0, 2.0])
+    tw = np.array([1.0, 0.5, -1.0], np.float32)
+
+    @tfscan.jit
+    def hvp(x):
+        with FA(w, tf.constant(tw)) as acc:
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tfscan.cond(tf.reduce_sum(x) > 0, lambda y: tf.sin(y * w),
+                                                 lambda y: tf.cos(y) * w, x) ** 2)
+            g = tape.gradient(loss, w)
+        return acc.jvp(g)
+
+    def jloss(v):
+        return jnp.sum(jax.lax.cond(jnp.sum(_X) > 0, lambda y: jnp.sin(y * v), lambda y: jnp.cos(y) * v,
+                                    jnp.asarray(_X)) ** 2)
+
+    want = jax.jvp(jax.grad(jloss), (w.numpy(),), (tw,))[1]
+    close(hvp(tf.constant(_X)), want, rtol=1e-4, atol=1e-5)
