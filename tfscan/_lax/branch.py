@@ -1,10 +1,11 @@
 """``cond`` and ``switch``: ``jax.lax.cond`` / ``jax.lax.switch`` as one compiled XLA conditional.
 
 Every branch is traced on the operands' specs (as JAX does), their outputs must agree
-in pytree structure, dtype and shape, and only the selected branch runs. Reverse-mode
-gradients are TensorFlow's own for its conditional; forward mode (an accumulator with a
-tangent for an operand) runs a JVP conditional of its own, whose branches are traced under
-a ``ForwardAccumulator`` (``_with_jvp``), as JAX linearizes each branch.
+in pytree structure, dtype and shape, and only the selected branch runs. Without a live
+forward accumulator, gradients are TensorFlow's own for its conditional. With one
+(``_with_jvp``), the conditional has derivatives of its own, as in JAX: a JVP conditional
+whose branches are traced under a ``ForwardAccumulator``, and a VJP conditional of the
+branches' VJPs (so a JVP of a gradient is right).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tfscan._core import cache as _cache
 from tfscan._core import checks as _checks
 from tfscan._core import context as _context
 from tfscan._core import tree as _tree
-from tfscan._core.flat import scatter
+from tfscan._core.flat import scatter, split_list
 from tfscan._lax import control as _control
 from tfscan._scan import forward as _forward
 from tfscan._scan.plan import is_float
@@ -250,10 +251,10 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
         return scatter(len(leaves), fl, grads[: len(fl)]) + list(grads[len(fl):])
 
     def forward(*tangents):
-        t_in = list(tangents)
-        t_leaves = [tf.zeros_like(leaves[i]) if t_in[i] is None else t_in[i] for i in fl]
-        t_closed = [tf.zeros_like(c) if t is None else t for c, t in zip(closed, t_in[len(leaves): len(leaves) + len(closed)])]
-        t_vars = [tf.zeros(v.shape, v.dtype) if t is None else t for v, t in zip(variables, t_in[len(leaves) + len(closed):])]
+        t_ops, t_cl, t_vs = split_list(tangents, [len(leaves), len(closed)])
+        t_leaves = [tf.zeros_like(leaves[i]) if t_ops[i] is None else t_ops[i] for i in fl]
+        t_closed = [tf.zeros_like(c) if t is None else t for c, t in zip(closed, t_cl)]
+        t_vars = [tf.zeros(v.shape, v.dtype) if t is None else t for v, t in zip(variables, t_vs)]
         jvp_fns = [_branch_jvp(f, op_tree, len(leaves), fl, tuple(closed), tuple(variables)) for f in fns]
         with _forward.computing():
             _, t = _select(api, selector, jvp_fns, [f"jvp of {n}" for n in names],

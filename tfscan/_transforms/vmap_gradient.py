@@ -29,7 +29,6 @@ from tfscan._scan import forward as _forward
 from tfscan._scan.plan import is_float
 from tfscan._tf import record
 from tfscan._transforms import vmap_axes as _axes
-
 from tfscan._transforms import vmap_program as _program
 
 if TYPE_CHECKING:
