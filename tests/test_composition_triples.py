@@ -112,3 +112,19 @@ def test_hessian_vector_product_in_a_variable_read_inside_a_branch():
 
     want = jax.jvp(jax.grad(jloss), (w.numpy(),), (tw,))[1]
     close(hvp(tf.constant(_X)), want, rtol=1e-4, atol=1e-5)
+
+
+def test_tape_gradient_of_cond_inside_a_plain_tf_function():
+    """TensorFlow's gradient of the compiled conditional, taken by a tape in a graph outside
+    XLA, saved Optional intermediates XLA cannot compile: the conditional's own VJP serves."""
+    f, jf = _TF["none"]["cond"], _JAX["none"]["cond"]
+
+    @tf.function
+    def grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(f(x) ** 2)
+        return tape.gradient(loss, x)
+
+    for x in (_X, -_X):
+        close(grad(tf.constant(x)), jax.grad(lambda v: jnp.sum(jf(v) ** 2))(x), rtol=1e-4, atol=1e-5)

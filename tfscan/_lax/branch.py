@@ -191,8 +191,11 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
         return build
 
     # Any live accumulator (a busy one's tangents of an operand are not visible here): the
-    # conditional then never reaches TensorFlow's own forward rule for it.
-    own_jvp = bool(leaves) and bool(record.pack_tangents(leaves).indices)
+    # conditional then never reaches TensorFlow's own forward rule for it. A tape in a graph
+    # outside XLA too: TensorFlow's gradient of the compiled call would save ``Optional``
+    # intermediates, which XLA cannot compile.
+    own_jvp = bool(leaves) and (bool(record.pack_tangents(leaves).indices) or (
+        not tf.executing_eagerly() and not _context.in_xla_context() and record.could_possibly_record()))
     try:
         if own_jvp:
             # Neither tapes nor accumulators see the operands reach TensorFlow's conditional:
