@@ -86,6 +86,14 @@ class Traced:
         self.graph_bound = any(tf.is_symbolic_tensor(t) for t in self.const_sources + [e for _, e in self._handle_names]
                                if isinstance(t, tf.Tensor))
 
+    def changed_integers(self, n: int) -> list[int]:
+        """Indices ``i < n`` of integer arguments that output ``i`` does not return unchanged
+        (beneath Identity ops): as a loop's variables they are never compile-time constants
+        of its program (XLA takes a loop variable as one only when the body passes it
+        through), so the program's call may feed them at run time."""
+        return [i for i in range(n) if self.out_specs[i].dtype.is_integer
+                and self.out_roots[i] != self._arg_names[i]]
+
     @functools.cached_property
     def fingerprint(self) -> tuple:
         """What a new trace must share with this one to reuse its compiled programs:
