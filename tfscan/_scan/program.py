@@ -8,6 +8,7 @@ closed-over constants in its carry. Both are single ``While`` loops.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Sequence
 
@@ -231,11 +232,17 @@ class Programs:
         self._concrete: dict = {}
         self._lock = threading.Lock()
         self._vjps: dict = {}
+        self._replica_concrete: dict = {}  # (name, argument shapes and dtypes) -> concrete function
 
     @property
     def graph_bound(self) -> bool:
         """Whether these programs hold tensors of one graph (and so must stay in it)."""
         return self.plan.step.graph_bound
+
+    @property
+    def replica_safe(self) -> bool:
+        """Whether every replica of a ``tf.distribute`` strategy may run these programs."""
+        return self.plan.step.replica_safe
 
     def vjp(self, consts: Sequence[tf.Tensor], wanted=None) -> StepVJP | None:
         """The step's traced VJP (with its residual split when it has one), or ``None``."""
@@ -279,9 +286,10 @@ class Programs:
                 # One XlaLaunch op: TF's own call of a compiled function keeps memory for
                 # every graph that runs it (see _tf.launch_compiled). Steps tfscan traces and
                 # copies, and vmap's traces, keep the call op their rules convert.
-                with _tf.xla_trace():
-                    concrete = fn.get_concrete_function(*args)
-                outs = _tf.launch_compiled(concrete, args, not_constant=run_time)
+                concrete = self._graph_concrete(name, fn, args)
+                device = self._launch_device()
+                with tf.device(device) if device is not None else contextlib.nullcontext():
+                    outs = _tf.launch_compiled(concrete, args, not_constant=run_time)
                 if outs is not None:
                     from tfscan._transforms import batching  # noqa: PLC0415 - a transform, used here only
                     batching.install()  # so that pfor (tf.vectorized_map) converts the op
@@ -294,6 +302,40 @@ class Programs:
             with _tf.xla_trace():
                 concrete = self._concrete[name] = fn.get_concrete_function(*args)
         return _tf.call_concrete(concrete, args, xla=True)
+
+    def _graph_concrete(self, name: str, fn, args: list):
+        """``fn``'s concrete function for ``args`` in a graph. Under a ``tf.distribute``
+        strategy, ``tf.function`` traces again for each replica's device scope; programs
+        every replica may run (:attr:`replica_safe`) are traced once, outside any device
+        scope, and that one function serves every replica and graph."""
+        if not (tf.distribute.has_strategy() and self.replica_safe):
+            with _tf.xla_trace():
+                return fn.get_concrete_function(*args)
+        key = (name, tuple((None if a.shape.rank is None else tuple(a.shape.as_list()), a.dtype) for a in args))
+        concrete = self._replica_concrete.get(key)
+        if concrete is None:
+            with _tf.xla_trace(), tf.device(None):
+                concrete = fn.get_concrete_function(*args)
+            concrete = self._replica_concrete.setdefault(key, concrete)
+        return concrete
+
+    def _launch_device(self) -> str | None:
+        """Where a replica launches a program every replica may run (``None``: its own device).
+
+        XLA keeps one compilation cache per device: replicas on logical CPUs of one host
+        (``MirroredStrategy`` over ``tf.config.set_logical_device_configuration``) would each
+        compile the same program for the same cores. They launch it on the first replica's
+        CPU instead, so it compiles once; the cores, and the host memory the tensors live
+        in, are the same.
+        """
+        if not (tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context() is False
+                and self.replica_safe):
+            return None
+        devices = [tf.DeviceSpec.from_string(d) for d in tf.distribute.get_strategy().extended.worker_devices]
+        hosts = {(d.job, d.replica, d.task) for d in devices}
+        if len(devices) < 2 or len(hosts) != 1 or any(d.device_type != "CPU" for d in devices):
+            return None
+        return devices[0].to_string()
 
     def direct_forward(self) -> tuple[Any, list] | None:
         """``(concrete function, its captured inputs)`` of the forward program without
