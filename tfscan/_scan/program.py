@@ -8,6 +8,7 @@ closed-over constants in its carry. Both are single ``While`` loops.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Sequence
 
@@ -231,11 +232,17 @@ class Programs:
         self._concrete: dict = {}
         self._lock = threading.Lock()
         self._vjps: dict = {}
+        self._replica_concrete: dict = {}  # (name, argument shapes and dtypes) -> concrete function
 
     @property
     def graph_bound(self) -> bool:
         """Whether these programs hold tensors of one graph (and so must stay in it)."""
         return self.plan.step.graph_bound
+
+    @property
+    def replica_safe(self) -> bool:
+        """Whether every replica of a ``tf.distribute`` strategy may run these programs."""
+        return self.plan.step.replica_safe
 
     def vjp(self, consts: Sequence[tf.Tensor], wanted=None) -> StepVJP | None:
         """The step's traced VJP (with its residual split when it has one), or ``None``."""
@@ -275,8 +282,15 @@ class Programs:
             return list(build(*args))
         fn = self._compiled(name, build)
         if not tf.executing_eagerly():
-            outs = launch(fn, args, run_time=run_time)
-            return outs if outs is not None else list(fn(*args))
+            if launchable():
+                # Under a strategy, the program every replica may run is traced once and
+                # launched where it compiles once (_graph_concrete, _launch_device).
+                device = self._launch_device()
+                with tf.device(device) if device is not None else contextlib.nullcontext():
+                    outs = launch(self._graph_concrete(name, fn, args), args, run_time=run_time)
+                if outs is not None:
+                    return outs
+            return list(fn(*args))
         # Eagerly, call the one concrete function directly: this skips tf.function's
         # argument canonicalization, a large part of a short scan's cost.
         concrete = self._concrete.get(name)
@@ -293,6 +307,40 @@ class Programs:
             return True
         per_iteration = length if unroll is True else max(int(unroll), 1)
         return length // per_iteration != 1
+
+    def _graph_concrete(self, name: str, fn, args: list):
+        """``fn``'s concrete function for ``args`` in a graph. Under a ``tf.distribute``
+        strategy, ``tf.function`` traces again for each replica's device scope; programs
+        every replica may run (:attr:`replica_safe`) are traced once, outside any device
+        scope, and that one function serves every replica and graph."""
+        if not (tf.distribute.has_strategy() and self.replica_safe):
+            with _tf.xla_trace():
+                return fn.get_concrete_function(*args)
+        key = (name, tuple((None if a.shape.rank is None else tuple(a.shape.as_list()), a.dtype) for a in args))
+        concrete = self._replica_concrete.get(key)
+        if concrete is None:
+            with _tf.xla_trace(), tf.device(None):
+                concrete = fn.get_concrete_function(*args)
+            concrete = self._replica_concrete.setdefault(key, concrete)
+        return concrete
+
+    def _launch_device(self) -> str | None:
+        """Where a replica launches a program every replica may run (``None``: its own device).
+
+        XLA keeps one compilation cache per device: replicas on logical CPUs of one host
+        (``MirroredStrategy`` over ``tf.config.set_logical_device_configuration``) would each
+        compile the same program for the same cores. They launch it on the first replica's
+        CPU instead, so it compiles once; the cores, and the host memory the tensors live
+        in, are the same.
+        """
+        if not (tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context() is False
+                and self.replica_safe):
+            return None
+        devices = [tf.DeviceSpec.from_string(d) for d in tf.distribute.get_strategy().extended.worker_devices]
+        hosts = {(d.job, d.replica, d.task) for d in devices}
+        if len(devices) < 2 or len(hosts) != 1 or any(d.device_type != "CPU" for d in devices):
+            return None
+        return devices[0].to_string()
 
     def direct_forward(self) -> tuple[Any, list] | None:
         """``(concrete function, its captured inputs)`` of the forward program without
@@ -387,6 +435,14 @@ class Programs:
         return scatter(n_c, fc, d_init), scatter(n_x, fx, d_xs), scatter(n_k, fk, d_k)
 
 
+def launchable() -> bool:
+    """Whether :func:`launch` may emit an ``XlaLaunch`` op here: in a ``tf.function`` graph
+    where no tape or accumulator could record, outside steps tfscan traces and copies and
+    outside ``vmap`` traces."""
+    return not (tf.executing_eagerly() or _tf.record.could_possibly_record()
+                or _context.in_internal_trace() or _context.in_vmap_trace())
+
+
 def launch(fn: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = None,
            run_time: Sequence[int] = ()) -> list | None:
     """``fn`` (a held ``jit_compile=True`` ``tf.function``, or a concrete function of one)
@@ -400,8 +456,7 @@ def launch(fn: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = 
     integer ``args`` the program never needs as compile-time constants. Every compiled call
     tfscan makes in a graph (scan's loops, the loop family, conditionals) goes through here.
     """
-    if tf.executing_eagerly() or _tf.record.could_possibly_record() or _context.in_internal_trace() \
-            or _context.in_vmap_trace():
+    if not launchable():
         return None
     concrete = fn
     if hasattr(fn, "get_concrete_function"):
