@@ -185,6 +185,21 @@ def test_memory_per_fresh_traced_graph_is_within_twice_tf_scans():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind, mode, reference", [("cond", "grad", "tf"), ("while", "grad", "tf"),
+                                                   ("cond", "hvp", "tf-rr")])
+def test_memory_per_fresh_graph_through_cond_and_while_loop_is_within_twice_tfs(kind, mode, reference):
+    """A fresh tf.function taking a gradient (or a Hessian-vector product) through
+    ``tfscan.cond`` / ``tfscan.while_loop(max_steps=...)`` kept 0.7-1.4 MiB: each graph traced
+    and compiled the conditional again, and TensorFlow's call of a compiled function keeps an
+    instantiation of it per calling graph. Side by side with ``tf.cond`` / ``tf.while_loop``
+    (TensorFlow's HVP of ``tf.cond`` in a tf.function fails: reverse over reverse there)."""
+    from benchmarks.everyday import control_side_by_side
+
+    kib = control_side_by_side(kind, mode, 15, 2, ("tfscan", reference), warm=10)
+    assert kib["tfscan"] <= 2 * max(kib[reference], 0.0) + 32, f"KiB per traced graph: {kib}"
+
+
+@pytest.mark.slow
 def test_memory_per_new_sequence_length_in_a_keras_model_stays_small():
     """A Keras model with ``Input((None, d))`` fed a new sequence length per batch used to
     compile the scan's XLA programs again for every length and keep them (2.7 MiB each);
