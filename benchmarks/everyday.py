@@ -20,6 +20,10 @@ in the same process, interleaved):
   over 20 lengths spread over 2..256 (run twice: Keras traces a relaxed, None-length graph
   after the first few), for ``tfscan.keras.LSTM`` and ``keras.layers.LSTM``.
 
+* **memory per traced graph through cond / switch / while_loop** — forward, tape gradient
+  and Hessian-vector product, against ``tf.cond`` / ``tf.switch_case`` / ``tf.while_loop``
+  (:mod:`benchmarks._control_memory`; ``--only-control`` runs these rows alone).
+
 Writes ``benchmarks/results/everyday.json`` and prints a Markdown table.
 """
 
@@ -37,6 +41,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+from benchmarks._control_memory import control_rows, control_table  # noqa: E402
 
 
 def _hmm_rows(iters: int) -> dict:
@@ -180,103 +186,6 @@ def side_by_side(n: int, rounds: int, impls: tuple = ("tfscan", "tf.scan")) -> d
         raise RuntimeError(proc.stderr[-3000:])
     return {k: float(v) for k, v in (kv.split("=") for kv in proc.stdout.split("KIB")[1].split())}
 
-# The loop family and conditionals: ``one(kind, impl, mode)`` traces and runs a fresh
-# ``tf.function`` over a 16x16 tanh layer in ``kind`` (``cond``, ``switch``, ``while``: 5 steps,
-# bounded by ``max_steps=10`` / ``maximum_iterations=10``) built with ``impl`` (``tfscan`` or
-# ``tf``: tf.cond, tf.switch_case, tf.while_loop), returning ``mode``: the forward value
-# (``fwd``), a tape gradient w.r.t. the weights (``grad``) or a Hessian-vector product w.r.t.
-# the operand (``hvp``: forward over reverse; impl ``tf-rr``: TensorFlow's reverse over
-# reverse, since its forward over reverse fails on tf.cond and tf.switch_case in a tf.function).
-CONTROL_SIDE_BY_SIDE = textwrap.dedent("""
-    import ctypes, gc, os, sys, tensorflow as tf, tfscan
-    W = tf.Variable(tf.random.stateless_normal([16, 16], seed=[1, 2]) * 0.3)
-    V = tf.random.stateless_normal([16, 16], seed=[5, 6])
-    h0 = tf.random.stateless_normal([16], seed=[3, 4])
-
-    def rss():
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-    def model(kind, impl, h):
-        step = lambda v: tf.tanh(tf.linalg.matvec(W, v))
-        if kind == "cond":
-            if impl == "tfscan":
-                return tfscan.cond(h[0] > -10.0, step, lambda v: -v, h)
-            return tf.cond(h[0] > -10.0, lambda: step(h), lambda: -h)
-        if kind == "switch":
-            fns = [lambda v: -v, step, lambda v: v * 2.0]
-            if impl == "tfscan":
-                return tfscan.switch(1, fns, h)
-            return tf.switch_case(tf.constant(1), [lambda f=f: f(h) for f in fns])
-        if impl == "tfscan":
-            return tfscan.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, step(c[1])), (0, h), max_steps=10)[1]
-        return tf.while_loop(lambda i, v: i < 5, lambda i, v: (i + 1, step(v)), (0, h), maximum_iterations=10)[1]
-
-    def one(kind, impl, mode):
-        @tf.function
-        def g(h):
-            if mode == "fwd":
-                return tf.reduce_sum(model(kind, impl, h))
-            if mode == "grad":
-                with tf.GradientTape() as t:
-                    loss = tf.reduce_sum(model(kind, impl, h))
-                return t.gradient(loss, W)
-            if impl == "tf-rr":  # the HVP w.r.t. the operand h, along V[0]
-                with tf.GradientTape() as outer:
-                    outer.watch(h)
-                    with tf.GradientTape() as t:
-                        t.watch(h)
-                        loss = tf.reduce_sum(model(kind, "tf", h))
-                    gv = tf.reduce_sum(t.gradient(loss, h) * V[0])
-                return outer.gradient(gv, h)
-            with tf.autodiff.ForwardAccumulator(h, V[0]) as acc:
-                with tf.GradientTape() as t:
-                    t.watch(h)
-                    loss = tf.reduce_sum(model(kind, impl, h))
-                gr = t.gradient(loss, h)
-            return acc.jvp(gr)
-        return g(h0)
-
-    kind, mode, n, rounds, warm = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-    impls, failed = list(sys.argv[6:]), {}
-    for impl in list(impls):
-        try:
-            one(kind, impl, mode)
-        except Exception as e:  # noqa: BLE001 - reported: TensorFlow's own HVP of tf.cond fails
-            failed[impl] = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-            impls.remove(impl)
-    for _ in range(warm):
-        for impl in impls:
-            one(kind, impl, mode)
-    gc.collect()
-    grown = dict.fromkeys(impls, 0.0)
-    for r in range(rounds):  # interleaved blocks of n graphs, the order alternating
-        for impl in (impls if r % 2 == 0 else impls[::-1]):
-            r0 = rss()
-            for _ in range(n):
-                one(kind, impl, mode)
-                gc.collect()
-            grown[impl] += rss() - r0
-    print("KIB", " ".join(f"{k}={v * 1024 / (n * rounds):.1f}" for k, v in grown.items()))
-    print("FAILED", repr(failed))
-""")
-
-
-def control_side_by_side(kind: str, mode: str, n: int, rounds: int, impls: tuple = ("tfscan", "tf"),
-                         warm: int = 20) -> dict:
-    """``{impl: KiB}`` per fresh traced graph of :data:`CONTROL_SIDE_BY_SIDE`, measured side by
-    side in one subprocess (``{impl: "error: ..."}`` for an implementation that fails)."""
-    proc = subprocess.run([sys.executable, "-c", CONTROL_SIDE_BY_SIDE, kind, mode, str(n), str(rounds), str(warm),
-                           *impls], capture_output=True, text=True, timeout=3600, cwd=os.path.dirname(HERE))
-    if "KIB" not in proc.stdout:
-        raise RuntimeError(proc.stderr[-3000:])
-    out: dict = {k: float(v) for k, v in (kv.split("=") for kv in proc.stdout.split("KIB")[1].split("FAILED")[0].split())}
-    import ast  # noqa: PLC0415
-    out.update({k: "error: " + v for k, v in ast.literal_eval(proc.stdout.split("FAILED")[1].strip()).items()})
-    return out
-
-
 KERAS_SOAK = textwrap.dedent("""
     import ctypes, gc, os, sys
     import numpy as np, keras, tensorflow as tf, tfscan.keras
@@ -340,10 +249,20 @@ def main(argv=None) -> int:
     p.add_argument("--graphs", type=int, default=300)
     p.add_argument("--lengths", type=int, default=200)
     p.add_argument("--repeats", type=int, default=3, help="subprocesses per memory row (median)")
+    p.add_argument("--control-graphs", type=int, default=200, help="graphs per implementation, control rows")
+    p.add_argument("--only-control", action="store_true", help="only the cond/switch/while_loop memory rows")
     p.add_argument("--out", default=os.path.join(HERE, "results", "everyday.json"))
     args = p.parse_args(argv)
+    if args.only_control:
+        rows = control_rows(args.control_graphs)
+        with open(os.path.join(HERE, "results", "everyday-control.json"), "w") as f:
+            json.dump({"rows": rows, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "load": os.getloadavg()}, f, indent=1)
+        print(control_table(rows))
+        print(f"\nload average {os.getloadavg()}", file=sys.stderr)
+        return 0
     result = {"hmm": _hmm_rows(args.iters), "rewrap": _rewrap_rows(args.calls),
               "memory_kib_per_graph": _memory_rows(args.graphs, args.lengths, args.repeats),
+              "control_kib_per_graph": control_rows(args.control_graphs),
               "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "load": os.getloadavg()}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
@@ -360,6 +279,7 @@ def main(argv=None) -> int:
           f"| `tf.scan`: {m['tf.scan']:.0f} KiB; held `jit_compile` function: {m['xla-call']:.0f} KiB | |")
     print(f"| memory per new sequence length, Keras `Input((None, 8))` + LSTM(16), train + predict | "
           f"{m['keras-tfscan']:.0f} KiB | `keras.layers.LSTM`: {m['keras-LSTM']:.0f} KiB | |")
+    print("\n" + control_table(result["control_kib_per_graph"]))
     print(f"\nload average {result['load']}", file=sys.stderr)
     return 0
 

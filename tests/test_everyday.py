@@ -193,7 +193,7 @@ def test_memory_per_fresh_graph_through_cond_and_while_loop_is_within_twice_tfs(
     and compiled the conditional again, and TensorFlow's call of a compiled function keeps an
     instantiation of it per calling graph. Side by side with ``tf.cond`` / ``tf.while_loop``
     (TensorFlow's HVP of ``tf.cond`` in a tf.function fails: reverse over reverse there)."""
-    from benchmarks.everyday import control_side_by_side
+    from benchmarks._control_memory import control_side_by_side
 
     kib = control_side_by_side(kind, mode, 15, 2, ("tfscan", reference), warm=10)
     assert kib["tfscan"] <= 2 * max(kib[reference], 0.0) + 32, f"KiB per traced graph: {kib}"
