@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator
+from typing import Any, Iterator
 
 import tensorflow as tf
 
@@ -63,6 +63,28 @@ def vmap_trace() -> contextlib.AbstractContextManager:
 
 def in_vmap_trace() -> bool:
     return getattr(_state, "vmap", 0) > 0
+
+
+@contextlib.contextmanager
+def vmap_example(graph: Any) -> Iterator[None]:
+    """While ``vmap`` traces the per-example function into ``graph``: a scan built directly
+    there, whose inputs no tape watches, is replaced whole by its batching rule, so it saves
+    no residuals (:func:`is_vmap_example`); the gradient that would read them traces the
+    function again (``Batched.vjp_pe``)."""
+    graphs = getattr(_state, "vmap_examples", None)
+    if graphs is None:
+        graphs = _state.vmap_examples = []
+    graphs.append(graph)
+    try:
+        yield
+    finally:
+        graphs.pop()
+
+
+def is_vmap_example(graph: Any) -> bool:
+    """Whether ``graph`` is the one ``vmap`` is tracing its per-example function into."""
+    graphs = getattr(_state, "vmap_examples", None)
+    return bool(graphs) and graphs[-1] is graph
 
 
 def per_example_vjp() -> contextlib.AbstractContextManager:

@@ -56,6 +56,11 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
             # _recorded_backward, from the step VJP for every input (traced now, while a
             # tape inside the step can still record)
             programs.vjp(consts)
+    elif _context.is_vmap_example(_tf.default_graph()) and not record.should_record_backprop(inputs):
+        # Traced for vmap, read by no tape: the batching rule replaces this scan with a batched
+        # one that saves its own residuals. Only a per-example VJP (which traces the function
+        # again, ``Batched.vjp_pe``) or ``tf.gradients`` could differentiate it: it recomputes.
+        save = False
     if save:
         programs.vjp(consts, wanted)  # traced now, while a tape inside the step can still record
     # forward mode (an accumulator) runs the scan's own JVP loop, never this VJP transposed
@@ -130,11 +135,13 @@ def scan_site(name: str):
 def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts, dynamic_length,
                               wanted: tuple | None = None) -> list:
     dl = [dynamic_length] if dynamic_length is not None else []
+    recompute = saved is None  # nothing saved: its gradient recomputes (``_recorded_backward``)
+    saved = [] if saved is None else saved
     flat = list(outs) + list(saved) + list(init) + list(xs) + list(consts) + dl
     counts = (len(outs), len(saved), len(init), len(xs), len(consts))
     site: list = []  # the IdentityN, weakly, once made
     exported = not _context.in_internal_trace()
-    name = _register_gradient(programs, counts, bool(dl), site, exported, wanted)
+    name = _register_gradient(programs, counts, bool(dl), site, exported, wanted, recompute)
     graph = _tf.default_graph()
     result = _gradients.identity(name, flat)
     site.append(weakref.ref(result[0].op))
@@ -147,7 +154,7 @@ def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts,
 
 
 def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: list, exported: bool,
-                       wanted: tuple | None = None) -> str:
+                       wanted: tuple | None = None, recompute: bool = False) -> str:
     """A gradient name for one ``IdentityN``: one per op, since ``tf.saved_model`` saves one
     traced gradient function per name, capturing that op's inputs. A scan built inside a
     step tfscan traces and copies (``exported=False``) has no op of its own in a SavedModel:
@@ -178,9 +185,9 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
                                  "experimental_custom_gradients=False) to save the forward pass only.")
         outs, saved, init, xs, consts, dl = split_list(op.inputs, [n_out, n_saved, n_i, n_x, n_k])
         dl = dl[0] if has_dl else None
-        if wanted is None:
+        if wanted is None and not recompute:
             grads = _backward(programs, init, xs, consts, saved, d_all[:n_out], outs, dl)
-        else:  # residuals saved for the tape's gradients only: tf.gradients may ask for any
+        else:  # residuals saved for the tape's gradients only (or none): tf.gradients may ask for any
             d_outs = [_zeros_if_none(d, o) for d, o in zip(d_all[:n_out], outs)]
             grads = _recorded_backward(programs, init, xs, consts, d_outs[:n_i], d_outs[n_i:], dl)
             grads = [g for part in grads for g in part]

@@ -93,6 +93,14 @@ class Traced:
         # nothing of one tf.distribute replica: every replica may run it (see _core.cache).
         self.replica_safe = not self._handle_names and not self.graph_bound
 
+    def changed_integers(self, n: int) -> list[int]:
+        """Indices ``i < n`` of integer arguments that output ``i`` does not return unchanged
+        (beneath Identity ops): as a loop's variables they are never compile-time constants
+        of its program (XLA takes a loop variable as one only when the body passes it
+        through), so the program's call may feed them at run time."""
+        return [i for i in range(n) if self.out_specs[i].dtype.is_integer
+                and self.out_roots[i] != self._arg_names[i]]
+
     @functools.cached_property
     def fingerprint(self) -> tuple:
         """What a new trace must share with this one to reuse its compiled programs:

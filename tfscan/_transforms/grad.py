@@ -42,6 +42,15 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
     >>> float(value), float(g)  # c = w^2 + w + 1 -> dc/dw = 2w + 1
     (7.0, 5.0)
     """
+    return _differentiated(fun, argnums, has_aux, jit, with_value=True)
+
+
+def _differentiated(fun: Callable, argnums: int | Sequence[int], has_aux: bool, jit: bool,
+                    with_value: bool) -> Callable:
+    """``value_and_grad`` (``with_value``) or ``grad``: a function returning ``(out, grads)``, where
+    ``out`` is ``(value, aux)``, ``value`` or, without ``with_value``, ``(None, aux)`` / ``None``.
+    Without the value the compiled program does not return it, so XLA never computes what
+    only the value reads (as ``jax.grad`` never does): a loss's reduction, say."""
     single = isinstance(argnums, numbers.Integral)
     nums = (int(argnums),) if single else tuple(argnums)
     if not nums or not all(isinstance(i, numbers.Integral) for i in nums):
@@ -66,6 +75,7 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
             g, flat_grads = flat_grads[: len(leaves)], flat_grads[len(leaves):]
             grads.append(_tree.unflatten(treedef, [tf.convert_to_tensor(t) for t in g]))
         g = grads[0] if single else tuple(grads)
+        value = value if with_value else None
         return ((value, aux) if has_aux else value), g
 
     compiled: dict = {}  # static argument positions -> jitted function
@@ -104,7 +114,7 @@ def grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
     >>> sorted(g), g["w"].dtype.name
     (['w'], 'float32')
     """
-    vg = value_and_grad(fun, argnums, has_aux, jit=jit)
+    vg = _differentiated(fun, argnums, has_aux, jit, with_value=False)
 
     @functools.wraps(fun)
     def wrapper(*args):

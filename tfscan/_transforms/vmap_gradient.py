@@ -129,7 +129,7 @@ def backward(entry: Batched, mapped, shared, captured, d_outs, outs) -> list:
     s_f = [j for j, t in enumerate(shared) if is_float(t.dtype)]
     c_f = [j for j, t in enumerate(captured) if is_float(t.dtype)]
     c_v = [j for j, v in enumerate(entry.variables) if v is not None and v.trainable]
-    pe = entry.pe
+    pe = entry.vjp_pe()  # its scans save residuals, as the VJP reads them
 
     def per_example(m, s, c, dy):
         # Symbolic gradients (this is always traced): unlike a tape they also work where

@@ -14,6 +14,7 @@ short ``vmap`` error instead of pfor's log. The entry registers its graph gradie
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import threading
@@ -54,8 +55,11 @@ class Batched:
 
         n_mapped = len(self.mapped_axes)
 
-        def per_example(*flat):  # mapped slices first, then shared tensors
-            out = example_call(fun, args_tree, templates, flat[:n_mapped], flat[n_mapped:])
+        def per_example(*flat, example: bool = True):  # mapped slices first, then shared tensors
+            # ``example``: the trace pfor batches (its scans save no residuals); else the one a
+            # per-example VJP differentiates (:meth:`vjp_pe`).
+            with _context.vmap_example(_tf.default_graph() if example else None):
+                out = example_call(fun, args_tree, templates, flat[:n_mapped], flat[n_mapped:])
             out_leaves, self.out_paths, self.out_tree = _tree.flatten_with_paths(out, "output")
             self.out_axes = _axes.broadcast_axes(out_axes, out, "out_axes", "out_axes", "output")
             return [_checks.output_tensor(v, p, "vmap", "the function") for v, p in zip(out_leaves, self.out_paths)]
@@ -64,6 +68,8 @@ class Batched:
             [tf.TensorSpec(t.shape, t.dtype) for t in shared]
         with _context.internal_trace(), _context.vmap_trace():
             self.pe = tf.function(per_example, autograph=False).get_concrete_function(*example_specs)
+        self._retrace = (per_example, example_specs)
+        self._vjp_pe = None
         self.out_dtypes = [t.dtype for t in self.pe.outputs]
         self.function = _tf.quiet_retracing(
             tf.function(self._batched, jit_compile=True, autograph=False, reduce_retracing=False))
@@ -126,6 +132,20 @@ class Batched:
                     f"(so the batch axis can go in [{-rank}, {rank - 1}]).")
             outs.append(_axes.move_from_front(t, axis % rank))
         return outs
+
+    def vjp_pe(self):
+        """The per-example function for a per-example VJP to differentiate: traced again (once)
+        so that its scans save residuals (``pe``'s do not, :func:`_context.vmap_example`); ``pe``
+        itself when the new trace would feed other captured inputs."""
+        if self._vjp_pe is None:
+            per_example, specs = self._retrace
+            with _context.internal_trace(), _context.vmap_trace():
+                pe = tf.function(functools.partial(per_example, example=False),
+                                 autograph=False).get_concrete_function(*specs)
+            same = len(pe.captured_inputs) == len(self.pe.captured_inputs) and all(
+                a is b for a, b in zip(pe.captured_inputs, self.pe.captured_inputs))
+            self._vjp_pe = pe if same else self.pe
+        return self._vjp_pe
 
     def _graph_gradient(self, op, *d_outs):
         """The registered gradient of the ``IdentityN`` that carries this call (graph mode)."""

@@ -1,0 +1,111 @@
+"""What a first call traces and compiles (issue 14, items 1 and 5): no work the result does not need.
+
+Counts, never times: how often the user's step is traced, and what the compiled program returns.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+
+import tfscan
+from conftest import assert_trees_match
+from tfscan._core import cache
+
+B, T, I, H = 4, 6, 3, 5
+
+
+def _fresh():
+    for name in ("scan", "vmap", "jit"):  # traced afresh: cached programs would hide the tracing
+        cache.eager_cache(name).clear()
+
+
+def _latest_jit_program():
+    entries = cache.eager_cache("jit")._data  # most recently used last
+    return next(reversed(entries.values())).concrete
+
+
+def test_grad_compiles_only_the_gradients():
+    """``jax.grad`` never computes the loss's value; nor does ``tfscan.grad``'s program (it
+    returned the value too, and XLA compiled the reduction nothing read)."""
+    _fresh()
+    rng = np.random.default_rng(0)
+    a, xs = 0.7, rng.normal(size=T)
+
+    def loss_tf(a, xs):
+        return tf.reduce_sum(tfscan.scan(lambda c, x: (tf.tanh(a * c + x),) * 2, tf.constant(0.0, tf.float64), xs)[1])
+
+    def loss_jax(a, xs):
+        return jnp.sum(jax.lax.scan(lambda c, x: (jnp.tanh(a * c + x),) * 2, 0.0, xs)[1])
+
+    got = tfscan.grad(loss_tf, argnums=(0, 1))(tf.constant(a, tf.float64), tf.constant(xs))
+    assert len(_latest_jit_program().outputs) == 2  # d(a), d(xs): no value
+    assert_trees_match(got, jax.grad(loss_jax, argnums=(0, 1))(a, xs), rtol=1e-10, atol=1e-12)
+    value, got = tfscan.value_and_grad(loss_tf)(tf.constant(a, tf.float64), tf.constant(xs))
+    assert len(_latest_jit_program().outputs) == 2  # the value, d(a)
+    np.testing.assert_allclose(float(value), float(loss_jax(a, xs)), rtol=1e-10)
+    (g, aux) = tfscan.grad(lambda a, xs: (loss_tf(a, xs), {"half": loss_tf(a, xs) / 2}), has_aux=True)(
+        tf.constant(a, tf.float64), tf.constant(xs))
+    np.testing.assert_allclose(float(aux["half"]), float(loss_jax(a, xs)) / 2, rtol=1e-10)
+    np.testing.assert_allclose(float(g), float(jax.grad(loss_jax)(a, xs)), rtol=1e-10)
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    p = {"W": rng.normal(size=(H, H)) * 0.4, "U": rng.normal(size=(I, H)) * 0.4, "V": rng.normal(size=(H, 1)) * 0.4}
+    return p, rng.normal(size=(B, T, I)), rng.normal(size=(B, T, 1))
+
+
+def _programs(calls):
+    def loss_tf(p, xs, ys):
+        def step(h, xy):
+            calls.append(1)
+            x, y = xy
+            h = tf.tanh(tf.linalg.matvec(p["W"], h, transpose_a=True) + tf.linalg.matvec(p["U"], x, transpose_a=True))
+            return h, tf.reduce_sum((tf.linalg.matvec(p["V"], h, transpose_a=True) - y) ** 2)
+        return tf.reduce_mean(tfscan.scan(step, tf.zeros(H, tf.float64), (xs, ys))[1])
+
+    def loss_jax(p, xs, ys):
+        def step(h, xy):
+            x, y = xy
+            h = jnp.tanh(h @ p["W"] + x @ p["U"])
+            return h, jnp.sum((h @ p["V"] - y) ** 2)
+        return jnp.mean(jax.lax.scan(step, jnp.zeros(H, jnp.float64), (xs, ys))[1])
+
+    return loss_tf, loss_jax
+
+
+def test_ported_train_step_traces_the_step_once():
+    """``jit(value_and_grad(mean(vmap(scan loss))))``: the per-example scan is replaced whole by
+    the batched one (its batching rule), so it saves no residuals and its step's VJP is not
+    traced (it was: the step traced twice, once for a VJP nothing used)."""
+    _fresh()
+    calls: list = []
+    loss_tf, loss_jax = _programs(calls)
+    p, xs, ys = _data()
+
+    def train_tf(p, xs, ys):
+        return tfscan.value_and_grad(lambda p: tf.reduce_mean(tfscan.vmap(loss_tf, in_axes=(None, 0, 0))(p, xs, ys)))(p)
+
+    got = tfscan.jit(train_tf)({k: tf.constant(v) for k, v in p.items()}, tf.constant(xs), tf.constant(ys))
+    assert len(calls) == 1
+    want = jax.value_and_grad(lambda p: jnp.mean(jax.vmap(loss_jax, in_axes=(None, 0, 0))(p, xs, ys)))(p)
+    assert_trees_match(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_per_example_vjp_of_vmap_reads_residuals():
+    """An eager tape around ``vmap`` takes the vmapped per-example VJP: the function is traced
+    again for it, with residuals saved (the batched trace keeps none), and matches JAX."""
+    _fresh()
+    calls: list = []
+    loss_tf, loss_jax = _programs(calls)
+    p, xs, ys = _data(1)
+    pt = {k: tf.constant(v) for k, v in p.items()}
+    with tf.GradientTape() as tape:
+        tape.watch(pt)
+        value = tf.reduce_sum(tfscan.vmap(loss_tf, in_axes=(None, 0, 0))(pt, tf.constant(xs), tf.constant(ys)) ** 2)
+    got = tape.gradient(value, pt)
+    want = jax.grad(lambda p: jnp.sum(jax.vmap(loss_jax, in_axes=(None, 0, 0))(p, xs, ys) ** 2))(p)
+    assert_trees_match(got, want, rtol=1e-10, atol=1e-12)
