@@ -74,7 +74,8 @@ class Traced:
                 # Each read is fed with the value read at call time (so a tape sees it). A
                 # replica's component of a tf.distribute variable is read through its
                 # container: each replica then reads its own, and the trace serves them all.
-                source = _tf.distributed_container(var) or var
+                container = _tf.distributed_container(var)
+                source = var if container is None else container
                 for op in reads:
                     self.const_sources.append(source)
                     self._const_names.append(op.outputs[0].name)
