@@ -203,7 +203,7 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
             # built with recording paused: a JVP conditional's branches record inside.)
             with record.stop_recording():
                 hidden = [tf.identity(t) for t in leaves]
-            outs, meta = _control.run(api, fns, key, make_build, [selector] + hidden)
+            outs, meta = _control.run(api, fns, key, make_build, [selector] + hidden, hidden=True)
         else:
             outs, meta = _control.run(api, fns, key, make_build, [selector] + leaves)
     except AttributeError as e:
@@ -245,7 +245,8 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
         _tf.mark_variable_accessed(v)  # so that the tapes watch it
     with record.stop_recording():
         shown = [tf.identity(o) for o in outs]
-    inputs = list(leaves) + closed + [v.handle for v in variables]
+    # A variable's handle as an accumulator in this graph watches it (its capture here).
+    inputs = list(leaves) + closed + [_tf.in_graph(_tf.default_graph(), v.handle) for v in variables]
 
     def backward(*d_outs):
         d = [tf.zeros_like(outs[i]) if d_outs[i] is None else tf.convert_to_tensor(d_outs[i]) for i in fo]

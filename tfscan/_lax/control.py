@@ -70,22 +70,28 @@ class _Fed:
     # a call to those (``vmap`` of a ``switch`` fails in ``dynamic_stitch``).
     graph_bound = True
 
-    def __call__(self, args: Sequence[tf.Tensor], slots: Sequence[tf.Tensor]) -> list:
+    def __call__(self, args: Sequence[tf.Tensor], slots: Sequence[tf.Tensor], hidden: bool = False) -> list:
         captured = self.feed.values(self.concrete.captured_inputs, slots)
+        if hidden:
+            with _tf.record.stop_recording():
+                captured = [tf.identity(c) for c in captured]
         return _tf.call_concrete(self.concrete, list(args), captured, xla=True)
 
 
 def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dict], Callable],
-        args: Sequence[tf.Tensor]) -> tuple[list, dict]:
+        args: Sequence[tf.Tensor], hidden: bool = False) -> tuple[list, dict]:
     """``(outputs, meta)`` of ``make_build(meta)(*args)``, compiled once per program.
 
     ``fns`` are the user's functions the program calls; ``key`` the rest of what its trace
     depends on (structure, specs, static arguments). The functions count by their code and
     closed-over values, their closed-over tensors by shape and dtype only: each call feeds
     its own (:mod:`tfscan._core.cache`), so a new value never compiles again. Inside a
-    function XLA compiles as a whole, the program is emitted inline instead.
+    function XLA compiles as a whole, the program is emitted inline instead, unless
+    ``hidden``: then it is always a call, and no tape or accumulator sees what it captures
+    (the variables its functions read, the tensors they close over) reach it — the caller
+    records the call's derivatives itself.
     """
-    if _context.in_xla_context():
+    if _context.in_xla_context() and not hidden:
         meta: dict = {}
         return list(make_build(meta)(*args)), meta
     closures = [_cache.closure(f) for f in fns]
@@ -101,7 +107,7 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
     if not created and not entry.feed.complete and not entry.owner.owns(fns[0]):
         entry = make()  # it reads tensors through objects the walk does not open: trace again
         _cache.put("control", full_key, entry)
-    return entry(args, slots), entry.meta
+    return entry(args, slots, hidden), entry.meta
 
 
 def specs(tensors: Sequence[tf.Tensor]) -> tuple:
