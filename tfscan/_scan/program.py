@@ -437,9 +437,10 @@ class Programs:
 
 def launchable() -> bool:
     """Whether :func:`launch` may emit an ``XlaLaunch`` op here: in a ``tf.function`` graph
-    where no tape or accumulator could record, outside steps tfscan traces and copies and
-    outside ``vmap`` traces."""
-    return not (tf.executing_eagerly() or _tf.record.could_possibly_record()
+    where no tape or accumulator could record, outside an XLA context (which compiles a
+    nested call inline but cannot compile an ``XlaLaunch`` op), outside steps tfscan traces
+    and copies and outside ``vmap`` traces."""
+    return not (tf.executing_eagerly() or _tf.record.could_possibly_record() or _context.in_xla_context()
                 or _context.in_internal_trace() or _context.in_vmap_trace())
 
 

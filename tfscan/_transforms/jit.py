@@ -128,10 +128,13 @@ class Jitted:
         recording = tf.executing_eagerly() and record.could_possibly_record()
         entry, flat, captured, stable = self._entry(args, kwargs, own_captures=recording)
         closed, variables = _rules.watched_inputs(self._fun, entry.concrete) if recording else ([], [])
-        if recording and _rules.accumulating(flat + closed + [v.handle for v in variables]):
+        if recording and _rules.accumulating(flat + closed + [v.handle for v in variables]) \
+                and not _rules.holds_conditional(entry.concrete):
             # Under an accumulator, derivatives of its own (compiled JVP and VJP programs), as
             # JAX: TensorFlow's forward mode of the call would transpose its gradient (which
-            # a run-time-bounded loop does not have).
+            # a run-time-bounded loop does not have). Not for a function holding a
+            # conditional: TensorFlow's forward rule of one inside a trace fails under two
+            # accumulators, its forward mode of the whole call does not.
             with record.stop_recording():
                 outs = _tf.call_concrete(entry.concrete, flat, captured, xla=True)
             outs = _rules.record_call(jit, self._fun, entry.tree, entry.static, flat, outs, closed, variables)

@@ -55,6 +55,15 @@ def watched_inputs(fun: Callable, concrete: Any) -> tuple[list, list]:
     return closed, variables
 
 
+_CONDITIONALS = frozenset({"If", "StatelessIf", "Case", "StatelessCase"})
+
+
+def holds_conditional(concrete: Any) -> bool:
+    """Whether the traced function ``concrete`` holds a conditional (``tf.cond``, or a
+    ``tfscan.cond``/``switch`` emitted inline in its XLA context)."""
+    return any(op.type in _CONDITIONALS for op in concrete.graph.get_operations())
+
+
 def accumulating(inputs: Sequence[Any]) -> bool:
     """Whether a ``ForwardAccumulator`` is live (one busy computing a tangent may not show
     its tangents of ``inputs``, yet it takes the call's: the call records its own rules)."""
