@@ -206,10 +206,11 @@ def main(argv=None) -> int:
                             "B=32, I=64, H=128", "measure": "time", "kind": "keras", "per_step": True,
                             "sizes": _workloads.SIZES[mode]["keras"], "reference": None, "note": ""})
 
-    if not only or "keras-fit" in only:
-        from benchmarks import _keras_fit
+    from benchmarks import _keras_fit
+    fit_configs = _keras_fit.selected(only)
+    if fit_configs:
         log(f"[{time.perf_counter() - t_start:5.0f} s] 7b. Keras model.fit epochs (one subprocess per configuration)")
-        records += _keras_fit.run(mode, log)
+        records += _keras_fit.run(mode, log, fit_configs)
         kinds["keras-fit"] = "keras-fit"
         size = _keras_fit.SIZES[mode]
         wl_meta.append({"key": "keras-fit", "title": "7b. Keras model.fit, seconds per epoch: tfscan's layer vs "

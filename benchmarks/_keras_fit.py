@@ -30,8 +30,11 @@ CONFIGS = [  # (layer, policy, mirrored)
     ("LSTM", "float32", False), ("GRU", "float32", False),
     ("LSTM", "mixed_bfloat16", False), ("GRU", "mixed_bfloat16", False),
     ("LSTM", "mixed_float16", False), ("GRU", "mixed_float16", False),
-    ("LSTM", "float32", True),
+    ("LSTM", "float32", True), ("GRU", "float32", True),
 ]
+# ``--only`` names of one configuration each (``keras-fit`` runs them all): LSTM and GRU under it.
+ROWS = {"keras-fit-float32": ("float32", False), "keras-fit-bf16": ("mixed_bfloat16", False),
+        "keras-fit-f16": ("mixed_float16", False), "keras-fit-mirrored": ("float32", True)}
 SIZES = {"full": dict(T=100, N=512, epochs=5), "quick": dict(T=100, N=512, epochs=3),
          "smoke": dict(T=8, N=64, epochs=1)}
 TOLERANCE = {"float32": 1e-4, "mixed_bfloat16": 3e-2, "mixed_float16": 5e-3}  # predictions, relative
@@ -101,11 +104,21 @@ def _worker(cfg: dict) -> dict:
             "load": os.getloadavg()[0]}
 
 
-def run(mode: str, log) -> list[dict]:
+def selected(only: set | None) -> list | None:
+    """The configurations ``--only`` asks for (``None``: none of this workload's names)."""
+    if not only or "keras-fit" in only:
+        return list(CONFIGS)
+    rows = [ROWS[name] for name in ROWS if name in only]
+    return [c for c in CONFIGS if (c[1], c[2]) in rows] or None
+
+
+def run(mode: str, log, configs: list | None = None) -> list[dict]:
     """Records of workload ``keras-fit``: one subprocess per configuration."""
     import statistics
     size = SIZES[mode]
-    configs = CONFIGS if mode != "smoke" else [("GRU", "mixed_bfloat16", False)]
+    configs = configs or CONFIGS
+    if mode == "smoke":
+        configs = [("GRU", "mixed_bfloat16", False)]
     records = []
     for layer, policy, mirrored in configs:
         name = config_name(policy, mirrored)

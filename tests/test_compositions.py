@@ -441,8 +441,73 @@ def test_jvp_of_scan_inside_a_tf_function_and_reverse_over_forward():
     close(tape.gradient(t, x), jgrad, rtol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="forward mode through an eager tfscan.jit call is TensorFlow's for a "
-                   "tf.function call: it transposes the call's gradient (README, Known limitations)")
-def test_jvp_of_an_eager_jit_call_holding_a_run_time_bounded_loop():
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("name", ["scan", "while_loop", "cond", "switch"])
+def test_jvp_of_an_eager_jit_call_holding_a_run_time_bounded_loop(name, order):
+    # the jitted call records its own JVP program; TensorFlow's would transpose the call's
+    # gradient, which a run-time-bounded loop does not have (it raised the reverse-mode error)
+    f, jf = _bounded_inside("tf")[name], _bounded_inside("jax")[name]
+    first = (lambda v: f(v)[0]) if name == "scan" else f
+    jfirst = (lambda v: jf(v)[0]) if name == "scan" else jf
+    if order == 1:
+        close(tf_jvp(tfscan.jit(first), 0.4), jax_jvp(jfirst, 0.4), rtol=1e-4)
+    else:
+        close(tf_jvp2(tfscan.jit(first), 0.4), jax_jvp2(jfirst, f32(0.4)), rtol=1e-4, atol=1e-5)
+
+
+def test_jvp_of_a_jit_call_holding_a_run_time_bounded_loop_inside_a_tf_function():
     f, jf = _bounded_inside("tf")["cond"], _bounded_inside("jax")["cond"]
-    close(tf_jvp(tfscan.jit(f), 0.4), jax_jvp(jf, 0.4), rtol=1e-4)
+
+    @tf.function
+    def jvps(x):
+        with FA(x, tf.constant(1.0)) as outer:
+            with FA(x, tf.constant(1.0)) as inner:
+                out = tfscan.jit(f)(x)
+            t = inner.jvp(out)
+        return out, t, outer.jvp(t)
+
+    got = jvps(tf.constant(f32(0.4)))
+    close(got[:2], jax_jvp(jf, 0.4), rtol=1e-4)
+    close(got[2], jax_jvp2(jf, f32(0.4)), rtol=1e-4, atol=1e-5)
+
+
+def test_jvp_of_an_eager_jit_call_reaches_closed_over_tensors_and_variables():
+    # the tangents of what the function closes over (used inside a nested run-time-bounded
+    # loop and outside it) reach the jitted call's own JVP program
+    v, w = tf.Variable(0.7), tf.constant(1.3)
+    f = tfscan.jit(lambda x: tfscan.fori_loop(0, tf.constant(3), lambda i, u: tf.sin(u * w) * v + 0.1, x) * w)
+
+    def jf(x, wv, vv):
+        return jax.lax.fori_loop(0, jnp.asarray(3), lambda i, u: jnp.sin(u * wv) * vv + 0.1, x) * wv
+
+    x = tf.constant(f32(0.4))
+    for k, src in enumerate([x, w, v]):
+        with FA(src, tf.constant(f32(1.0))) as acc:
+            out = f(x)
+        want = jax.jvp(jf, (f32(0.4), f32(1.3), f32(0.7)), tuple(f32(i == k) for i in range(3)))
+        close((out, acc.jvp(out)), want, rtol=1e-4)
+    assert f.trace_count == 1
+
+
+def test_hessian_vector_product_through_an_eager_jit_call():
+    # forward over reverse: the tape takes the call's own VJP program, whose JVP the
+    # accumulator takes (it failed inside TensorFlow with an InternalError)
+    v, w = tf.Variable([0.7, -0.2]), tf.constant([1.3, 0.4])
+    f = tfscan.jit(lambda x: tf.reduce_sum(tfscan.scan(lambda c, u: (tf.sin(c * w) * v + u, c), x,
+                                                       tf.ones(3))[0] ** 2) * tf.reduce_sum(w))
+
+    def jf(x, wv, vv):
+        ys = jax.lax.scan(lambda c, u: (jnp.sin(c * wv) * vv + u, c), x, jnp.ones(3, jnp.float32))[0]
+        return jnp.sum(ys ** 2) * jnp.sum(wv)
+
+    x = tf.constant([0.4, 0.9])
+    primals, tangents = [x, w, v], [tf.constant([1.0, -0.5]), tf.constant([0.3, 0.2]), tf.constant([-1.0, 0.5])]
+    with FA(primals, tangents) as acc:
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            out = f(x)
+        grads = tape.gradient(out, primals)
+    want = jax.jvp(jax.grad(jf, argnums=(0, 1, 2)), tuple(np.asarray(p) for p in primals),
+                   tuple(t.numpy() for t in tangents))
+    close(grads, want[0], rtol=1e-4)
+    close([acc.jvp(g) for g in grads], want[1], rtol=1e-4, atol=1e-5)

@@ -4,6 +4,7 @@ must be configured before TensorFlow starts."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -42,3 +43,55 @@ SCRIPT = textwrap.dedent("""
 def test_keras_fit_under_mirrored_strategy():
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+SHARED_SCRIPT = textwrap.dedent("""
+    import os
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import json, keras, numpy as np, tfscan.keras
+    from tfscan import _tf
+    from tfscan._scan import program
+
+    launches = []  # (program's function name, device) of every compiled call emitted
+    real = program._tf.launch_compiled
+    def spy(concrete, args, *a, **k):
+        outs = real(concrete, args, *a, **k)
+        if outs:
+            launches.append((outs[0].op.get_attr("function").name, outs[0].op.device))
+        return outs
+    program._tf.launch_compiled = spy
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(16, 6, 3)).astype("float32"), rng.normal(size=(16, 1)).astype("float32")
+    def make():
+        keras.utils.set_random_seed(1)
+        m = keras.Sequential([keras.Input((6, 3)), tfscan.keras.GRU(4), keras.layers.Dense(1)])
+        m.compile(keras.optimizers.SGD(0.1), "mse")
+        return m
+    plain = make()
+    plain.fit(X, Y, epochs=2, batch_size=8, verbose=0, shuffle=False)
+    launches.clear()
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+        mirrored = make()
+    mirrored.fit(X, Y, epochs=2, batch_size=8, verbose=0, shuffle=False)
+    err = max(float(np.abs(a - b).max()) for a, b in zip(plain.get_weights(), mirrored.get_weights()))
+    print(json.dumps({"launches": launches, "err": err}))
+""")
+
+
+def test_replicas_share_one_traced_and_compiled_program():
+    """Under MirroredStrategy on two logical CPUs the replicas run the same traced forward and
+    backward programs, launched on one device (XLA caches compiled programs per device, so
+    each is compiled once), and training gives the single-device weights."""
+    out = subprocess.run([sys.executable, "-c", SHARED_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    in_replicas = [(n, d) for n, d in report["launches"] if d]  # not Keras' symbolic build (no device)
+    names = [n for n, _ in in_replicas]
+    devices = {tf_device.rsplit("/", 1)[-1] for _, tf_device in in_replicas}
+    assert len(names) == 4 and len(set(names)) == 2, in_replicas  # 2 replicas x (forward, backward)
+    assert devices == {"device:CPU:0"}, in_replicas
+    assert report["err"] < 1e-5, report["err"]

@@ -272,3 +272,15 @@ def test_every_entry_of_the_groups_is_at_the_door():
         assert entries, module.__name__
         for name in entries:
             assert getattr(_tf, name, None) is getattr(module, name), f"{module.__name__}.{name}"
+
+
+def test_distributed_container_and_variable_handles():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        v = tf.Variable([1.0, 2.0])
+    component = strategy.experimental_local_results(v)[0]
+    assert component is not v and _tf.distributed_container(component) is v
+    plain = tf.Variable(1.0)
+    assert _tf.distributed_container(plain) is None and _tf.distributed_container(v) is None
+    assert [h is component.handle for h in _tf.variable_handles(v)] == [True]
+    assert [h is plain.handle for h in _tf.variable_handles(plain)] == [True]

@@ -28,7 +28,10 @@ grow without bound). A graph that uses an entry pins it in a store owned by the 
 (:func:`_graph_store`), so it outlives LRU eviction while the graph lives. An entry that
 holds one graph's tensors, or belongs to one replica of a ``tf.distribute`` strategy
 (replicas run concurrently in one graph, each reading its own variables), lives only in
-that graph's store and is freed with it.
+that graph's store and is freed with it. An entry that says it holds nothing of a replica
+(``value.replica_safe``: a scan step that reads distributed variables through their
+containers) is shared by the replicas and with other graphs, so a strategy's replicas
+(and Keras' symbolic build before them) trace a program once.
 """
 
 from __future__ import annotations
@@ -136,11 +139,10 @@ def lookup(name: str, key: Hashable, create: Callable[[], Any]) -> tuple[Any, bo
     value = store.get(local_key)
     if value is not None:
         return value, False
-    if local_key[1] is None:  # not inside a replica: an entry another graph made may serve
-        value = eager_cache(name).get(key)
-        if value is not None and not getattr(value, "graph_bound", False):
-            store.put(local_key, value)  # pinned: this graph keeps it alive
-            return value, False
+    value = eager_cache(name).get(key)  # an entry another graph (or replica) made may serve
+    if value is not None and _shared(value, local_key):
+        store.put(local_key, value)  # pinned: this graph keeps it alive
+        return value, False
     value = create()
     put(name, key, value)
     return value, True
@@ -153,8 +155,15 @@ def put(name: str, key: Hashable, value: Any) -> None:
         return
     graph, local_key = _local(name, key)
     _graph_store(graph).put(local_key, value)
-    if local_key[1] is None and not getattr(value, "graph_bound", False):
+    if _shared(value, local_key):
         eager_cache(name).put(key, value)
+
+
+def _shared(value: Any, local_key: tuple) -> bool:
+    """Whether ``value`` may serve other graphs (and, inside a replica, other replicas)."""
+    if getattr(value, "graph_bound", False):
+        return False
+    return local_key[1] is None or getattr(value, "replica_safe", False)
 
 
 def _local(name: str, key: Hashable) -> tuple[Any, tuple]:

@@ -65,8 +65,12 @@ class Reverse:
         self.fc = [i for i, s in enumerate(plan.carry_specs) if is_float(s.dtype)]
         self.n_seg = -(-max_steps // every) if max_steps else 1
         self._vjp_traced = False
-        self._forward = _control.Compiled(lambda meta: self._forward_build)
-        self._backward = _control.Compiled(lambda meta: self._backward_build)
+        # Run-time integer inputs (:class:`tfscan._lax.control.Compiled`): the carry leaves the
+        # body changes; backward, the step count (a trip count) and every checkpoint buffer.
+        n = plan.n_carry
+        self._forward = _control.Compiled(lambda meta: self._forward_build, plan.step.changed_integers(n))
+        self._backward = _control.Compiled(lambda meta: self._backward_build, [0] + [
+            1 + i for i, s in enumerate(plan.carry_specs) if s.dtype.is_integer])
         self._grad_name = None
         self._lock = threading.Lock()
 

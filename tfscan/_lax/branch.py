@@ -203,9 +203,11 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
             # built with recording paused: a JVP conditional's branches record inside.)
             with record.stop_recording():
                 hidden = [tf.identity(t) for t in leaves]
-            outs, meta = _control.run(api, fns, key, make_build, [selector] + hidden)
+            outs, meta = _control.run(api, fns, key, make_build, [selector] + hidden, run_time=[0],
+                                      own_derivatives=True)
         else:
-            outs, meta = _control.run(api, fns, key, make_build, [selector] + leaves)
+            # The selector is a run-time value of the program (the conditional's branch index).
+            outs, meta = _control.run(api, fns, key, make_build, [selector] + leaves, run_time=[0])
     except AttributeError as e:
         if "Tensor.graph is undefined" not in str(e):
             raise

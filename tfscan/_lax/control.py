@@ -11,6 +11,7 @@ keeps its own plan (:class:`Compiled` runs its loops).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Callable, Sequence
 
@@ -21,6 +22,7 @@ from tfscan._core import cache as _cache
 from tfscan._core import checks as _checks
 from tfscan._core import context as _context
 from tfscan._core import tree as _tree
+from tfscan._scan import program as _program
 
 __all__ = []  # private module
 
@@ -30,11 +32,15 @@ class Compiled:
     ``meta`` is a dict that ``build`` fills while it is traced (for example the output
     structure); it is valid after the first call. ``build`` must take every tensor it
     depends on as an argument (it closes over nothing a later call could change).
+    ``run_time``: indices of integer arguments the program never needs as compile-time
+    constants (a loop variable the body changes), so that in a graph the call can be one
+    ``XlaLaunch`` op (:func:`tfscan._scan.program.launch`).
     """
 
-    def __init__(self, make_build: Callable[[dict], Callable]):
+    def __init__(self, make_build: Callable[[dict], Callable], run_time: Sequence[int] = ()):
         self.meta: dict = {}
         self.build = make_build(self.meta)
+        self.run_time = tuple(run_time)
         self._fn = None
         self._lock = threading.Lock()
 
@@ -47,6 +53,10 @@ class Compiled:
                 # warning (it counts every function made from this code) does not apply
                 self._fn = _tf.quiet_retracing(tf.function(self.build, jit_compile=True, autograph=False,
                                                            reduce_retracing=False))
+        if not tf.executing_eagerly():
+            outs = _program.launch(self._fn, args, run_time=self.run_time)
+            if outs is not None:
+                return outs
         return list(self._fn(*args))
 
 
@@ -55,8 +65,9 @@ class _Fed:
     the tensors that this call's functions close over fed in place of the traced ones."""
 
     def __init__(self, build: Callable, meta: dict, specs: Sequence[tf.TensorSpec],
-                 slots: Sequence[tf.Tensor], owner: Any):
+                 slots: Sequence[tf.Tensor], owner: Any, run_time: Sequence[int] = ()):
         self.meta = meta
+        self.run_time = tuple(run_time)
         fn = tf.function(build, jit_compile=True, autograph=False, reduce_retracing=False)
         with _tf.xla_trace():  # a scan traced here is compiled inline, as in the function's call
             self.concrete = fn.get_concrete_function(*specs)
@@ -64,19 +75,25 @@ class _Fed:
         self.feed = _cache.Feed(captured, slots)
         self.owner = _cache.Owner(owner)
 
-    # One graph's own: a graph does not reuse a program made eagerly or in another graph.
-    # A function called eagerly keeps the derivative functions TensorFlow made for it (an
-    # accumulator's, in XLA's form of a conditional's gradient), and ``pfor`` cannot batch
-    # a call to those (``vmap`` of a ``switch`` fails in ``dynamic_stitch``).
-    graph_bound = True
+    @property
+    def graph_bound(self) -> bool:
+        """Whether the trace captured tensors of the graph it was made in (it then lives
+        in that graph only). Otherwise graphs share it (:func:`run` keeps graphs' entries
+        apart from eager ones): a fresh ``tf.function`` neither traces nor compiles it again
+        (XLA keeps every program it compiles for the life of the process)."""
+        return any(tf.is_symbolic_tensor(t) for t in self.concrete.captured_inputs)
 
     def __call__(self, args: Sequence[tf.Tensor], slots: Sequence[tf.Tensor]) -> list:
         captured = self.feed.values(self.concrete.captured_inputs, slots)
+        outs = _program.launch(self.concrete, list(args), captured, self.run_time)
+        if outs is not None:
+            return outs
         return _tf.call_concrete(self.concrete, list(args), captured, xla=True)
 
 
 def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dict], Callable],
-        args: Sequence[tf.Tensor]) -> tuple[list, dict]:
+        args: Sequence[tf.Tensor], run_time: Sequence[int] = (), own_derivatives: bool = False
+        ) -> tuple[list, dict]:
     """``(outputs, meta)`` of ``make_build(meta)(*args)``, compiled once per program.
 
     ``fns`` are the user's functions the program calls; ``key`` the rest of what its trace
@@ -84,24 +101,35 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
     closed-over values, their closed-over tensors by shape and dtype only: each call feeds
     its own (:mod:`tfscan._core.cache`), so a new value never compiles again. Inside a
     function XLA compiles as a whole, the program is emitted inline instead.
+
+    ``run_time``: indices of integer ``args`` the program never needs as compile-time
+    constants. ``own_derivatives``: the caller records the outputs' derivatives itself,
+    so the call runs with recording paused (after the trace, which may record inside): no
+    tape or accumulator builds TensorFlow's derivative functions of the call, and in a graph
+    it is one ``XlaLaunch`` op (:func:`tfscan._scan.program.launch`).
     """
     if _context.in_xla_context():
         meta: dict = {}
         return list(make_build(meta)(*args)), meta
     closures = [_cache.closure(f) for f in fns]
     slots = [t for c in closures for t in c.tensors]
-    full_key = (api, tuple(c.pinned_key for c in closures), key)
+    # A graph never reuses a program made eagerly: a function called eagerly keeps the
+    # derivative functions TensorFlow made for it (an accumulator's, in XLA's form of a
+    # conditional's gradient), and ``pfor`` cannot batch a call to those (``vmap`` of a
+    # ``switch`` fails in ``dynamic_stitch``).
+    full_key = (api, tuple(c.pinned_key for c in closures), key, tf.executing_eagerly())
     specs = [tf.TensorSpec(t.shape, t.dtype) for t in args]
 
     def make() -> _Fed:
         meta: dict = {}
-        return _Fed(make_build(meta), meta, specs, slots, fns[0])
+        return _Fed(make_build(meta), meta, specs, slots, fns[0], run_time)
 
     entry, created = _cache.lookup("control", full_key, make)
     if not created and not entry.feed.complete and not entry.owner.owns(fns[0]):
         entry = make()  # it reads tensors through objects the walk does not open: trace again
         _cache.put("control", full_key, entry)
-    return entry(args, slots), entry.meta
+    with _tf.record.stop_recording() if own_derivatives else contextlib.nullcontext():
+        return entry(args, slots), entry.meta
 
 
 def specs(tensors: Sequence[tf.Tensor]) -> tuple:

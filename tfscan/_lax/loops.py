@@ -209,7 +209,9 @@ class _WhilePlan:
         self.complete = self.cond.feed.complete and self.body.feed.complete
         self.owner = _cache.Owner(body_fun)
         self.graph_bound = self.cond.graph_bound or self.body.graph_bound
-        self._forward = _control.Compiled(lambda meta: self._forward_build)
+        # Integer carry leaves the body changes are run-time values of the loop's program.
+        self._forward = _control.Compiled(lambda meta: self._forward_build,
+                                          self.body.changed_integers(len(self.specs)))
 
     def _loop(self, carry: list, kc: list, body: Callable) -> list:
         if not carry:  # nothing is carried, so nothing the loop computes can be observed

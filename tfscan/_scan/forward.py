@@ -57,6 +57,11 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     for obj, t in watched:
         primals.append(obj if isinstance(obj, tf.Variable) else _tf.in_graph(graph, obj))
         ts.append(t)
+        if is_eager(obj):
+            # A nested loop takes the eager tensor itself as an input (its compiled call
+            # captures it): watched too, with the same tangent.
+            primals.append(obj)
+            ts.append(t)
     # An accumulator busy computing a tangent (the one whose forward function traces this)
     # silences the accumulators made after it: let this one record.
     with _tf.record.forwardprop_state(), tf.autodiff.ForwardAccumulator(primals, ts) as acc:
@@ -64,6 +69,11 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     out_t = [_shaped_as(acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO), o) if is_float(o.dtype)
              else None for o in outs]
     return outs, out_t
+
+
+def is_eager(obj: Any) -> bool:
+    """Whether ``obj`` is an eager tensor (a closed-over value a trace captures)."""
+    return isinstance(obj, tf.Tensor) and not tf.is_symbolic_tensor(obj)
 
 
 def _shaped_as(t: tf.Tensor, like: tf.Tensor) -> tf.Tensor:

@@ -8,6 +8,7 @@ closed-over constants in its carry. Both are single ``While`` loops.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Sequence
 
@@ -231,11 +232,17 @@ class Programs:
         self._concrete: dict = {}
         self._lock = threading.Lock()
         self._vjps: dict = {}
+        self._replica_concrete: dict = {}  # (name, argument shapes and dtypes) -> concrete function
 
     @property
     def graph_bound(self) -> bool:
         """Whether these programs hold tensors of one graph (and so must stay in it)."""
         return self.plan.step.graph_bound
+
+    @property
+    def replica_safe(self) -> bool:
+        """Whether every replica of a ``tf.distribute`` strategy may run these programs."""
+        return self.plan.step.replica_safe
 
     def vjp(self, consts: Sequence[tf.Tensor], wanted=None) -> StepVJP | None:
         """The step's traced VJP (with its residual split when it has one), or ``None``."""
@@ -275,16 +282,13 @@ class Programs:
             return list(build(*args))
         fn = self._compiled(name, build)
         if not tf.executing_eagerly():
-            if not (_context.in_internal_trace() or _context.in_vmap_trace()):
-                # One XlaLaunch op: TF's own call of a compiled function keeps memory for
-                # every graph that runs it (see _tf.launch_compiled). Steps tfscan traces and
-                # copies, and vmap's traces, keep the call op their rules convert.
-                with _tf.xla_trace():
-                    concrete = fn.get_concrete_function(*args)
-                outs = _tf.launch_compiled(concrete, args, not_constant=run_time)
+            if launchable():
+                # Under a strategy, the program every replica may run is traced once and
+                # launched where it compiles once (_graph_concrete, _launch_device).
+                device = self._launch_device()
+                with tf.device(device) if device is not None else contextlib.nullcontext():
+                    outs = launch(self._graph_concrete(name, fn, args), args, run_time=run_time)
                 if outs is not None:
-                    from tfscan._transforms import batching  # noqa: PLC0415 - a transform, used here only
-                    batching.install()  # so that pfor (tf.vectorized_map) converts the op
                     return outs
             return list(fn(*args))
         # Eagerly, call the one concrete function directly: this skips tf.function's
@@ -294,6 +298,49 @@ class Programs:
             with _tf.xla_trace():
                 concrete = self._concrete[name] = fn.get_concrete_function(*args)
         return _tf.call_concrete(concrete, args, xla=True)
+
+    def _in_loop(self) -> bool:
+        """Whether the loops run their steps inside an XLA ``While`` (not straight-line code,
+        where a program may fold a carry or an x into a compile-time constant)."""
+        length, unroll = self.static.length, self.static.unroll
+        if length is None:
+            return True
+        per_iteration = length if unroll is True else max(int(unroll), 1)
+        return length // per_iteration != 1
+
+    def _graph_concrete(self, name: str, fn, args: list):
+        """``fn``'s concrete function for ``args`` in a graph. Under a ``tf.distribute``
+        strategy, ``tf.function`` traces again for each replica's device scope; programs
+        every replica may run (:attr:`replica_safe`) are traced once, outside any device
+        scope, and that one function serves every replica and graph."""
+        if not (tf.distribute.has_strategy() and self.replica_safe):
+            with _tf.xla_trace():
+                return fn.get_concrete_function(*args)
+        key = (name, tuple((None if a.shape.rank is None else tuple(a.shape.as_list()), a.dtype) for a in args))
+        concrete = self._replica_concrete.get(key)
+        if concrete is None:
+            with _tf.xla_trace(), tf.device(None):
+                concrete = fn.get_concrete_function(*args)
+            concrete = self._replica_concrete.setdefault(key, concrete)
+        return concrete
+
+    def _launch_device(self) -> str | None:
+        """Where a replica launches a program every replica may run (``None``: its own device).
+
+        XLA keeps one compilation cache per device: replicas on logical CPUs of one host
+        (``MirroredStrategy`` over ``tf.config.set_logical_device_configuration``) would each
+        compile the same program for the same cores. They launch it on the first replica's
+        CPU instead, so it compiles once; the cores, and the host memory the tensors live
+        in, are the same.
+        """
+        if not (tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context() is False
+                and self.replica_safe):
+            return None
+        devices = [tf.DeviceSpec.from_string(d) for d in tf.distribute.get_strategy().extended.worker_devices]
+        hosts = {(d.job, d.replica, d.task) for d in devices}
+        if len(devices) < 2 or len(hosts) != 1 or any(d.device_type != "CPU" for d in devices):
+            return None
+        return devices[0].to_string()
 
     def direct_forward(self) -> tuple[Any, list] | None:
         """``(concrete function, its captured inputs)`` of the forward program without
@@ -329,7 +376,11 @@ class Programs:
         if true_length is not None:  # padded to a bucket; the loop runs the true length
             xs, dynamic_length = _pad(xs, _bucket(true_length)), true_length
         args = _join(init, xs, consts, dynamic_length)
-        flat = self._call(f"forward_{save}_{wanted}", build, args, _run_time_length(args, xs, dynamic_length))
+        run_time = _run_time_length(args, xs, dynamic_length)
+        if self._in_loop() and not binomial:  # changed integer carries, integer xs: loop values
+            run_time += self.plan.step.changed_integers(n_i) + [n_i + i for i, x in enumerate(xs)
+                                                                if x.dtype.is_integer]
+        flat = self._call(f"forward_{save}_{wanted}", build, args, run_time)
         ny = len(plan.y_specs)
         carry, ys, saved = split_list(flat, [n_i, ny])
         if binomial or not save:
@@ -372,13 +423,50 @@ class Programs:
         args = list(xs) + list(consts) + list(saved) + [d_carry[i] for i in d_carry_idx] + \
             [d_ys[i] for i in d_ys_idx] + [d_ys[i].value for i in row_idx] + \
             ([dynamic_length] if dynamic_length is not None else [])
-        flat = list(self._call(f"backward_{wanted}_{tuple(row_idx)}", build, args,
-                               _run_time_length(args, xs, dynamic_length)))
+        run_time = _run_time_length(args, xs, dynamic_length)
+        if self._in_loop() and not _remat.is_binomial(remat):  # xs and saved values: read per step
+            run_time += [i for i in list(range(n_x)) + list(range(n_x + n_k, n_x + n_k + n_s))
+                         if args[i].dtype.is_integer]
+        flat = list(self._call(f"backward_{wanted}_{tuple(row_idx)}", build, args, run_time))
         fc, fx, _, fk = float_indices(plan, consts, wanted)
         d_init, d_xs, d_k = split_list(flat, [len(fc), len(fx)])
         if true_length is not None:
             d_xs = [d[:true_length] for d in d_xs]
         return scatter(n_c, fc, d_init), scatter(n_x, fx, d_xs), scatter(n_k, fk, d_k)
+
+
+def launchable() -> bool:
+    """Whether :func:`launch` may emit an ``XlaLaunch`` op here: in a ``tf.function`` graph
+    where no tape or accumulator could record, outside steps tfscan traces and copies and
+    outside ``vmap`` traces."""
+    return not (tf.executing_eagerly() or _tf.record.could_possibly_record()
+                or _context.in_internal_trace() or _context.in_vmap_trace())
+
+
+def launch(fn: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = None,
+           run_time: Sequence[int] = ()) -> list | None:
+    """``fn`` (a held ``jit_compile=True`` ``tf.function``, or a concrete function of one)
+    called on ``args`` in the ``tf.function`` graph being built as one ``XlaLaunch`` op, or
+    ``None`` (nothing emitted): eagerly, while a tape or accumulator could record, inside a
+    step tfscan traces and copies or a ``vmap`` trace (those keep the call op their rules
+    convert), or when :func:`tfscan._tf.launch_compiled` refuses. TensorFlow's own call of a
+    compiled function keeps memory for every graph that runs it; this op does not.
+
+    ``captured``: values fed for the concrete function's captures; ``run_time``: indices of
+    integer ``args`` the program never needs as compile-time constants. Every compiled call
+    tfscan makes in a graph (scan's loops, the loop family, conditionals) goes through here.
+    """
+    if not launchable():
+        return None
+    concrete = fn
+    if hasattr(fn, "get_concrete_function"):
+        with _tf.xla_trace():
+            concrete = fn.get_concrete_function(*args)
+    outs = _tf.launch_compiled(concrete, args, captured, not_constant=run_time)
+    if outs is not None:
+        from tfscan._transforms import batching  # noqa: PLC0415 - a transform, used here only
+        batching.install()  # so that pfor (tf.vectorized_map) converts the op
+    return outs
 
 
 def _run_time_length(args: list, xs, dynamic_length) -> list:

@@ -83,7 +83,8 @@ class StepVJP:
         by_handle = {}
         for i, s in enumerate(sources):
             if isinstance(s, tf.Variable):
-                by_handle.setdefault(id(s.handle), i)
+                for handle in _tf.variable_handles(s):  # a distributed one's: each replica's
+                    by_handle.setdefault(id(handle), i)
         handles = {id(e): e for _, e in plan.step.handles}
         const_feeds: list[tuple[str, int]] = []  # (tensor name in the joint graph, const index)
         handle_feeds: list[tuple[str, Any]] = []  # (placeholder name, external resource)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
+from tfscan import _tf
 from tfscan._core import context as _context
 from tfscan._core.cache import Feed
 from tfscan._scan.graph_piece import GraphPiece
@@ -70,9 +71,13 @@ class Traced:
             consumers = internal.consumers()
             reads = [op for op in consumers if op.type == "ReadVariableOp"]
             if var is not None and not any(_writes(op) for op in consumers):
-                # Each read is fed with the value read at call time (so a tape sees it).
+                # Each read is fed with the value read at call time (so a tape sees it). A
+                # replica's component of a tf.distribute variable is read through its
+                # container: each replica then reads its own, and the trace serves them all.
+                container = _tf.distributed_container(var)
+                source = var if container is None else container
                 for op in reads:
-                    self.const_sources.append(var)
+                    self.const_sources.append(source)
                     self._const_names.append(op.outputs[0].name)
             if len(reads) < len(consumers) or var is None or any(_writes(op) for op in consumers):
                 # Other users of the resource (state, an RNG, a writer) get the handle itself.
@@ -85,6 +90,17 @@ class Traced:
         # Tensors of the graph being built (not eager ones) tie this trace to that graph.
         self.graph_bound = any(tf.is_symbolic_tensor(t) for t in self.const_sources + [e for _, e in self._handle_names]
                                if isinstance(t, tf.Tensor))
+        # A trace that reads variables only by value (and through their containers) holds
+        # nothing of one tf.distribute replica: every replica may run it (see _core.cache).
+        self.replica_safe = not self._handle_names and not self.graph_bound
+
+    def changed_integers(self, n: int) -> list[int]:
+        """Indices ``i < n`` of integer arguments that output ``i`` does not return unchanged
+        (beneath Identity ops): as a loop's variables they are never compile-time constants
+        of its program (XLA takes a loop variable as one only when the body passes it
+        through), so the program's call may feed them at run time."""
+        return [i for i in range(n) if self.out_specs[i].dtype.is_integer
+                and self.out_roots[i] != self._arg_names[i]]
 
     @functools.cached_property
     def fingerprint(self) -> tuple:
@@ -94,6 +110,7 @@ class Traced:
         nodes = []
         for node in self.piece.graph_def.node:
             node = tf.compat.v1.NodeDef.FromString(node.SerializeToString())
+            node.ClearField("device")  # a replica's device scope: one XLA program runs anywhere
             for attr in node.attr.values():
                 if attr.HasField("func"):
                     attr.ClearField("func")

@@ -18,7 +18,7 @@ The entries come in five groups, one module each:
   :func:`function_graph`, :func:`op_gradient_functions`, :func:`in_graph`,
   :func:`graph_variables`, :func:`set_op_gradient_function`, :func:`is_autograph_scope`,
   :func:`set_pfor_converter`, :func:`without_autograph`, :func:`unregister_gradient`,
-  :func:`mark_variable_accessed`;
+  :func:`mark_variable_accessed`, :func:`distributed_container`, :func:`variable_handles`;
 * :mod:`~tfscan._tf.vectorize` — vectorization: :class:`pfor`, :class:`xla`;
 * :mod:`~tfscan._tf.keras_rnn` — Keras' RNN internals: :class:`keras_rnn`.
 
@@ -28,6 +28,7 @@ Checked on: TensorFlow 2.21 (the oldest and the newest release the package claim
 from tfscan._tf.calls import call_concrete, fixed_captures, launch_compiled, quiet_retracing, xla_trace
 from tfscan._tf.graphs import (
     default_graph,
+    distributed_container,
     function_graph,
     graph_function,
     graph_variables,
@@ -40,6 +41,7 @@ from tfscan._tf.graphs import (
     set_op_gradient_function,
     set_pfor_converter,
     unregister_gradient,
+    variable_handles,
     without_autograph,
 )
 from tfscan._tf.keras_rnn import keras_rnn
@@ -49,7 +51,9 @@ from tfscan._tf.vectorize import pfor, xla
 # The door's entries (a private package: callers write ``_tf.<entry>``).
 __all__ = ["call_concrete", "fixed_captures", "launch_compiled", "quiet_retracing", "xla_trace",
            "record", "guard_empty_function_call_records",
-           "default_graph", "function_graph", "graph_function", "graph_variables", "in_graph", "in_xla_context",
+           "default_graph", "distributed_container", "function_graph", "graph_function", "graph_variables", "in_graph",
+           "in_xla_context",
            "is_autograph_scope", "is_func_graph", "mark_variable_accessed", "op_gradient_functions",
-           "set_op_gradient_function", "set_pfor_converter", "unregister_gradient", "without_autograph",
+           "set_op_gradient_function", "set_pfor_converter", "unregister_gradient", "variable_handles",
+           "without_autograph",
            "pfor", "xla", "keras_rnn"]

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import tensorflow as tf
 from tensorflow.python.autograph.core import function_wrappers as _autograph_wrappers
+from tensorflow.python.distribute import distribute_utils as _distribute_utils
 from tensorflow.python.eager import context as _context
 from tensorflow.python.framework import func_graph as _func_graph
 from tensorflow.python.framework import function_def_to_graph as _function_def_to_graph
@@ -180,6 +181,38 @@ def mark_variable_accessed(variable: tf.Variable) -> None:
     not see into; reading ``variable.value()`` would also mark it, but adds a read op.
     """
     _resource_variable_ops.variable_accessed(variable)
+
+
+def distributed_container(variable: Any) -> Any:
+    """The ``tf.distribute`` variable (a ``MirroredVariable``, ...) whose per-replica component
+    ``variable`` is, or ``None`` when it is no component of one.
+
+    A function traced inside a replica of a strategy reads that replica's component (a
+    plain ``ResourceVariable`` on the replica's device: ``FuncGraph.variables`` lists it);
+    reading the container instead reads, in each replica, that replica's own component, so
+    one trace serves every replica.
+
+    Why private: a component knows its container only through the weak reference
+    ``DistributedVariable.__init__`` sets on it; ``distribute_utils.value_container`` reads
+    it (and returns the value itself when there is none). No public API maps a component
+    back. Checked on TF 2.21.
+    """
+    container = _distribute_utils.value_container(variable)
+    return None if container is variable or not isinstance(container, tf.distribute.DistributedValues) else container
+
+
+def variable_handles(variable: tf.Variable) -> list:
+    """The resource handles a trace that reads ``variable`` may capture: its own, or for a
+    ``tf.distribute`` variable each replica's component's (a trace captures the component
+    of the replica it runs in).
+
+    Why private: ``DistributedVariable.handle`` raises outside a replica context, and its
+    components are its ``values`` attribute, which the public ``tf.Variable`` API does not
+    document. Checked on TF 2.21.
+    """
+    if isinstance(variable, tf.distribute.DistributedValues):
+        return [v.handle for v in variable.values]
+    return [variable.handle]
 
 
 def function_graph(graph: Any, name: Any) -> Any:

@@ -29,6 +29,7 @@ from tfscan._core import context as _context
 from tfscan._core import fast as _fast
 from tfscan._core import tree as _tree
 from tfscan._tf import record
+from tfscan._transforms import jit_rules as _rules
 
 __all__ = ["jit"]
 
@@ -126,10 +127,18 @@ class Jitted:
             return self._fun(*args, **kwargs)
         recording = tf.executing_eagerly() and record.could_possibly_record()
         entry, flat, captured, stable = self._entry(args, kwargs, own_captures=recording)
-        if recording:
-            # Through the tf.function, which builds the gradient and forward-mode functions
-            # TensorFlow derives for this call in an XLA context (as the function itself):
-            # a conditional's gradient then saves plain tensors, not Optionals XLA lacks.
+        closed, variables = _rules.watched_inputs(self._fun, entry.concrete) if recording else ([], [])
+        if recording and _rules.accumulating(flat + closed + [v.handle for v in variables]):
+            # Under an accumulator, derivatives of its own (compiled JVP and VJP programs), as
+            # JAX: TensorFlow's forward mode of the call would transpose its gradient (which
+            # a run-time-bounded loop does not have).
+            with record.stop_recording():
+                outs = _tf.call_concrete(entry.concrete, flat, captured, xla=True)
+            outs = _rules.record_call(jit, self._fun, entry.tree, entry.static, flat, outs, closed, variables)
+        elif recording:
+            # Through the tf.function, which builds the gradient TensorFlow derives for this
+            # call in an XLA context (as the function itself): a conditional's gradient then
+            # saves plain tensors, not Optionals XLA lacks.
             outs = entry.function(*flat)
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
         else:
@@ -250,18 +259,18 @@ class _Entry:
     """One trace: a concrete XLA-compiled function of the flat dynamic leaves."""
 
     def __init__(self, fun: Callable, tree, static, flat, slots: Sequence[tf.Tensor]):
-        statics = {(kind, where): _unwrap(value) for kind, where, value in static}
+        self.tree, self.static = tree, tuple((kind, where, _unwrap(value)) for kind, where, value in static)
         self.out_tree = None
         self.owner = _cache.Owner(fun)
 
         def traced(*leaves):
-            dyn_args, dyn_kwargs = _tree.unflatten(tree, list(leaves))
-            call_args = [statics[("pos", i)] if ("pos", i) in statics else a for i, a in enumerate(dyn_args)]
-            call_kwargs = dict(dyn_kwargs)
-            for (kind, where), value in statics.items():
-                if kind == "kw":
-                    call_kwargs[where] = value
-            out = fun(*call_args, **call_kwargs)
+            graph = _tf.default_graph()
+            for t in slots:
+                # Captured unseen by the live tapes and accumulators: the trace is a program of
+                # its own (its derivatives are the call's), not ops an outer accumulator reaches
+                # through the capture (a conditional's could not take an eager tangent).
+                record.silent_capture(graph, t)
+            out = _rules.call_flat(fun, tree, self.static, leaves)
             out_leaves, out_paths, self.out_tree = _tree.flatten_with_paths(out, "output")
             return [_checks.output_tensor(v, p, "jit", "the function") for v, p in zip(out_leaves, out_paths)]
 

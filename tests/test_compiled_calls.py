@@ -1,0 +1,140 @@
+"""Inside a ``tf.function`` every compiled program tfscan calls is one ``XlaLaunch`` op.
+
+TensorFlow's own call of a ``jit_compile=True`` function (a ``PartitionedCall`` marked
+``_XlaMustCompile``) keeps an instantiation of the called function for every graph that
+runs it, for the life of the process (``tfscan._tf.launch_compiled``). Scan's loops,
+``cond``/``switch``, ``while_loop`` and ``fori_loop`` emit ``XlaLaunch`` ops instead, in the
+forward pass, a tape's gradient and a Hessian-vector product alike; fresh graphs share
+the traced programs. Values and derivatives are checked against JAX.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfscan
+
+W0 = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32) * 0.4
+V0 = np.random.default_rng(1).standard_normal((4, 4)).astype(np.float32)
+H0 = np.random.default_rng(2).standard_normal(4).astype(np.float32)
+
+
+def _program(lax, W, h, which):
+    """The same program for ``lax`` = tfscan (with ``W`` a tf.Variable) or jax.lax."""
+    if lax is tfscan:
+        step, total, cast = lambda v: tf.tanh(tf.linalg.matvec(W, v)), tf.reduce_sum, lambda i: tf.cast(i, tf.float32)
+    else:
+        step, total, cast = lambda v: jnp.tanh(W @ v), jnp.sum, lambda i: i.astype(jnp.float32)
+    out = 0.0
+    if "cond" in which:
+        out += total(lax.cond(h[0] > -10.0, step, lambda v: -v, h))
+    if "switch" in which:
+        out += total(lax.switch(1, [lambda v: -v, step, lambda v: 2.0 * v], h))
+    if "fori" in which:
+        out += total(lax.fori_loop(0, 3, lambda i, v: step(v) + cast(i), h))
+    if "while" in which:
+        if lax is tfscan:
+            out += total(tfscan.while_loop(lambda c: c[0] < 4, lambda c: (c[0] + 1, step(c[1])), (0, h),
+                                           max_steps=6)[1])
+        else:  # four steps: JAX reverse-differentiates the same loop as a fori_loop
+            out += total(jax.lax.fori_loop(0, 4, lambda i, v: step(v), h))
+    return out
+
+
+def _compiled_calls(graph: tf.Graph) -> list[str]:
+    """The function-call ops of ``graph`` that XLA compiles: ``XlaLaunch``, or TensorFlow's
+    ``PartitionedCall`` marked ``_XlaMustCompile`` (the call that keeps memory per graph)."""
+    calls = []
+    for op in graph.get_operations():
+        if op.type == "XlaLaunch":
+            calls.append("XlaLaunch")
+        elif op.type in ("PartitionedCall", "StatefulPartitionedCall") and "_XlaMustCompile" in op.node_def.attr \
+                and op.get_attr("_XlaMustCompile"):
+            calls.append("must-compile call")
+    return calls
+
+
+@pytest.mark.parametrize("which, mode", [
+    (("cond", "switch", "fori", "while"), "forward"),
+    (("cond", "switch", "fori", "while"), "grad"),
+    (("cond", "switch"), "hvp"),
+])
+def test_graph_calls_are_xla_launch_ops_with_jax_values(which, mode):
+    W = tf.Variable(W0)
+    V = tf.constant(V0)
+
+    @tf.function
+    def run(h):
+        if mode == "forward":
+            return [_program(tfscan, W, h, which)]
+        if mode == "grad":
+            with tf.GradientTape() as t:
+                loss = _program(tfscan, W, h, which)
+            return [loss, t.gradient(loss, W)]
+        with tf.autodiff.ForwardAccumulator(h, V[0]) as acc:  # w.r.t. the operand (README, Known limitations)
+            with tf.GradientTape() as t:
+                t.watch(h)
+                loss = _program(tfscan, W, h, which)
+            g = t.gradient(loss, h)
+        return [loss, g, acc.jvp(g)]
+
+    got = run(tf.constant(H0))
+    calls = _compiled_calls(run.get_concrete_function(tf.TensorSpec([4])).graph)
+    assert calls and set(calls) == {"XlaLaunch"}, calls
+
+    if mode == "hvp":
+        f = lambda h: _program(jax.lax, W0, h, which)  # noqa: E731
+        want = [f(H0), jax.grad(f)(H0), jax.jvp(jax.grad(f), (H0,), (V0[0],))[1]]
+    else:
+        f = lambda w: _program(jax.lax, w, jnp.asarray(H0), which)  # noqa: E731
+        want = [f(W0)] + ([jax.grad(f)(W0)] if mode == "grad" else [])
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.dtype.name == str(b.dtype) and tuple(a.shape) == tuple(b.shape)
+        np.testing.assert_allclose(a.numpy(), np.asarray(b), rtol=2e-5, atol=2e-5)
+
+
+def test_a_loop_invariant_integer_that_may_be_a_shape_keeps_tensorflows_call():
+    """An integer the body passes through unchanged may be a compile-time constant of the
+    program (here a shape): only TensorFlow's analysis can tell, so that call stays its own;
+    a counter the body changes is a run-time value."""
+
+    @tf.function
+    def run(x):
+        body = lambda c: (c[0] + 1, c[1], c[2] + tf.reduce_sum(tf.ones([c[1]])) * x)  # noqa: E731
+        return tfscan.while_loop(lambda c: c[0] < 3, body, (0, 5, 0.0))
+
+    i, n, total = run(tf.constant(2.0))
+    assert (int(i), int(n), float(total)) == (3, 5, 30.0)
+    want = jax.lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1], c[2] + 5.0 * 2.0), (0, 5, 0.0))
+    assert float(total) == float(want[2])
+    assert _compiled_calls(run.get_concrete_function(tf.TensorSpec([])).graph) == ["must-compile call"]
+
+
+def test_fresh_graphs_share_one_traced_conditional():
+    """Each fresh tf.function traced (and XLA compiled) the conditional again: a graph's
+    calls now reuse the program another graph traced (never one traced eagerly)."""
+
+    def fresh():
+        @tf.function
+        def g(x):
+            with tf.GradientTape() as t:
+                t.watch(x)
+                y = tfscan.cond(x[0] > 0, lambda v: v * 3.0, lambda v: -v, x)
+            return y, t.gradient(y, x)
+
+        y, dx = g(tf.constant([1.0, 2.0]))
+        np.testing.assert_allclose(y.numpy(), [3.0, 6.0])
+        np.testing.assert_allclose(dx.numpy(), [3.0, 3.0])
+        graph = g.get_concrete_function(tf.TensorSpec([2])).graph
+        return sorted(op.get_attr("function").name for op in graph.get_operations() if op.type == "XlaLaunch")
+
+    tfscan.cond(tf.constant(True), lambda v: v * 3.0, lambda v: -v, tf.constant([1.0, 2.0]))  # eagerly
+    first = fresh()
+    assert first
+    for _ in range(2):
+        assert fresh() == first

@@ -1,0 +1,127 @@
+"""The derivatives of an eager :func:`tfscan.jit` call, as JAX differentiates a ``jit``.
+
+A ``tf.function`` call seen by a ``tf.autodiff.ForwardAccumulator`` is differentiated by
+TensorFlow's forward function for the call, which transposes the call's *gradient*: a
+function holding a run-time-bounded ``while_loop``/``fori_loop`` (no VJP, the same in
+JAX) then fails with the reverse-mode error, though JAX linearizes it. So an eager call
+under a live accumulator records derivatives of its own (:func:`record_call`), as
+:mod:`tfscan._lax.branch` does for a conditional:
+
+* forward mode: the JVP of the traced function as one compiled program (a ``jit`` of
+  :func:`tfscan._scan.forward.jvp_call`: every op by its own forward rule), over the flat
+  arguments, the float tensors the function closes over and the variables it reads, and
+  their tangents;
+* reverse mode (a tape live too, a JVP of a gradient): the compiled VJP of the traced
+  function.
+
+Both are ``tfscan.jit`` calls again, so a JVP of a JVP (or of the VJP) nests the same way,
+and their traces are cached by code and closure like any jitted function.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import tensorflow as tf
+
+from tfscan import _tf
+from tfscan._core import cache as _cache
+from tfscan._core import tree as _tree
+from tfscan._core.flat import scatter, split_list
+from tfscan._scan import forward as _forward
+from tfscan._scan.plan import is_float
+from tfscan._tf import record
+
+__all__: list = []  # private module
+
+
+def call_flat(fun: Callable, tree: _tree.TreeDef, static: tuple, leaves: Sequence[Any]) -> Any:
+    """``fun`` called on the dynamic ``leaves`` (structure ``tree``: ``(args, kwargs)``)
+    and the ``static`` arguments ``((kind, where, value), ...)``; its output pytree."""
+    dyn_args, dyn_kwargs = _tree.unflatten(tree, list(leaves))
+    statics = {(kind, where): value for kind, where, value in static}
+    args = [statics[("pos", i)] if ("pos", i) in statics else a for i, a in enumerate(dyn_args)]
+    kwargs = dict(dyn_kwargs)
+    kwargs.update({where: value for (kind, where), value in statics.items() if kind == "kw"})
+    return fun(*args, **kwargs)
+
+
+def watched_inputs(fun: Callable, concrete: Any) -> tuple[list, list]:
+    """``(closed, variables)``: the float tensors ``fun`` closes over now and the float
+    variables its trace ``concrete`` reads — the inputs besides its arguments that an
+    accumulator or tape may differentiate."""
+    closed = list({id(t): t for t in _cache.closure(fun).tensors if is_float(t.dtype)}.values())
+    variables = [v for v in concrete.variables if is_float(v.dtype)]
+    return closed, variables
+
+
+def accumulating(inputs: Sequence[Any]) -> bool:
+    """Whether a ``ForwardAccumulator`` is live (one busy computing a tangent may not show
+    its tangents of ``inputs``, yet it takes the call's: the call records its own rules)."""
+    return bool(record.pack_tangents(list(inputs)).indices)
+
+
+def record_call(make_jit: Callable, fun: Callable, tree: _tree.TreeDef, static: tuple,
+                flat: list, outs: list, closed: list, variables: list) -> list:
+    """``outs`` (the call's outputs, computed unrecorded) recorded on the live tapes and
+    accumulators with the compiled JVP and VJP of ``fun`` (``make_jit``: ``tfscan.jit``)."""
+    fl = tuple(i for i, t in enumerate(flat) if is_float(t.dtype))
+    fo = tuple(i for i, o in enumerate(outs) if is_float(o.dtype))
+    closed_t, variables_t = tuple(closed), tuple(variables)
+    for v in variables:
+        _tf.mark_variable_accessed(v)  # so that the tapes watch it
+    inputs = list(flat) + list(closed) + [v.handle for v in variables]
+
+    def backward(*d_outs):
+        d = [tf.zeros_like(outs[i]) if d_outs[i] is None else tf.convert_to_tensor(d_outs[i]) for i in fo]
+        grads = make_jit(_vjp_fn(fun, tree, static, fl, fo, closed_t, variables_t))(tuple(flat), tuple(d))
+        return scatter(len(flat), fl, grads[: len(fl)]) + list(grads[len(fl):])
+
+    def forward(*tangents):
+        t_in, t_cl, t_vs = split_list(tangents, [len(flat), len(closed)])
+        t_flat = [tf.zeros_like(flat[i]) if t_in[i] is None else t_in[i] for i in fl]
+        t_closed = [tf.zeros_like(c) if t is None else t for c, t in zip(closed, t_cl)]
+        t_vars = [tf.zeros(v.shape, v.dtype) if t is None else t for v, t in zip(variables, t_vs)]
+        jvp = make_jit(_jvp_fn(fun, tree, static, len(flat), fl, closed_t, variables_t))
+        with _forward.computing():
+            _, t = jvp(tuple(flat), tuple(t_flat), tuple(t_closed), tuple(t_vars))
+        return scatter(len(outs), fo, t)
+
+    record.record_operation("tfscan_jit", outs, inputs, backward, forward)
+    return outs
+
+
+def _jvp_fn(fun: Callable, tree: _tree.TreeDef, static: tuple, n: int, fl: tuple, closed: tuple,
+            variables: tuple) -> Callable:
+    """``fun``'s JVP over ``(leaves, float leaves' tangents, tangents of closed, of
+    variables)``: ``(outputs, float outputs' tangents)`` (flat tuples)."""
+    def jvp(leaves, t_leaves, t_closed, t_vars):
+        watched = list(zip(closed, t_closed)) + list(zip(variables, t_vars))
+        outs, t_outs = _forward.jvp_call(lambda *a: _flat_outputs(fun, tree, static, a), list(leaves),
+                                         scatter(n, fl, t_leaves), watched)
+        return tuple(outs), tuple(t for t in t_outs if t is not None)
+    return jvp
+
+
+def _vjp_fn(fun: Callable, tree: _tree.TreeDef, static: tuple, fl: tuple, fo: tuple, closed: tuple,
+            variables: tuple) -> Callable:
+    """``fun``'s VJP over ``(leaves, float outputs' cotangents)``: the gradients of the
+    float leaves, then of ``closed`` and ``variables`` (zeros where not reached)."""
+    def vjp(leaves, d_outs):
+        graph = _tf.default_graph()
+        # An eager closed-over tensor is watched as itself: a tape in a trace takes its
+        # gradient through its capture (the function's ops) and as the eager tensor that a
+        # nested loop's compiled call takes as an input.
+        sources = [leaves[i] for i in fl] + [c if _forward.is_eager(c) else _tf.in_graph(graph, c)
+                                              for c in closed] + list(variables)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(sources)
+            outs = _flat_outputs(fun, tree, static, leaves)
+        grads = tape.gradient([outs[i] for i in fo], sources, output_gradients=list(d_outs),
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return tuple(tf.convert_to_tensor(g) for g in grads)
+    return vjp
+
+
+def _flat_outputs(fun: Callable, tree: _tree.TreeDef, static: tuple, leaves: Sequence[Any]) -> list:
+    return [tf.convert_to_tensor(v) for v in _tree.flatten(call_flat(fun, tree, static, leaves))[0]]
