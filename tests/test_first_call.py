@@ -109,3 +109,26 @@ def test_per_example_vjp_of_vmap_reads_residuals():
     got = tape.gradient(value, pt)
     want = jax.grad(lambda p: jnp.sum(jax.vmap(loss_jax, in_axes=(None, 0, 0))(p, xs, ys) ** 2))(p)
     assert_trees_match(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_ported_train_step_takes_its_data_as_parameters():
+    """The batched program's inputs are parameters of the compiled program, not constants: a
+    new batch reuses it. (TensorFlow's gradient of the function calls pfor and vmap emitted
+    made the forward calls return constants; XLA's constant analysis then made every input,
+    the data included, a compile-time constant, and each new batch compiled it all again.)"""
+    _fresh()
+    loss_tf, loss_jax = _programs([])
+
+    def train_tf(p, xs, ys):
+        return tfscan.value_and_grad(lambda p: tf.reduce_mean(tfscan.vmap(loss_tf, in_axes=(None, 0, 0))(p, xs, ys)))(p)
+
+    train = tfscan.jit(train_tf)
+    p, xs, ys = _data(2)
+    pt = {k: tf.constant(v) for k, v in p.items()}
+    text = train.lower(pt, tf.constant(xs), tf.constant(ys)).as_text(stage="optimized_hlo")
+    entry = next(line for line in text.splitlines() if line.startswith("ENTRY"))
+    assert entry.count(": f64[") == 5, entry  # W, U, V, xs, ys
+    for seed in (3, 4):  # new batches through the same program
+        _, xs, ys = _data(seed)
+        want = jax.value_and_grad(lambda p: jnp.mean(jax.vmap(loss_jax, in_axes=(None, 0, 0))(p, xs, ys)))(p)
+        assert_trees_match(train(pt, tf.constant(xs), tf.constant(ys)), want, rtol=1e-10, atol=1e-12)

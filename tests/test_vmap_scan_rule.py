@@ -206,3 +206,23 @@ def test_a_wrong_guess_of_a_batched_carry_is_corrected(monkeypatch):
     made = _count_plans(monkeypatch)
     _check_shared_init(4)
     assert len(made) == 3  # the guess for m is refuted by one more trace
+
+
+def test_tf_function_tape_gradient_of_vmap_on_a_fresh_trace():
+    """A tape inside a plain ``tf.function``, the vmap traced there first: TensorFlow builds the
+    gradient of the batched (XLA-compiled) program outside XLA's context; the scan's backward
+    loop must still go inline (it was an ``XlaLaunch`` inside the compiled backward: error)."""
+    from tfscan._core import cache
+    for name in ("scan", "vmap"):
+        cache.eager_cache(name).clear()
+    p, xs, ys = _data(5)
+    pt = {k: tf.constant(v) for k, v in p.items()}
+    want = jax.grad(lambda p: jnp.sum(jax.vmap(_loss_jax, in_axes=(None, 0, 0))(p, xs, ys) ** 2))(p)
+
+    @tf.function
+    def graph_grad(pt):
+        with tf.GradientTape() as tape:
+            tape.watch(pt)
+            value = tf.reduce_sum(tfscan.vmap(_loss_tf, in_axes=(None, 0, 0))(pt, tf.constant(xs), tf.constant(ys)) ** 2)
+        return tape.gradient(value, pt)
+    assert_trees_match(graph_grad(pt), want, rtol=1e-10, atol=1e-12)

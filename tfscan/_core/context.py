@@ -87,6 +87,16 @@ def is_vmap_example(graph: Any) -> bool:
     return bool(graphs) and graphs[-1] is graph
 
 
+def inline_batching() -> contextlib.AbstractContextManager:
+    """While ``vmap`` emits its batched computation into a graph XLA compiles whole
+    (``Batched.inline``): the tapes record it, so a scan batched there records its own VJP."""
+    return _depth("inline_batching")
+
+
+def in_inline_batching() -> bool:
+    return getattr(_state, "inline_batching", 0) > 0
+
+
 def per_example_vjp() -> contextlib.AbstractContextManager:
     """While ``vmap``'s gradient traces the vmapped per-example VJP: the scans it batches
     there are batched op by op, since that VJP reads their forward loops' residuals."""

@@ -11,6 +11,7 @@ loop (:mod:`tfscan._scan.forward`).
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Any, Sequence
 
@@ -141,7 +142,8 @@ def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts,
     counts = (len(outs), len(saved), len(init), len(xs), len(consts))
     site: list = []  # the IdentityN, weakly, once made
     exported = not _context.in_internal_trace()
-    name = _register_gradient(programs, counts, bool(dl), site, exported, wanted, recompute)
+    name = _register_gradient(programs, counts, bool(dl), site, exported, wanted, recompute,
+                              xla=_context.in_xla_context())
     graph = _tf.default_graph()
     result = _gradients.identity(name, flat)
     site.append(weakref.ref(result[0].op))
@@ -154,7 +156,7 @@ def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts,
 
 
 def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: list, exported: bool,
-                       wanted: tuple | None = None, recompute: bool = False) -> str:
+                       wanted: tuple | None = None, recompute: bool = False, xla: bool = False) -> str:
     """A gradient name for one ``IdentityN``: one per op, since ``tf.saved_model`` saves one
     traced gradient function per name, capturing that op's inputs. A scan built inside a
     step tfscan traces and copies (``exported=False``) has no op of its own in a SavedModel:
@@ -185,12 +187,17 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
                                  "experimental_custom_gradients=False) to save the forward pass only.")
         outs, saved, init, xs, consts, dl = split_list(op.inputs, [n_out, n_saved, n_i, n_x, n_k])
         dl = dl[0] if has_dl else None
-        if wanted is None and not recompute:
-            grads = _backward(programs, init, xs, consts, saved, d_all[:n_out], outs, dl)
-        else:  # residuals saved for the tape's gradients only (or none): tf.gradients may ask for any
-            d_outs = [_zeros_if_none(d, o) for d, o in zip(d_all[:n_out], outs)]
-            grads = _recorded_backward(programs, init, xs, consts, d_outs[:n_i], d_outs[n_i:], dl)
-            grads = [g for part in grads for g in part]
+        # A scan of a program XLA compiles whole: so is its gradient (TensorFlow compiles the
+        # backward function of a ``jit_compile`` function), built here outside XLA's context:
+        # the backward loop goes inline, never as a compiled call XLA cannot hold.
+        inline = _tf.xla_trace() if xla and not _context.in_xla_context() else contextlib.nullcontext()
+        with inline:
+            if wanted is None and not recompute:
+                grads = _backward(programs, init, xs, consts, saved, d_all[:n_out], outs, dl)
+            else:  # residuals saved for the tape's gradients only (or none): tf.gradients may ask for any
+                d_outs = [_zeros_if_none(d, o) for d, o in zip(d_all[:n_out], outs)]
+                grads = _recorded_backward(programs, init, xs, consts, d_outs[:n_i], d_outs[n_i:], dl)
+                grads = [g for part in grads for g in part]
         return [None] * (n_out + n_saved) + grads + ([None] if has_dl else [])
 
     name = _gradients.register("TfscanScanGrad", grad)

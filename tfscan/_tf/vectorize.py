@@ -53,12 +53,21 @@ class pfor:  # noqa: N801 - a namespace named after TensorFlow's module it front
         return converter._convert_helper(t)  # noqa: SLF001
 
     @staticmethod
-    def convert_graph_call(fgraph: Any, converter: Any, inputs: Sequence[Any], n_outputs: int) -> list:
+    def convert_graph_call(fgraph: Any, converter: Any, inputs: Sequence[Any], n_outputs: int,
+                           inline: bool = False) -> list:
         """Convert a call of the function whose graph is ``fgraph`` on wrapped ``inputs``:
         the first ``n_outputs`` outputs, wrapped. As pfor's ``_convert_function_call``,
         but given the graph (a function imported from a ``GraphDef`` has only its
-        ``FunctionDef``: see :func:`function_graph`)."""
+        ``FunctionDef``: see :func:`function_graph`). ``inline``: the converted ops go into
+        the graph being built, not into a new function called from it (for a program XLA
+        compiles whole: TensorFlow's gradient of a call makes the forward call return the
+        constants its backward reads, and XLA's constant analysis then makes every input of
+        the call, the data included, a compile-time constant)."""
         graph_outputs = fgraph.outputs[:n_outputs]
+        if inline:
+            for inp, arg in zip(fgraph.inputs, inputs):
+                converter._add_conversion(inp, arg)  # noqa: SLF001
+            return [converter._convert_helper(x) for x in graph_outputs]  # noqa: SLF001
 
         @tf.function(autograph=False)
         def call(*args):

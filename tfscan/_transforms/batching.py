@@ -40,6 +40,7 @@ from typing import Iterator
 import tensorflow as tf
 
 from tfscan import _tf
+from tfscan._core import context as _context
 from tfscan._core import gradients as _gradients
 from tfscan._tf import pfor as pfor_lib, xla
 
@@ -301,7 +302,7 @@ def _convert_call(pfor_input):
     if fgraph is None:
         return None  # pfor's own rule (and its error)
     return pfor_lib.convert_graph_call(fgraph, sub_converter(pfor_input.pfor, fgraph), pfor_input.inputs,
-                                       len(pfor_input.op.outputs))
+                                       len(pfor_input.op.outputs), inline=_context.in_inline_batching())
 
 
 _override("PartitionedCall")(_convert_call)
@@ -317,7 +318,7 @@ def _convert_launch(pfor_input):
     if fgraph is None:
         raise pfor_lib.ConversionNotImplementedError("XlaLaunch of a function pfor cannot find")
     return pfor_lib.convert_graph_call(fgraph, sub_converter(pfor_input.pfor, fgraph), pfor_input.inputs,
-                                       len(pfor_input.op.outputs))
+                                       len(pfor_input.op.outputs), inline=_context.in_inline_batching())
 
 
 _INSTALL.append(lambda: pfor_lib.set_converter("XlaLaunch", _convert_launch))

@@ -15,11 +15,13 @@ would recompute every example's forward pass.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import tensorflow as tf
 
 from tfscan import _tf
+from tfscan._core import context as _context
 from tfscan._core.flat import split_list
 from tfscan._scan import autodiff as _autodiff
 from tfscan._tf import record
@@ -182,8 +184,9 @@ def _batched_scan(programs, init, xs, consts, dl, n: tf.Tensor) -> list:
         carry0 = [w.t if w.is_stacked or not s else _tile(w.t, size) for w, s in zip(init, stacked)]
         try:
             # No tape records inside the batched program (TensorFlow derives its gradient from
-            # the graph): the scan keeps the residuals for every input's gradient.
-            with record.stop_recording():
+            # the graph): the scan keeps the residuals for every input's gradient. Emitted inline
+            # (``Batched.inline``), the tapes record it: it keeps what they ask for.
+            with contextlib.nullcontext() if _context.in_inline_batching() else record.stop_recording():
                 carry, ys = scan(step, carry0, xs_t, length=length, reverse=static.reverse,
                                  unroll=static.unroll, remat=programs.remat)
             break

@@ -143,6 +143,8 @@ def _call(fun, names, in_axes, out_axes, axis_size, args, kwargs):
             outs = _tf.call_concrete(entry.run, mapped + shared, captured, xla=True)
         outs = _gradient.with_gradient(fun, entry, outs, mapped, shared,
                               entry.feed_pe.values(entry.pe.captured_inputs, closure.tensors))
+    elif _context.in_xla_context() and entry.native:  # compiled whole: inline (``Batched.inline``)
+        outs = entry.inline(mapped + shared, entry.feed_pe.values(entry.pe.captured_inputs, closure.tensors))
     else:
         outs = _tf.call_concrete(entry.run, mapped + shared, captured, xla=True)
     return _tree.unflatten(entry.out_tree, outs)

@@ -101,13 +101,23 @@ class Batched:
 
         self.grad_name = _gradients.register("TfscanVmap", graph_gradient)
 
-    def _batched(self, *flat):
+    def inline(self, flat: list, captured: list) -> list:
+        """The batched computation emitted into the graph being built (``captured``: what ``pe``'s
+        captures are fed), for a program XLA compiles whole. Not a call of ``run``: TensorFlow's
+        gradient of a function call makes the forward call return the constants its backward
+        reads (a transpose's permutation), and XLA's constant analysis, which cannot see they
+        are constants, then makes every input of the call a compile-time constant — the data
+        included, so each new batch compiled the whole program again."""
+        with _context.inline_batching():
+            return self._batched(*flat, captured=captured)
+
+    def _batched(self, *flat, captured=None):
         """The batched computation: flat mapped tensors (with their axes), then shared ones."""
         n_mapped = len(self.mapped_axes)
         mapped = [_axes.move_to_front(t, ax) for t, ax in zip(flat[:n_mapped], self.mapped_axes)]
         shared = list(flat[n_mapped:])
         size = self.size if self.size is not None else tf.shape(mapped[0], out_type=tf.int32)[0]
-        captured = list(self.pe.captured_inputs)
+        captured = list(self.pe.captured_inputs) if captured is None else list(captured)
 
         def loop_fn(i):
             slices = [tf.gather(m, i) for m in mapped]
