@@ -193,16 +193,14 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
     # Any live accumulator (a busy one's tangents of an operand are not visible here): the
     # conditional then never reaches TensorFlow's own forward rule for it. A tape in a graph
     # outside XLA too: TensorFlow's gradient of the compiled call would save ``Optional``
-    # intermediates, which XLA cannot compile. What the branches close over counts as the
-    # operands do (an accumulator around a trace, a jitted function's JVP, watches it).
-    differentiable = leaves + _closed_tensors(fns)
-    own_jvp = bool(differentiable) and (bool(record.pack_tangents(differentiable).indices) or (
+    # intermediates, which XLA cannot compile.
+    own_jvp = bool(leaves) and (bool(record.pack_tangents(leaves).indices) or (
         not tf.executing_eagerly() and not _context.in_xla_context() and record.could_possibly_record()))
     try:
         if own_jvp:
-            # Neither tapes nor accumulators see the operands reach TensorFlow's conditional
-            # (traced and called with recording paused): they take the derivatives recorded
-            # by ``_with_jvp``.
+            # Neither tapes nor accumulators see the operands reach TensorFlow's conditional:
+            # they take the derivatives recorded by ``_with_jvp``. (The conditional is not
+            # traced with recording paused: a JVP conditional's branches record inside.)
             with record.stop_recording():
                 hidden = [tf.identity(t) for t in leaves]
             outs, meta = _control.run(api, fns, key, make_build, [selector] + hidden, run_time=[0],

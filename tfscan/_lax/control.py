@@ -104,13 +104,11 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
 
     ``run_time``: indices of integer ``args`` the program never needs as compile-time
     constants. ``own_derivatives``: the caller records the outputs' derivatives itself,
-    so the trace and the call run with recording paused: no tape or accumulator builds
-    TensorFlow's derivative functions of the call or of what it holds (TensorFlow's forward
-    rule of a ``tf.cond`` inside it fails on a tensor it captures two graphs up), and in a
-    graph it is one ``XlaLaunch`` op (:func:`tfscan._scan.program.launch`). A JVP traced
-    inside (:func:`tfscan._scan.forward.jvp_call`) resumes recording for its own accumulator.
+    so the call runs with recording paused (after the trace, which may record inside): no
+    tape or accumulator builds TensorFlow's derivative functions of the call, and in a graph
+    it is one ``XlaLaunch`` op (:func:`tfscan._scan.program.launch`).
     """
-    if _context.in_xla_context() and not own_derivatives:
+    if _context.in_xla_context():
         meta: dict = {}
         return list(make_build(meta)(*args)), meta
     closures = [_cache.closure(f) for f in fns]
@@ -126,11 +124,11 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
         meta: dict = {}
         return _Fed(make_build(meta), meta, specs, slots, fns[0], run_time)
 
+    entry, created = _cache.lookup("control", full_key, make)
+    if not created and not entry.feed.complete and not entry.owner.owns(fns[0]):
+        entry = make()  # it reads tensors through objects the walk does not open: trace again
+        _cache.put("control", full_key, entry)
     with _tf.record.stop_recording() if own_derivatives else contextlib.nullcontext():
-        entry, created = _cache.lookup("control", full_key, make)
-        if not created and not entry.feed.complete and not entry.owner.owns(fns[0]):
-            entry = make()  # it reads tensors through objects the walk does not open: trace again
-            _cache.put("control", full_key, entry)
         return entry(args, slots), entry.meta
 
 

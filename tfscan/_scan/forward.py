@@ -64,10 +64,7 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
             ts.append(t)
     # An accumulator busy computing a tangent (the one whose forward function traces this)
     # silences the accumulators made after it: let this one record.
-    # The same when the trace runs with recording stopped (a conditional with derivatives of
-    # its own, :func:`tfscan._lax.control.run`).
-    with _tf.record.resume_recording(), _tf.record.forwardprop_state(), \
-            tf.autodiff.ForwardAccumulator(primals, ts) as acc:
+    with _tf.record.forwardprop_state(), tf.autodiff.ForwardAccumulator(primals, ts) as acc:
         outs = list(fn(*args))
     out_t = [_shaped_as(acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO), o) if is_float(o.dtype)
              else None for o in outs]

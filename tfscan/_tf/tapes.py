@@ -12,7 +12,6 @@ import contextlib
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
-from tensorflow.python import pywrap_tfe as _pywrap_tfe
 from tensorflow.python.eager import forwardprop_util as _forwardprop_util
 from tensorflow.python.eager import record as _record
 
@@ -100,27 +99,6 @@ class record:  # noqa: N801 - a namespace named after TensorFlow's module it fro
         ``tf.function`` uses this same switch when it builds a function's forward-mode
         version."""
         return _forwardprop_util.push_forwardprop_state()
-
-    @staticmethod
-    @contextlib.contextmanager
-    def resume_recording():
-        """Undo an enclosing ``stop_recording`` on this thread for the body (the tapes and
-        accumulators live, and those made inside, record again), then stop again.
-
-        Why private: a conditional with derivatives of its own is traced with recording
-        stopped (no live accumulator may take TensorFlow's rule of a conditional inside the
-        compiled program: it fails on a tensor captured two graphs up), yet a JVP branch
-        traced there differentiates with an accumulator of its own, which must record.
-        ``tape.stop_recording`` has no public inverse; this is its restart half
-        (``TFE_Py_TapeSetRestartOnThread``), checked on TensorFlow 2.21."""
-        stopped = _pywrap_tfe.TFE_Py_TapeSetIsStopped()
-        if stopped:
-            _pywrap_tfe.TFE_Py_TapeSetRestartOnThread()
-        try:
-            yield
-        finally:
-            if stopped:
-                _pywrap_tfe.TFE_Py_TapeSetStopOnThread()
 
     @staticmethod
     def silent_capture(graph: Any, value: Any) -> tf.Tensor:

@@ -126,7 +126,17 @@ class Jitted:
             # gradient, whose shapes XLA may not know when it compiles.
             return self._fun(*args, **kwargs)
         recording = tf.executing_eagerly() and record.could_possibly_record()
-        entry, flat, captured, stable = self._entry(args, kwargs, own_captures=recording)
+        try:
+            entry, flat, captured, stable = self._entry(args, kwargs, own_captures=recording)
+        except AttributeError as e:
+            if not (recording and "Tensor.graph is undefined" in str(e)):
+                raise
+            raise TypeError(
+                f"jit: forward mode (tf.autodiff.ForwardAccumulator) does not reach an eager tensor "
+                f"that a tf.cond (or another TensorFlow control-flow op) inside {_name(self._fun)} "
+                "closes over while an accumulator opened outside differentiates it (TensorFlow's "
+                "tracing fails alike for tf.function). Use tfscan.cond/tfscan.switch there, or pass "
+                "that tensor as an argument of the jitted function.") from None
         closed, variables = _rules.watched_inputs(self._fun, entry.concrete) if recording else ([], [])
         if recording and _rules.accumulating(flat + closed + [v.handle for v in variables]) \
                 and not _rules.holds_conditional(entry.concrete):
