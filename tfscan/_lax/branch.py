@@ -153,8 +153,13 @@ def _index(index: Any) -> tf.Tensor:
     return t
 
 
-def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tuple, choose) -> Any:
-    """Trace every branch on the operands, check their outputs agree, run the chosen one."""
+def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tuple, choose,
+            derivative: bool = False) -> Any:
+    """Trace every branch on the operands, check their outputs agree, run the chosen one.
+
+    ``derivative``: the conditional computes another one's VJP or JVP (its outputs are
+    differentiated, if at all, by tapes or accumulators live now): in a graph it is then
+    one ``XlaLaunch`` op even with nothing recording (see ``_control.run``)."""
     leaves, _, op_tree = _control.to_tensors(api, tuple(operands), "operands")
     op_specs = _control.specs(leaves)
     key = (op_tree, op_specs)
@@ -207,7 +212,8 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
                                       own_derivatives=True)
         else:
             # The selector is a run-time value of the program (the conditional's branch index).
-            outs, meta = _control.run(api, fns, key, make_build, [selector] + leaves, run_time=[0])
+            outs, meta = _control.run(api, fns, key, make_build, [selector] + leaves, run_time=[0],
+                                      own_derivatives=derivative)
     except AttributeError as e:
         if "Tensor.graph is undefined" not in str(e):
             raise
@@ -253,7 +259,8 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
     def backward(*d_outs):
         d = [tf.zeros_like(outs[i]) if d_outs[i] is None else tf.convert_to_tensor(d_outs[i]) for i in fo]
         vjp_fns = [_branch_vjp(f, op_tree, fl, fo, tuple(closed), tuple(variables)) for f in fns]
-        grads = _select(api, selector, vjp_fns, [f"vjp of {n}" for n in names], (tuple(leaves), tuple(d)), choose)
+        grads = _select(api, selector, vjp_fns, [f"vjp of {n}" for n in names], (tuple(leaves), tuple(d)), choose,
+                        derivative=True)
         return scatter(len(leaves), fl, grads[: len(fl)]) + list(grads[len(fl):])
 
     def forward(*tangents):
@@ -264,7 +271,7 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
         jvp_fns = [_branch_jvp(f, op_tree, len(leaves), fl, tuple(closed), tuple(variables)) for f in fns]
         with _forward.computing():
             _, t = _select(api, selector, jvp_fns, [f"jvp of {n}" for n in names],
-                           (tuple(leaves), tuple(t_leaves), tuple(t_closed), tuple(t_vars)), choose)
+                           (tuple(leaves), tuple(t_leaves), tuple(t_closed), tuple(t_vars)), choose, derivative=True)
         return scatter(len(outs), fo, t)
 
     record.record_operation(f"tfscan_{api}", shown, inputs, backward, forward)

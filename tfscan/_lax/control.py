@@ -83,11 +83,16 @@ class _Fed:
         (XLA keeps every program it compiles for the life of the process)."""
         return any(tf.is_symbolic_tensor(t) for t in self.concrete.captured_inputs)
 
-    def __call__(self, args: Sequence[tf.Tensor], slots: Sequence[tf.Tensor]) -> list:
+    def __call__(self, args: Sequence[tf.Tensor], slots: Sequence[tf.Tensor], own_derivatives: bool = False) -> list:
         captured = self.feed.values(self.concrete.captured_inputs, slots)
-        outs = _program.launch(self.concrete, list(args), captured, self.run_time)
-        if outs is not None:
-            return outs
+        # An ``XlaLaunch`` op has no gradient: it serves when the caller records the outputs'
+        # derivatives itself, or when nothing is differentiable. Otherwise symbolic
+        # differentiation (``tf.gradients``, a tape outside the tf.function) needs
+        # TensorFlow's call of the function, whose gradient it knows.
+        if own_derivatives or not any(o.dtype.is_floating or o.dtype.is_complex for o in self.concrete.outputs):
+            outs = _program.launch(self.concrete, list(args), captured, self.run_time)
+            if outs is not None:
+                return outs
         return _tf.call_concrete(self.concrete, list(args), captured, xla=True)
 
 
@@ -129,7 +134,7 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
         entry = make()  # it reads tensors through objects the walk does not open: trace again
         _cache.put("control", full_key, entry)
     with _tf.record.stop_recording() if own_derivatives else contextlib.nullcontext():
-        return entry(args, slots), entry.meta
+        return entry(args, slots, own_derivatives), entry.meta
 
 
 def specs(tensors: Sequence[tf.Tensor]) -> tuple:
