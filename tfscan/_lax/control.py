@@ -111,9 +111,11 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
     constants. ``own_derivatives``: the caller records the outputs' derivatives itself,
     so the call runs with recording paused (after the trace, which may record inside): no
     tape or accumulator builds TensorFlow's derivative functions of the call, and in a graph
-    it is one ``XlaLaunch`` op (:func:`tfscan._scan.program.launch`).
+    it is one ``XlaLaunch`` op (:func:`tfscan._scan.program.launch`). Under XLA too it is a
+    call (XLA inlines it), not inline ops: TensorFlow's forward rule of an inline
+    conditional under an accumulator fails.
     """
-    if _context.in_xla_context():
+    if _context.in_xla_context() and not own_derivatives:
         meta: dict = {}
         return list(make_build(meta)(*args)), meta
     closures = [_cache.closure(f) for f in fns]

@@ -139,12 +139,13 @@ class Jitted:
                 "that tensor as an argument of the jitted function.") from None
         closed, variables = _rules.watched_inputs(self._fun, entry.concrete) if recording else ([], [])
         if recording and _rules.accumulating(flat + closed + [v.handle for v in variables]) \
-                and not _rules.holds_conditional(entry.concrete):
+                and not entry.holds_conditional:
             # Under an accumulator, derivatives of its own (compiled JVP and VJP programs), as
             # JAX: TensorFlow's forward mode of the call would transpose its gradient (which
-            # a run-time-bounded loop does not have). Not for a function holding a
-            # conditional: TensorFlow's forward rule of one inside a trace fails under two
-            # accumulators, its forward mode of the whole call does not.
+            # a run-time-bounded loop does not have). Not for a function holding a tf.cond or
+            # a tfscan conditional whose branches close over a traced tensor: TensorFlow's
+            # forward rule of those inside the JVP trace fails, its forward mode of the whole
+            # call does not.
             with record.stop_recording():
                 outs = _tf.call_concrete(entry.concrete, flat, captured, xla=True)
             outs = _rules.record_call(jit, self._fun, entry.tree, entry.static, flat, outs, closed, variables)
@@ -274,6 +275,7 @@ class _Entry:
     def __init__(self, fun: Callable, tree, static, flat, slots: Sequence[tf.Tensor]):
         self.tree, self.static = tree, tuple((kind, where, _unwrap(value)) for kind, where, value in static)
         self.out_tree = None
+        self.holds_conditional = False
         self.owner = _cache.Owner(fun)
 
         def traced(*leaves):
@@ -283,7 +285,9 @@ class _Entry:
                 # its own (its derivatives are the call's), not ops an outer accumulator reaches
                 # through the capture (a conditional's could not take an eager tangent).
                 record.silent_capture(graph, t)
+            before = _context.conditionals_traced()
             out = _rules.call_flat(fun, tree, self.static, leaves)
+            self.holds_conditional = _context.conditionals_traced() > before
             out_leaves, out_paths, self.out_tree = _tree.flatten_with_paths(out, "output")
             return [_checks.output_tensor(v, p, "jit", "the function") for v, p in zip(out_leaves, out_paths)]
 
@@ -292,6 +296,8 @@ class _Entry:
         self.specs = [t if isinstance(t, tf.TensorSpec) else tf.TensorSpec(t.shape, t.dtype) for t in flat]
         with _tf.xla_trace():  # a scan traced here is compiled inline, as in the function's call
             self.concrete = self.function.get_concrete_function(*self.specs)
+        # TensorFlow's conditional, or a tfscan one closing over a tensor of the trace.
+        self.holds_conditional = self.holds_conditional or _rules.holds_conditional(self.concrete)
         self.feed = _cache.Feed(self.concrete.captured_inputs, slots)
         self.graph_bound = any(tf.is_symbolic_tensor(t) for t in self.concrete.captured_inputs)
 
