@@ -84,7 +84,11 @@ def test_graph_calls_are_xla_launch_ops_with_jax_values(which, mode):
 
     got = run(tf.constant(H0))
     calls = _compiled_calls(run.get_concrete_function(tf.TensorSpec([4])).graph)
-    assert calls and set(calls) == {"XlaLaunch"}, calls
+    # cond/switch (and the VJP/JVP conditionals of their own derivatives) keep TensorFlow's
+    # call when differentiable: a tape outside the tf.function needs its gradient
+    want_calls = {"forward": {"XlaLaunch"}, "grad": {"XlaLaunch", "must-compile call"},
+                  "hvp": {"must-compile call"}}[mode]
+    assert calls and set(calls) == want_calls, calls
 
     if mode == "hvp":
         f = lambda h: _program(jax.lax, W0, h, which)  # noqa: E731
@@ -131,10 +135,36 @@ def test_fresh_graphs_share_one_traced_conditional():
         np.testing.assert_allclose(y.numpy(), [3.0, 6.0])
         np.testing.assert_allclose(dx.numpy(), [3.0, 3.0])
         graph = g.get_concrete_function(tf.TensorSpec([2])).graph
-        return sorted(op.get_attr("function").name for op in graph.get_operations() if op.type == "XlaLaunch")
+        return sorted(op.get_attr("f").name for op in graph.get_operations()
+                      if op.type in ("PartitionedCall", "StatefulPartitionedCall"))
 
     tfscan.cond(tf.constant(True), lambda v: v * 3.0, lambda v: -v, tf.constant([1.0, 2.0]))  # eagerly
     first = fresh()
     assert first
     for _ in range(2):
         assert fresh() == first
+
+
+@pytest.mark.parametrize("kind", ["cond", "switch", "while_loop", "fori_loop"])
+def test_tape_outside_the_tf_function_differentiates_the_compiled_call(kind):
+    """A tape around a tf.function call takes the function's gradient, built from the ops'
+    registered gradients: a conditional traced while that tape was live must stay a call
+    TensorFlow can differentiate (an XlaLaunch op has no gradient: LookupError)."""
+    progs = {
+        "cond": (lambda x: tfscan.cond(x > 0, tf.sin, lambda y: y * 2.0, x),
+                 lambda x: jax.lax.cond(x > 0, jnp.sin, lambda y: y * 2.0, x)),
+        "switch": (lambda x: tfscan.switch(1, [lambda y: y, tf.sin], x),
+                   lambda x: jax.lax.switch(1, [lambda y: y, jnp.sin], x)),
+        "while_loop": (lambda x: tfscan.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, tf.sin(c[1])),
+                                                   (0, x), max_steps=5)[1],
+                       lambda x: jax.lax.fori_loop(0, 3, lambda i, c: jnp.sin(c), x)),
+        "fori_loop": (lambda x: tfscan.fori_loop(0, 3, lambda i, c: tf.sin(c), x),
+                      lambda x: jax.lax.fori_loop(0, 3, lambda i, c: jnp.sin(c), x)),
+    }
+    f, jf = progs[kind]
+    fn = tf.function(f)
+    x = tf.constant(0.5)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fn(x)
+    np.testing.assert_allclose(tape.gradient(y, x).numpy(), jax.grad(jf)(np.float32(0.5)), rtol=1e-5)

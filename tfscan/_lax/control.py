@@ -85,11 +85,11 @@ class _Fed:
 
     def __call__(self, args: Sequence[tf.Tensor], slots: Sequence[tf.Tensor], own_derivatives: bool = False) -> list:
         captured = self.feed.values(self.concrete.captured_inputs, slots)
-        # An ``XlaLaunch`` op has no gradient: it serves when the caller records the outputs'
-        # derivatives itself, or when nothing is differentiable. Otherwise symbolic
-        # differentiation (``tf.gradients``, a tape outside the tf.function) needs
-        # TensorFlow's call of the function, whose gradient it knows.
-        if own_derivatives or not any(o.dtype.is_floating or o.dtype.is_complex for o in self.concrete.outputs):
+        # An ``XlaLaunch`` op has no gradient: it serves when nothing is differentiable.
+        # Otherwise symbolic differentiation (``tf.gradients``, a tape outside the
+        # tf.function, which takes the function's gradient, not the derivatives the caller
+        # recorded on the tapes live while tracing) needs TensorFlow's call of the function.
+        if not any(o.dtype.is_floating or o.dtype.is_complex for o in self.concrete.outputs):
             outs = _program.launch(self.concrete, list(args), captured, self.run_time)
             if outs is not None:
                 return outs
