@@ -22,7 +22,7 @@ from tfscan._core import cache as _cache
 from tfscan._core import checks as _checks
 from tfscan._core import context as _context
 from tfscan._core import tree as _tree
-from tfscan._core.flat import scatter, split_list
+from tfscan._core.flat import scatter
 from tfscan._lax import control as _control
 from tfscan._scan import forward as _forward
 from tfscan._scan.plan import is_float
@@ -259,17 +259,14 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
     inputs = list(leaves) + closed + [_tf.in_graph(_tf.default_graph(), v.handle) for v in variables]
 
     def backward(*d_outs):
-        d = [tf.zeros_like(outs[i]) if d_outs[i] is None else tf.convert_to_tensor(d_outs[i]) for i in fo]
+        d = _forward.filled_cotangents(d_outs, outs, fo)
         vjp_fns = [_branch_vjp(f, op_tree, fl, fo, tuple(closed), tuple(variables)) for f in fns]
         grads = _select(api, selector, vjp_fns, [f"vjp of {n}" for n in names], (tuple(leaves), tuple(d)), choose,
                         derivative=True)
         return scatter(len(leaves), fl, grads[: len(fl)]) + list(grads[len(fl):])
 
     def forward(*tangents):
-        t_ops, t_cl, t_vs = split_list(tangents, [len(leaves), len(closed)])
-        t_leaves = [tf.zeros_like(leaves[i]) if t_ops[i] is None else t_ops[i] for i in fl]
-        t_closed = [tf.zeros_like(c) if t is None else t for c, t in zip(closed, t_cl)]
-        t_vars = [tf.zeros(v.shape, v.dtype) if t is None else t for v, t in zip(variables, t_vs)]
+        t_leaves, t_closed, t_vars = _forward.filled_tangents(tangents, leaves, fl, closed, variables)
         jvp_fns = [_branch_jvp(f, op_tree, len(leaves), fl, tuple(closed), tuple(variables)) for f in fns]
         with _forward.computing():
             _, t = _select(api, selector, jvp_fns, [f"jvp of {n}" for n in names],

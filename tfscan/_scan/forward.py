@@ -71,6 +71,23 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     return outs, out_t
 
 
+def filled_cotangents(d_outs: Sequence[Any], outs: Sequence[tf.Tensor], fo: Sequence[int]) -> list:
+    """A tape's cotangents of the float outputs ``outs[i]``, ``i`` in ``fo`` (zeros where
+    ``None``): the VJP of a construct recording derivatives of its own."""
+    return [tf.zeros_like(outs[i]) if d_outs[i] is None else tf.convert_to_tensor(d_outs[i]) for i in fo]
+
+
+def filled_tangents(tangents: Sequence[Any], leaves: Sequence[tf.Tensor], fl: Sequence[int],
+                    closed: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> tuple[list, list, list]:
+    """An accumulator's tangents of ``(leaves, closed, variables' handles)`` split into the
+    float leaves' (``leaves[i]``, ``i`` in ``fl``), the closed tensors' and the variables',
+    zeros where ``None``: the JVP of a construct recording derivatives of its own."""
+    t_in, t_cl, t_vs = split_list(tangents, [len(leaves), len(closed)])
+    return ([tf.zeros_like(leaves[i]) if t_in[i] is None else t_in[i] for i in fl],
+            [tf.zeros_like(c) if t is None else t for c, t in zip(closed, t_cl)],
+            [tf.zeros(v.shape, v.dtype) if t is None else t for v, t in zip(variables, t_vs)])
+
+
 def is_eager(obj: Any) -> bool:
     """Whether ``obj`` is an eager tensor (a closed-over value a trace captures)."""
     return isinstance(obj, tf.Tensor) and not tf.is_symbolic_tensor(obj)

@@ -27,7 +27,7 @@ import tensorflow as tf
 from tfscan import _tf
 from tfscan._core import cache as _cache
 from tfscan._core import tree as _tree
-from tfscan._core.flat import scatter, split_list
+from tfscan._core.flat import scatter
 from tfscan._scan import forward as _forward
 from tfscan._scan.plan import is_float
 from tfscan._tf import record
@@ -82,15 +82,12 @@ def record_call(make_jit: Callable, fun: Callable, tree: _tree.TreeDef, static: 
     inputs = list(flat) + list(closed) + [v.handle for v in variables]
 
     def backward(*d_outs):
-        d = [tf.zeros_like(outs[i]) if d_outs[i] is None else tf.convert_to_tensor(d_outs[i]) for i in fo]
+        d = _forward.filled_cotangents(d_outs, outs, fo)
         grads = make_jit(_vjp_fn(fun, tree, static, fl, fo, closed_t, variables_t))(tuple(flat), tuple(d))
         return scatter(len(flat), fl, grads[: len(fl)]) + list(grads[len(fl):])
 
     def forward(*tangents):
-        t_in, t_cl, t_vs = split_list(tangents, [len(flat), len(closed)])
-        t_flat = [tf.zeros_like(flat[i]) if t_in[i] is None else t_in[i] for i in fl]
-        t_closed = [tf.zeros_like(c) if t is None else t for c, t in zip(closed, t_cl)]
-        t_vars = [tf.zeros(v.shape, v.dtype) if t is None else t for v, t in zip(variables, t_vs)]
+        t_flat, t_closed, t_vars = _forward.filled_tangents(tangents, flat, fl, closed, variables)
         jvp = make_jit(_jvp_fn(fun, tree, static, len(flat), fl, closed_t, variables_t))
         with _forward.computing():
             _, t = jvp(tuple(flat), tuple(t_flat), tuple(t_closed), tuple(t_vars))
