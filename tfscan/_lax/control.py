@@ -74,6 +74,11 @@ class _Fed:
         captured = self.concrete.captured_inputs
         self.feed = _cache.Feed(captured, slots)
         self.owner = _cache.Owner(owner)
+        # An ``XlaLaunch`` op has no gradient: it serves when nothing is differentiable.
+        # Otherwise symbolic differentiation (``tf.gradients``, a tape outside the
+        # tf.function, which takes the function's gradient, not the derivatives the caller
+        # recorded on the tapes live while tracing) needs TensorFlow's call of the function.
+        self.launchable = not any(o.dtype.is_floating or o.dtype.is_complex for o in self.concrete.outputs)
 
     @property
     def graph_bound(self) -> bool:
@@ -83,13 +88,9 @@ class _Fed:
         (XLA keeps every program it compiles for the life of the process)."""
         return any(tf.is_symbolic_tensor(t) for t in self.concrete.captured_inputs)
 
-    def __call__(self, args: Sequence[tf.Tensor], slots: Sequence[tf.Tensor], own_derivatives: bool = False) -> list:
+    def __call__(self, args: Sequence[tf.Tensor], slots: Sequence[tf.Tensor]) -> list:
         captured = self.feed.values(self.concrete.captured_inputs, slots)
-        # An ``XlaLaunch`` op has no gradient: it serves when nothing is differentiable.
-        # Otherwise symbolic differentiation (``tf.gradients``, a tape outside the
-        # tf.function, which takes the function's gradient, not the derivatives the caller
-        # recorded on the tapes live while tracing) needs TensorFlow's call of the function.
-        if not any(o.dtype.is_floating or o.dtype.is_complex for o in self.concrete.outputs):
+        if self.launchable:
             outs = _program.launch(self.concrete, list(args), captured, self.run_time)
             if outs is not None:
                 return outs
@@ -110,10 +111,11 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
     ``run_time``: indices of integer ``args`` the program never needs as compile-time
     constants. ``own_derivatives``: the caller records the outputs' derivatives itself,
     so the call runs with recording paused (after the trace, which may record inside): no
-    tape or accumulator builds TensorFlow's derivative functions of the call, and in a graph
-    it is one ``XlaLaunch`` op (:func:`tfscan._scan.program.launch`). Under XLA too it is a
-    call (XLA inlines it), not inline ops: TensorFlow's forward rule of an inline
-    conditional under an accumulator fails.
+    tape or accumulator live here builds TensorFlow's derivative functions of the call.
+    Under XLA too it is a call (XLA inlines it), not inline ops: TensorFlow's forward rule
+    of an inline conditional under an accumulator fails. In a graph, a program with no
+    float output is one ``XlaLaunch`` op (:func:`tfscan._scan.program.launch`); one with
+    float outputs keeps TensorFlow's call, whose gradient a tape outside the function needs.
     """
     if _context.in_xla_context() and not own_derivatives:
         meta: dict = {}
@@ -136,7 +138,7 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
         entry = make()  # it reads tensors through objects the walk does not open: trace again
         _cache.put("control", full_key, entry)
     with _tf.record.stop_recording() if own_derivatives else contextlib.nullcontext():
-        return entry(args, slots, own_derivatives), entry.meta
+        return entry(args, slots), entry.meta
 
 
 def specs(tensors: Sequence[tf.Tensor]) -> tuple:
