@@ -132,3 +132,74 @@ def test_ported_train_step_takes_its_data_as_parameters():
         _, xs, ys = _data(seed)
         want = jax.value_and_grad(lambda p: jnp.mean(jax.vmap(loss_jax, in_axes=(None, 0, 0))(p, xs, ys)))(p)
         assert_trees_match(train(pt, tf.constant(xs), tf.constant(ys)), want, rtol=1e-10, atol=1e-12)
+
+
+def _compiled(programs) -> list:
+    """``(plan, program)`` names of what a scan's programs, and its JVP loops', compiled eagerly."""
+    from tfscan._scan import forward  # noqa: PLC0415 - the JVP loops' cache
+
+    out = [(programs.plan.name, name) for name in programs._concrete]
+    for jvp in forward._cache.get(programs, {}).values():
+        out += _compiled(jvp.programs)
+    return out
+
+
+def _op_jvps(monkeypatch) -> list:
+    """The op types TensorFlow's accumulators trace a JVP function for (not cached yet)."""
+    from tensorflow.python.eager import forwardprop  # noqa: PLC0415 - counted, not used
+
+    seen, helper = [], forwardprop._jvp_helper
+
+    def counted(op_name, *args):
+        seen.append(op_name)
+        return helper(op_name, *args)
+
+    monkeypatch.setattr(forwardprop, "_jvp_helper", counted)
+    return seen
+
+
+def test_jvp_of_jvp_compiles_one_program(monkeypatch):
+    """A JVP of a JVP of an eager scan (nested accumulators, issue 9's ``compile-jvp2`` row):
+    JAX compiles one module for ``jvp(jvp(f))``; tfscan runs one loop, the JVP loop of the JVP
+    loop, which gives the values, both accumulators' tangents and the second-order tangents. It
+    compiled and ran the first-order JVP loop twice as well (3 programs). The step's own JVP is
+    its gradient transposed, built inline: TensorFlow traces no JVP function per op (it traced,
+    and then differentiated, one per op type and shape)."""
+    _fresh()
+    traces: list = []
+    op_jvps = _op_jvps(monkeypatch)
+
+    def step_tf(carry, x):
+        traces.append(1)
+        c, a = carry
+        c = tf.tanh(a * c + x)  # shapes [2, 3] in float64: no accumulator has a JVP of these cached
+        return (c, a), tf.sin(c) * c
+
+    def step_jax(carry, x):
+        c, a = carry
+        c = jnp.tanh(a * c + x)
+        return (c, a), jnp.sin(c) * c
+
+    rng = np.random.default_rng(3)
+    a, init, xs = rng.normal(size=(2, 3)), rng.normal(size=(2, 3)), rng.normal(size=(T, 2, 3))
+    t_outer, t_inner, t_xs = rng.normal(size=(2, 3)), rng.normal(size=(2, 3)), rng.normal(size=(T, 2, 3))
+    at, it, xst = tf.constant(a), tf.constant(init), tf.constant(xs)
+    with tf.autodiff.ForwardAccumulator((at, it), (tf.constant(t_outer), tf.zeros_like(it))) as outer:
+        with tf.autodiff.ForwardAccumulator((at, xst), (tf.constant(t_inner), tf.constant(t_xs))) as inner:
+            (c, _), ys = tfscan.scan(step_tf, (it, at), xst)
+        t = inner.jvp((c, ys))
+    got = (c, ys, t, outer.jvp((c, ys)), outer.jvp(t))
+
+    def f(a, x):
+        (c, _), ys = jax.lax.scan(step_jax, (init, a), x)
+        return c, ys
+
+    def first(a, x):
+        return jax.jvp(f, (a, x), (t_inner, t_xs))
+
+    (p, tp), (op, otp) = jax.jvp(first, (a, xs), (t_outer, np.zeros_like(xs)))
+    assert_trees_match(got, (p[0], p[1], tp, op, otp), rtol=1e-10, atol=1e-12)
+    programs = next(reversed(cache.eager_cache("scan")._data.values()))
+    assert _compiled(programs) == [("scan_jvp_jvp", "forward_False_None")]
+    assert len(traces) == 3  # the step, its JVP, the JVP of its JVP: each traced once
+    assert not {"Tanh", "Sin", "Mul", "AddV2"} & set(op_jvps)

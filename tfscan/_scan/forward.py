@@ -34,7 +34,7 @@ __all__ = []  # private module
 
 def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
              tangents: Sequence[tf.Tensor | None], watched: Sequence[tuple[Any, tf.Tensor]] = (),
-             closed: Sequence[Any] = ()):
+             closed: Sequence[Any] = (), plain: bool = False):
     """``(fn(*args), tangents of its outputs)``, built inside the graph being traced.
 
     ``tangents[i]`` is the tangent of ``args[i]`` (``None``: not differentiated).
@@ -44,11 +44,20 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     them is that capture, and only this function's accumulator differentiates ``fn``.
     Output tangents are ``None`` for non-float outputs, zeros for float outputs that do
     not depend on anything watched.
+
+    ``plain``: ``fn`` traces pure real-valued ops only (:attr:`tfscan._scan.step.Traced.plain`,
+    no variable watched). Its JVP is then its gradient transposed, built inline by
+    :func:`_transposed_gradient` — what an accumulator does op by op, but without tracing
+    (and, a JVP of a JVP, differentiating) a TensorFlow function per op.
     """
     _tf.guard_empty_function_call_records()  # nested accumulators in one trace (a JVP of a JVP)
     graph = _tf.default_graph()
     for obj in list(closed) + [o for o, _ in watched]:
         _tf.record.silent_capture(graph, obj.handle if isinstance(obj, tf.Variable) else obj)
+    if plain:
+        found = _transposed_gradient(fn, args, tangents, [(_tf.in_graph(graph, o), t) for o, t in watched])
+        if found is not None:
+            return found
     primals, ts = [], []
     for a, t in zip(args, tangents):
         if t is not None:
@@ -68,6 +77,35 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
         outs = list(fn(*args))
     out_t = [_shaped_as(acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO), o) if is_float(o.dtype)
              else None for o in outs]
+    return outs, out_t
+
+
+def _transposed_gradient(fn: Callable, args: Sequence[tf.Tensor], tangents: Sequence[Any],
+                         watched: Sequence[tuple[tf.Tensor, tf.Tensor]]):
+    """``(fn(*args), output tangents)`` as :func:`jvp_call`, with the JVP built as the
+    transpose of the gradient: ``g(u) = J^T u`` by ``tf.gradients`` with ``u`` as output
+    cotangents, then ``J t = (dg/du)^T t`` by ``tf.gradients`` again (the "double-back"
+    TensorFlow's accumulator applies to each op). ``None`` when a gradient is missing or a
+    value is not real (then the accumulator, which may know a forward rule, is used)."""
+    sources, ts = [], []
+    for a, t in list(zip(args, tangents)) + list(watched):
+        if t is not None:
+            sources.append(a)
+            ts.append(t)
+    outs = list(fn(*args))
+    floats = [j for j, o in enumerate(outs) if is_float(o.dtype)]
+    if any(not s.dtype.is_floating for s in sources) or any(not outs[j].dtype.is_floating for j in floats):
+        return None
+    u = [tf.zeros_like(outs[j]) for j in floats]
+    try:
+        g = tf.gradients([outs[j] for j in floats], sources, grad_ys=u,
+                         unconnected_gradients=tf.UnconnectedGradients.ZERO) if sources else []
+        g = [tf.convert_to_tensor(x) for x in g]
+        jt = tf.gradients(g, u, grad_ys=ts, unconnected_gradients=tf.UnconnectedGradients.ZERO) if g else \
+            [tf.zeros_like(v) for v in u]
+    except LookupError:  # an op without a (second) gradient
+        return None
+    out_t = scatter(len(outs), floats, [_shaped_as(tf.convert_to_tensor(t), outs[j]) for t, j in zip(jt, floats)])
     return outs, out_t
 
 
@@ -134,13 +172,14 @@ class _ScanJVP:
         n_tc = len(fc)
         closed = [s if isinstance(s, tf.Variable) else v for s, v in zip(sources, values)]
         closed += [h for _, h in plan.step.handles]
+        plain = plan.step.plain
 
         def step(carry, x):
             c, tc, tk = split_list(carry, [n_c, n_tc])
             xv, tx = split_list(x, [n_x])
             outs, t_outs = jvp_call(plan.flat_step, list(c) + list(xv),
                                     scatter(n_c, fc, tc) + scatter(n_x, fx, tx),
-                                    watch_list(sources, values, fk, tk), closed)
+                                    watch_list(sources, values, fk, tk), closed, plain)
             c_out, y_out = split_list(outs, [n_c])
             new_carry = c_out + [t_outs[i] for i in fc] + list(tk)
             ys = y_out + [t_outs[n_c + i] for i in fy]
@@ -203,47 +242,162 @@ class computing:
 
 def first_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[tf.Tensor],
                    consts: Sequence[tf.Tensor], dynamic_length: Any):
-    """Forward mode alone (no tape): ``(carry + ys, forward_function)`` from one run of the
-    JVP loop, for the oldest accumulator's tangents, or ``None``.
+    """Forward mode alone (no tape): ``(carry + ys, forward_function)`` from one run of a
+    JVP loop, or ``None`` (then the recorded path runs).
 
-    Accumulators take an operation's tangents oldest first; the oldest one's are computed
-    here with the primal values, unrecorded (no older accumulator could differentiate them),
-    so the primal loop is neither compiled nor run. Newer accumulators (a JVP of a JVP) get
-    theirs from ``scan_tangents``, recorded, as usual.
+    Accumulators take an operation's tangents one after the other; the oldest one's could be
+    computed here with the primal values, unrecorded (no older accumulator could
+    differentiate them), so the primal loop is neither compiled nor run. With one live
+    accumulator, that is the JVP loop's run. With two (a JVP of a JVP, :func:`_second_order`),
+    the JVP loop of the JVP loop gives, in one run, the values, both accumulators' tangents
+    and the older one's tangents of the newer one's: the first-order loops are neither
+    compiled nor run. Otherwise newer accumulators get theirs from ``scan_tangents``,
+    recorded, as usual.
     """
     if getattr(_state, "computing", 0):
         return None  # inside a forward function: the oldest accumulator may be the busy one
     inputs = list(init) + list(xs) + list(consts)
+    accumulators = _given_tangents(inputs)
+    if not accumulators:
+        return None
+    if len(accumulators) == 2:
+        found = _second_order(programs, init, xs, consts, dynamic_length, accumulators)
+        if found is not None:
+            return found
+    given, others = accumulators[0]
+    if others or _tf.record.tangent_indices([t for t in given if t is not None]):
+        return None  # a tangent with a tangent of its own: the recorded path differentiates it
+    outs, t_outs = _jvp(programs, init, xs, consts, dynamic_length, given, _unrecorded)
+    return outs, _served(programs, init, xs, consts, dynamic_length, [(given, lambda: t_outs)])
+
+
+def _given_tangents(inputs: Sequence[tf.Tensor]) -> list[tuple[list, list]]:
+    """``(tangents of inputs, other tensors it has tangents of)`` per live accumulator,
+    oldest first (``None`` where it has no tangent): the others are newer accumulators'
+    tangents of ``inputs`` (TensorFlow packs them as primals too). Empty: no tangent at all."""
     packed = _tf.record.pack_tangents(inputs)
-    entries = [e for e in packed.indices if e]  # newest first: the last is the oldest accumulator
-    if not entries:
-        return None
-    pool = inputs + list(packed.tangents)
-    given: list = [None] * len(inputs)
-    for i, j in entries[-1]:
-        if i >= len(inputs):  # (indices may name another accumulator's tangent as a primal)
-            return None  # a tangent with a tangent of its own: the recorded path differentiates it
-        given[i] = pool[j]
-    if _tf.record.tangent_indices([t for t in given if t is not None]):
-        return None
+    if not any(packed.indices):
+        return []
+    pool, n = list(inputs) + list(packed.tangents), len(inputs)
+    out = []
+    for entry in reversed(packed.indices):  # newest first in TensorFlow's packing
+        given, others = [None] * n, []
+        for i, j in entry:
+            if i < n:
+                given[i] = pool[j]
+            else:
+                others.append(pool[i])
+        out.append((given, others))
+    return out
 
-    def unrecorded(progs, i, x, k, dl):
-        with _tf.record.stop_recording():
-            carry, ys, _ = progs.forward(i, x, k, dl)
-        return list(carry) + list(ys)
 
-    outs, t_outs = _jvp(programs, init, xs, consts, dynamic_length, given, unrecorded)
-    pending = [True]
+def _unrecorded(progs: Programs, i, x, k, dl) -> list:
+    """``carry + ys`` of ``progs``' forward loop, unseen by tapes and accumulators."""
+    with _tf.record.stop_recording():
+        carry, ys, _ = progs.forward(i, x, k, dl)
+    return list(carry) + list(ys)
+
+
+def _same(tangents: Sequence[Any], given: Sequence[Any]) -> bool:
+    """Whether an accumulator passes the very tangents ``given`` were read from it."""
+    return len(tangents) == len(given) and all(t is None or tangents[i] is t for i, t in enumerate(given))
+
+
+def _among(tensors: Sequence[Any], pool: Sequence[Any]) -> bool:
+    ids = {id(t) for t in pool}
+    return all(id(t) in ids for t in tensors)
+
+
+def _served(programs: Programs, init, xs, consts, dynamic_length, ready: list) -> Callable:
+    """A scan's ``forward_function`` maker serving each ``(given tangents, result maker)`` of
+    ``ready`` once, to the accumulator that passes those very tangents; any other call
+    (other tangents, a second call) runs the JVP loop as usual (``scan_tangents``)."""
+    pending = list(ready)
 
     def forward_function(run: Callable) -> Callable:
         def fn(*tangents):
-            if pending and all(t is None or tangents[i] is t for i, t in enumerate(given)):
-                pending.clear()
-                return t_outs
+            for n, (given, result) in enumerate(pending):
+                if _same(tangents, given):
+                    del pending[n]
+                    return result()
             return scan_tangents(programs, init, xs, consts, dynamic_length, tangents, run)
         return fn
 
-    return outs, forward_function
+    return forward_function
+
+
+def _second_order(programs: Programs, init, xs, consts, dynamic_length, accumulators: list):
+    """``(carry + ys, forward_function)`` for two live accumulators (a JVP of a JVP, no tape)
+    from one run of the second-order JVP loop, or ``None``.
+
+    The newer accumulator's tangents ``t_in`` make the first-order loop's inputs ``p``; the
+    older one's tangents of ``p`` (its tangents of the scan's inputs and of ``t_in``) make
+    the second-order loop's. Its run gives the values, ``t_in``'s outputs, and the older
+    tangents of both. The newer accumulator's outputs are recorded for the older one as an
+    operation on ``p`` (as the first-order loop's call would be) whose forward function
+    serves the precomputed second-order tangents.
+    """
+    (t_out, out_others), (t_in, in_others) = accumulators
+    live_in = [t for t in t_in if t is not None]
+    if (in_others or not _among(out_others, live_in) or _tf.record.should_record_backprop(live_in)
+            or any(a is not None and a is b for a, b in zip(t_out, t_in))):
+        return None  # tangents of tangents elsewhere, a tape, or one tangent for both accumulators
+    first_order: list = []
+
+    def second(progs: Programs, i, x, k, dl):  # the first-order loop's programs and inputs
+        p = list(i) + list(x) + list(k)
+        on_p = _given_tangents(p)
+        if len(on_p) != 2 or on_p[1][1] or not _among(on_p[0][1], p):
+            raise _NotServed()
+        outs, t_outs = _jvp(progs, i, x, k, dl, on_p[0][0], _unrecorded)
+        first_order.extend([progs, (i, x, k, dl), p, on_p[0][0], t_outs])
+        return outs
+
+    try:
+        outs, t_in_outs = _jvp(programs, init, xs, consts, dynamic_length, t_in, second)
+    except _NotServed:
+        return None
+    progs, p_args, p, t_p, t_p_outs = first_order
+    jvp, _ = _scan_jvp(programs, consts)
+    counts = [len(init), len(jvp.fc), len(jvp.fk), jvp.n_y]
+
+    def values_and_tangents(flat: list) -> tuple[list, list]:
+        """A first-order loop's ``carry + ys`` as (values', t_in's outputs') parts."""
+        carry, t_carry, _, ys, t_ys = split_list(flat, counts)
+        return carry + ys, scatter(counts[0], jvp.fc, t_carry) + scatter(counts[3], jvp.fy, t_ys)
+
+    outer_of_outs, outer_of_t_in = values_and_tangents(t_p_outs)
+    floats = [j for j, t in enumerate(t_in_outs) if t is not None]
+
+    def inner_result() -> list:
+        served = [True]
+
+        def forward(*tangents):  # the older accumulator's tangents of p
+            if served and _same(tangents, t_p):
+                served.clear()
+                return [outer_of_t_in[j] for j in floats]
+            full = scan_tangents(progs, *p_args, tangents, _run())
+            return [values_and_tangents(full)[1][j] for j in floats]
+
+        _tf.record.record_operation("TfscanScanJVP", [t_in_outs[j] for j in floats], p, _no_backward, forward)
+        return t_in_outs
+
+    return outs, _served(programs, init, xs, consts, dynamic_length,
+                         [(t_out, lambda: outer_of_outs), (t_in, inner_result)])
+
+
+class _NotServed(Exception):
+    """The second-order path does not apply (:func:`_second_order`): take the usual one."""
+
+
+def _run() -> Callable:
+    from tfscan._scan.autodiff import run  # noqa: PLC0415 - autodiff imports this module
+    return run
+
+
+def _no_backward(*_):
+    raise RuntimeError("tfscan internal: a second-order JVP computed for accumulators alone was "
+                       "asked for a gradient; differentiate with a tape live when the scan runs.")
 
 
 def _jvp(programs: Programs, init, xs, consts, dynamic_length, tangents, run) -> tuple[list, list]:

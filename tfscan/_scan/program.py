@@ -380,7 +380,8 @@ class Programs:
         if self._in_loop() and not binomial:  # changed integer carries, integer xs: loop values
             run_time += self.plan.step.changed_integers(n_i) + [n_i + i for i, x in enumerate(xs)
                                                                 if x.dtype.is_integer]
-        flat = self._call(f"forward_{save}_{wanted}", build, args, run_time)
+        # ``wanted`` shapes only what is saved: without saving, every ``wanted`` is one program.
+        flat = self._call(f"forward_{save}_{wanted if save else None}", build, args, run_time)
         ny = len(plan.y_specs)
         carry, ys, saved = split_list(flat, [n_i, ny])
         if binomial or not save:

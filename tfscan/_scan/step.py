@@ -94,6 +94,21 @@ class Traced:
         # nothing of one tf.distribute replica: every replica may run it (see _core.cache).
         self.replica_safe = not self._handle_names and not self.graph_bound
 
+    @functools.cached_property
+    def plain(self) -> bool:
+        """Whether the trace is pure ops on tensors: no state, variable or other resource, no
+        nested function (loop, conditional, call) and no op with a gradient of its own
+        (``IdentityN``: ``tf.custom_gradient``, a nested scan). Such a step's JVP is the
+        transpose of its gradient, built inline (:func:`tfscan._scan.forward.jvp_call`)."""
+        if self._handle_names or any(isinstance(s, tf.Variable) for s in self.const_sources):
+            return False
+        for op in self._cf.graph.get_operations():
+            if op.type in _OWN_GRADIENT or op.op_def.is_stateful:
+                return False
+            if any(a.HasField("func") or a.list.func for a in op.node_def.attr.values()):
+                return False
+        return True
+
     def changed_integers(self, n: int) -> list[int]:
         """Indices ``i < n`` of integer arguments that output ``i`` does not return unchanged
         (beneath Identity ops): as a loop's variables they are never compile-time constants
@@ -173,6 +188,9 @@ class Traced:
         """Emit the traced ops into the current graph, fed with ``args`` and ``consts``."""
         return self.piece.apply(self.feeds(args, consts))
 
+
+# Ops whose gradient is not their type's: a custom gradient's or a nested scan's ``IdentityN``.
+_OWN_GRADIENT = frozenset({"IdentityN", "PreventGradient"})
 
 # Ops whose value depends on their inputs' shapes only: ``pfor`` leaves them unbatched.
 _SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "VariableShape", "ZerosLike", "OnesLike",
