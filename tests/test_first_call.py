@@ -164,7 +164,8 @@ def test_jvp_of_jvp_compiles_one_program(monkeypatch):
     loop, which gives the values, both accumulators' tangents and the second-order tangents. It
     compiled and ran the first-order JVP loop twice as well (3 programs). The step's own JVP is
     its gradient transposed, built inline: TensorFlow traces no JVP function per op (it traced,
-    and then differentiated, one per op type and shape)."""
+    and then differentiated, one per op type and shape), and the user's step is traced once, as
+    JAX traces it once (it was traced for the step, its JVP and the JVP of that)."""
     _fresh()
     traces: list = []
     op_jvps = _op_jvps(monkeypatch)
@@ -201,5 +202,43 @@ def test_jvp_of_jvp_compiles_one_program(monkeypatch):
     assert_trees_match(got, (p[0], p[1], tp, op, otp), rtol=1e-10, atol=1e-12)
     programs = next(reversed(cache.eager_cache("scan")._data.values()))
     assert _compiled(programs) == [("scan_jvp_jvp", "forward_False_None")]
-    assert len(traces) == 3  # the step, its JVP, the JVP of its JVP: each traced once
+    assert len(traces) == 1  # traced once; its JVP and the JVP of that emit the trace again
     assert not {"Tanh", "Sin", "Mul", "AddV2"} & set(op_jvps)
+
+
+def test_first_gradient_traces_the_step_once():
+    """JAX traces a step once and linearizes the trace; tfscan's step VJP emits the plan's trace
+    again instead of calling the step a second time (it did: 2 traces) when the step is pure ops.
+    ``tfscan.grad`` compiles one program; an eager tape two (forward with residuals, backward)."""
+    _fresh()
+    traces: list = []
+
+    def loss_tf(a, xs):
+        def step(c, x):
+            traces.append(1)
+            c = tf.tanh(a * c + x)
+            return c, c * c
+        return tf.reduce_sum(tfscan.scan(step, tf.zeros_like(a), xs)[1])
+
+    def loss_jax(a, xs):
+        return jnp.sum(jax.lax.scan(lambda c, x: (jnp.tanh(a * c + x), jnp.tanh(a * c + x) ** 2),
+                                    jnp.zeros_like(a), xs)[1])
+
+    rng = np.random.default_rng(4)
+    a, xs = rng.normal(size=(3,)), rng.normal(size=(T, 3))
+    want = jax.grad(loss_jax, argnums=(0, 1))(a, xs)
+    got = tfscan.grad(loss_tf, argnums=(0, 1))(tf.constant(a), tf.constant(xs))
+    assert_trees_match(got, want, rtol=1e-10, atol=1e-12)
+    assert len(traces) == 1
+    assert len(_latest_jit_program().outputs) == 2  # one program: d(a), d(xs)
+
+    traces.clear()
+    at, xst = tf.constant(a[None]), tf.constant(xs[:, None])  # new shapes: traced afresh
+    with tf.GradientTape() as tape:
+        tape.watch((at, xst))
+        value = loss_tf(at, xst)
+    got = tape.gradient(value, (at, xst))
+    assert len(traces) == 1
+    assert_trees_match(got, jax.grad(loss_jax, argnums=(0, 1))(a[None], xs[:, None]), rtol=1e-10, atol=1e-12)
+    programs = next(reversed(cache.eager_cache("scan")._data.values()))
+    assert sorted(name.split("_")[0] for name in programs._concrete) == ["backward", "forward"]

@@ -34,7 +34,7 @@ __all__ = []  # private module
 
 def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
              tangents: Sequence[tf.Tensor | None], watched: Sequence[tuple[Any, tf.Tensor]] = (),
-             closed: Sequence[Any] = (), plain: bool = False):
+             closed: Sequence[Any] = (), plain: bool = False, imported: Callable | None = None):
     """``(fn(*args), tangents of its outputs)``, built inside the graph being traced.
 
     ``tangents[i]`` is the tangent of ``args[i]`` (``None``: not differentiated).
@@ -48,14 +48,17 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     ``plain``: ``fn`` traces pure real-valued ops only (:attr:`tfscan._scan.step.Traced.plain`,
     no variable watched). Its JVP is then its gradient transposed, built inline by
     :func:`_transposed_gradient` — what an accumulator does op by op, but without tracing
-    (and, a JVP of a JVP, differentiating) a TensorFlow function per op.
+    (and, a JVP of a JVP, differentiating) a TensorFlow function per op. ``imported``
+    (optional, with ``plain``): ``fn``'s traced ops emitted again, called instead of ``fn``
+    there, so that the user's step is not traced again.
     """
     _tf.guard_empty_function_call_records()  # nested accumulators in one trace (a JVP of a JVP)
     graph = _tf.default_graph()
     for obj in list(closed) + [o for o, _ in watched]:
         _tf.record.silent_capture(graph, obj.handle if isinstance(obj, tf.Variable) else obj)
     if plain:
-        found = _transposed_gradient(fn, args, tangents, [(_tf.in_graph(graph, o), t) for o, t in watched])
+        found = _transposed_gradient(imported or fn, args, tangents,
+                                     [(_tf.in_graph(graph, o), t) for o, t in watched])
         if found is not None:
             return found
     primals, ts = [], []
@@ -174,12 +177,16 @@ class _ScanJVP:
         closed += [h for _, h in plan.step.handles]
         plain = plan.step.plain
 
+        def imported(*args):  # the step's trace emitted again, fed with this call's constants
+            graph = _tf.default_graph()
+            return plan.step.apply(list(args), [_tf.in_graph(graph, v) for v in values])
+
         def step(carry, x):
             c, tc, tk = split_list(carry, [n_c, n_tc])
             xv, tx = split_list(x, [n_x])
             outs, t_outs = jvp_call(plan.flat_step, list(c) + list(xv),
                                     scatter(n_c, fc, tc) + scatter(n_x, fx, tx),
-                                    watch_list(sources, values, fk, tk), closed, plain)
+                                    watch_list(sources, values, fk, tk), closed, plain, imported)
             c_out, y_out = split_list(outs, [n_c])
             new_carry = c_out + [t_outs[i] for i in fc] + list(tk)
             ys = y_out + [t_outs[n_c + i] for i in fy]

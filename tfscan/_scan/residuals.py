@@ -2,7 +2,9 @@
 
 ``joint(carry, x, cotangents) = (f(carry, x), tf.gradients(...))`` is traced once by
 calling the user's step again, so gradients (including a user's ``tf.custom_gradient``
-or a nested scan) are built in the graph where the step's ops live. The result is then
+or a nested scan) are built in the graph where the step's ops live. A plain step (pure ops,
+:attr:`tfscan._scan.step.Traced.plain`) is not called again: the plan's trace is emitted
+into the joint graph, as JAX linearizes a traced step without running its Python again. The result is then
 only ever *imported* (fed through ``input_map``), never differentiated again:
 
 * the whole VJP (``vjp``) serves the recompute policies (``remat=True``);
@@ -92,8 +94,11 @@ class StepVJP:
 
         def joint(*args):
             c, x, cts = split_list(args, [nc, nx])
-            outs = list(plan.flat_step(*c, *x))
             graph = _tf.default_graph()
+            if plan.step.plain:  # the plan's trace emitted again: the user's step is traced once
+                outs = plan.step.apply(list(c) + list(x), [_tf.in_graph(graph, s) for s in sources])
+            else:
+                outs = list(plan.flat_step(*c, *x))
             by_index = collections.defaultdict(list)
             for external, internal in graph.captures:
                 consumers = internal.consumers() if internal.dtype == tf.resource else []
