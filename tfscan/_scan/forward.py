@@ -279,15 +279,15 @@ def first_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[t
 
 
 def _given_tangents(inputs: Sequence[tf.Tensor]) -> list[tuple[list, list]]:
-    """``(tangents of inputs, other tensors it has tangents of)`` per live accumulator,
-    oldest first (``None`` where it has no tangent): the others are newer accumulators'
-    tangents of ``inputs`` (TensorFlow packs them as primals too). Empty: no tangent at all."""
+    """``(tangents of inputs, other tensors it has tangents of)`` per live accumulator with
+    a tangent, oldest first (``None`` where it has no tangent): the others are newer
+    accumulators' tangents of ``inputs`` (TensorFlow packs them as primals too)."""
     packed = _tf.record.pack_tangents(inputs)
     if not any(packed.indices):
         return []
     pool, n = list(inputs) + list(packed.tangents), len(inputs)
     out = []
-    for entry in reversed(packed.indices):  # newest first in TensorFlow's packing
+    for entry in reversed([e for e in packed.indices if e]):  # newest first in TensorFlow's packing
         given, others = [None] * n, []
         for i, j in entry:
             if i < n:
