@@ -96,6 +96,31 @@ class GraphPiece:
         return [fed[n] if n in fed else made[n] for n in self.outputs]
 
 
+def ancestors_of(graph, names: Sequence[str], fed: Sequence[str]) -> set[str]:
+    """Names of the ops the tensors ``names`` of ``graph`` depend on, up to (and with) ``fed``."""
+    stop = {n.split(":")[0] for n in fed}
+    return ancestors([graph.get_operation_by_name(n.split(":")[0]) for n in names], stop) | stop
+
+
+def ancestors(roots, stop: set[str] = frozenset()) -> set[str]:
+    """Names of ``roots`` and every op they depend on through data edges, up to ``stop``.
+
+    Control edges are not followed (a piece drops those that leave it): the function's
+    output ``NoOp`` would otherwise pull every op of the joint graph into every piece.
+    """
+    seen: set[str] = set()
+    stack = list(roots)
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        if op.name in stop:
+            continue
+        stack.extend(t.op for t in op.inputs)
+    return seen
+
+
 def _record_for_accumulators(name: str, outs: list, feeds: list) -> None:
     """Show imported ops to the live ``ForwardAccumulator``s as one operation.
 

@@ -30,6 +30,8 @@ from tfscan._core import context as _context
 from tfscan._core import step_errors as _step_errors
 from tfscan._core.flat import split_list
 from tfscan._scan.graph_piece import GraphPiece
+from tfscan._scan.graph_piece import ancestors as _ancestors
+from tfscan._scan.graph_piece import ancestors_of as _ancestors_of
 from tfscan._scan.plan import Plan, float_indices
 from tfscan._scan.step import _writes
 
@@ -310,27 +312,3 @@ def _topological(graph) -> list:
     if len(order) != len(ops_):
         raise NotSplittable("the step graph has a cycle")
     return order
-
-
-def _ancestors_of(graph, names: Sequence[str], fed: Sequence[str]) -> set[str]:
-    stop = {n.split(":")[0] for n in fed}
-    return _ancestors([graph.get_operation_by_name(n.split(":")[0]) for n in names], stop) | stop
-
-
-def _ancestors(roots, stop: set[str] = frozenset()) -> set[str]:
-    """Names of ``roots`` and every op they depend on through data edges, up to ``stop``.
-
-    Control edges are not followed (a piece drops those that leave it): the function's
-    output ``NoOp`` would otherwise pull every op of the joint graph into every piece.
-    """
-    seen: set[str] = set()
-    stack = list(roots)
-    while stack:
-        op = stack.pop()
-        if op.name in seen:
-            continue
-        seen.add(op.name)
-        if op.name in stop:
-            continue
-        stack.extend(t.op for t in op.inputs)
-    return seen

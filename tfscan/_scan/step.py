@@ -18,7 +18,7 @@ import tensorflow as tf
 from tfscan import _tf
 from tfscan._core import context as _context
 from tfscan._core.cache import Feed
-from tfscan._scan.graph_piece import GraphPiece
+from tfscan._scan.graph_piece import GraphPiece, ancestors_of
 
 __all__ = []  # private module
 
@@ -85,7 +85,11 @@ class Traced:
         fed = self._arg_names + self._const_names + [n for n, _ in self._handle_names]
         # Resource placeholders whose every read is fed are left unused: stub them too.
         unused = [t.name for _, t in graph.captures if t.dtype == tf.resource and t.name not in fed]
-        self.piece = GraphPiece(graph.as_graph_def(), fed, self._out_names, stub=unused, name=name, source=graph)
+        # A plain trace keeps only what its outputs read: a JVP step's trace holds the dead half
+        # of its transposed gradient (:func:`tfscan._scan.forward.jvp_call`), not emitted again.
+        keep = ancestors_of(graph, self._out_names, fed) if self.plain else None
+        self.piece = GraphPiece(graph.as_graph_def(), fed, self._out_names, keep=keep, stub=unused, name=name,
+                                source=graph)
         self.feed = Feed(self.const_sources, slots)
         # Tensors of the graph being built (not eager ones) tie this trace to that graph.
         self.graph_bound = any(tf.is_symbolic_tensor(t) for t in self.const_sources + [e for _, e in self._handle_names]
