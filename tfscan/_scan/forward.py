@@ -9,7 +9,14 @@ step's trace, under a ForwardAccumulator* (:func:`jvp_call`). So every op of the
 differentiated by its own forward rule — a nested run-time-bounded ``while_loop`` (which has
 no VJP) by its JVP loop, a nested scan by this JVP — and the JVP scan is an ordinary tfscan
 scan: one compiled ``While``, itself recorded with a forward function (a JVP of a JVP is a
-scan again) and a VJP (reverse over forward).
+scan again) and a VJP (reverse over forward). A step of pure ops (``Traced.plain``: nothing
+for a forward rule to do differently) is not called again: its trace is emitted again and
+differentiated as its gradient transposed, inline (:func:`_transposed_gradient`), which is
+what the accumulator would do op by op, minus a TensorFlow function traced per op.
+
+Eagerly, with no tape, the values come from the JVP loop itself (:func:`first_tangents`):
+one accumulator runs the JVP loop; two (a JVP of a JVP) run only the JVP loop of the JVP
+loop, whose one run serves both (:func:`_second_order`).
 
 Constants the step closes over are captured again by the JVP step's trace; their tangents
 ride in the carry unchanged (so a later call's tangents are fed, never baked into a trace).
