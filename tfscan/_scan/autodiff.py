@@ -23,6 +23,7 @@ from tfscan._core import gradients as _gradients
 from tfscan._core.flat import scatter, split_list
 from tfscan._scan import cotangent as _cotangent
 from tfscan._scan import forward as _forward
+from tfscan._scan import forward_eager as _forward_eager
 from tfscan._scan import program as _program
 from tfscan._scan.plan import float_indices, is_float
 from tfscan._scan.program import Programs
@@ -67,7 +68,7 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     # forward mode (an accumulator) runs the scan's own JVP loop, never this VJP transposed
     forward_function = lambda *tangents: _forward.scan_tangents(  # noqa: E731
         programs, init, xs, consts, dynamic_length, tangents, run)
-    first = None if save or not eager else _forward.first_tangents(programs, init, xs, consts, dynamic_length)
+    first = None if save or not eager else _forward_eager.first_tangents(programs, init, xs, consts, dynamic_length)
     if first is not None:  # forward mode alone: the JVP loop gives the values too
         outs, make_forward_function = first
         result, saved, forward_function = outs, None, make_forward_function(run)
