@@ -1,6 +1,7 @@
 """Calling a traced function: the concrete-function call without ``tf.function``'s
 argument canonicalization, fed new captures; the ``XlaLaunch`` op that a graph can hold
-without leaking; tracing in XLA's context; the retracing warning.
+without leaking, and its program compiled ahead; tracing in XLA's context; the retracing
+warning.
 
 Part of the one door to TensorFlow internals (:mod:`tfscan._tf`): every entry says what
 it is, why no public API serves, and the TensorFlow versions it was checked on.
@@ -126,21 +127,62 @@ def launch_compiled(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence
     outputs = concrete.outputs
     if any(o.dtype in (tf.resource, tf.variant) for o in outputs):
         return None
-    concrete.add_to_graph(graph)
-    name = concrete._inference_function.name  # noqa: SLF001 - the function add_to_graph adds
-    name = name.decode() if isinstance(name, bytes) else name
-    types = lambda ts: _attr_value_pb2.AttrValue(  # noqa: E731
-        list=_attr_value_pb2.AttrValue.ListValue(type=[t.as_datatype_enum for t in ts]))
     op = graph.create_op("XlaLaunch", inputs, [o.dtype for o in outputs], attrs={
-        "Tconstants": types([]), "Targs": types(plain), "Nresources": _attr_value_pb2.AttrValue(i=n_res),
-        "Tresults": types([o.dtype for o in outputs]),
-        "function": _attr_value_pb2.AttrValue(func=_attr_value_pb2.NameAttrList(name=name))})
+        **_program_attrs(concrete, graph, plain, n_res), "Tresults": _types([o.dtype for o in outputs])})
     for variable in concrete.graph.variables:  # as ``ConcreteFunction._call_flat`` does
         _resource_variable_ops.variable_accessed(variable)
     result = list(op.outputs)
     for r, o in zip(result, outputs):
         r.set_shape(o.shape)
     return result
+
+
+def _types(dtypes: Sequence[tf.DType]) -> Any:
+    return _attr_value_pb2.AttrValue(list=_attr_value_pb2.AttrValue.ListValue(
+        type=[t.as_datatype_enum for t in dtypes]))
+
+
+def _program_attrs(concrete: Any, graph: Any, plain: Sequence[tf.DType], n_res: int) -> dict:
+    """The attributes naming ``concrete``'s program (added to ``graph``'s library) and its
+    inputs, shared by the ``XlaLaunch`` and ``_XlaCompile`` ops: XLA's compilation cache keys
+    a program by this function name (no attributes) and the inputs' dtypes and shapes."""
+    concrete.add_to_graph(graph)
+    name = concrete._inference_function.name  # noqa: SLF001 - the function add_to_graph adds
+    name = name.decode() if isinstance(name, bytes) else name
+    return {"Tconstants": _types([]), "Targs": _types(plain), "Nresources": _attr_value_pb2.AttrValue(i=n_res),
+            "function": _attr_value_pb2.AttrValue(func=_attr_value_pb2.NameAttrList(name=name))}
+
+
+def compile_ahead(concrete: Any, specs: Sequence[tf.TensorSpec], device: str | None = None) -> bool:
+    """Compile, without running it, the program :func:`launch_compiled`'s ``XlaLaunch`` op
+    runs for inputs (``args`` then captures) of these fully defined ``specs``, on ``device``
+    (``None``: the default placement, as an op with no device): XLA's compilation cache then
+    holds it when the op first runs. Blocks while XLA compiles (the GIL released: call it
+    from a worker thread, :mod:`tfscan._core.ahead`). ``False`` (nothing compiled) for
+    resource or variant inputs; a program XLA refuses is cached as refused, and the op's
+    first run raises that error, as it would have.
+
+    Why private: the ``_XlaCompile`` op (TensorFlow's compile-only half of ``XlaLaunch``,
+    ``compiler/jit/kernels/xla_ops.cc``, which auto-clustering emits) is the only way to fill
+    the cache a graph's ``XlaLaunch`` op reads (one per device, keyed by the function's name
+    and the inputs' dtypes and shapes) without running the program; ``tf.raw_ops`` omits it,
+    and eagerly calling the function compiles a differently keyed program (its call carries
+    attributes). Checked on TensorFlow 2.21 (``TF_CPP_VMODULE=device_compiler=2`` logs the
+    launch's cache hit).
+    """
+    dtypes = [s.dtype for s in specs]
+    if any(d in (tf.resource, tf.variant) for d in dtypes) or not all(s.shape.is_fully_defined() for s in specs):
+        return False
+
+    def compile_only():
+        graph = _ops.get_default_graph()
+        inputs = [tf.zeros(s.shape, s.dtype) for s in specs]
+        op = graph.create_op("_XlaCompile", inputs, [tf.string, tf.bool], name="XlaCompileAhead", attrs={
+            **_program_attrs(concrete, graph, dtypes, 0), "must_compile": _attr_value_pb2.AttrValue(b=True)})
+        return op.outputs[1]
+
+    with tf.device(device) if device else contextlib.nullcontext():
+        return bool(tf.function(compile_only, autograph=False)())
 
 
 def xla_trace() -> contextlib.AbstractContextManager:
