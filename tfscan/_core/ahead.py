@@ -34,6 +34,7 @@ True
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import weakref
 from typing import Any, Sequence
@@ -44,7 +45,7 @@ from tfscan import _tf
 
 __all__ = []  # private module
 
-WORKERS = 2  # compiles at once: this machine's XLA compiles are single-threaded
+WORKERS = min(2, os.cpu_count() or 1)  # compiles at once (one XLA:CPU compile uses one core)
 
 _lock = threading.Condition()
 _jobs: collections.deque = collections.deque()

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2 as _attr_value_pb2
 from tensorflow.python.eager import context as _context
+from tensorflow.python.eager import execute as _execute
 from tensorflow.python.eager import record as _record
 from tensorflow.python.eager.polymorphic_function import (
     polymorphic_function as _polymorphic_function,
@@ -143,9 +144,9 @@ def _types(dtypes: Sequence[tf.DType]) -> Any:
 
 
 def _program_attrs(concrete: Any, graph: Any, plain: Sequence[tf.DType], n_res: int) -> dict:
-    """The attributes naming ``concrete``'s program (added to ``graph``'s library) and its
-    inputs, shared by the ``XlaLaunch`` and ``_XlaCompile`` ops: XLA's compilation cache keys
-    a program by this function name (no attributes) and the inputs' dtypes and shapes."""
+    """The ``XlaLaunch`` attributes naming ``concrete``'s program (added to ``graph``'s
+    library) and its inputs: XLA's compilation cache keys the program by this function name
+    (no attributes) and the inputs' dtypes and shapes, as :func:`compile_ahead` does."""
     concrete.add_to_graph(graph)
     name = concrete._inference_function.name  # noqa: SLF001 - the function add_to_graph adds
     name = name.decode() if isinstance(name, bytes) else name
@@ -173,16 +174,19 @@ def compile_ahead(concrete: Any, specs: Sequence[tf.TensorSpec], device: str | N
     dtypes = [s.dtype for s in specs]
     if any(d in (tf.resource, tf.variant) for d in dtypes) or not all(s.shape.is_fully_defined() for s in specs):
         return False
-
-    def compile_only():
-        graph = _ops.get_default_graph()
-        inputs = [tf.zeros(s.shape, s.dtype) for s in specs]
-        op = graph.create_op("_XlaCompile", inputs, [tf.string, tf.bool], name="XlaCompileAhead", attrs={
-            **_program_attrs(concrete, graph, dtypes, 0), "must_compile": _attr_value_pb2.AttrValue(b=True)})
-        return op.outputs[1]
-
+    name = concrete._inference_function.name  # noqa: SLF001 - the function XlaLaunch names
+    name = name.decode() if isinstance(name, bytes) else name
+    ctx = _context.context()
+    if not ctx.has_function(name):  # not registered with the eager runtime (with its library)
+        return False
     with tf.device(device) if device else contextlib.nullcontext():
-        return bool(tf.function(compile_only, autograph=False)())
+        inputs = [tf.zeros(s.shape, s.dtype) for s in specs]
+        # Run eagerly: a tf.function around the op would pass the program's library through
+        # TensorFlow's graph optimiser once more (a tenth of a second of CPU per program).
+        _, ok = _execute.execute("_XlaCompile", 2, inputs, (
+            "Tconstants", [], "Targs", [d.as_datatype_enum for d in dtypes], "Nresources", 0,
+            "function", name, "must_compile", True), ctx)
+    return bool(ok)
 
 
 def xla_trace() -> contextlib.AbstractContextManager:
