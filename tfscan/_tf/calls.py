@@ -10,10 +10,13 @@ it is, why no public API serves, and the TensorFlow versions it was checked on.
 from __future__ import annotations
 
 import contextlib
+import itertools as _itertools
+import weakref
 from typing import Any, Sequence
 
 import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2 as _attr_value_pb2
+from tensorflow.python.eager import cancellation as _cancellation
 from tensorflow.python.eager import context as _context
 from tensorflow.python.eager import execute as _execute
 from tensorflow.python.eager import record as _record
@@ -38,7 +41,9 @@ def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[A
     being traced again. Works eagerly and while building a graph. Eagerly with nothing
     recording (``record.could_possibly_record``), it calls the traced function's
     ``_inference_function.call_flat`` (an ``AtomicFunction``), which is what
-    ``_call_flat`` itself ends in then.
+    ``_call_flat`` itself ends in then; for a function with no control captures and no
+    resource or variant outputs, it executes the function op as ``call_flat`` does
+    (``context.call_function``) without ``call_flat``'s Python around it.
 
     ``xla``: the function is ``jit_compile=True``. Its call then enters XLA's control-flow
     context while a tape or accumulator may record, as ``tf.function.__call__`` does
@@ -50,8 +55,19 @@ def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[A
         captured = concrete.captured_inputs
     if not _record.could_possibly_record() and _context.executing_eagerly():
         # No tape or accumulator could record this call: run the function itself, skipping
-        # ``_call_flat``'s gradient bookkeeping (a third of a short scan's call).
-        outs = concrete._inference_function.call_flat(*args, *captured)  # noqa: SLF001
+        # ``_call_flat``'s gradient bookkeeping (a third of a short scan's call), and for a
+        # plain function (:func:`_plain_call`) the function op directly.
+        atomic = concrete._inference_function  # noqa: SLF001
+        plain = _PLAIN.get(atomic)
+        if plain is None:
+            plain = _PLAIN[atomic] = _plain_call(atomic)
+        inputs = [*args, *captured]
+        if plain and len(inputs) == plain[2] and _cancellation.context() is None:
+            ctx = _context.context()
+            outs = _execute.quick_execute(plain[0], plain[1], inputs, tuple(
+                _itertools.chain(*ctx.function_call_options.as_attrs().items())), ctx)
+        else:
+            outs = atomic.call_flat(*inputs)
     elif xla and (not tf.executing_eagerly() or _record.could_possibly_record()):
         with _polymorphic_function.OptionalXlaContext(True):
             outs = concrete._call_flat(list(args), list(captured))  # noqa: SLF001 - see docstring
@@ -60,6 +76,25 @@ def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[A
     if outs is None:
         return []
     return list(outs) if isinstance(outs, (list, tuple)) else [outs]
+
+
+_PLAIN: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def _plain_call(atomic: Any) -> tuple | bool:
+    """``(name, outputs, inputs)`` of a traced function ``AtomicFunction.call_flat`` would
+    run eagerly as just its function op (``context.call_function``), or ``False``: it has
+    control captures, or outputs carrying handle data (resources, variants) that
+    ``call_flat`` sets after the call. For those ``call_concrete`` executes the op itself,
+    as ``call_function`` does: ``call_flat`` adds an argument count check, three context
+    managers (the one that rewrites a run-time error's node names into the traced
+    function's among them) and a loop over the outputs, a third of a short scan's call."""
+    outputs = atomic.function_type.flat_outputs
+    if atomic._call_options.control_captures or any(  # noqa: SLF001
+            getattr(o, "dtype", None) is None or o.dtype._handle_data for o in outputs):  # noqa: SLF001
+        return False
+    name = atomic.name.decode() if isinstance(atomic.name, bytes) else atomic.name
+    return (name, len(outputs), len(atomic.cached_definition.signature.input_arg))
 
 
 def fixed_captures(concrete: Any) -> list | None:
