@@ -191,3 +191,17 @@ def test_a_graphs_programs_compile_while_it_is_traced():
     want = jax.value_and_grad(loss_jax)(0.7)  # float64: conftest enables x64
     got = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 - our own script's repr of two floats
     np.testing.assert_allclose(got, [float(want[0]), float(want[1])], rtol=1e-12)
+
+
+def test_compiling_ahead_is_scheduled_once_and_only_for_known_local_shapes():
+    from tfscan._core import ahead
+
+    held = tf.function(lambda x: x * 2.0, jit_compile=True)
+    concrete = held.get_concrete_function(tf.TensorSpec([3]))
+    x = tf.ones([3])
+    assert not ahead.schedule(concrete, [tf.TensorSpec([None])], None)  # a shape known at run time only
+    assert not ahead.schedule(concrete, [x], "/job:worker/replica:0/task:1/device:CPU:0")  # another task
+    assert ahead.schedule(concrete, [x], None)
+    assert not ahead.schedule(concrete, [x], "")  # the same program and inputs: once
+    assert ahead.wait(300)
+    np.testing.assert_allclose(concrete(x).numpy(), [2.0, 2.0, 2.0])

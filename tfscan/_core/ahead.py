@@ -56,8 +56,11 @@ _seen: "weakref.WeakKeyDictionary[Any, set]" = weakref.WeakKeyDictionary()
 
 def schedule(concrete: Any, inputs: Sequence[Any], device: str | None) -> bool:
     """Compile ``concrete``'s program for ``inputs`` (the launch op's inputs: tensors or
-    variables, arguments then captures) on a worker thread, unless it was scheduled before
-    or a shape is not fully defined. Returns whether a compile was scheduled."""
+    variables, arguments then captures) for the launch op's ``device`` on a worker thread,
+    unless it was scheduled before, a shape is not fully defined, an input is a resource or
+    a variant, or the device is another task's. Returns whether a compile was scheduled."""
+    if device and tf.DeviceSpec.from_string(device).job not in (None, "localhost"):
+        return False  # another task's device (multi-worker): compiled there, when it runs
     specs = [tf.TensorSpec(t.shape, t.dtype) for t in inputs]
     if not all(s.shape.is_fully_defined() for s in specs) or any(
             s.dtype in (tf.resource, tf.variant) for s in specs):
