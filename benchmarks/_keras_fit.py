@@ -9,7 +9,9 @@ then builds both models with the same weights, compares their predictions, times
 model's first epoch (tracing and compiling included) and then alternates steady epochs
 between the two models (median reported). ``compile`` in the notes is the first epoch
 minus the fastest steady epoch (on a loaded machine a steady epoch varies by tens of
-percent, so read compile ratios together with the first epochs themselves).
+percent, so read compile ratios together with the first epochs themselves); ``CPU`` is
+the same difference in process CPU time (every thread, XLA's compiles on tfscan's worker
+threads included), which the machine's load hardly moves.
 
 Run one configuration alone: ``python -m benchmarks._keras_fit '{"policy": "mixed_bfloat16",
 "layer": "LSTM", "mirrored": false, "T": 100, "N": 512, "epochs": 3}'`` (prints one JSON line;
@@ -64,6 +66,7 @@ def _worker(cfg: dict) -> dict:
     warm.compile("sgd", "mse")
     warm.fit(np.ones((8, 3), "float32"), np.ones((8, 1), "float32"), verbose=0)
     tfscan.scan(lambda c, v: (c + v, c), tf.constant(0.0), tf.ones([3]))
+    tf.function(lambda: tfscan.scan(lambda c, v: (c + v, c), tf.constant(0.0), tf.ones([3])))()  # in a graph
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if cfg["mirrored"] else None
     keras.mixed_precision.set_global_policy(cfg["policy"])
@@ -90,9 +93,18 @@ def _worker(cfg: dict) -> dict:
         got = models[lib].predict_on_batch(x[:B])
         errs[lib] = float(np.max(np.abs(got - ref)) / max(float(np.max(np.abs(ref))), 1e-6))
 
+    cpu = {lib: [] for lib in models}  # process CPU time of each epoch (every thread): load-proof
+    try:
+        from tfscan._core.ahead import wait as wait_ahead
+    except ImportError:  # a tfscan from before it compiled ahead (measured for comparison)
+        wait_ahead = None
+
     def epoch(lib):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         models[lib].fit(x, y, batch_size=B, epochs=1, verbose=0, shuffle=False)
+        if wait_ahead is not None:  # programs compiled ahead count in this epoch
+            wait_ahead()
+        cpu[lib].append(time.process_time() - c0)
         return time.perf_counter() - t0
     first = {lib: epoch(lib) for lib in models}
     steady = {lib: [] for lib in models}
@@ -101,6 +113,7 @@ def _worker(cfg: dict) -> dict:
         for lib in order[i % len(order):] + order[:i % len(order)]:  # rotated: no model always first
             steady[lib].append(epoch(lib))
     return {"first": first, "steady": steady, "error_rel": errs["tfscan"], "errors": errs,
+            "first_cpu": {lib: c[0] for lib, c in cpu.items()}, "steady_cpu": {lib: c[1:] for lib, c in cpu.items()},
             "load": os.getloadavg()[0]}
 
 
@@ -147,6 +160,8 @@ def run(mode: str, log, configs: list | None = None) -> list[dict]:
                    "first_s": out["first"][lib], "median_s": med, "epochs": out["steady"][lib],
                    "min_s": min(out["steady"][lib]),
                    "compile_s": max(out["first"][lib] - min(out["steady"][lib]), 0.0), "load": out["load"]}
+            if "first_cpu" in out:  # CPU seconds of the first epoch beyond the cheapest steady one
+                rec["compile_cpu_s"] = max(out["first_cpu"][lib] - min(out["steady_cpu"][lib]), 0.0)
             if lib == "tfscan":
                 rec["error_rel"] = out["error_rel"]
             if lib == "tfscan" and wrong:
@@ -160,6 +175,9 @@ def run(mode: str, log, configs: list | None = None) -> list[dict]:
         if "value" in k and "value" in t:
             t["note"] += (f"; epoch {t['value'] / k['value']:.2f}x Keras's, compile "
                           f"{t['compile_s'] / max(k['compile_s'], 1e-9):.2f}x")
+            if "compile_cpu_s" in t:
+                t["note"] += (f" (CPU {t['compile_cpu_s']:.2f} s, {t['compile_cpu_s'] / max(k['compile_cpu_s'], 1e-9):.2f}x "
+                              f"Keras's {k['compile_cpu_s']:.2f} s)")
         log(f"  keras-fit {layer} {name}: " + ", ".join(
             f"{r['impl']} {r.get('value', float('nan')):.3g} s/epoch (first {r.get('first_s', 0):.3g} s)"
             for r in records[-2:]) + f"; load {out['load']:.1f}")

@@ -242,3 +242,74 @@ def test_first_gradient_traces_the_step_once():
     assert_trees_match(got, jax.grad(loss_jax, argnums=(0, 1))(a[None], xs[:, None]), rtol=1e-10, atol=1e-12)
     programs = next(reversed(cache.eager_cache("scan")._data.values()))
     assert sorted(name.split("_")[0] for name in programs._concrete) == ["backward", "forward"]
+_AHEAD_SCRIPT = r"""
+import sys
+import numpy as np
+import tensorflow as tf
+import tfscan
+from tfscan._core import ahead
+
+@tf.function
+def train(x, w):
+    with tf.GradientTape() as tape:
+        tape.watch(w)
+        c, ys = tfscan.scan(lambda c, xt: (tf.tanh(c * w + xt), c), tf.zeros([3], tf.float64), x)
+        loss = tf.reduce_sum(ys) + tf.reduce_sum(c)
+    return loss, tape.gradient(loss, w)
+
+x = tf.constant(np.linspace(-1.0, 1.0, 15).reshape(5, 3))
+w = tf.constant(0.7, tf.float64)
+train.get_concrete_function(x, w)
+assert ahead.wait(300)
+print("MARK traced", file=sys.stderr, flush=True)
+loss, grad = train(x, w)
+print("MARK ran", file=sys.stderr, flush=True)
+print(repr((float(loss), float(grad))))
+"""
+
+
+def test_a_graphs_programs_compile_while_it_is_traced():
+    """A ``tf.function`` whose scan is launched as compiled calls (forward, backward) has both
+    programs compiled once it is traced, before its first run, which compiles nothing (the
+    programs compiled one after the other inside the first run before). Counted from
+    XLA's compilation-cache log in a fresh process; the values against JAX's."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "device_compiler=2",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(tfscan.__file__)))]
+                                         + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    proc = subprocess.run([sys.executable, "-c", _AHEAD_SCRIPT], capture_output=True, text=True, env=env, check=False,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stderr
+    traced, ran = log.index("MARK traced"), log.index("MARK ran")
+    compiles = lambda text: text.count("Compilation cache entry hit: 0 ")  # noqa: E731 - a first request
+    hits = lambda text: text.count("Compilation cache entry hit: 2 ")  # noqa: E731 - a compiled program
+    assert compiles(log[:traced]) == 2, log[:traced][-3000:]  # forward (saving residuals) and backward
+    assert compiles(log[traced:ran]) == 0 and hits(log[traced:ran]) == 2, log[traced:ran][-3000:]
+
+    xs = np.linspace(-1.0, 1.0, 15).reshape(5, 3)
+
+    def loss_jax(w):
+        c, ys = jax.lax.scan(lambda c, xt: (jnp.tanh(c * w + xt), c), jnp.zeros(3), xs)
+        return jnp.sum(ys) + jnp.sum(c)
+
+    want = jax.value_and_grad(loss_jax)(0.7)  # float64: conftest enables x64
+    got = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 - our own script's repr of two floats
+    np.testing.assert_allclose(got, [float(want[0]), float(want[1])], rtol=1e-12)
+
+
+def test_compiling_ahead_is_scheduled_once_and_only_for_known_local_shapes():
+    from tfscan._core import ahead
+
+    held = tf.function(lambda x: x * 2.0, jit_compile=True)
+    concrete = held.get_concrete_function(tf.TensorSpec([3]))
+    x = tf.ones([3])
+    assert not ahead.schedule(concrete, [tf.TensorSpec([None])], None)  # a shape known at run time only
+    assert not ahead.schedule(concrete, [x], "/job:worker/replica:0/task:1/device:CPU:0")  # another task
+    assert ahead.schedule(concrete, [x], None)
+    assert not ahead.schedule(concrete, [x], "")  # the same program and inputs: once
+    assert ahead.wait(300)
+    np.testing.assert_allclose(concrete(x).numpy(), [2.0, 2.0, 2.0])

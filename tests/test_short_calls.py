@@ -156,3 +156,33 @@ def test_a_repeated_jit_call_skips_the_conversions_until_its_signature_changes(m
     assert len(converted) == 2 and f.trace_count == 2
     assert float(f({"w": 1.0}, xs)) == 6.0  # a Python number: a float32 tensor, as before
     assert f.trace_count == 2
+
+
+def test_a_repeated_eager_call_runs_the_function_op_without_call_flat(monkeypatch):
+    """A fast-path call executes the compiled function's op itself (``call_flat``'s Python
+    around it was a third of the call); a function with a resource output keeps ``call_flat``,
+    which sets the output's handle data. Values against JAX."""
+    import jax
+    import jax.numpy as jnp
+    from tensorflow.python.eager.polymorphic_function import atomic_function
+
+    a = tf.constant(0.5)
+
+    def step(c, x):
+        return tf.tanh(a * c + x), c
+
+    xs = np.linspace(-1, 1, 6).astype(np.float32)
+    tfscan.scan(step, tf.constant(0.0), tf.constant(xs))
+    jitted = tfscan.jit(lambda c, x: tfscan.scan(step, c, x))
+    jitted(tf.constant(0.0), tf.constant(xs))
+    calls = _count(monkeypatch, atomic_function.AtomicFunction, "call_flat")
+    want = jax.lax.scan(lambda c, x: (jnp.tanh(0.5 * c + x), c), jnp.float32(0.0), xs)
+    for fn in (lambda c, x: tfscan.scan(step, c, x), jitted):
+        got = fn(tf.constant(0.0), tf.constant(xs))
+        np.testing.assert_allclose(got[0].numpy(), want[0], rtol=1e-6)
+        np.testing.assert_allclose(got[1].numpy(), want[1], rtol=1e-6)
+    assert calls == []
+    v = tf.Variable(1.0)
+    handle = tf.function(lambda: v.handle).get_concrete_function()
+    from tfscan import _tf
+    assert _tf.call_concrete(handle, [])[0].dtype == tf.resource and len(calls) == 1

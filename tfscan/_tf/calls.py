@@ -1,6 +1,7 @@
 """Calling a traced function: the concrete-function call without ``tf.function``'s
 argument canonicalization, fed new captures; the ``XlaLaunch`` op that a graph can hold
-without leaking; tracing in XLA's context; the retracing warning.
+without leaking, and its program compiled ahead; tracing in XLA's context; the retracing
+warning.
 
 Part of the one door to TensorFlow internals (:mod:`tfscan._tf`): every entry says what
 it is, why no public API serves, and the TensorFlow versions it was checked on.
@@ -9,11 +10,15 @@ it is, why no public API serves, and the TensorFlow versions it was checked on.
 from __future__ import annotations
 
 import contextlib
+import itertools as _itertools
+import weakref
 from typing import Any, Sequence
 
 import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2 as _attr_value_pb2
+from tensorflow.python.eager import cancellation as _cancellation
 from tensorflow.python.eager import context as _context
+from tensorflow.python.eager import execute as _execute
 from tensorflow.python.eager import record as _record
 from tensorflow.python.eager.polymorphic_function import (
     polymorphic_function as _polymorphic_function,
@@ -36,7 +41,9 @@ def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[A
     being traced again. Works eagerly and while building a graph. Eagerly with nothing
     recording (``record.could_possibly_record``), it calls the traced function's
     ``_inference_function.call_flat`` (an ``AtomicFunction``), which is what
-    ``_call_flat`` itself ends in then.
+    ``_call_flat`` itself ends in then; for a function with no control captures and no
+    resource or variant outputs, it executes the function op as ``call_flat`` does
+    (``context.call_function``) without ``call_flat``'s Python around it.
 
     ``xla``: the function is ``jit_compile=True``. Its call then enters XLA's control-flow
     context while a tape or accumulator may record, as ``tf.function.__call__`` does
@@ -48,8 +55,19 @@ def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[A
         captured = concrete.captured_inputs
     if not _record.could_possibly_record() and _context.executing_eagerly():
         # No tape or accumulator could record this call: run the function itself, skipping
-        # ``_call_flat``'s gradient bookkeeping (a third of a short scan's call).
-        outs = concrete._inference_function.call_flat(*args, *captured)  # noqa: SLF001
+        # ``_call_flat``'s gradient bookkeeping (a third of a short scan's call), and for a
+        # plain function (:func:`_plain_call`) the function op directly.
+        atomic = concrete._inference_function  # noqa: SLF001
+        plain = _PLAIN.get(atomic)
+        if plain is None:
+            plain = _PLAIN[atomic] = _plain_call(atomic)
+        inputs = [*args, *captured]
+        if plain and len(inputs) == plain[2] and _cancellation.context() is None:
+            ctx = _context.context()
+            outs = _execute.quick_execute(plain[0], plain[1], inputs, tuple(
+                _itertools.chain(*ctx.function_call_options.as_attrs().items())), ctx)
+        else:
+            outs = atomic.call_flat(*inputs)
     elif xla and (not tf.executing_eagerly() or _record.could_possibly_record()):
         with _polymorphic_function.OptionalXlaContext(True):
             outs = concrete._call_flat(list(args), list(captured))  # noqa: SLF001 - see docstring
@@ -58,6 +76,25 @@ def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[A
     if outs is None:
         return []
     return list(outs) if isinstance(outs, (list, tuple)) else [outs]
+
+
+_PLAIN: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def _plain_call(atomic: Any) -> tuple | bool:
+    """``(name, outputs, inputs)`` of a traced function ``AtomicFunction.call_flat`` would
+    run eagerly as just its function op (``context.call_function``), or ``False``: it has
+    control captures, or outputs carrying handle data (resources, variants) that
+    ``call_flat`` sets after the call. For those ``call_concrete`` executes the op itself,
+    as ``call_function`` does: ``call_flat`` adds an argument count check, three context
+    managers (the one that rewrites a run-time error's node names into the traced
+    function's among them) and a loop over the outputs, a third of a short scan's call."""
+    outputs = atomic.function_type.flat_outputs
+    if atomic._call_options.control_captures or any(  # noqa: SLF001
+            getattr(o, "dtype", None) is None or o.dtype._handle_data for o in outputs):  # noqa: SLF001
+        return False
+    name = atomic.name.decode() if isinstance(atomic.name, bytes) else atomic.name
+    return (name, len(outputs), len(atomic.cached_definition.signature.input_arg))
 
 
 def fixed_captures(concrete: Any) -> list | None:
@@ -126,21 +163,65 @@ def launch_compiled(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence
     outputs = concrete.outputs
     if any(o.dtype in (tf.resource, tf.variant) for o in outputs):
         return None
-    concrete.add_to_graph(graph)
-    name = concrete._inference_function.name  # noqa: SLF001 - the function add_to_graph adds
-    name = name.decode() if isinstance(name, bytes) else name
-    types = lambda ts: _attr_value_pb2.AttrValue(  # noqa: E731
-        list=_attr_value_pb2.AttrValue.ListValue(type=[t.as_datatype_enum for t in ts]))
     op = graph.create_op("XlaLaunch", inputs, [o.dtype for o in outputs], attrs={
-        "Tconstants": types([]), "Targs": types(plain), "Nresources": _attr_value_pb2.AttrValue(i=n_res),
-        "Tresults": types([o.dtype for o in outputs]),
-        "function": _attr_value_pb2.AttrValue(func=_attr_value_pb2.NameAttrList(name=name))})
+        **_program_attrs(concrete, graph, plain, n_res), "Tresults": _types([o.dtype for o in outputs])})
     for variable in concrete.graph.variables:  # as ``ConcreteFunction._call_flat`` does
         _resource_variable_ops.variable_accessed(variable)
     result = list(op.outputs)
     for r, o in zip(result, outputs):
         r.set_shape(o.shape)
     return result
+
+
+def _types(dtypes: Sequence[tf.DType]) -> Any:
+    return _attr_value_pb2.AttrValue(list=_attr_value_pb2.AttrValue.ListValue(
+        type=[t.as_datatype_enum for t in dtypes]))
+
+
+def _program_attrs(concrete: Any, graph: Any, plain: Sequence[tf.DType], n_res: int) -> dict:
+    """The ``XlaLaunch`` attributes naming ``concrete``'s program (added to ``graph``'s
+    library) and its inputs: XLA's compilation cache keys the program by this function name
+    (no attributes) and the inputs' dtypes and shapes, as :func:`compile_ahead` does."""
+    concrete.add_to_graph(graph)
+    name = concrete._inference_function.name  # noqa: SLF001 - the function add_to_graph adds
+    name = name.decode() if isinstance(name, bytes) else name
+    return {"Tconstants": _types([]), "Targs": _types(plain), "Nresources": _attr_value_pb2.AttrValue(i=n_res),
+            "function": _attr_value_pb2.AttrValue(func=_attr_value_pb2.NameAttrList(name=name))}
+
+
+def compile_ahead(concrete: Any, specs: Sequence[tf.TensorSpec], device: str | None = None) -> bool:
+    """Compile, without running it, the program :func:`launch_compiled`'s ``XlaLaunch`` op
+    runs for inputs (``args`` then captures) of these fully defined ``specs``, on ``device``
+    (``None``: the default placement, as an op with no device): XLA's compilation cache then
+    holds it when the op first runs. Blocks while XLA compiles (the GIL released: call it
+    from a worker thread, :mod:`tfscan._core.ahead`). ``False`` (nothing compiled) for
+    resource or variant inputs; a program XLA refuses is cached as refused, and the op's
+    first run raises that error, as it would have.
+
+    Why private: the ``_XlaCompile`` op (TensorFlow's compile-only half of ``XlaLaunch``,
+    ``compiler/jit/kernels/xla_ops.cc``, which auto-clustering emits) is the only way to fill
+    the cache a graph's ``XlaLaunch`` op reads (one per device, keyed by the function's name
+    and the inputs' dtypes and shapes) without running the program; ``tf.raw_ops`` omits it,
+    and eagerly calling the function compiles a differently keyed program (its call carries
+    attributes). Checked on TensorFlow 2.21 (``TF_CPP_VMODULE=device_compiler=2`` logs the
+    launch's cache hit).
+    """
+    dtypes = [s.dtype for s in specs]
+    if any(d in (tf.resource, tf.variant) for d in dtypes) or not all(s.shape.is_fully_defined() for s in specs):
+        return False
+    name = concrete._inference_function.name  # noqa: SLF001 - the function XlaLaunch names
+    name = name.decode() if isinstance(name, bytes) else name
+    ctx = _context.context()
+    if not ctx.has_function(name):  # not registered with the eager runtime (with its library)
+        return False
+    with tf.device(device) if device else contextlib.nullcontext():
+        inputs = [tf.zeros(s.shape, s.dtype) for s in specs]
+        # Run eagerly: a tf.function around the op would pass the program's library through
+        # TensorFlow's graph optimiser once more (a tenth of a second of CPU per program).
+        _, ok = _execute.execute("_XlaCompile", 2, inputs, (
+            "Tconstants", [], "Targs", [d.as_datatype_enum for d in dtypes], "Nresources", 0,
+            "function", name, "must_compile", True), ctx)
+    return bool(ok)
 
 
 def xla_trace() -> contextlib.AbstractContextManager:
