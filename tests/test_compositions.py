@@ -287,10 +287,89 @@ def test_jvp_through_cond_closing_over_the_primal():
     jf = lambda v: jax.lax.cond(v > 0, lambda y: y * v, lambda y: y, f32(2.0))  # noqa: E731
     f = tfscan.jit(lambda v: tfscan.cond(v > 0, lambda y: y * v, lambda y: y, tf.constant(2.0)))
     close(tf_jvp(f, 0.5), jax_jvp(jf, 0.5))
-    # called eagerly, TensorFlow's conditional cannot do it: a tfscan error names the fix
-    eager = lambda v: tfscan.cond(v > 0, lambda y: y * v, lambda y: y, tf.constant(2.0))  # noqa: E731
-    with pytest.raises(TypeError, match=r"cond: forward mode .* closes over .* as an operand"):
-        tf_jvp(eager, 0.5)
+
+
+def _closing_conditionals(lib):
+    """Conditionals whose branches close over the differentiated ``v`` (and a switch over
+    three branches), called eagerly: with an operand, without one, and both."""
+    cond = tfscan.cond if lib == "tf" else jax.lax.cond
+    switch = tfscan.switch if lib == "tf" else jax.lax.switch
+    sin = tf.sin if lib == "tf" else jnp.sin
+    two = tf.constant(f32(2.0)) if lib == "tf" else f32(2.0)
+    return {
+        "cond": lambda v: cond(v > 0, lambda o: sin(v) * o, lambda o: o, two),
+        "cond_no_operand": lambda v: cond(v > 0, lambda: sin(v) * v, lambda: v),
+        "cond_operand_too": lambda v: cond(v > 0, lambda o: sin(v) * o * o, lambda o: o, v),
+        "switch": lambda v: switch(1, [lambda o: o, lambda o: sin(v) * o, lambda o: o * v], two),
+    }
+
+
+@pytest.mark.parametrize("name", ["cond", "cond_no_operand", "cond_operand_too", "switch"])
+def test_eager_jvp_through_a_conditional_closing_over_the_primal(name):
+    # TensorFlow's forward rule of its conditional, traced while an accumulator watched the
+    # captured tensor, failed (a tfscan TypeError asked to pass it as an operand); JAX
+    # linearizes it. Also a JVP of a JVP (nested accumulators).
+    f, jf = _closing_conditionals("tf")[name], _closing_conditionals("jax")[name]
+    close(tf_jvp(f, 0.7), jax_jvp(jf, 0.7))
+    close(tf_jvp2(f, 0.7), jax_jvp2(jf, f32(0.7)))
+
+
+@pytest.mark.parametrize("name", ["cond", "switch"])
+def test_hessian_vector_product_through_a_conditional_closing_over_the_primal(name):
+    # a tape inside an accumulator (forward over reverse), and an accumulator inside a tape
+    f, jf = _closing_conditionals("tf")[name], _closing_conditionals("jax")[name]
+    x = tf.constant(f32(0.7))
+    with FA(x, tf.constant(f32(1.0))) as acc:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = f(x)
+        g = tape.gradient(out, x)
+    jgrad = jax.grad(jf)
+    close([g, acc.jvp(g)], jax.jvp(jgrad, (f32(0.7),), (f32(1.0),)))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        with FA(x, tf.constant(f32(1.0))) as acc:
+            out = f(x)
+        t = acc.jvp(out)
+    close(tape.gradient(t, x), jax.grad(lambda v: jax.jvp(jf, (v,), (f32(1.0),))[1])(f32(0.7)))
+
+
+def test_jvp_through_a_conditional_closing_over_a_variable_or_a_graph_tensor():
+    # a variable the accumulator watches; an accumulator inside a tf.function, the branch
+    # closing over the function's argument; a scan step's conditional closing over a tensor
+    # the step computes (all raised inside TensorFlow's conditional)
+    jf = lambda v: jax.lax.cond(v > 0, lambda o: jnp.sin(v) * o, lambda o: o, f32(2.0))  # noqa: E731
+    want = jax_jvp(jf, 0.7)
+    v = tf.Variable(f32(0.7))
+    with FA(v, tf.constant(f32(1.0))) as acc:
+        out = tfscan.cond(v > 0, lambda o: tf.sin(v) * o, lambda o: o, tf.constant(f32(2.0)))
+    close((out, acc.jvp(out)), want)
+
+    @tf.function
+    def jvp_in_graph(z):
+        with FA(z, tf.ones_like(z)) as acc:
+            y = tfscan.cond(z > 0, lambda o: tf.sin(z) * o, lambda o: o, tf.constant(f32(2.0)))
+        return y, acc.jvp(y)
+
+    close(jvp_in_graph(tf.constant(f32(0.7))), want)
+
+    class Holder:  # a tensor read through an object (the closure walk does not open it)
+        pass
+
+    h, x = Holder(), tf.constant(f32(0.7))
+    h.z = x
+    with FA(x, tf.constant(f32(1.0))) as acc:  # its tangent was silently lost: None
+        out = tfscan.cond(x > 0, lambda o: tf.sin(h.z) * o, lambda o: o, tf.constant(f32(2.0)))
+    close((out, acc.jvp(out)), want)
+
+    def loop(v, cond, scan, sin):
+        def step(c, _):
+            w = c * v
+            return cond(c > 0, lambda o: sin(w) * o, lambda o: o, c), None
+        return scan(step, f32(2.0), length=3)[0]
+
+    close(tf_jvp(lambda v: loop(v, tfscan.cond, tfscan.scan, tf.sin), 0.7),
+          jax_jvp(lambda v: loop(v, jax.lax.cond, jax.lax.scan, jnp.sin), 0.7), rtol=1e-5)
 
 
 # -- 11. a value passed unchanged through control flow stays unbatched under vmap -------------
