@@ -600,3 +600,37 @@ def test_jvp_through_a_tf_cond_closing_over_an_eager_tensor_names_the_fix():
     with pytest.raises(TypeError, match=r"jit: forward mode .* tfscan.cond/tfscan.switch .* as an argument"):
         with FA(x, tf.constant(f32(1.0))):
             jt(tf.constant(f32(2.0)))
+
+
+# -- 7 (continued). an eager jit call holding a conditional and a run-time-bounded loop --------
+
+def _conditional_then_loop(lib, kind):
+    cond = tfscan.cond if lib == "tf" else jax.lax.cond
+    fori = tfscan.fori_loop if lib == "tf" else jax.lax.fori_loop
+    sin = tf.sin if lib == "tf" else jnp.sin
+
+    def f(a, n):
+        if kind == "tf.cond":
+            b = tf.cond(a > 0, lambda: sin(a) * 2, lambda: a) if lib == "tf" else \
+                jax.lax.cond(a > 0, lambda: sin(a) * 2, lambda: a)
+        else:  # a tfscan conditional closing over a tensor of the trace
+            w = sin(a) * 2
+            b = cond(a > 0, lambda o: o * w, lambda o: o, a)
+        return fori(0, n, lambda i, c: c * b, f32(1.0))
+    return f
+
+
+@pytest.mark.parametrize("kind", ["tf.cond", "tfscan.cond"])
+def test_jvp_of_an_eager_jit_call_holding_a_conditional_and_a_run_time_bounded_loop(kind):
+    # it fell back to TensorFlow's forward mode of the whole call, which raised the loop's
+    # reverse-mode error; JAX linearizes it
+    f = tfscan.jit(_conditional_then_loop("tf", kind))
+    jf = _conditional_then_loop("jax", kind)
+    close(tf_jvp(lambda v: f(v, tf.constant(3)), 0.7), jax_jvp(lambda v: jf(v, jnp.int32(3)), 0.7), rtol=1e-5)
+    if kind == "tfscan.cond":  # second order too
+        close(tf_jvp2(lambda v: f(v, tf.constant(3)), 0.7), jax_jvp2(lambda v: jf(v, jnp.int32(3)), f32(0.7)),
+              rtol=1e-5)
+    else:  # TensorFlow's forward rule of tf.cond fails under nested accumulators: the error names the fix
+        with pytest.raises(ValueError, match=r"jit: forward mode .* holds a tf.cond .* first order only .* "
+                                             r"Use tfscan.cond/tfscan.switch instead of tf.cond"):
+            tf_jvp2(lambda v: f(v, tf.constant(3)), 0.7)

@@ -107,19 +107,6 @@ def in_per_example_vjp() -> bool:
     return getattr(_state, "per_example_vjp", 0) > 0
 
 
-def conditionals_traced() -> int:
-    """How many ``tfscan.cond``/``switch`` calls this thread has traced whose branches close
-    over a float tensor of the graph being traced: a jitted function's trace compares the
-    count before and after to know whether it holds one (TensorFlow's forward rule of such a
-    conditional fails inside the jitted function's own JVP trace)."""
-    return getattr(_state, "conditionals", 0)
-
-
-def note_conditional() -> None:
-    """Count such a ``tfscan.cond``/``switch`` call (:func:`conditionals_traced`)."""
-    _state.conditionals = conditionals_traced() + 1
-
-
 def in_xla_context() -> bool:
     """True while tracing a function that XLA compiles as a whole (``jit_compile=True``)."""
     if tf.executing_eagerly():

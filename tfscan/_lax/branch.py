@@ -160,8 +160,6 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
     ``derivative``: the conditional computes another one's VJP or JVP (its outputs are
     differentiated, if at all, by tapes or accumulators live now): it is then called with
     recording paused, and is a call under XLA too (see ``_control.run``)."""
-    if any(tf.is_symbolic_tensor(t) for t in _closed_tensors(fns)):
-        _context.note_conditional()  # a jitted function holding it keeps TensorFlow's forward mode
     leaves, _, op_tree = _control.to_tensors(api, tuple(operands), "operands")
     op_specs = _control.specs(leaves)
     key = (op_tree, op_specs)

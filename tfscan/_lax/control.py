@@ -26,6 +26,8 @@ from tfscan._scan import program as _program
 
 __all__ = []  # private module
 
+INLINE_SCOPE = "tfscan_inline"  # the name scope of a program emitted inline
+
 class Compiled:
     """``build(*tensors) -> list of tensors`` run compiled by XLA, traced once.
 
@@ -126,7 +128,8 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
     """
     if _context.in_xla_context() and not own_derivatives:
         meta: dict = {}
-        return list(make_build(meta)(*args)), meta
+        with tf.name_scope(INLINE_SCOPE):  # not a tf.cond of the user's (``jit_rules.holds_conditional``)
+            return list(make_build(meta)(*args)), meta
     closures = [_cache.closure(f) for f in fns]
     slots = [t for c in closures for t in c.tensors]
     # A graph never reuses a program made eagerly: a function called eagerly keeps the
