@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import tfscan
+from conftest import assert_trees_match
 
 FA = tf.autodiff.ForwardAccumulator
 f32 = np.float32
@@ -216,18 +217,22 @@ def _programs(lib, inner="none"):
     elif inner == "grad":
         neg_sin = grad(lambda v: total(cos(v)))
         sin = lambda v: -neg_sin(v)  # noqa: E731
+    # "closed": the bodies and branches also close over the program's argument ``x`` (the
+    # tensor being differentiated or batched), besides taking it through the construct
+    sin_of = (lambda v, x: sin(v) * (1.0 + 0.1 * total(x))) if inner == "closed" else (lambda v, x: sin(v))
     return {
-        "scan": lambda x: (lambda c, ys: c + total(ys, 0))(*scan(lambda c, w: (sin(c) * w + c, c * w), x, W)),
-        "fori_loop": lambda x: fori(0, 3, lambda i, c: sin(c) * 1.5 + 0.1, x),
-        "while_loop": lambda x: while_(lambda c: c[0] < 3, lambda c: (c[0] + 1, sin(c[1]) * 1.5), (0, x))[1],
-        "cond": lambda x: cond(total(x) > 0, lambda y: sin(y) * y, lambda y: cos(y), x),
-        "switch": lambda x: switch(cast_i(x[0] > 0) + cast_i(x[1] > 0), [sin, cos, lambda y: y * y], x),
-        "map": lambda x: map_(lambda v: sin(v) * v, x),
+        "scan": lambda x: (lambda c, ys: c + total(ys, 0))(*scan(lambda c, w: (sin_of(c, x) * w + c, c * w), x, W)),
+        "fori_loop": lambda x: fori(0, 3, lambda i, c: sin_of(c, x) * 1.5 + 0.1, x),
+        "while_loop": lambda x: while_(lambda c: c[0] < 3, lambda c: (c[0] + 1, sin_of(c[1], x) * 1.5), (0, x))[1],
+        "cond": lambda x: cond(total(x) > 0, lambda y: sin_of(y, x) * y, lambda y: cos(y), x),
+        "switch": lambda x: switch(cast_i(x[0] > 0) + cast_i(x[1] > 0), [lambda y: sin_of(y, x), cos, lambda y: y * y], x),
+        "map": lambda x: map_(lambda v: sin_of(v, x) * v, x),
     }
 
 
-_TF = {inner: _programs("tf", inner) for inner in ("none", "jit", "grad")}
-_JAX = {inner: _programs("jax", inner) for inner in ("none", "jit", "grad")}
+_INNER = ("none", "jit", "grad", "closed")
+_TF = {inner: _programs("tf", inner) for inner in _INNER}
+_JAX = {inner: _programs("jax", inner) for inner in _INNER}
 _X = np.array([0.3, -0.7, 1.1], f32)
 _XS = np.array([[0.3, -0.7, 1.1], [-0.4, -0.2, 0.9]], f32)  # two examples, different branches
 _T = np.array([1.0, -0.5, 2.0], f32)
@@ -238,7 +243,8 @@ def _reverse_rejected(name):
 
 
 _PAIRS = ([(name, t, "none") for name in _TF["none"] for t in ("jit", "grad", "jvp", "vmap")]
-          + [(name, t, inner) for inner in ("jit", "grad") for name in _TF["none"] for t in ("grad", "jvp", "vmap")])
+          + [(name, t, inner) for inner in ("jit", "grad") for name in _TF["none"] for t in ("grad", "jvp", "vmap")]
+          + [(name, t, "closed") for name in _TF["none"] for t in ("jit", "grad", "jvp", "vmap")])
 
 
 # Pairs that do not work yet (README, "Known limitations"); strict, so a fix is noticed.
@@ -249,10 +255,11 @@ _PAIRS = [pytest.param(*p, marks=pytest.mark.xfail(strict=True, reason=_KNOWN[p]
 
 @pytest.mark.parametrize("name,transform,inner", _PAIRS)
 def test_matrix(name, transform, inner):
+    # values, and structure, shapes and dtypes (float32 throughout, as in JAX)
     f, jf = _TF[inner][name], _JAX[inner][name]
     x = tf.constant(_X)
     if transform == "jit":
-        close(tfscan.jit(f)(x), jax.jit(jf)(_X))
+        assert_trees_match(tfscan.jit(f)(x), jax.jit(jf)(_X))
     elif transform == "grad":
         loss, jloss = (lambda v: tf.reduce_sum(f(v) ** 2)), (lambda v: jnp.sum(jf(v) ** 2))
         if _reverse_rejected(name):
@@ -261,15 +268,15 @@ def test_matrix(name, transform, inner):
             with pytest.raises(ValueError, match="Reverse-mode differentiation does not work"):
                 tfscan.grad(loss)(x)
         else:
-            close(tfscan.grad(loss)(x), jax.grad(jloss)(_X), rtol=1e-4, atol=1e-5)
+            assert_trees_match(tfscan.grad(loss)(x), jax.grad(jloss)(_X), rtol=1e-4, atol=1e-5)
     elif transform == "jvp":
         with FA(x, tf.constant(_T)) as acc:
             out = f(x)
         want = jax.jvp(jf, (_X,), (_T,))
-        close(out, want[0])
-        close(acc.jvp(out), want[1], rtol=1e-4, atol=1e-5)
+        assert_trees_match(out, want[0])
+        assert_trees_match(acc.jvp(out), want[1], rtol=1e-4, atol=1e-5)
     else:
-        close(tfscan.vmap(f)(tf.constant(_XS)), jax.vmap(jf)(_XS))
+        assert_trees_match(tfscan.vmap(f)(tf.constant(_XS)), jax.vmap(jf)(_XS))
 
 
 def test_while_loop_body_that_differentiates_under_an_accumulator():
