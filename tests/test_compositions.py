@@ -641,3 +641,20 @@ def test_jvp_of_an_eager_jit_call_holding_a_conditional_and_a_run_time_bounded_l
         with pytest.raises(ValueError, match=r"jit: forward mode .* holds a tf.cond .* first order only .* "
                                              r"Use tfscan.cond/tfscan.switch instead of tf.cond"):
             tf_jvp2(lambda v: f(v, tf.constant(3)), 0.7)
+
+
+# -- the matrix audit: a jitted function rebound as a global (a notebook cell run again) ------
+
+_REBOUND = None
+
+
+def test_a_rebound_global_jitted_function_is_not_served_a_stale_program():
+    # a global tfscan.jit object was not part of the cache key of a function calling it: a
+    # new lambda of the same code got the first program (silently wrong); JAX traces anew
+    global _REBOUND
+    x = tf.constant(_X)
+    for f, jf in [(tf.sin, jnp.sin), (lambda v: tf.cos(v) * v, lambda v: jnp.cos(v) * v)]:
+        _REBOUND = tfscan.jit(f)
+        got = tfscan.grad(lambda v: tf.reduce_sum(_REBOUND(v) ** 2))(x)
+        assert_trees_match(got, jax.grad(lambda v: jnp.sum(jax.jit(jf)(v) ** 2))(_X), rtol=1e-5)
+        assert_trees_match(tfscan.jit(lambda v: _REBOUND(v) * 2.0)(x), jax.jit(lambda v: jf(v) * 2.0)(_X))
