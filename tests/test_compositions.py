@@ -658,3 +658,16 @@ def test_a_rebound_global_jitted_function_is_not_served_a_stale_program():
         got = tfscan.grad(lambda v: tf.reduce_sum(_REBOUND(v) ** 2))(x)
         assert_trees_match(got, jax.grad(lambda v: jnp.sum(jax.jit(jf)(v) ** 2))(_X), rtol=1e-5)
         assert_trees_match(tfscan.jit(lambda v: _REBOUND(v) * 2.0)(x), jax.jit(lambda v: jf(v) * 2.0)(_X))
+
+
+def test_eager_tape_around_a_jitted_loop_first_traced_inside_grad():
+    # the jitted function's trace made inside tfscan.grad's trace was reused by an eager call
+    # under a tape: LookupError (no gradient for XlaDynamicUpdateSlice); JAX: the gradient
+    f, jf = _TF["none"]["fori_loop"], _JAX["none"]["fori_loop"]
+    jitted, x = tfscan.jit(f), tf.constant(_X)
+    want = jax.grad(lambda v: jnp.sum(jax.jit(jf)(v) ** 2))(_X)
+    assert_trees_match(tfscan.grad(lambda v: tf.reduce_sum(jitted(v) ** 2))(x), want, rtol=1e-5)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(jitted(x) ** 2)
+    assert_trees_match(tape.gradient(loss, x), want, rtol=1e-5)

@@ -259,7 +259,11 @@ class Jitted:
         # As jax.jit, a function once traced for a signature is not traced again when what
         # it closes over changes structure (a list it appends to): its trace is kept.
         fresh = first == closure.key
-        key = (first,) + signature
+        # An eager call never reuses a trace made in a graph (inside another jitted function
+        # or a gradient's trace), as for the control-flow programs: its loops recorded their
+        # own derivatives on that graph's tapes, and TensorFlow's gradient of the call, which
+        # an eager tape takes, would meet their ops (no gradient for XlaDynamicUpdateSlice).
+        key = (first, tf.executing_eagerly()) + signature
         make = lambda: _Entry(self._fun, tree, static, flat, closure.tensors)  # noqa: E731
         entry, created = _cache.lookup("jit", key, make)
         # The trace read something the key cannot see by value (an object's attributes, a
