@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import tfscan
+from conftest import assert_trees_match
 
 FA = tf.autodiff.ForwardAccumulator
 f32 = np.float32
@@ -216,18 +217,22 @@ def _programs(lib, inner="none"):
     elif inner == "grad":
         neg_sin = grad(lambda v: total(cos(v)))
         sin = lambda v: -neg_sin(v)  # noqa: E731
+    # "closed": the bodies and branches also close over the program's argument ``x`` (the
+    # tensor being differentiated or batched), besides taking it through the construct
+    sin_of = (lambda v, x: sin(v) * (1.0 + 0.1 * total(x))) if inner == "closed" else (lambda v, x: sin(v))
     return {
-        "scan": lambda x: (lambda c, ys: c + total(ys, 0))(*scan(lambda c, w: (sin(c) * w + c, c * w), x, W)),
-        "fori_loop": lambda x: fori(0, 3, lambda i, c: sin(c) * 1.5 + 0.1, x),
-        "while_loop": lambda x: while_(lambda c: c[0] < 3, lambda c: (c[0] + 1, sin(c[1]) * 1.5), (0, x))[1],
-        "cond": lambda x: cond(total(x) > 0, lambda y: sin(y) * y, lambda y: cos(y), x),
-        "switch": lambda x: switch(cast_i(x[0] > 0) + cast_i(x[1] > 0), [sin, cos, lambda y: y * y], x),
-        "map": lambda x: map_(lambda v: sin(v) * v, x),
+        "scan": lambda x: (lambda c, ys: c + total(ys, 0))(*scan(lambda c, w: (sin_of(c, x) * w + c, c * w), x, W)),
+        "fori_loop": lambda x: fori(0, 3, lambda i, c: sin_of(c, x) * 1.5 + 0.1, x),
+        "while_loop": lambda x: while_(lambda c: c[0] < 3, lambda c: (c[0] + 1, sin_of(c[1], x) * 1.5), (0, x))[1],
+        "cond": lambda x: cond(total(x) > 0, lambda y: sin_of(y, x) * y, lambda y: cos(y), x),
+        "switch": lambda x: switch(cast_i(x[0] > 0) + cast_i(x[1] > 0), [lambda y: sin_of(y, x), cos, lambda y: y * y], x),
+        "map": lambda x: map_(lambda v: sin_of(v, x) * v, x),
     }
 
 
-_TF = {inner: _programs("tf", inner) for inner in ("none", "jit", "grad")}
-_JAX = {inner: _programs("jax", inner) for inner in ("none", "jit", "grad")}
+_INNER = ("none", "jit", "grad", "closed")
+_TF = {inner: _programs("tf", inner) for inner in _INNER}
+_JAX = {inner: _programs("jax", inner) for inner in _INNER}
 _X = np.array([0.3, -0.7, 1.1], f32)
 _XS = np.array([[0.3, -0.7, 1.1], [-0.4, -0.2, 0.9]], f32)  # two examples, different branches
 _T = np.array([1.0, -0.5, 2.0], f32)
@@ -238,7 +243,8 @@ def _reverse_rejected(name):
 
 
 _PAIRS = ([(name, t, "none") for name in _TF["none"] for t in ("jit", "grad", "jvp", "vmap")]
-          + [(name, t, inner) for inner in ("jit", "grad") for name in _TF["none"] for t in ("grad", "jvp", "vmap")])
+          + [(name, t, inner) for inner in ("jit", "grad") for name in _TF["none"] for t in ("grad", "jvp", "vmap")]
+          + [(name, t, "closed") for name in _TF["none"] for t in ("jit", "grad", "jvp", "vmap")])
 
 
 # Pairs that do not work yet (README, "Known limitations"); strict, so a fix is noticed.
@@ -249,10 +255,11 @@ _PAIRS = [pytest.param(*p, marks=pytest.mark.xfail(strict=True, reason=_KNOWN[p]
 
 @pytest.mark.parametrize("name,transform,inner", _PAIRS)
 def test_matrix(name, transform, inner):
+    # values, and structure, shapes and dtypes (float32 throughout, as in JAX)
     f, jf = _TF[inner][name], _JAX[inner][name]
     x = tf.constant(_X)
     if transform == "jit":
-        close(tfscan.jit(f)(x), jax.jit(jf)(_X))
+        assert_trees_match(tfscan.jit(f)(x), jax.jit(jf)(_X))
     elif transform == "grad":
         loss, jloss = (lambda v: tf.reduce_sum(f(v) ** 2)), (lambda v: jnp.sum(jf(v) ** 2))
         if _reverse_rejected(name):
@@ -261,15 +268,15 @@ def test_matrix(name, transform, inner):
             with pytest.raises(ValueError, match="Reverse-mode differentiation does not work"):
                 tfscan.grad(loss)(x)
         else:
-            close(tfscan.grad(loss)(x), jax.grad(jloss)(_X), rtol=1e-4, atol=1e-5)
+            assert_trees_match(tfscan.grad(loss)(x), jax.grad(jloss)(_X), rtol=1e-4, atol=1e-5)
     elif transform == "jvp":
         with FA(x, tf.constant(_T)) as acc:
             out = f(x)
         want = jax.jvp(jf, (_X,), (_T,))
-        close(out, want[0])
-        close(acc.jvp(out), want[1], rtol=1e-4, atol=1e-5)
+        assert_trees_match(out, want[0])
+        assert_trees_match(acc.jvp(out), want[1], rtol=1e-4, atol=1e-5)
     else:
-        close(tfscan.vmap(f)(tf.constant(_XS)), jax.vmap(jf)(_XS))
+        assert_trees_match(tfscan.vmap(f)(tf.constant(_XS)), jax.vmap(jf)(_XS))
 
 
 def test_while_loop_body_that_differentiates_under_an_accumulator():
@@ -287,10 +294,89 @@ def test_jvp_through_cond_closing_over_the_primal():
     jf = lambda v: jax.lax.cond(v > 0, lambda y: y * v, lambda y: y, f32(2.0))  # noqa: E731
     f = tfscan.jit(lambda v: tfscan.cond(v > 0, lambda y: y * v, lambda y: y, tf.constant(2.0)))
     close(tf_jvp(f, 0.5), jax_jvp(jf, 0.5))
-    # called eagerly, TensorFlow's conditional cannot do it: a tfscan error names the fix
-    eager = lambda v: tfscan.cond(v > 0, lambda y: y * v, lambda y: y, tf.constant(2.0))  # noqa: E731
-    with pytest.raises(TypeError, match=r"cond: forward mode .* closes over .* as an operand"):
-        tf_jvp(eager, 0.5)
+
+
+def _closing_conditionals(lib):
+    """Conditionals whose branches close over the differentiated ``v`` (and a switch over
+    three branches), called eagerly: with an operand, without one, and both."""
+    cond = tfscan.cond if lib == "tf" else jax.lax.cond
+    switch = tfscan.switch if lib == "tf" else jax.lax.switch
+    sin = tf.sin if lib == "tf" else jnp.sin
+    two = tf.constant(f32(2.0)) if lib == "tf" else f32(2.0)
+    return {
+        "cond": lambda v: cond(v > 0, lambda o: sin(v) * o, lambda o: o, two),
+        "cond_no_operand": lambda v: cond(v > 0, lambda: sin(v) * v, lambda: v),
+        "cond_operand_too": lambda v: cond(v > 0, lambda o: sin(v) * o * o, lambda o: o, v),
+        "switch": lambda v: switch(1, [lambda o: o, lambda o: sin(v) * o, lambda o: o * v], two),
+    }
+
+
+@pytest.mark.parametrize("name", ["cond", "cond_no_operand", "cond_operand_too", "switch"])
+def test_eager_jvp_through_a_conditional_closing_over_the_primal(name):
+    # TensorFlow's forward rule of its conditional, traced while an accumulator watched the
+    # captured tensor, failed (a tfscan TypeError asked to pass it as an operand); JAX
+    # linearizes it. Also a JVP of a JVP (nested accumulators).
+    f, jf = _closing_conditionals("tf")[name], _closing_conditionals("jax")[name]
+    close(tf_jvp(f, 0.7), jax_jvp(jf, 0.7))
+    close(tf_jvp2(f, 0.7), jax_jvp2(jf, f32(0.7)))
+
+
+@pytest.mark.parametrize("name", ["cond", "switch"])
+def test_hessian_vector_product_through_a_conditional_closing_over_the_primal(name):
+    # a tape inside an accumulator (forward over reverse), and an accumulator inside a tape
+    f, jf = _closing_conditionals("tf")[name], _closing_conditionals("jax")[name]
+    x = tf.constant(f32(0.7))
+    with FA(x, tf.constant(f32(1.0))) as acc:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = f(x)
+        g = tape.gradient(out, x)
+    jgrad = jax.grad(jf)
+    close([g, acc.jvp(g)], jax.jvp(jgrad, (f32(0.7),), (f32(1.0),)))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        with FA(x, tf.constant(f32(1.0))) as acc:
+            out = f(x)
+        t = acc.jvp(out)
+    close(tape.gradient(t, x), jax.grad(lambda v: jax.jvp(jf, (v,), (f32(1.0),))[1])(f32(0.7)))
+
+
+def test_jvp_through_a_conditional_closing_over_a_variable_or_a_graph_tensor():
+    # a variable the accumulator watches; an accumulator inside a tf.function, the branch
+    # closing over the function's argument; a scan step's conditional closing over a tensor
+    # the step computes (all raised inside TensorFlow's conditional)
+    jf = lambda v: jax.lax.cond(v > 0, lambda o: jnp.sin(v) * o, lambda o: o, f32(2.0))  # noqa: E731
+    want = jax_jvp(jf, 0.7)
+    v = tf.Variable(f32(0.7))
+    with FA(v, tf.constant(f32(1.0))) as acc:
+        out = tfscan.cond(v > 0, lambda o: tf.sin(v) * o, lambda o: o, tf.constant(f32(2.0)))
+    close((out, acc.jvp(out)), want)
+
+    @tf.function
+    def jvp_in_graph(z):
+        with FA(z, tf.ones_like(z)) as acc:
+            y = tfscan.cond(z > 0, lambda o: tf.sin(z) * o, lambda o: o, tf.constant(f32(2.0)))
+        return y, acc.jvp(y)
+
+    close(jvp_in_graph(tf.constant(f32(0.7))), want)
+
+    class Holder:  # a tensor read through an object (the closure walk does not open it)
+        pass
+
+    h, x = Holder(), tf.constant(f32(0.7))
+    h.z = x
+    with FA(x, tf.constant(f32(1.0))) as acc:  # its tangent was silently lost: None
+        out = tfscan.cond(x > 0, lambda o: tf.sin(h.z) * o, lambda o: o, tf.constant(f32(2.0)))
+    close((out, acc.jvp(out)), want)
+
+    def loop(v, cond, scan, sin):
+        def step(c, _):
+            w = c * v
+            return cond(c > 0, lambda o: sin(w) * o, lambda o: o, c), None
+        return scan(step, f32(2.0), length=3)[0]
+
+    close(tf_jvp(lambda v: loop(v, tfscan.cond, tfscan.scan, tf.sin), 0.7),
+          jax_jvp(lambda v: loop(v, jax.lax.cond, jax.lax.scan, jnp.sin), 0.7), rtol=1e-5)
 
 
 # -- 11. a value passed unchanged through control flow stays unbatched under vmap -------------
@@ -521,3 +607,67 @@ def test_jvp_through_a_tf_cond_closing_over_an_eager_tensor_names_the_fix():
     with pytest.raises(TypeError, match=r"jit: forward mode .* tfscan.cond/tfscan.switch .* as an argument"):
         with FA(x, tf.constant(f32(1.0))):
             jt(tf.constant(f32(2.0)))
+
+
+# -- 7 (continued). an eager jit call holding a conditional and a run-time-bounded loop --------
+
+def _conditional_then_loop(lib, kind):
+    cond = tfscan.cond if lib == "tf" else jax.lax.cond
+    fori = tfscan.fori_loop if lib == "tf" else jax.lax.fori_loop
+    sin = tf.sin if lib == "tf" else jnp.sin
+
+    def f(a, n):
+        if kind == "tf.cond":
+            b = tf.cond(a > 0, lambda: sin(a) * 2, lambda: a) if lib == "tf" else \
+                jax.lax.cond(a > 0, lambda: sin(a) * 2, lambda: a)
+        else:  # a tfscan conditional closing over a tensor of the trace
+            w = sin(a) * 2
+            b = cond(a > 0, lambda o: o * w, lambda o: o, a)
+        return fori(0, n, lambda i, c: c * b, f32(1.0))
+    return f
+
+
+@pytest.mark.parametrize("kind", ["tf.cond", "tfscan.cond"])
+def test_jvp_of_an_eager_jit_call_holding_a_conditional_and_a_run_time_bounded_loop(kind):
+    # it fell back to TensorFlow's forward mode of the whole call, which raised the loop's
+    # reverse-mode error; JAX linearizes it
+    f = tfscan.jit(_conditional_then_loop("tf", kind))
+    jf = _conditional_then_loop("jax", kind)
+    close(tf_jvp(lambda v: f(v, tf.constant(3)), 0.7), jax_jvp(lambda v: jf(v, jnp.int32(3)), 0.7), rtol=1e-5)
+    if kind == "tfscan.cond":  # second order too
+        close(tf_jvp2(lambda v: f(v, tf.constant(3)), 0.7), jax_jvp2(lambda v: jf(v, jnp.int32(3)), f32(0.7)),
+              rtol=1e-5)
+    else:  # TensorFlow's forward rule of tf.cond fails under nested accumulators: the error names the fix
+        with pytest.raises(ValueError, match=r"jit: forward mode .* holds a tf.cond .* first order only .* "
+                                             r"Use tfscan.cond/tfscan.switch instead of tf.cond"):
+            tf_jvp2(lambda v: f(v, tf.constant(3)), 0.7)
+
+
+# -- the matrix audit: a jitted function rebound as a global (a notebook cell run again) ------
+
+_REBOUND = None
+
+
+def test_a_rebound_global_jitted_function_is_not_served_a_stale_program():
+    # a global tfscan.jit object was not part of the cache key of a function calling it: a
+    # new lambda of the same code got the first program (silently wrong); JAX traces anew
+    global _REBOUND
+    x = tf.constant(_X)
+    for f, jf in [(tf.sin, jnp.sin), (lambda v: tf.cos(v) * v, lambda v: jnp.cos(v) * v)]:
+        _REBOUND = tfscan.jit(f)
+        got = tfscan.grad(lambda v: tf.reduce_sum(_REBOUND(v) ** 2))(x)
+        assert_trees_match(got, jax.grad(lambda v: jnp.sum(jax.jit(jf)(v) ** 2))(_X), rtol=1e-5)
+        assert_trees_match(tfscan.jit(lambda v: _REBOUND(v) * 2.0)(x), jax.jit(lambda v: jf(v) * 2.0)(_X))
+
+
+def test_eager_tape_around_a_jitted_loop_first_traced_inside_grad():
+    # the jitted function's trace made inside tfscan.grad's trace was reused by an eager call
+    # under a tape: LookupError (no gradient for XlaDynamicUpdateSlice); JAX: the gradient
+    f, jf = _TF["none"]["fori_loop"], _JAX["none"]["fori_loop"]
+    jitted, x = tfscan.jit(f), tf.constant(_X)
+    want = jax.grad(lambda v: jnp.sum(jax.jit(jf)(v) ** 2))(_X)
+    assert_trees_match(tfscan.grad(lambda v: tf.reduce_sum(jitted(v) ** 2))(x), want, rtol=1e-5)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(jitted(x) ** 2)
+    assert_trees_match(tape.gradient(loss, x), want, rtol=1e-5)

@@ -246,6 +246,10 @@ class _Walk:
             return ("tensor", shape, x.dtype, j)  # j: the same tensor met twice stays one slot
         if isinstance(x, (types.FunctionType, types.MethodType, _PARTIAL)):
             return self.function(x, depth)
+        if _wrapped_function(x) is not None:
+            # A compiled wrapper of a function (``tfscan.jit``, ``tf.function``): by identity
+            # (its configuration is fixed), and the function it wraps walked as any other.
+            return ("wrapped", _Identity(x), self.function(_wrapped_function(x), depth + 1))
         if _tf.is_autograph_scope(x):
             return ("autograph-scope",)  # a fresh one per trace; it holds no value
         if isinstance(x, (bool, int, float, complex, str, bytes, type(None), np.generic, TreeDef)):
@@ -297,11 +301,26 @@ def _global_names(code: types.CodeType) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _wrapped_function(x: Any) -> types.FunctionType | None:
+    """The Python function a callable object wraps (``__wrapped__``: ``tfscan.jit``,
+    ``tf.function``, ``functools.update_wrapper``), or ``None``."""
+    if isinstance(x, (types.FunctionType, type)) or not callable(x):
+        return None
+    try:
+        wrapped = getattr(x, "__wrapped__", None)
+    except Exception:  # noqa: BLE001 - an object whose attribute lookup fails wraps nothing we can walk
+        return None
+    return wrapped if isinstance(wrapped, types.FunctionType) else None
+
+
 def _walks_global(x: Any) -> bool:
     """Globals that can change what a trace reads: tensors, variables, arrays and the
-    user's own functions (library functions and modules are left out)."""
+    user's own functions, also wrapped in a compiled function (library functions and
+    modules are left out)."""
     if isinstance(x, (tf.Tensor, tf.Variable, np.ndarray)):
         return True
+    if _wrapped_function(x) is not None:
+        x = _wrapped_function(x)
     if isinstance(x, types.FunctionType):
         module = getattr(x, "__module__", "") or ""
         return not module.startswith(("tensorflow", "keras", "tf_keras", "numpy", "tfscan.", "jax"))

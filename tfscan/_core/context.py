@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import tensorflow as tf
 
@@ -107,22 +107,40 @@ def in_per_example_vjp() -> bool:
     return getattr(_state, "per_example_vjp", 0) > 0
 
 
-def conditionals_traced() -> int:
-    """How many ``tfscan.cond``/``switch`` calls this thread has traced whose branches close
-    over a float tensor of the graph being traced: a jitted function's trace compares the
-    count before and after to know whether it holds one (TensorFlow's forward rule of such a
-    conditional fails inside the jitted function's own JVP trace)."""
-    return getattr(_state, "conditionals", 0)
-
-
-def note_conditional() -> None:
-    """Count such a ``tfscan.cond``/``switch`` call (:func:`conditionals_traced`)."""
-    _state.conditionals = conditionals_traced() + 1
-
-
 def in_xla_context() -> bool:
     """True while tracing a function that XLA compiles as a whole (``jit_compile=True``)."""
     if tf.executing_eagerly():
         return False
     return _tf.in_xla_context()
 
+
+
+def traced_alone(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run on a fresh thread and its result (its exception re-raised here).
+
+    GradientTapes and ForwardAccumulators are per thread, so none live on the caller's
+    thread sees what ``fn`` traces, while tapes and accumulators made inside the trace
+    record as usual (``record.stop_recording`` would silence those too). For the trace of a
+    program whose functions close over an eager tensor an accumulator watches: each capture
+    of that tensor gives the traced placeholder the tensor's tangent, and TensorFlow's
+    forward rule of a conditional in the trace then fails (TensorFlow 2.21,
+    ``cond_v2._resolve_grad_inputs``). The fresh thread starts with this thread's tfscan
+    state (``vmap`` and internal traces); ``fn`` must not read tensors of a graph being
+    built here (the fresh thread has none: eager tensors only).
+    """
+    box: dict = {}
+    state = dict(vars(_state))
+
+    def target():
+        vars(_state).update(state)
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="tfscan-trace")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -160,8 +160,6 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
     ``derivative``: the conditional computes another one's VJP or JVP (its outputs are
     differentiated, if at all, by tapes or accumulators live now): it is then called with
     recording paused, and is a call under XLA too (see ``_control.run``)."""
-    if any(tf.is_symbolic_tensor(t) for t in _closed_tensors(fns)):
-        _context.note_conditional()  # a jitted function holding it keeps TensorFlow's forward mode
     leaves, _, op_tree = _control.to_tensors(api, tuple(operands), "operands")
     op_specs = _control.specs(leaves)
     key = (op_tree, op_specs)
@@ -203,6 +201,11 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
     # intermediates, which XLA cannot compile.
     own_jvp = bool(leaves) and (bool(record.pack_tangents(leaves).indices) or (
         not tf.executing_eagerly() and not _context.in_xla_context() and record.could_possibly_record()))
+    # An eager tensor the branches close over that an accumulator differentiates: the
+    # conditional is traced on a fresh thread (TensorFlow's forward rule of the conditional
+    # in a trace that captures it fails), with derivatives of its own, which see the tensor.
+    alone = _traced_alone(fns)
+    own_jvp = own_jvp or alone
     try:
         if own_jvp:
             # Neither tapes nor accumulators see the operands reach TensorFlow's conditional:
@@ -210,8 +213,9 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
             # traced with recording paused: a JVP conditional's branches record inside.)
             with record.stop_recording():
                 hidden = [tf.identity(t) for t in leaves]
+            read: list = []
             outs, meta = _control.run(api, fns, key, make_build, [selector] + hidden, run_time=[0],
-                                      own_derivatives=True)
+                                      own_derivatives=True, alone=alone, read=read)
         else:
             # The selector is a run-time value of the program (the conditional's branch index).
             outs, meta = _control.run(api, fns, key, make_build, [selector] + leaves, run_time=[0],
@@ -219,23 +223,24 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
     except AttributeError as e:
         if "Tensor.graph is undefined" not in str(e):
             raise
-        # TensorFlow's conditional cannot take a forward-mode derivative, while it is traced,
-        # of an eager tensor a branch closes over (tf.cond in a tf.function fails alike).
+        # TensorFlow's forward rule of the conditional, in its trace, met a tangent of a
+        # tensor the branches read through an object the closure walk does not open.
         raise TypeError(
-            f"{api}: forward mode (tf.autodiff.ForwardAccumulator) through {api} called eagerly "
-            f"does not reach a tensor that a branch ({', '.join(names)}) closes over and that is "
-            f"being differentiated. Pass that tensor to {api} as an operand "
-            f"({api}(..., *operands)), or call {api} inside a tfscan.jit function.") from None
+            f"{api}: forward mode (tf.autodiff.ForwardAccumulator) through {api} does not reach "
+            f"a tensor that a branch ({', '.join(names)}) reads and that is being differentiated "
+            f"(tfscan finds the tensors a branch closes over in its closure cells, defaults and "
+            f"globals, not inside other objects). Pass that tensor to {api} as an operand "
+            f"({api}(..., *operands)).") from None
     forward = meta.get("forward") or [None] * len(outs)
     outs = [leaves[i] if i is not None else o for o, i in zip(outs, forward)]
     if own_jvp:
         variables = [v for v in (r() for r in meta.get("variables", {}).values()) if v is not None]
-        outs = _with_jvp(api, selector, fns, names, leaves, outs, op_tree, choose, variables)
+        outs = _with_jvp(api, selector, fns, names, leaves, outs, op_tree, choose, variables, read)
     return _tree.unflatten(meta["tree"], outs)
 
 
 def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: list, op_tree, choose,
-              variables: list) -> list:
+              variables: list, read: list) -> list:
     """``outs`` recorded with derivatives of their own, as JAX differentiates a conditional.
 
     Forward mode (accumulators): the conditional over ``(operands, their tangents, the
@@ -248,7 +253,7 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
     gradient) would silently miss their terms. Both are conditionals of this kind again (a
     JVP of a JVP, or of a VJP, nests).
     """
-    closed = _closed_tensors(fns)
+    closed = _closed_tensors(fns, read)
     fl = tuple(i for i, t in enumerate(leaves) if is_float(t.dtype))
     fo = tuple(i for i, o in enumerate(outs) if is_float(o.dtype))
     for v in variables:
@@ -277,13 +282,27 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
     return shown
 
 
-def _closed_tensors(fns: list) -> list:
-    """The float tensors the branches close over (each once)."""
+def _traced_alone(fns: list) -> bool:
+    """Whether the conditional of ``fns`` is traced on a fresh thread, unseen by the live
+    accumulators (:func:`tfscan._core.context.traced_alone`): called eagerly while one is
+    live (the branches may read, through any object, an eager tensor or a variable it
+    differentiates), or in a graph when they close over a tensor one differentiates or
+    read objects the closure walk does not open (which may hold one)."""
+    if not record.pack_tangents([]).indices:
+        return False
+    if tf.executing_eagerly():
+        return True
+    closures = [_cache.closure(f) for f in fns]
+    return not all(c.exact for c in closures) or bool(record.tangent_indices([t for c in closures for t in c.tensors]))
+
+
+def _closed_tensors(fns: list, read: Sequence = ()) -> list:
+    """The float tensors the branches close over, then the other float tensors in ``read``
+    (what their program read), each once."""
     seen: dict = {}
-    for f in fns:
-        for t in _cache.closure(f).tensors:
-            if is_float(t.dtype):
-                seen.setdefault(id(t), t)
+    for t in [t for f in fns for t in _cache.closure(f).tensors] + list(read):
+        if isinstance(t, tf.Tensor) and is_float(t.dtype):
+            seen.setdefault(id(t), t)
     return list(seen.values())
 
 

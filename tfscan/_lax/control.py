@@ -26,6 +26,8 @@ from tfscan._scan import program as _program
 
 __all__ = []  # private module
 
+INLINE_SCOPE = "tfscan_inline"  # the name scope of a program emitted inline
+
 class Compiled:
     """``build(*tensors) -> list of tensors`` run compiled by XLA, traced once.
 
@@ -88,8 +90,10 @@ class _Fed:
         (XLA keeps every program it compiles for the life of the process)."""
         return any(tf.is_symbolic_tensor(t) for t in self.concrete.captured_inputs)
 
-    def __call__(self, args: Sequence[tf.Tensor], slots: Sequence[tf.Tensor]) -> list:
+    def __call__(self, args: Sequence[tf.Tensor], slots: Sequence[tf.Tensor], read: list | None = None) -> list:
         captured = self.feed.values(self.concrete.captured_inputs, slots)
+        if read is not None:
+            read.extend(captured)
         if self.launchable:
             outs = _program.launch(self.concrete, list(args), captured, self.run_time)
             if outs is not None:
@@ -98,8 +102,8 @@ class _Fed:
 
 
 def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dict], Callable],
-        args: Sequence[tf.Tensor], run_time: Sequence[int] = (), own_derivatives: bool = False
-        ) -> tuple[list, dict]:
+        args: Sequence[tf.Tensor], run_time: Sequence[int] = (), own_derivatives: bool = False,
+        alone: bool = False, read: list | None = None) -> tuple[list, dict]:
     """``(outputs, meta)`` of ``make_build(meta)(*args)``, compiled once per program.
 
     ``fns`` are the user's functions the program calls; ``key`` the rest of what its trace
@@ -116,10 +120,16 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
     of an inline conditional under an accumulator fails. In a graph, a program with no
     float output is one ``XlaLaunch`` op (:func:`tfscan._scan.program.launch`); one with
     float outputs keeps TensorFlow's call, whose gradient a tape outside the function needs.
+    ``alone``: trace the program on a fresh thread, unseen by this thread's tapes and
+    accumulators (:func:`tfscan._core.context.traced_alone`). ``read``: a list that gets
+    the tensors and resources this call feeds the program in place of its captures (what
+    the functions read, found by tracing: also through objects the closure walk does not
+    open); only with ``own_derivatives`` (outside it the program may be emitted inline).
     """
     if _context.in_xla_context() and not own_derivatives:
         meta: dict = {}
-        return list(make_build(meta)(*args)), meta
+        with tf.name_scope(INLINE_SCOPE):  # not a tf.cond of the user's (``jit_rules.holds_conditional``)
+            return list(make_build(meta)(*args)), meta
     closures = [_cache.closure(f) for f in fns]
     slots = [t for c in closures for t in c.tensors]
     # A graph never reuses a program made eagerly: a function called eagerly keeps the
@@ -131,6 +141,8 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
 
     def make() -> _Fed:
         meta: dict = {}
+        if alone:
+            return _context.traced_alone(lambda: _Fed(make_build(meta), meta, specs, slots, fns[0], run_time))
         return _Fed(make_build(meta), meta, specs, slots, fns[0], run_time)
 
     entry, created = _cache.lookup("control", full_key, make)
@@ -138,7 +150,7 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
         entry = make()  # it reads tensors through objects the walk does not open: trace again
         _cache.put("control", full_key, entry)
     with _tf.record.stop_recording() if own_derivatives else contextlib.nullcontext():
-        return entry(args, slots), entry.meta
+        return entry(args, slots, read), entry.meta
 
 
 def specs(tensors: Sequence[tf.Tensor]) -> tuple:

@@ -138,13 +138,15 @@ class Jitted:
                 "tracing fails alike for tf.function). Use tfscan.cond/tfscan.switch there, or pass "
                 "that tensor as an argument of the jitted function.") from None
         closed, variables = _rules.watched_inputs(self._fun, entry.concrete) if recording else ([], [])
-        if recording and _rules.accumulating(flat + closed + [v.handle for v in variables]) \
-                and not entry.holds_conditional:
+        inputs = flat + closed + [v.handle for v in variables]
+        if recording and _rules.accumulating(inputs) and (
+                not entry.holds_conditional or _rules.first_order(inputs)):
             # Under an accumulator, derivatives of its own (compiled JVP and VJP programs), as
             # JAX: TensorFlow's forward mode of the call would transpose its gradient (which
-            # a run-time-bounded loop does not have). Not for a function holding a tf.cond or
-            # a tfscan conditional whose branches close over a traced tensor: TensorFlow's
-            # forward rule of those inside the JVP trace fails, its forward mode of the whole
+            # a run-time-bounded loop does not have). A function holding a tf.cond only to
+            # first order (one accumulator, no tape): TensorFlow's forward rule of a tf.cond
+            # under nested accumulators in the JVP trace fails (``cond_v2``'s gradient
+            # captures a tangent of a graph two levels out); its forward mode of the whole
             # call does not.
             with record.stop_recording():
                 outs = _tf.call_concrete(entry.concrete, flat, captured, xla=True)
@@ -153,7 +155,13 @@ class Jitted:
             # Through the tf.function, which builds the gradient TensorFlow derives for this
             # call in an XLA context (as the function itself): a conditional's gradient then
             # saves plain tensors, not Optionals XLA lacks.
-            outs = entry.function(*flat)
+            try:
+                outs = entry.function(*flat)
+            except ValueError as e:
+                if _rules.accumulating(inputs) and not record.should_record_backprop(inputs) \
+                        and str(e).startswith(_rules.REVERSE_ERROR_START):
+                    raise ValueError(_rules.nested_forward_error(_name(self._fun))) from None
+                raise
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
         else:
             # Straight to the concrete function (no re-canonicalization), fed this call's
@@ -251,7 +259,11 @@ class Jitted:
         # As jax.jit, a function once traced for a signature is not traced again when what
         # it closes over changes structure (a list it appends to): its trace is kept.
         fresh = first == closure.key
-        key = (first,) + signature
+        # An eager call never reuses a trace made in a graph (inside another jitted function
+        # or a gradient's trace), as for the control-flow programs: its loops recorded their
+        # own derivatives on that graph's tapes, and TensorFlow's gradient of the call, which
+        # an eager tape takes, would meet their ops (no gradient for XlaDynamicUpdateSlice).
+        key = (first, tf.executing_eagerly()) + signature
         make = lambda: _Entry(self._fun, tree, static, flat, closure.tensors)  # noqa: E731
         entry, created = _cache.lookup("jit", key, make)
         # The trace read something the key cannot see by value (an object's attributes, a
@@ -275,7 +287,6 @@ class _Entry:
     def __init__(self, fun: Callable, tree, static, flat, slots: Sequence[tf.Tensor]):
         self.tree, self.static = tree, tuple((kind, where, _unwrap(value)) for kind, where, value in static)
         self.out_tree = None
-        self.holds_conditional = False
         self.owner = _cache.Owner(fun)
 
         def traced(*leaves):
@@ -285,9 +296,7 @@ class _Entry:
                 # its own (its derivatives are the call's), not ops an outer accumulator reaches
                 # through the capture (a conditional's could not take an eager tangent).
                 record.silent_capture(graph, t)
-            before = _context.conditionals_traced()
             out = _rules.call_flat(fun, tree, self.static, leaves)
-            self.holds_conditional = _context.conditionals_traced() > before
             out_leaves, out_paths, self.out_tree = _tree.flatten_with_paths(out, "output")
             return [_checks.output_tensor(v, p, "jit", "the function") for v, p in zip(out_leaves, out_paths)]
 
@@ -296,8 +305,8 @@ class _Entry:
         self.specs = [t if isinstance(t, tf.TensorSpec) else tf.TensorSpec(t.shape, t.dtype) for t in flat]
         with _tf.xla_trace():  # a scan traced here is compiled inline, as in the function's call
             self.concrete = self.function.get_concrete_function(*self.specs)
-        # TensorFlow's conditional, or a tfscan one closing over a tensor of the trace.
-        self.holds_conditional = self.holds_conditional or _rules.holds_conditional(self.concrete)
+        # TensorFlow's conditional (a tfscan one has forward rules of its own).
+        self.holds_conditional = _rules.holds_conditional(self.concrete)
         self.feed = _cache.Feed(self.concrete.captured_inputs, slots)
         self.graph_bound = any(tf.is_symbolic_tensor(t) for t in self.concrete.captured_inputs)
 

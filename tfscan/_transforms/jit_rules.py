@@ -28,6 +28,7 @@ from tfscan import _tf
 from tfscan._core import cache as _cache
 from tfscan._core import tree as _tree
 from tfscan._core.flat import scatter
+from tfscan._lax.control import INLINE_SCOPE
 from tfscan._scan import forward as _forward
 from tfscan._scan.plan import is_float
 from tfscan._tf import record
@@ -59,15 +60,39 @@ _CONDITIONALS = frozenset({"If", "StatelessIf", "Case", "StatelessCase"})
 
 
 def holds_conditional(concrete: Any) -> bool:
-    """Whether the traced function ``concrete`` holds a conditional (``tf.cond``, or a
-    ``tfscan.cond``/``switch`` emitted inline in its XLA context)."""
-    return any(op.type in _CONDITIONALS for op in concrete.graph.get_operations())
+    """Whether the traced function ``concrete`` holds a TensorFlow conditional
+    (``tf.cond``, ``tf.switch_case``), not one emitted inline by ``tfscan.cond``/``switch``
+    (under their name scope, :data:`tfscan._lax.control.INLINE_SCOPE`), which have forward
+    rules of their own."""
+    return any(op.type in _CONDITIONALS and not any(part.startswith(INLINE_SCOPE) for part in op.name.split("/"))
+               for op in concrete.graph.get_operations())
 
 
 def accumulating(inputs: Sequence[Any]) -> bool:
     """Whether a ``ForwardAccumulator`` is live (one busy computing a tangent may not show
     its tangents of ``inputs``, yet it takes the call's: the call records its own rules)."""
     return bool(record.pack_tangents(list(inputs)).indices)
+
+
+def first_order(inputs: Sequence[Any]) -> bool:
+    """Whether one ``ForwardAccumulator`` is live and no tape watches ``inputs``: the call's
+    JVP program then runs under that accumulator only."""
+    return len(record.pack_tangents([]).indices) == 1 and not record.should_record_backprop(list(inputs))
+
+
+REVERSE_ERROR_START = "Reverse-mode differentiation does not work for tfscan.while_loop"
+
+
+def nested_forward_error(name: str) -> str:
+    """The error of nested forward mode through a jitted function holding a ``tf.cond`` and
+    a run-time-bounded loop."""
+    return (f"jit: forward mode (tf.autodiff.ForwardAccumulator) through {name}, which holds a "
+            "tf.cond (or tf.switch_case) and a tfscan.while_loop/fori_loop with run-time bounds, works "
+            "to first order only (one accumulator): under nested accumulators TensorFlow's forward "
+            "rule of tf.cond fails inside tfscan's JVP program, and TensorFlow's forward mode of the "
+            "whole call needs the loop's reverse mode, which a run-time-bounded loop does not have. "
+            "Use tfscan.cond/tfscan.switch instead of tf.cond (they have forward rules of their own), "
+            "or give the loop static bounds (Python ints) or while_loop(..., max_steps=N).")
 
 
 def record_call(make_jit: Callable, fun: Callable, tree: _tree.TreeDef, static: tuple,
