@@ -20,6 +20,7 @@ import tensorflow as tf
 from tfscan import _tf
 from tfscan._core import cache as _cache
 from tfscan._core import checks as _checks
+from tfscan._core import gradients as _gradients
 from tfscan._core import context as _context
 from tfscan._core import tree as _tree
 from tfscan._core.flat import scatter
@@ -226,10 +227,13 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
             f"does not reach a tensor that a branch ({', '.join(names)}) closes over and that is "
             f"being differentiated. Pass that tensor to {api} as an operand "
             f"({api}(..., *operands)), or call {api} inside a tfscan.jit function.") from None
+    variables = [v for v in (r() for r in meta.get("variables", {}).values()) if v is not None]
+    if outs and outs[0].op.type == "XlaLaunch" and any(is_float(o.dtype) for o in outs):
+        outs = _with_launch_gradient(api, selector, fns, names, hidden if own_jvp else leaves, outs, op_tree,
+                                     choose, variables)
     forward = meta.get("forward") or [None] * len(outs)
     outs = [leaves[i] if i is not None else o for o, i in zip(outs, forward)]
     if own_jvp:
-        variables = [v for v in (r() for r in meta.get("variables", {}).values()) if v is not None]
         outs = _with_jvp(api, selector, fns, names, leaves, outs, op_tree, choose, variables)
     return _tree.unflatten(meta["tree"], outs)
 
@@ -275,6 +279,40 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
 
     record.record_operation(f"tfscan_{api}", shown, inputs, backward, forward)
     return shown
+
+
+def _with_launch_gradient(api: str, selector, fns: list, names: list, ins: list, outs: list, op_tree, choose,
+                          variables: list) -> list:
+    """``outs`` of the conditional launched as one ``XlaLaunch`` op, through an ``IdentityN``
+    whose gradient is the conditional of the branches' VJPs (as ``_with_jvp``'s backward).
+
+    ``tf.gradients`` and a tape outside the ``tf.function`` differentiate the graph op by op:
+    the ``IdentityN`` gives them this VJP (itself such a conditional, so derivatives of any
+    order nest), and gives the ``XlaLaunch`` op no cotangent. TensorFlow's own gradient of
+    the launched function would differentiate its ``If``, whose second derivative saves
+    ``Optional`` intermediates XLA cannot compile. The gradient function is set on the op
+    (it lives and dies with the graph); a name is registered too (removed with the graph),
+    under which ``tf.saved_model`` saves it, so a loaded model keeps the gradient.
+    """
+    closed = _closed_tensors(fns)
+    fl = tuple(i for i, t in enumerate(ins) if is_float(t.dtype))
+    fo = tuple(i for i, o in enumerate(outs) if is_float(o.dtype))
+    graph = _tf.default_graph()
+    handles = [_tf.in_graph(graph, v.handle) for v in variables]
+    n_out, n_in = len(outs), len(ins)
+
+    def grad(op, *d_all):
+        inputs = list(op.inputs)
+        sel, ins_ = inputs[n_out], inputs[n_out + 1: n_out + 1 + n_in]
+        d = _forward.filled_cotangents(d_all[:n_out], inputs[:n_out], fo)
+        vjp_fns = [_branch_vjp(f, op_tree, fl, fo, tuple(closed), tuple(variables)) for f in fns]
+        grads = _select(api, sel, vjp_fns, [f"vjp of {n}" for n in names], (tuple(ins_), tuple(d)), choose,
+                        derivative=True)
+        return [None] * (n_out + 1) + scatter(n_in, fl, grads[: len(fl)]) + list(grads[len(fl):])
+
+    with record.stop_recording():
+        return _gradients.graph_owned_identity(f"Tfscan{api.capitalize()}Grad", grad,
+                                               list(outs) + [selector] + list(ins) + closed + handles)[:n_out]
 
 
 def _closed_tensors(fns: list) -> list:

@@ -74,11 +74,6 @@ class _Fed:
         captured = self.concrete.captured_inputs
         self.feed = _cache.Feed(captured, slots)
         self.owner = _cache.Owner(owner)
-        # An ``XlaLaunch`` op has no gradient: it serves when nothing is differentiable.
-        # Otherwise symbolic differentiation (``tf.gradients``, a tape outside the
-        # tf.function, which takes the function's gradient, not the derivatives the caller
-        # recorded on the tapes live while tracing) needs TensorFlow's call of the function.
-        self.launchable = not any(o.dtype.is_floating or o.dtype.is_complex for o in self.concrete.outputs)
 
     @property
     def graph_bound(self) -> bool:
@@ -90,10 +85,9 @@ class _Fed:
 
     def __call__(self, args: Sequence[tf.Tensor], slots: Sequence[tf.Tensor]) -> list:
         captured = self.feed.values(self.concrete.captured_inputs, slots)
-        if self.launchable:
-            outs = _program.launch(self.concrete, list(args), captured, self.run_time)
-            if outs is not None:
-                return outs
+        outs = _program.launch(self.concrete, list(args), captured, self.run_time)
+        if outs is not None:
+            return outs
         return _tf.call_concrete(self.concrete, list(args), captured, xla=True)
 
 

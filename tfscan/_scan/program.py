@@ -19,6 +19,7 @@ from tfscan._core import context as _context
 from tfscan._core.flat import scatter, split_list
 from tfscan._scan import buffered_loop as _buffered_loop
 from tfscan._scan import cotangent as _cotangent
+from tfscan._scan import launched as _launched
 from tfscan._scan import remat as _remat
 from tfscan._scan.plan import Plan, float_indices
 from tfscan._scan.residuals import NotSplittable, StepVJP, warn_recompute
@@ -451,7 +452,9 @@ def launch(fn: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = 
     ``None`` (nothing emitted): eagerly, while a tape or accumulator could record, inside a
     step tfscan traces and copies or a ``vmap`` trace (those keep the call op their rules
     convert), or when :func:`tfscan._tf.launch_compiled` refuses. TensorFlow's own call of a
-    compiled function keeps memory for every graph that runs it; this op does not.
+    compiled function keeps memory for every graph that runs it; this op does not. Its
+    gradient (for ``tf.gradients`` and tapes outside the function) is the program's VJP
+    (:mod:`tfscan._scan.launched`).
 
     ``captured``: values fed for the concrete function's captures; ``run_time``: indices of
     integer ``args`` the program never needs as compile-time constants. Every compiled call
@@ -467,6 +470,8 @@ def launch(fn: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = 
     if outs is not None:
         from tfscan._transforms import batching  # noqa: PLC0415 - a transform, used here only
         batching.install()  # so that pfor (tf.vectorized_map) converts the op
+        if outs:  # so that tf.gradients (a tape outside the tf.function) differentiates it
+            _launched.note(outs[0].op, concrete)
     return outs
 
 

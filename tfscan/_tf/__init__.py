@@ -10,7 +10,8 @@ tfscan.
 The entries come in five groups, one module each:
 
 * :mod:`~tfscan._tf.calls` — calling a traced function: :func:`call_concrete`,
-  :func:`fixed_captures`, :func:`launch_compiled`, :func:`xla_trace`, :func:`quiet_retracing`;
+  :func:`fixed_captures`, :func:`launch_compiled`, :func:`register_launch_gradient`,
+  :func:`xla_trace`, :func:`quiet_retracing`;
 * :mod:`~tfscan._tf.tapes` — the eager tapes and accumulators: :class:`record`,
   :func:`guard_empty_function_call_records`;
 * :mod:`~tfscan._tf.graphs` — graphs being built: :func:`default_graph`,
@@ -25,7 +26,14 @@ The entries come in five groups, one module each:
 Checked on: TensorFlow 2.21 (the oldest and the newest release the package claims).
 """
 
-from tfscan._tf.calls import call_concrete, fixed_captures, launch_compiled, quiet_retracing, xla_trace
+from tfscan._tf.calls import (
+    call_concrete,
+    fixed_captures,
+    launch_compiled,
+    quiet_retracing,
+    register_launch_gradient,
+    xla_trace,
+)
 from tfscan._tf.graphs import (
     default_graph,
     distributed_container,
@@ -49,7 +57,8 @@ from tfscan._tf.tapes import guard_empty_function_call_records, record
 from tfscan._tf.vectorize import pfor, xla
 
 # The door's entries (a private package: callers write ``_tf.<entry>``).
-__all__ = ["call_concrete", "fixed_captures", "launch_compiled", "quiet_retracing", "xla_trace",
+__all__ = ["call_concrete", "fixed_captures", "launch_compiled", "quiet_retracing", "register_launch_gradient",
+           "xla_trace",
            "record", "guard_empty_function_call_records",
            "default_graph", "distributed_container", "function_graph", "graph_function", "graph_variables", "in_graph",
            "in_xla_context",

@@ -9,6 +9,7 @@ it is, why no public API serves, and the TensorFlow versions it was checked on.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Sequence
 
 import tensorflow as tf
@@ -23,6 +24,8 @@ from tensorflow.python.framework import ops as _ops
 from tensorflow.python.ops import resource_variable_ops as _resource_variable_ops
 
 __all__: list = []  # private module
+
+_launch_lock = threading.Lock()
 
 
 def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = None,
@@ -141,6 +144,34 @@ def launch_compiled(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence
     for r, o in zip(result, outputs):
         r.set_shape(o.shape)
     return result
+
+
+_launch_gradient: list = []  # the function registered for ``XlaLaunch``, once
+
+
+def register_launch_gradient(grad: Any) -> None:
+    """Register ``grad(op, *d_outputs)`` as the gradient of the op type ``XlaLaunch`` (once
+    per process; later calls do nothing).
+
+    Why here: ``tf.RegisterGradient`` is public, but it sets the gradient of an op type
+    TensorFlow itself emits only inside its XLA compiler passes. TensorFlow registers no
+    gradient for ``XlaLaunch`` (``tf.gradients`` of one raises ``LookupError``), so nothing
+    of TensorFlow's is overridden; if a TensorFlow release registers one, it is kept and
+    ``grad`` is not registered. ``grad`` must raise TensorFlow's ``LookupError`` for an op
+    that is not one of the :func:`launch_compiled` ops it knows. A SavedModel saves no
+    gradient for this op type (only ops with a ``_gradient_op_type`` attribute have theirs
+    saved). Checked on TF 2.21.
+    """
+    if _launch_gradient:
+        return
+    with _launch_lock:
+        if _launch_gradient:
+            return
+        try:
+            tf.RegisterGradient("XlaLaunch")(grad)
+        except KeyError:  # TensorFlow registered one: keep it
+            pass
+        _launch_gradient.append(grad)
 
 
 def xla_trace() -> contextlib.AbstractContextManager:
