@@ -10,6 +10,7 @@ branches' VJPs (so a JVP of a gradient is right).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence as SequenceABC
 import weakref
 from typing import Any, Callable, Sequence
@@ -228,7 +229,7 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
             f"being differentiated. Pass that tensor to {api} as an operand "
             f"({api}(..., *operands)), or call {api} inside a tfscan.jit function.") from None
     variables = [v for v in (r() for r in meta.get("variables", {}).values()) if v is not None]
-    if outs and outs[0].op.type == "XlaLaunch" and any(is_float(o.dtype) for o in outs):
+    if not tf.executing_eagerly() and outs and outs[0].op.type == "XlaLaunch" and any(is_float(o.dtype) for o in outs):
         outs = _with_launch_gradient(api, selector, fns, names, hidden if own_jvp else leaves, outs, op_tree,
                                      choose, variables)
     forward = meta.get("forward") or [None] * len(outs)
@@ -306,8 +307,12 @@ def _with_launch_gradient(api: str, selector, fns: list, names: list, ins: list,
         sel, ins_ = inputs[n_out], inputs[n_out + 1: n_out + 1 + n_in]
         d = _forward.filled_cotangents(d_all[:n_out], inputs[:n_out], fo)
         vjp_fns = [_branch_vjp(f, op_tree, fl, fo, tuple(closed), tuple(variables)) for f in fns]
-        grads = _select(api, sel, vjp_fns, [f"vjp of {n}" for n in names], (tuple(ins_), tuple(d)), choose,
-                        derivative=True)
+        # Built where a tape or accumulator could record (TensorFlow's JVP of the tf.function
+        # transposes this gradient): the VJP conditional is TensorFlow's call there.
+        keep = _context.tensorflow_calls() if record.could_possibly_record() else contextlib.nullcontext()
+        with keep:
+            grads = _select(api, sel, vjp_fns, [f"vjp of {n}" for n in names], (tuple(ins_), tuple(d)), choose,
+                            derivative=True)
         return [None] * (n_out + 1) + scatter(n_in, fl, grads[: len(fl)]) + list(grads[len(fl):])
 
     with record.stop_recording():

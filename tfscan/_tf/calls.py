@@ -153,7 +153,7 @@ def register_launch_gradient(grad: Any) -> None:
     """Register ``grad(op, *d_outputs)`` as the gradient of the op type ``XlaLaunch`` (once
     per process; later calls do nothing).
 
-    Why here: ``tf.RegisterGradient`` is public, but it sets the gradient of an op type
+    Why private: ``tf.RegisterGradient`` is public, but it sets the gradient of an op type
     TensorFlow itself emits only inside its XLA compiler passes. TensorFlow registers no
     gradient for ``XlaLaunch`` (``tf.gradients`` of one raises ``LookupError``), so nothing
     of TensorFlow's is overridden; if a TensorFlow release registers one, it is kept and
