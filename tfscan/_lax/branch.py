@@ -298,8 +298,6 @@ def _with_launch_gradient(api: str, selector, fns: list, names: list, ins: list,
     closed = _closed_tensors(fns)
     fl = tuple(i for i, t in enumerate(ins) if is_float(t.dtype))
     fo = tuple(i for i, o in enumerate(outs) if is_float(o.dtype))
-    graph = _tf.default_graph()
-    handles = [_tf.in_graph(graph, v.handle) for v in variables]
     n_out, n_in = len(outs), len(ins)
 
     def grad(op, *d_all):
@@ -316,8 +314,11 @@ def _with_launch_gradient(api: str, selector, fns: list, names: list, ins: list,
         return [None] * (n_out + 1) + scatter(n_in, fl, grads[: len(fl)]) + list(grads[len(fl):])
 
     with record.stop_recording():
+        # A variable's gradient reaches it through a read of it (a resource input would not
+        # load: a SavedModel's gradient function takes one float cotangent per output).
+        reads = [tf.convert_to_tensor(v) for v in variables]
         return _gradients.graph_owned_identity(f"Tfscan{api.capitalize()}Grad", grad,
-                                               list(outs) + [selector] + list(ins) + closed + handles)[:n_out]
+                                               list(outs) + [selector] + list(ins) + closed + reads)[:n_out]
 
 
 def _closed_tensors(fns: list) -> list:
