@@ -229,7 +229,8 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
             f"being differentiated. Pass that tensor to {api} as an operand "
             f"({api}(..., *operands)), or call {api} inside a tfscan.jit function.") from None
     variables = [v for v in (r() for r in meta.get("variables", {}).values()) if v is not None]
-    if not tf.executing_eagerly() and outs and outs[0].op.type == "XlaLaunch" and any(is_float(o.dtype) for o in outs):
+    if not tf.executing_eagerly() and outs and outs[0].op.type == "XlaLaunch" and \
+            any(is_float(o.dtype) for o in outs):
         outs = _with_launch_gradient(api, selector, fns, names, hidden if own_jvp else leaves, outs, op_tree,
                                      choose, variables)
     forward = meta.get("forward") or [None] * len(outs)

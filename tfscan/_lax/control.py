@@ -108,8 +108,9 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
     tape or accumulator live here builds TensorFlow's derivative functions of the call.
     Under XLA too it is a call (XLA inlines it), not inline ops: TensorFlow's forward rule
     of an inline conditional under an accumulator fails. In a graph, a program with no
-    float output is one ``XlaLaunch`` op (:func:`tfscan._scan.program.launch`); one with
-    float outputs keeps TensorFlow's call, whose gradient a tape outside the function needs.
+    program is one ``XlaLaunch`` op (:func:`tfscan._scan.program.launch`); a conditional's
+    gradient for ``tf.gradients`` and tapes outside the function is its own (an ``IdentityN``,
+    ``branch._with_launch_gradient``), any other's its VJP program (:mod:`tfscan._scan.launched`).
     """
     if _context.in_xla_context() and not own_derivatives:
         meta: dict = {}

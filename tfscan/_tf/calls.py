@@ -108,7 +108,9 @@ def launch_compiled(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence
     non-resource one, when an integer input (a possible compile-time constant) is not in
     ``not_constant`` (indices into ``args``, known to be run-time values only), when the
     graph is not a ``tf.function``'s, or when a tape or accumulator could record the op
-    (it has no registered gradient; tfscan records its own). Checked on TF 2.21.
+    (tapes record only ops made by op wrappers; tfscan records its own derivatives). Its
+    gradient, for ``tf.gradients`` and tapes outside the function, is the one tfscan
+    registers (:func:`register_launch_gradient`). Checked on TF 2.21.
     """
     graph = _ops.get_default_graph()
     if (_context.executing_eagerly() or not isinstance(graph, _func_graph.FuncGraph)
