@@ -1,11 +1,14 @@
 """``cond`` and ``switch``: ``jax.lax.cond`` / ``jax.lax.switch`` as one compiled XLA conditional.
 
 Every branch is traced on the operands' specs (as JAX does), their outputs must agree
-in pytree structure, dtype and shape, and only the selected branch runs. Without a live
-forward accumulator, gradients are TensorFlow's own for its conditional. With one
-(``_with_jvp``), the conditional has derivatives of its own, as in JAX: a JVP conditional
-whose branches are traced under a ``ForwardAccumulator``, and a VJP conditional of the
-branches' VJPs (so a JVP of a gradient is right).
+in pytree structure, dtype and shape, and only the selected branch runs. Eagerly without
+a live forward accumulator, gradients are TensorFlow's own for its conditional. With one,
+or a tape in a graph (``_with_jvp``), the conditional has derivatives of its own, as in
+JAX: a JVP conditional whose branches are traced under a ``ForwardAccumulator``, and a VJP
+conditional of the branches' VJPs (so a JVP of a gradient is right). In a ``tf.function``
+the conditional is one ``XlaLaunch`` op (no memory kept per graph) whose outputs pass an
+``IdentityN`` carrying that VJP conditional as their gradient (``_with_launch_gradient``),
+for ``tf.gradients``, tapes outside the function and a SavedModel.
 """
 
 from __future__ import annotations
