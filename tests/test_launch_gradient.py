@@ -38,11 +38,15 @@ def _launches(fn, *args) -> int:
     return [op.type for op in graph.get_operations()].count("XlaLaunch")
 
 
-@pytest.mark.parametrize("kind", ["cond", "switch"])
-def test_tapes_outside_the_function_take_first_and_second_derivatives(kind):
+@pytest.mark.parametrize("kind, traced_first", [("cond", False), ("switch", False), ("cond", True)])
+def test_tapes_outside_the_function_take_first_and_second_derivatives(kind, traced_first):
+    """Traced under the tapes (the conditional records its own derivatives) or before them
+    (nothing records while tracing): the XlaLaunch op's IdentityN gives the derivatives."""
     W = tf.Variable(W0)
     fn = tf.function(lambda x: _f(tfscan, W, x, kind))
     x, v = tf.constant(X0), tf.constant(V0)
+    if traced_first:
+        fn(x)
     with tf.GradientTape() as outer:
         outer.watch(x)
         with tf.GradientTape() as inner:
@@ -127,3 +131,24 @@ def test_an_xla_launch_op_that_is_not_tfscans_has_tensorflows_lookup_error():
     tfscan.cond(True, tf.sin, tf.cos, 1.0)  # tfscan's gradient for XlaLaunch is registered by now
     with pytest.raises(LookupError, match="No gradient defined for operation.*XlaLaunch"):
         run(tf.constant(1.0))
+
+
+def test_another_launched_program_gets_its_vjp_program_as_gradient():
+    """associative_scan in a graph is one XlaLaunch op too: a tape outside the tf.function
+    takes its gradient from the program's VJP program (tfscan._scan.launched), twice over."""
+    x, v = tf.constant(X0), tf.constant(V0)
+    fn = tf.function(lambda x: tf.reduce_sum(tf.sin(tfscan.associative_scan(lambda a, b: a * b + a, x))))
+    fn(x)  # traced with no tape live (a tape live while tracing keeps TensorFlow's call)
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            y = fn(x)
+        g = inner.gradient(y, x)
+        gv = tf.reduce_sum(g * v)
+    hvp = outer.gradient(gv, x)
+    assert _launches(fn, tf.TensorSpec([3])) == 1
+
+    f = lambda x: jnp.sum(jnp.sin(jax.lax.associative_scan(lambda a, b: a * b + a, x)))  # noqa: E731
+    np.testing.assert_allclose(g.numpy(), jax.grad(f)(X0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(hvp.numpy(), jax.jvp(jax.grad(f), (X0,), (V0,))[1], rtol=1e-4, atol=1e-5)
