@@ -191,8 +191,10 @@ KERAS_SOAK = textwrap.dedent("""
     import numpy as np, keras, tensorflow as tf, tfscan.keras
     impl, n = sys.argv[1], int(sys.argv[2])
     jit = {"auto": "auto", "on": True, "off": False}[sys.argv[3] if len(sys.argv) > 3 else "auto"]
-    layer = tfscan.keras.LSTM(16) if impl == "tfscan" else keras.layers.LSTM(16)
-    model = keras.Sequential([keras.Input((None, 8)), layer, keras.layers.Dense(1)])
+    # impl "none": no recurrent layer (the floor of Keras and TensorFlow's own per-shape state)
+    layers = {"tfscan": lambda: [tfscan.keras.LSTM(16)], "keras": lambda: [keras.layers.LSTM(16)],
+              "none": lambda: [keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(16, "tanh")]}[impl]()
+    model = keras.Sequential([keras.Input((None, 8)), *layers, keras.layers.Dense(1)])
     model.compile("adam", "mse", jit_compile=jit)
     rng = np.random.default_rng(0)
 
@@ -226,27 +228,30 @@ KERAS_SOAK = textwrap.dedent("""
     print("KIB", (r2 - r0) * 1024 / n, "HALVES", (r1 - r0) * 1024 / (n // 2), (r2 - r1) * 1024 / (n - n // 2))
 """)
 
-# ``KERAS_SOAK`` (``python -c KERAS_SOAK IMPL N [JIT]``, IMPL ``tfscan`` or ``keras``, JIT ``auto``
-# (Keras' default: off for these models on CPU), ``on`` or ``off``) prints the RSS growth per new
-# sequence length of a Keras model with ``Input((None, 8))`` and an LSTM layer, then over the
-# first and the second half of the lengths.
+# ``KERAS_SOAK`` (``python -c KERAS_SOAK IMPL N [JIT]``, IMPL ``tfscan``, ``keras`` or ``none`` (no
+# recurrent layer: global average pooling and a Dense(16) instead), JIT ``auto`` (Keras' default:
+# off for these models on CPU), ``on`` or ``off``) prints the RSS growth per new sequence length of
+# a Keras model with ``Input((None, 8))`` and an LSTM layer, then over the first and the second
+# half of the lengths.
 
 
-def _soak(script: str, impl: str, n: int) -> float | None:
-    proc = subprocess.run([sys.executable, "-c", script, impl, str(n)], capture_output=True, text=True,
+def _soak(script: str, impl: str, n: int, *extra: str) -> float | None:
+    proc = subprocess.run([sys.executable, "-c", script, impl, str(n), *extra], capture_output=True, text=True,
                           timeout=3600, cwd=os.path.dirname(HERE))
     return float(proc.stdout.split("KIB")[1].split()[0]) if "KIB" in proc.stdout else None
 
 
 def _memory_rows(graphs: int, lengths: int, repeats: int) -> dict:
     """Medians over ``repeats`` fresh subprocesses per implementation (interleaved)."""
-    runs: dict = {"tfscan": [], "tf.scan": [], "xla-call": [], "keras-tfscan": [], "keras-LSTM": []}
+    runs: dict = {"tfscan": [], "tf.scan": [], "xla-call": [], "keras-tfscan": [], "keras-LSTM": [],
+                  "keras-no-rnn": []}
     for _ in range(repeats):
         for impl, kib in side_by_side(max(1, graphs // 2), 2).items():  # tfscan and tf.scan in one process
             runs[impl].append(kib)
         runs["xla-call"].append(_soak(SOAK, "xla-call", graphs))
         runs["keras-tfscan"].append(_soak(KERAS_SOAK, "tfscan", lengths))
         runs["keras-LSTM"].append(_soak(KERAS_SOAK, "keras", lengths))
+        runs["keras-no-rnn"].append(_soak(KERAS_SOAK, "none", lengths))
     return {k: statistics.median([v for v in vs if v is not None] or [float("nan")]) for k, vs in runs.items()} | {
         "runs": runs}
 
@@ -287,7 +292,8 @@ def main(argv=None) -> int:
     print(f"| memory per traced graph: RSS per fresh `tf.function` (grad of a 20-step scan) | {m['tfscan']:.0f} KiB "
           f"| `tf.scan`: {m['tf.scan']:.0f} KiB; held `jit_compile` function: {m['xla-call']:.0f} KiB | |")
     print(f"| memory per new sequence length, Keras `Input((None, 8))` + LSTM(16), train + predict | "
-          f"{m['keras-tfscan']:.0f} KiB | `keras.layers.LSTM`: {m['keras-LSTM']:.0f} KiB | |")
+          f"{m['keras-tfscan']:.0f} KiB | `keras.layers.LSTM`: {m['keras-LSTM']:.0f} KiB; no recurrent layer "
+          f"(pooling + Dense): {m['keras-no-rnn']:.0f} KiB | |")
     print("\n" + control_table(result["control_kib_per_graph"]))
     print(f"\nload average {result['load']}", file=sys.stderr)
     return 0

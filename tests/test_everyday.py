@@ -184,15 +184,9 @@ def test_memory_per_fresh_traced_graph_is_within_twice_tf_scans():
     assert kib["tfscan"] <= 2 * max(kib["tf.scan"], 0.0) + 32, f"KiB per traced graph: {kib}"
 
 
-_COND_KEEPS_TFS_CALL = pytest.mark.xfail(
-    strict=True, reason="a differentiated cond/switch keeps TensorFlow's compiled call in a graph (a tape outside "
-    "the tf.function needs its gradient; an XlaLaunch op has none), which keeps memory per graph (README)")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind, mode, reference", [
-    pytest.param("cond", "grad", "tf", marks=_COND_KEEPS_TFS_CALL), ("while", "grad", "tf"),
-    pytest.param("cond", "hvp", "tf-rr", marks=_COND_KEEPS_TFS_CALL)])
+    ("cond", "grad", "tf"), ("while", "grad", "tf"), ("cond", "hvp", "tf-rr")])
 def test_memory_per_fresh_graph_through_cond_and_while_loop_is_within_twice_tfs(kind, mode, reference):
     """A fresh tf.function taking a gradient (or a Hessian-vector product) through
     ``tfscan.cond`` / ``tfscan.while_loop(max_steps=...)`` kept 0.7-1.4 MiB: each graph traced

@@ -43,6 +43,16 @@ class Nested(Encoder):
         return h * tfscan.scan(step, h0, 0.5 * xs)[0] + tfscan.scan(step, h0, xs)[0]
 
 
+class Branchy(Encoder):
+    """A cond and a switch whose branches read the variable (XlaLaunch ops in the graph)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+    def __call__(self, xs):
+        step = lambda v: tf.tanh(v @ self.W)  # noqa: E731
+        y = tfscan.cond(tf.reduce_sum(xs) > -1e6, step, lambda v: -v, xs)
+        return y + tfscan.switch(1, [lambda v: v, step, lambda v: v * 2.0], 0.5 * xs)
+
+
 def _loss(y):
     return tf.reduce_sum(tf.sin(y) * tf.range(1.0, 1.0 + tf.cast(tf.size(y), y.dtype))[: tf.shape(y)[-1]])
 
@@ -148,4 +158,21 @@ def test_loaded_keras_lstm_has_the_gradient_and_fine_tunes(tmp_path):
     _assert_close(got, ref_grads, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
     np.testing.assert_allclose(got_losses, ref_losses, rtol=1e-4)
+    assert got_losses[-1] < got_losses[0]
+
+
+def test_loaded_module_with_conditionals_has_their_gradient_and_fine_tunes(tmp_path):
+    """cond/switch in a graph are XlaLaunch ops whose gradient is tfscan's own: the
+    SavedModel saves it (registered per call), so the loaded model, without tfscan, is
+    differentiated w.r.t. its input and variables and fine-tunes as the original does."""
+    path = str(tmp_path)
+    module = Branchy()
+    x = np.random.default_rng(1).normal(size=(4, 2, 3)).astype("float32")
+    graph = module.__call__.get_concrete_function().graph
+    assert [op.type for op in graph.get_operations()].count("XlaLaunch") == 2
+    tf.saved_model.save(module, path)
+    got, got_losses = _in_fresh_process(path, x, "fn, variables = loaded, [loaded.W]")
+    want, want_losses = _grads_and_fine_tune(module, [module.W], x)
+    _assert_close(got, want)
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
     assert got_losses[-1] < got_losses[0]

@@ -298,3 +298,20 @@ def test_distributed_container_and_variable_handles():
     assert _tf.distributed_container(plain) is None and _tf.distributed_container(v) is None
     assert [h is component.handle for h in _tf.variable_handles(v)] == [True]
     assert [h is plain.handle for h in _tf.variable_handles(plain)] == [True]
+
+
+def test_register_launch_gradient_registers_once_and_keeps_the_first():
+    """The gradient of ``XlaLaunch`` is registered once (tfscan's, when it first launches a
+    program); a later registration does nothing, and an op that is not tfscan's raises
+    TensorFlow's LookupError from it."""
+    tfscan.cond(True, tf.sin, tf.cos, 1.0)
+    tf.function(lambda x: tfscan.cond(x > 0, tf.sin, tf.cos, x))(tf.constant(1.0))  # registers it
+    _tf.register_launch_gradient(lambda op, *d: [tf.constant(123.0)])  # ignored
+    held = tf.function(lambda x: x * 2.0, jit_compile=True).get_concrete_function(tf.TensorSpec([]))
+
+    @tf.function(autograph=False)
+    def run(x):
+        return tf.gradients(_tf.launch_compiled(held, [x])[0], x)
+
+    with pytest.raises(LookupError, match="not a tfscan program"):
+        run(tf.constant(1.0))

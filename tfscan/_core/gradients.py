@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 from typing import Callable, Sequence
 
 import tensorflow as tf
@@ -66,3 +67,29 @@ def is_failing(op: tf.Operation) -> str | None:
         return None
     name = name.decode() if isinstance(name, bytes) else name
     return name if name in _failing.values() else None
+
+
+def graph_owned_identity(prefix: str, grad: Callable, flat: Sequence[tf.Tensor]) -> list:
+    """``flat`` through one ``IdentityN`` whose gradient is ``grad(op, *d_outputs)``, owned by
+    the graph being built.
+
+    ``grad`` is set on the op itself (``tf.gradients`` reads it first; it may hold what it
+    needs strongly: it lives and dies with the op's graph). It is also registered, weakly,
+    under a fresh name the op carries (removed when the graph is collected), under which
+    ``tf.saved_model`` saves it: it traces the registered function without an op, which
+    then differentiates this op."""
+    ref = weakref.ref(grad)
+    site: list = []
+
+    def registered(op, *d_all):
+        fn, target = ref(), op if op is not None else (site[0]() if site else None)
+        if fn is None or target is None:
+            raise ValueError(f"tfscan: the gradient registered as {name} was freed with the graph of its op.")
+        return fn(target, *d_all)
+
+    name = register(prefix, registered)
+    out = identity(name, flat)
+    _tf.set_op_gradient_function(out[0].op, grad)
+    site.append(weakref.ref(out[0].op))
+    weakref.finalize(_tf.default_graph(), _tf.unregister_gradient, name)
+    return out

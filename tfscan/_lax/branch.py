@@ -1,15 +1,19 @@
 """``cond`` and ``switch``: ``jax.lax.cond`` / ``jax.lax.switch`` as one compiled XLA conditional.
 
 Every branch is traced on the operands' specs (as JAX does), their outputs must agree
-in pytree structure, dtype and shape, and only the selected branch runs. Without a live
-forward accumulator, gradients are TensorFlow's own for its conditional. With one
-(``_with_jvp``), the conditional has derivatives of its own, as in JAX: a JVP conditional
-whose branches are traced under a ``ForwardAccumulator``, and a VJP conditional of the
-branches' VJPs (so a JVP of a gradient is right).
+in pytree structure, dtype and shape, and only the selected branch runs. Eagerly without
+a live forward accumulator, gradients are TensorFlow's own for its conditional. With one,
+or a tape in a graph (``_with_jvp``), the conditional has derivatives of its own, as in
+JAX: a JVP conditional whose branches are traced under a ``ForwardAccumulator``, and a VJP
+conditional of the branches' VJPs (so a JVP of a gradient is right). In a ``tf.function``
+the conditional is one ``XlaLaunch`` op (no memory kept per graph) whose outputs pass an
+``IdentityN`` carrying that VJP conditional as their gradient (``_with_launch_gradient``),
+for ``tf.gradients``, tapes outside the function and a SavedModel.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence as SequenceABC
 import weakref
 from typing import Any, Callable, Sequence
@@ -20,6 +24,7 @@ import tensorflow as tf
 from tfscan import _tf
 from tfscan._core import cache as _cache
 from tfscan._core import checks as _checks
+from tfscan._core import gradients as _gradients
 from tfscan._core import context as _context
 from tfscan._core import tree as _tree
 from tfscan._core.flat import scatter
@@ -206,6 +211,7 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
     # in a trace that captures it fails), with derivatives of its own, which see the tensor.
     alone = _traced_alone(fns)
     own_jvp = own_jvp or alone
+    read: list = []  # what the program read in place of its captures (filled when called)
     try:
         if own_jvp:
             # Neither tapes nor accumulators see the operands reach TensorFlow's conditional:
@@ -213,13 +219,12 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
             # traced with recording paused: a JVP conditional's branches record inside.)
             with record.stop_recording():
                 hidden = [tf.identity(t) for t in leaves]
-            read: list = []
             outs, meta = _control.run(api, fns, key, make_build, [selector] + hidden, run_time=[0],
                                       own_derivatives=True, alone=alone, read=read)
         else:
             # The selector is a run-time value of the program (the conditional's branch index).
             outs, meta = _control.run(api, fns, key, make_build, [selector] + leaves, run_time=[0],
-                                      own_derivatives=derivative)
+                                      own_derivatives=derivative, read=read)
     except AttributeError as e:
         if "Tensor.graph is undefined" not in str(e):
             raise
@@ -231,10 +236,14 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
             f"(tfscan finds the tensors a branch closes over in its closure cells, defaults and "
             f"globals, not inside other objects). Pass that tensor to {api} as an operand "
             f"({api}(..., *operands)).") from None
+    variables = [v for v in (r() for r in meta.get("variables", {}).values()) if v is not None]
+    if not tf.executing_eagerly() and outs and outs[0].op.type == "XlaLaunch" and \
+            any(is_float(o.dtype) for o in outs):
+        outs = _with_launch_gradient(api, selector, fns, names, hidden if own_jvp else leaves, outs, op_tree,
+                                     choose, variables, read)
     forward = meta.get("forward") or [None] * len(outs)
     outs = [leaves[i] if i is not None else o for o, i in zip(outs, forward)]
     if own_jvp:
-        variables = [v for v in (r() for r in meta.get("variables", {}).values()) if v is not None]
         outs = _with_jvp(api, selector, fns, names, leaves, outs, op_tree, choose, variables, read)
     return _tree.unflatten(meta["tree"], outs)
 
@@ -280,6 +289,45 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
 
     record.record_operation(f"tfscan_{api}", shown, inputs, backward, forward)
     return shown
+
+
+def _with_launch_gradient(api: str, selector, fns: list, names: list, ins: list, outs: list, op_tree, choose,
+                          variables: list, read: list) -> list:
+    """``outs`` of the conditional launched as one ``XlaLaunch`` op, through an ``IdentityN``
+    whose gradient is the conditional of the branches' VJPs (as ``_with_jvp``'s backward).
+
+    ``tf.gradients`` and a tape outside the ``tf.function`` differentiate the graph op by op:
+    the ``IdentityN`` gives them this VJP (itself such a conditional, so derivatives of any
+    order nest), and gives the ``XlaLaunch`` op no cotangent. TensorFlow's own gradient of
+    the launched function would differentiate its ``If``, whose second derivative saves
+    ``Optional`` intermediates XLA cannot compile. The gradient function is set on the op
+    (it lives and dies with the graph); a name is registered too (removed with the graph),
+    under which ``tf.saved_model`` saves it, so a loaded model keeps the gradient.
+    """
+    closed = _closed_tensors(fns, read)
+    fl = tuple(i for i, t in enumerate(ins) if is_float(t.dtype))
+    fo = tuple(i for i, o in enumerate(outs) if is_float(o.dtype))
+    n_out, n_in = len(outs), len(ins)
+
+    def grad(op, *d_all):
+        inputs = list(op.inputs)
+        sel, ins_ = inputs[n_out], inputs[n_out + 1: n_out + 1 + n_in]
+        d = _forward.filled_cotangents(d_all[:n_out], inputs[:n_out], fo)
+        vjp_fns = [_branch_vjp(f, op_tree, fl, fo, tuple(closed), tuple(variables)) for f in fns]
+        # Built where a tape or accumulator could record (TensorFlow's JVP of the tf.function
+        # transposes this gradient): the VJP conditional is TensorFlow's call there.
+        keep = _context.tensorflow_calls() if record.could_possibly_record() else contextlib.nullcontext()
+        with keep:
+            grads = _select(api, sel, vjp_fns, [f"vjp of {n}" for n in names], (tuple(ins_), tuple(d)), choose,
+                            derivative=True)
+        return [None] * (n_out + 1) + scatter(n_in, fl, grads[: len(fl)]) + list(grads[len(fl):])
+
+    with record.stop_recording():
+        # A variable's gradient reaches it through a read of it (a resource input would not
+        # load: a SavedModel's gradient function takes one float cotangent per output).
+        reads = [tf.convert_to_tensor(v) for v in variables]
+        return _gradients.graph_owned_identity(f"Tfscan{api.capitalize()}Grad", grad,
+                                               list(outs) + [selector] + list(ins) + closed + reads)[:n_out]
 
 
 def _traced_alone(fns: list) -> bool:

@@ -76,11 +76,6 @@ class _Fed:
         captured = self.concrete.captured_inputs
         self.feed = _cache.Feed(captured, slots)
         self.owner = _cache.Owner(owner)
-        # An ``XlaLaunch`` op has no gradient: it serves when nothing is differentiable.
-        # Otherwise symbolic differentiation (``tf.gradients``, a tape outside the
-        # tf.function, which takes the function's gradient, not the derivatives the caller
-        # recorded on the tapes live while tracing) needs TensorFlow's call of the function.
-        self.launchable = not any(o.dtype.is_floating or o.dtype.is_complex for o in self.concrete.outputs)
 
     @property
     def graph_bound(self) -> bool:
@@ -94,10 +89,9 @@ class _Fed:
         captured = self.feed.values(self.concrete.captured_inputs, slots)
         if read is not None:
             read.extend(captured)
-        if self.launchable:
-            outs = _program.launch(self.concrete, list(args), captured, self.run_time)
-            if outs is not None:
-                return outs
+        outs = _program.launch(self.concrete, list(args), captured, self.run_time)
+        if outs is not None:
+            return outs
         return _tf.call_concrete(self.concrete, list(args), captured, xla=True)
 
 
@@ -117,14 +111,15 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
     so the call runs with recording paused (after the trace, which may record inside): no
     tape or accumulator live here builds TensorFlow's derivative functions of the call.
     Under XLA too it is a call (XLA inlines it), not inline ops: TensorFlow's forward rule
-    of an inline conditional under an accumulator fails. In a graph, a program with no
-    float output is one ``XlaLaunch`` op (:func:`tfscan._scan.program.launch`); one with
-    float outputs keeps TensorFlow's call, whose gradient a tape outside the function needs.
+    of an inline conditional under an accumulator fails. In a graph, a compiled
+    program is one ``XlaLaunch`` op (:func:`tfscan._scan.program.launch`); a conditional's
+    gradient for ``tf.gradients`` and tapes outside the function is its own (an ``IdentityN``,
+    ``branch._with_launch_gradient``), any other's its VJP program (:mod:`tfscan._scan.launched`).
     ``alone``: trace the program on a fresh thread, unseen by this thread's tapes and
     accumulators (:func:`tfscan._core.context.traced_alone`). ``read``: a list that gets
     the tensors and resources this call feeds the program in place of its captures (what
     the functions read, found by tracing: also through objects the closure walk does not
-    open); only with ``own_derivatives`` (outside it the program may be emitted inline).
+    open); filled when the program is called or launched, not when emitted inline.
     """
     if _context.in_xla_context() and not own_derivatives:
         meta: dict = {}

@@ -20,6 +20,7 @@ from tfscan._core import context as _context
 from tfscan._core.flat import scatter, split_list
 from tfscan._scan import buffered_loop as _buffered_loop
 from tfscan._scan import cotangent as _cotangent
+from tfscan._scan import launched as _launched
 from tfscan._scan import remat as _remat
 from tfscan._scan.plan import Plan, float_indices
 from tfscan._scan.residuals import NotSplittable, StepVJP, warn_recompute
@@ -443,7 +444,7 @@ def launchable() -> bool:
     nested call inline but cannot compile an ``XlaLaunch`` op), outside steps tfscan traces
     and copies and outside ``vmap`` traces."""
     return not (tf.executing_eagerly() or _tf.record.could_possibly_record() or _context.in_xla_context()
-                or _context.in_internal_trace() or _context.in_vmap_trace())
+                or _context.in_internal_trace() or _context.in_vmap_trace() or _context.in_tensorflow_calls())
 
 
 def launch(fn: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = None,
@@ -453,7 +454,9 @@ def launch(fn: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = 
     ``None`` (nothing emitted): eagerly, while a tape or accumulator could record, inside a
     step tfscan traces and copies or a ``vmap`` trace (those keep the call op their rules
     convert), or when :func:`tfscan._tf.launch_compiled` refuses. TensorFlow's own call of a
-    compiled function keeps memory for every graph that runs it; this op does not.
+    compiled function keeps memory for every graph that runs it; this op does not. Its
+    gradient (for ``tf.gradients`` and tapes outside the function) is the program's VJP
+    (:mod:`tfscan._scan.launched`).
 
     ``captured``: values fed for the concrete function's captures; ``run_time``: indices of
     integer ``args`` the program never needs as compile-time constants. Every compiled call
@@ -474,6 +477,8 @@ def launch(fn: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = 
         if outs:  # XLA compiles the program while the graph is still being traced (_ahead)
             inputs = list(args) + list(concrete.captured_inputs if captured is None else captured)
             _ahead.schedule(concrete, inputs, outs[0].op.device)
+        if outs:  # so that tf.gradients (a tape outside the tf.function) differentiates it
+            _launched.note(outs[0].op, concrete)
     return outs
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools as _itertools
+import threading
 import weakref
 from typing import Any, Sequence
 
@@ -28,6 +29,8 @@ from tensorflow.python.framework import ops as _ops
 from tensorflow.python.ops import resource_variable_ops as _resource_variable_ops
 
 __all__: list = []  # private module
+
+_launch_lock = threading.Lock()
 
 
 def call_concrete(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = None,
@@ -142,7 +145,9 @@ def launch_compiled(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence
     non-resource one, when an integer input (a possible compile-time constant) is not in
     ``not_constant`` (indices into ``args``, known to be run-time values only), when the
     graph is not a ``tf.function``'s, or when a tape or accumulator could record the op
-    (it has no registered gradient; tfscan records its own). Checked on TF 2.21.
+    (tapes record only ops made by op wrappers; tfscan records its own derivatives). Its
+    gradient, for ``tf.gradients`` and tapes outside the function, is the one tfscan
+    registers (:func:`register_launch_gradient`). Checked on TF 2.21.
     """
     graph = _ops.get_default_graph()
     if (_context.executing_eagerly() or not isinstance(graph, _func_graph.FuncGraph)
@@ -222,6 +227,34 @@ def compile_ahead(concrete: Any, specs: Sequence[tf.TensorSpec], device: str | N
             "Tconstants", [], "Targs", [d.as_datatype_enum for d in dtypes], "Nresources", 0,
             "function", name, "must_compile", True), ctx)
     return bool(ok)
+
+
+_launch_gradient: list = []  # the function registered for ``XlaLaunch``, once
+
+
+def register_launch_gradient(grad: Any) -> None:
+    """Register ``grad(op, *d_outputs)`` as the gradient of the op type ``XlaLaunch`` (once
+    per process; later calls do nothing).
+
+    Why private: ``tf.RegisterGradient`` is public, but it sets the gradient of an op type
+    TensorFlow itself emits only inside its XLA compiler passes. TensorFlow registers no
+    gradient for ``XlaLaunch`` (``tf.gradients`` of one raises ``LookupError``), so nothing
+    of TensorFlow's is overridden; if a TensorFlow release registers one, it is kept and
+    ``grad`` is not registered. ``grad`` must raise TensorFlow's ``LookupError`` for an op
+    that is not one of the :func:`launch_compiled` ops it knows. A SavedModel saves no
+    gradient for this op type (only ops with a ``_gradient_op_type`` attribute have theirs
+    saved). Checked on TF 2.21.
+    """
+    if _launch_gradient:
+        return
+    with _launch_lock:
+        if _launch_gradient:
+            return
+        try:
+            tf.RegisterGradient("XlaLaunch")(grad)
+        except KeyError:  # TensorFlow registered one: keep it
+            pass
+        _launch_gradient.append(grad)
 
 
 def xla_trace() -> contextlib.AbstractContextManager:
