@@ -244,9 +244,14 @@ class _Split:
         self.per_step, self.invariant = per_step, invariant
         # A residual that is one of the step's ys (an RNN's new hidden state) is not saved
         # twice: the backward loop reads it from the ys buffer.
-        y_names = {graph.get_tensor_by_name(n).op.inputs[0].name: j
-                   for j, n in enumerate(vjp.fwd_outs[nc:])
-                   if graph.get_tensor_by_name(n).op.type == "Identity"}
+        # (Any tensor along the y's chain of Identity ops: a plain step's trace, emitted
+        # again, adds its own output Identity.)
+        y_names: dict[str, int] = {}
+        for j, n in enumerate(vjp.fwd_outs[nc:]):
+            t = graph.get_tensor_by_name(n)
+            while t.op.type == "Identity" and t.op.inputs:
+                t = t.op.inputs[0]
+                y_names.setdefault(t.name, j)
         self.y_alias = {k: y_names[n] for k, n in enumerate(per_step) if n in y_names}
         self.saved_carry = sorted({i for _, kind, i in self.inputs if kind == "step" and i < nc})
         self.residual_specs = [tf.TensorSpec(boundary[n].shape, boundary[n].dtype) for n in per_step]
