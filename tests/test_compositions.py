@@ -206,11 +206,16 @@ def _programs(lib, inner="none"):
         scan, fori, while_, cond, switch, map_ = (tfscan.scan, tfscan.fori_loop, tfscan.while_loop,
                                                   tfscan.cond, tfscan.switch, tfscan.map)
         sin, cos, cast_i, W = tf.sin, tf.cos, (lambda b: tf.cast(b, tf.int32)), tf.constant(_W)
+        # The switch index reads x through stop_gradient: in a fresh process, TensorFlow's own
+        # JVP of a comparison under two nested accumulators in a trace fails (IndexError in
+        # concrete_function's _backward_function; a plain tf.function shows it, no tfscan).
+        positive = lambda v: tf.stop_gradient(v) > 0  # noqa: E731
         total, jit, grad = tf.reduce_sum, tfscan.jit, tfscan.grad
     else:
         L = jax.lax
         scan, fori, while_, cond, switch, map_ = L.scan, L.fori_loop, L.while_loop, L.cond, L.switch, L.map
         sin, cos, cast_i, W = jnp.sin, jnp.cos, (lambda b: b.astype(jnp.int32)), jnp.asarray(_W)
+        positive = lambda v: v > 0  # noqa: E731
         total, jit, grad = jnp.sum, jax.jit, jax.grad
     if inner == "jit":
         sin = jit(sin)
@@ -225,7 +230,7 @@ def _programs(lib, inner="none"):
         "fori_loop": lambda x: fori(0, 3, lambda i, c: sin_of(c, x) * 1.5 + 0.1, x),
         "while_loop": lambda x: while_(lambda c: c[0] < 3, lambda c: (c[0] + 1, sin_of(c[1], x) * 1.5), (0, x))[1],
         "cond": lambda x: cond(total(x) > 0, lambda y: sin_of(y, x) * y, lambda y: cos(y), x),
-        "switch": lambda x: switch(cast_i(x[0] > 0) + cast_i(x[1] > 0), [lambda y: sin_of(y, x), cos, lambda y: y * y], x),
+        "switch": lambda x: switch(cast_i(positive(x[0])) + cast_i(positive(x[1])), [lambda y: sin_of(y, x), cos, lambda y: y * y], x),
         "map": lambda x: map_(lambda v: sin_of(v, x) * v, x),
     }
 
