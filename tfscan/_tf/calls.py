@@ -1,7 +1,6 @@
 """Calling a traced function: the concrete-function call without ``tf.function``'s
 argument canonicalization, fed new captures; the ``XlaLaunch`` op that a graph can hold
-without leaking; tracing in XLA's context; the retracing
-warning.
+without leaking; tracing in XLA's context; the retracing warning.
 
 Part of the one door to TensorFlow internals (:mod:`tfscan._tf`): every entry says what
 it is, why no public API serves, and the TensorFlow versions it was checked on.
@@ -168,30 +167,21 @@ def launch_compiled(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence
     outputs = concrete.outputs
     if any(o.dtype in (tf.resource, tf.variant) for o in outputs):
         return None
+    concrete.add_to_graph(graph)
+    name = concrete._inference_function.name  # noqa: SLF001 - the function add_to_graph adds
+    name = name.decode() if isinstance(name, bytes) else name
+    types = lambda ts: _attr_value_pb2.AttrValue(  # noqa: E731
+        list=_attr_value_pb2.AttrValue.ListValue(type=[t.as_datatype_enum for t in ts]))
     op = graph.create_op("XlaLaunch", inputs, [o.dtype for o in outputs], attrs={
-        **_program_attrs(concrete, graph, plain, n_res), "Tresults": _types([o.dtype for o in outputs])})
+        "Tconstants": types([]), "Targs": types(plain), "Nresources": _attr_value_pb2.AttrValue(i=n_res),
+        "Tresults": types([o.dtype for o in outputs]),
+        "function": _attr_value_pb2.AttrValue(func=_attr_value_pb2.NameAttrList(name=name))})
     for variable in concrete.graph.variables:  # as ``ConcreteFunction._call_flat`` does
         _resource_variable_ops.variable_accessed(variable)
     result = list(op.outputs)
     for r, o in zip(result, outputs):
         r.set_shape(o.shape)
     return result
-
-
-def _types(dtypes: Sequence[tf.DType]) -> Any:
-    return _attr_value_pb2.AttrValue(list=_attr_value_pb2.AttrValue.ListValue(
-        type=[t.as_datatype_enum for t in dtypes]))
-
-
-def _program_attrs(concrete: Any, graph: Any, plain: Sequence[tf.DType], n_res: int) -> dict:
-    """The ``XlaLaunch`` attributes naming ``concrete``'s program (added to ``graph``'s
-    library) and its inputs: XLA's compilation cache keys the program by this function name
-    (no attributes) and the inputs' dtypes and shapes,."""
-    concrete.add_to_graph(graph)
-    name = concrete._inference_function.name  # noqa: SLF001 - the function add_to_graph adds
-    name = name.decode() if isinstance(name, bytes) else name
-    return {"Tconstants": _types([]), "Targs": _types(plain), "Nresources": _attr_value_pb2.AttrValue(i=n_res),
-            "function": _attr_value_pb2.AttrValue(func=_attr_value_pb2.NameAttrList(name=name))}
 
 
 _launch_gradient: list = []  # the function registered for ``XlaLaunch``, once
