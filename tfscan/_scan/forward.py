@@ -32,6 +32,7 @@ import tensorflow as tf
 from tfscan import _tf
 from tfscan._core import tree as _tree
 from tfscan._core.flat import scatter, split_list
+from tfscan._scan import jvp_rules as _rules
 from tfscan._scan.plan import Plan, float_indices, is_float
 from tfscan._scan.program import Programs
 
@@ -91,30 +92,19 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
 
 def _transposed_gradient(fn: Callable, args: Sequence[tf.Tensor], tangents: Sequence[Any],
                          watched: Sequence[tuple[tf.Tensor, tf.Tensor]]):
-    """``(fn(*args), output tangents)`` as :func:`jvp_call`, with the JVP built as the
-    transpose of the gradient: ``g(u) = J^T u`` by ``tf.gradients`` with ``u`` as output
-    cotangents, then ``J t = (dg/du)^T t`` by ``tf.gradients`` again (the "double-back"
+    """``(fn(*args), output tangents)`` as :func:`jvp_call`, for a plain ``fn``: its ops
+    differentiated one by one by their forward rules (:mod:`tfscan._scan.jvp_rules`), an op
+    without one by its gradient transposed (``tf.gradients`` twice: the "double-back"
     TensorFlow's accumulator applies to each op). ``None`` when a gradient is missing or a
     value is not real (then the accumulator, which may know a forward rule, is used)."""
-    sources, ts = [], []
-    for a, t in list(zip(args, tangents)) + list(watched):
-        if t is not None:
-            sources.append(a)
-            ts.append(t)
     outs = list(fn(*args))
-    floats = [j for j, o in enumerate(outs) if is_float(o.dtype)]
-    if any(not s.dtype.is_floating for s in sources) or any(not outs[j].dtype.is_floating for j in floats):
+    if any(o.dtype.is_complex for o in outs):
         return None
-    u = [tf.zeros_like(outs[j]) for j in floats]
-    try:
-        g = tf.gradients([outs[j] for j in floats], sources, grad_ys=u,
-                         unconnected_gradients=tf.UnconnectedGradients.ZERO) if sources else []
-        g = [tf.convert_to_tensor(x) for x in g]
-        jt = tf.gradients(g, u, grad_ys=ts, unconnected_gradients=tf.UnconnectedGradients.ZERO) if g else \
-            [tf.zeros_like(v) for v in u]
-    except LookupError:  # an op without a (second) gradient
+    found = _rules.forward_tangents(outs, list(zip(args, tangents)) + list(watched))
+    if found is None:
         return None
-    out_t = scatter(len(outs), floats, [_shaped_as(tf.convert_to_tensor(t), outs[j]) for t, j in zip(jt, floats)])
+    out_t = [None if not is_float(o.dtype) else tf.zeros_like(o) if t is None else _shaped_as(tf.convert_to_tensor(t), o)
+             for o, t in zip(outs, found)]
     return outs, out_t
 
 
@@ -168,12 +158,17 @@ def watch_list(sources: Sequence[Any], values: Sequence[tf.Tensor], indices: Seq
 
 
 class _ScanJVP:
-    """The JVP scan of one scan's :class:`Programs`, for the constants' types of a call."""
+    """The JVP scan of one scan's :class:`Programs`, for the constants' types of a call and
+    which xs and constants have tangents (``given``: as JAX's symbolic zeros, an x or a
+    constant without one is not differentiated: no zeros ride in the loop)."""
 
-    def __init__(self, programs: Programs, consts: Sequence[tf.Tensor]):
+    def __init__(self, programs: Programs, consts: Sequence[tf.Tensor], given: tuple | None = None):
         plan = programs.plan
         n_c, n_x = len(plan.carry_specs), len(plan.x_specs)
-        self.fc, self.fx, self.fy, self.fk = fc, fx, fy, fk = float_indices(plan, consts)
+        fc, fx, fy, fk = float_indices(plan, consts)
+        if given is not None:
+            fx, fk = [i for i in fx if given[0][i]], [i for i in fk if given[1][i]]
+        self.fc, self.fx, self.fy, self.fk = fc, fx, fy, fk
         sources, values = plan.step.const_sources, list(consts)
         k_specs = [tf.TensorSpec(consts[i].shape, consts[i].dtype) for i in fk]
         carry_specs = list(plan.carry_specs) + [plan.carry_specs[i] for i in fc] + k_specs
@@ -214,15 +209,24 @@ _lock = threading.Lock()
 _cache: "weakref.WeakKeyDictionary[Programs, dict]" = weakref.WeakKeyDictionary()
 
 
-def scan_jvp(programs: Programs, consts: Sequence[tf.Tensor]) -> tuple[_ScanJVP, list]:
-    key = tuple((tuple(c.shape.as_list()) if c.shape.rank is not None else None, c.dtype) for c in consts)
+def given_tangents(n_i: int, n_x: int, tangents: Sequence[Any]) -> tuple:
+    """Which xs and which constants have a tangent (``scan_jvp``'s ``given``), from the
+    tangents of ``init + xs + consts`` (``None``: none)."""
+    return (tuple(t is not None for t in tangents[n_i:n_i + n_x]),
+            tuple(t is not None for t in tangents[n_i + n_x:]))
+
+
+def scan_jvp(programs: Programs, consts: Sequence[tf.Tensor], given: tuple | None = None) -> tuple[_ScanJVP, list]:
+    """The JVP scan of ``programs`` for ``consts`` and ``given`` (:func:`given_tangents`),
+    made once, and the constants it is fed with."""
+    key = (tuple((tuple(c.shape.as_list()) if c.shape.rank is not None else None, c.dtype) for c in consts), given)
     with _lock:
         found = _cache.setdefault(programs, {}).get(key)
     if found is not None:
         k = found.consts(consts)
         if k is not None:
             return found, k
-    made = _ScanJVP(programs, consts)  # outside the lock: tracing may meet a nested scan
+    made = _ScanJVP(programs, consts, given)  # outside the lock: tracing may meet a nested scan
     with _lock:
         _cache[programs][key] = made
     return made, made.programs.plan.step.const_values()
@@ -262,7 +266,7 @@ def is_computing() -> bool:
 def run_jvp(programs: Programs, init, xs, consts, dynamic_length, tangents, run) -> tuple[list, list]:
     """``(carry + ys, their tangents)`` (flat) by the JVP loop, run by ``run``."""
     n_i, n_x = len(init), len(xs)
-    jvp, k = scan_jvp(programs, consts)
+    jvp, k = scan_jvp(programs, consts, given_tangents(n_i, n_x, tangents))
 
     def tangent(j, like):
         t = tangents[j]

@@ -143,7 +143,7 @@ def _second_order(programs: Programs, init, xs, consts, dynamic_length, accumula
     except _NotServed:
         return None
     progs, p_args, p, t_p, t_p_outs = first_order
-    jvp, _ = _forward.scan_jvp(programs, consts)
+    jvp, _ = _forward.scan_jvp(programs, consts, _forward.given_tangents(len(init), len(xs), t_in))
     counts = [len(init), len(jvp.fc), len(jvp.fk), jvp.n_y]
 
     def values_and_tangents(flat: list) -> tuple[list, list]:
