@@ -11,8 +11,9 @@ no VJP) by its JVP loop, a nested scan by this JVP — and the JVP scan is an or
 scan: one compiled ``While``, itself recorded with a forward function (a JVP of a JVP is a
 scan again) and a VJP (reverse over forward). A step of pure ops (``Traced.plain``: nothing
 for a forward rule to do differently) is not called again: its trace is emitted again and
-differentiated as its gradient transposed, inline (:func:`_transposed_gradient`), which is
-what the accumulator would do op by op, minus a TensorFlow function traced per op.
+differentiated op by op by forward rules, inline (:func:`_plain_jvp`, :mod:`tfscan._scan.jvp_rules`:
+JAX's JVP rules for the common ops, an op without one by its gradient transposed), minus a
+TensorFlow function traced per op, and without building a whole gradient to transpose.
 
 Eagerly, with no tape, the values come from the JVP loop itself
 (:mod:`tfscan._scan.forward_eager`).
@@ -53,9 +54,9 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     not depend on anything watched.
 
     ``plain``: ``fn`` traces pure real-valued ops only (:attr:`tfscan._scan.step.Traced.plain`,
-    no variable watched). Its JVP is then its gradient transposed, built inline by
-    :func:`_transposed_gradient` — what an accumulator does op by op, but without tracing
-    (and, a JVP of a JVP, differentiating) a TensorFlow function per op. ``imported``
+    no variable watched). Its JVP is then built inline op by op by forward rules
+    (:func:`_plain_jvp`) — what an accumulator does op by op, but without tracing (and, a JVP
+    of a JVP, differentiating) a TensorFlow function per op. ``imported``
     (optional, with ``plain``): ``fn``'s traced ops emitted again, called instead of ``fn``
     there, so that the user's step is not traced again.
     """
@@ -64,7 +65,7 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     for obj in list(closed) + [o for o, _ in watched]:
         _tf.record.silent_capture(graph, obj.handle if isinstance(obj, tf.Variable) else obj)
     if plain:
-        found = _transposed_gradient(imported or fn, args, tangents,
+        found = _plain_jvp(imported or fn, args, tangents,
                                      [(_tf.in_graph(graph, o), t) for o, t in watched])
         if found is not None:
             return found
@@ -90,7 +91,7 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     return outs, out_t
 
 
-def _transposed_gradient(fn: Callable, args: Sequence[tf.Tensor], tangents: Sequence[Any],
+def _plain_jvp(fn: Callable, args: Sequence[tf.Tensor], tangents: Sequence[Any],
                          watched: Sequence[tuple[tf.Tensor, tf.Tensor]]):
     """``(fn(*args), output tangents)`` as :func:`jvp_call`, for a plain ``fn``: its ops
     differentiated one by one by their forward rules (:mod:`tfscan._scan.jvp_rules`), an op
