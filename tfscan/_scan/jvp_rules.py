@@ -113,7 +113,8 @@ def _sub(op, t):
 
 def _mul(op, t):
     a, b = op.inputs
-    return [_like(_plus(None if t[0] is None else t[0] * b, None if t[1] is None else a * t[1]), op.outputs[0])]
+    # Each term pairs a tangent with the other operand: it has the output's shape already.
+    return [_plus(None if t[0] is None else t[0] * b, None if t[1] is None else a * t[1])]
 
 
 def _add_n(op, t):
@@ -124,7 +125,7 @@ def _add_n(op, t):
 def _div(op, t):
     y, (_, b) = op.outputs[0], op.inputs
     num = _plus(t[0], None if t[1] is None else -(y * t[1]))
-    return [_like(num / b, y)]
+    return [num / b]  # the output's shape: ``ta / b`` or ``y * tb / b``
 
 
 def _tanh_grad(op, t):  # TanhGrad(y, dy) = dy * (1 - y^2)
