@@ -13,7 +13,6 @@ for ``tf.gradients``, tapes outside the function and a SavedModel.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence as SequenceABC
 import weakref
 from typing import Any, Callable, Sequence
@@ -314,12 +313,10 @@ def _with_launch_gradient(api: str, selector, fns: list, names: list, ins: list,
         sel, ins_ = inputs[n_out], inputs[n_out + 1: n_out + 1 + n_in]
         d = _forward.filled_cotangents(d_all[:n_out], inputs[:n_out], fo)
         vjp_fns = [_branch_vjp(f, op_tree, fl, fo, tuple(closed), tuple(variables)) for f in fns]
-        # Built where a tape or accumulator could record (TensorFlow's JVP of the tf.function
-        # transposes this gradient): the VJP conditional is TensorFlow's call there.
-        keep = _context.tensorflow_calls() if record.could_possibly_record() else contextlib.nullcontext()
-        with keep:
-            grads = _select(api, sel, vjp_fns, [f"vjp of {n}" for n in names], (tuple(ins_), tuple(d)), choose,
-                            derivative=True)
+        # Launched too, with a gradient of its own (and recorded on live tapes): TensorFlow's
+        # JVP of a tf.function transposes this gradient, which then differentiates that one.
+        grads = _select(api, sel, vjp_fns, [f"vjp of {n}" for n in names], (tuple(ins_), tuple(d)), choose,
+                        derivative=True)
         return [None] * (n_out + 1) + scatter(n_in, fl, grads[: len(fl)]) + list(grads[len(fl):])
 
     with record.stop_recording():
@@ -368,7 +365,7 @@ def _branch_vjp(fn: Callable, op_tree: _tree.TreeDef, fl: tuple, fo: tuple, clos
     def vjp_branch(leaves, d_outs):
         graph = _tf.default_graph()
         sources = [leaves[i] for i in fl] + [_tf.in_graph(graph, c) for c in closed] + list(variables)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
+        with record.forwardprop_state(), tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(sources)
             outs = _flat_call(fn, op_tree)(*leaves)
         grads = tape.gradient([outs[i] for i in fo], sources, output_gradients=list(d_outs),
