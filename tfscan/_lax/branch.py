@@ -13,6 +13,7 @@ for ``tf.gradients``, tapes outside the function and a SavedModel.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence as SequenceABC
 import weakref
 from typing import Any, Callable, Sequence
@@ -236,8 +237,11 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
             f"globals, not inside other objects). Pass that tensor to {api} as an operand "
             f"({api}(..., *operands)).") from None
     variables = [v for v in (r() for r in meta.get("variables", {}).values()) if v is not None]
-    if not tf.executing_eagerly() and outs and outs[0].op.type == "XlaLaunch" and \
-            any(is_float(o.dtype) for o in outs):
+    # Launched, or a call under XLA (which inlines it) with derivatives of its own: the
+    # graph's gradient is the VJP conditional too (TensorFlow's gradient of the call's ``If``
+    # would save ``Optional``s when built outside XLA's context: a Hessian-vector product).
+    called = outs and (outs[0].op.type == "XlaLaunch" if not _context.in_xla_context() else own_jvp or derivative)
+    if not tf.executing_eagerly() and called and any(is_float(o.dtype) for o in outs):
         outs = _with_launch_gradient(api, selector, fns, names, hidden if own_jvp else leaves, outs, op_tree,
                                      choose, variables, read)
     forward = meta.get("forward") or [None] * len(outs)
@@ -307,6 +311,7 @@ def _with_launch_gradient(api: str, selector, fns: list, names: list, ins: list,
     fl = tuple(i for i, t in enumerate(ins) if is_float(t.dtype))
     fo = tuple(i for i, o in enumerate(outs) if is_float(o.dtype))
     n_out, n_in = len(outs), len(ins)
+    xla = _context.in_xla_context()
 
     def grad(op, *d_all):
         inputs = list(op.inputs)
@@ -315,8 +320,11 @@ def _with_launch_gradient(api: str, selector, fns: list, names: list, ins: list,
         vjp_fns = [_branch_vjp(f, op_tree, fl, fo, tuple(closed), tuple(variables)) for f in fns]
         # Launched too, with a gradient of its own (and recorded on live tapes): TensorFlow's
         # JVP of a tf.function transposes this gradient, which then differentiates that one.
-        grads = _select(api, sel, vjp_fns, [f"vjp of {n}" for n in names], (tuple(ins_), tuple(d)), choose,
-                        derivative=True)
+        # Under XLA's context when the conditional was (TensorFlow compiles the gradient of a
+        # jit_compile function too): a call XLA inlines, never an XlaLaunch op it cannot hold.
+        with _tf.xla_trace() if xla and not _context.in_xla_context() else contextlib.nullcontext():
+            grads = _select(api, sel, vjp_fns, [f"vjp of {n}" for n in names], (tuple(ins_), tuple(d)), choose,
+                            derivative=True)
         return [None] * (n_out + 1) + scatter(n_in, fl, grads[: len(fl)]) + list(grads[len(fl):])
 
     with record.stop_recording():

@@ -74,10 +74,21 @@ def accumulating(inputs: Sequence[Any]) -> bool:
     return bool(record.pack_tangents(list(inputs)).indices)
 
 
-def first_order(inputs: Sequence[Any]) -> bool:
-    """Whether one ``ForwardAccumulator`` is live and no tape watches ``inputs``: the call's
-    JVP program then runs under that accumulator only."""
-    return len(record.pack_tangents([]).indices) == 1 and not record.should_record_backprop(list(inputs))
+def own_rules(holds_conditional: bool, fun: Callable) -> bool:
+    """Whether an eager call of ``fun`` under a live accumulator records its own compiled
+    JVP and VJP (:func:`record_call`). Always, unless it holds a TensorFlow conditional:
+    then under one accumulator only (a tape may watch too: a Hessian-vector product), and
+    not for the VJP function :func:`record_call` made (it holds the conditional's gradient):
+    in a JVP program's trace TensorFlow's forward rule of ``tf.cond`` fails under nested
+    accumulators, and so does its gradient's (``cond_v2``'s gradient captures a tangent
+    of a graph two levels out). TensorFlow's forward mode of the whole call (its gradient
+    transposed, built in XLA's context) serves those."""
+    if not holds_conditional:
+        return True
+    return len(record.pack_tangents([]).indices) == 1 and not getattr(fun, _VJP_MARK, False)
+
+
+_VJP_MARK, _JVP_MARK = "_tfscan_jit_vjp", "_tfscan_jit_jvp"  # set on the functions record_call makes
 
 
 REVERSE_ERROR_START = "Reverse-mode differentiation does not work for tfscan.while_loop"
@@ -95,10 +106,22 @@ def nested_forward_error(name: str) -> str:
             "or give the loop static bounds (Python ints) or while_loop(..., max_steps=N).")
 
 
+def reverse_of_forward_error(name: str) -> str:
+    """The error of reverse mode over forward mode (a tape around an accumulator) through a
+    jitted function holding a ``tf.cond``."""
+    return (f"jit: reverse mode (tf.GradientTape) of forward mode (a tf.autodiff.ForwardAccumulator "
+            f"opened inside the tape) through {name}, which holds a tf.cond (or tf.switch_case), does "
+            "not work: TensorFlow's gradient of tf.cond's forward rule fails (and TensorFlow's own "
+            "forward mode of the call is not seen by the tape). Use tfscan.cond/tfscan.switch instead "
+            "of tf.cond (they have derivatives of their own, to any order), or open the accumulator "
+            "outside the tape (a Hessian-vector product works).")
+
+
 def record_call(make_jit: Callable, fun: Callable, tree: _tree.TreeDef, static: tuple,
-                flat: list, outs: list, closed: list, variables: list) -> list:
+                flat: list, outs: list, closed: list, variables: list, holds_conditional: bool = False) -> list:
     """``outs`` (the call's outputs, computed unrecorded) recorded on the live tapes and
-    accumulators with the compiled JVP and VJP of ``fun`` (``make_jit``: ``tfscan.jit``)."""
+    accumulators with the compiled JVP and VJP of ``fun`` (``make_jit``: ``tfscan.jit``).
+    ``holds_conditional``: ``fun``'s trace holds a TensorFlow conditional."""
     fl = tuple(i for i, t in enumerate(flat) if is_float(t.dtype))
     fo = tuple(i for i, o in enumerate(outs) if is_float(o.dtype))
     closed_t, variables_t = tuple(closed), tuple(variables)
@@ -107,6 +130,8 @@ def record_call(make_jit: Callable, fun: Callable, tree: _tree.TreeDef, static: 
     inputs = list(flat) + list(closed) + [v.handle for v in variables]
 
     def backward(*d_outs):
+        if holds_conditional and getattr(fun, _JVP_MARK, None):
+            raise ValueError(reverse_of_forward_error(getattr(fun, _JVP_MARK)))
         d = _forward.filled_cotangents(d_outs, outs, fo)
         grads = make_jit(_vjp_fn(fun, tree, static, fl, fo, closed_t, variables_t))(tuple(flat), tuple(d))
         return scatter(len(flat), fl, grads[: len(fl)]) + list(grads[len(fl):])
@@ -131,6 +156,7 @@ def _jvp_fn(fun: Callable, tree: _tree.TreeDef, static: tuple, n: int, fl: tuple
         outs, t_outs = _forward.jvp_call(lambda *a: _flat_outputs(fun, tree, static, a), list(leaves),
                                          scatter(n, fl, t_leaves), watched)
         return tuple(outs), tuple(t for t in t_outs if t is not None)
+    setattr(jvp, _JVP_MARK, getattr(fun, "__name__", None) or repr(fun))
     return jvp
 
 
@@ -151,6 +177,7 @@ def _vjp_fn(fun: Callable, tree: _tree.TreeDef, static: tuple, fl: tuple, fo: tu
         grads = tape.gradient([outs[i] for i in fo], sources, output_gradients=list(d_outs),
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return tuple(tf.convert_to_tensor(g) for g in grads)
+    setattr(vjp, _VJP_MARK, True)
     return vjp
 
 
