@@ -240,8 +240,9 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
     # Launched, or a call under XLA (which inlines it) with derivatives of its own: the
     # graph's gradient is the VJP conditional too (TensorFlow's gradient of the call's ``If``
     # would save ``Optional``s when built outside XLA's context: a Hessian-vector product).
-    called = outs and (outs[0].op.type == "XlaLaunch" if not _context.in_xla_context() else own_jvp or derivative)
-    if not tf.executing_eagerly() and called and any(is_float(o.dtype) for o in outs):
+    called = not tf.executing_eagerly() and bool(outs) and (
+        own_jvp or derivative if _context.in_xla_context() else outs[0].op.type == "XlaLaunch")
+    if called and any(is_float(o.dtype) for o in outs):
         outs = _with_launch_gradient(api, selector, fns, names, hidden if own_jvp else leaves, outs, op_tree,
                                      choose, variables, read)
     forward = meta.get("forward") or [None] * len(outs)

@@ -160,6 +160,20 @@ class Jitted:
                     raise ValueError(_rules.nested_forward_error(_name(self._fun))) from None
                 raise
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        elif not tf.executing_eagerly() and entry.holds_conditional and not (
+                _context.in_internal_trace() or _context.in_vmap_trace()) and \
+                any(o.dtype.is_floating for o in entry.concrete.outputs):
+            # In a graph, a function holding a tf.cond carries its own VJP as the graph's
+            # gradient (``_rules.with_graph_gradient``), and records its derivatives on the
+            # graph's tapes.
+            closed, variables = _rules.watched_inputs(self._fun, entry.concrete)
+            with record.stop_recording():
+                outs = _tf.call_concrete(entry.concrete, flat, captured, xla=True)
+                outs = _rules.with_graph_gradient(jit, self._fun, entry.tree, entry.static, flat, outs, closed,
+                                                  variables)
+            if record.could_possibly_record():
+                outs = _rules.record_call(jit, self._fun, entry.tree, entry.static, flat, outs, closed, variables,
+                                          entry.holds_conditional)
         else:
             # Straight to the concrete function (no re-canonicalization), fed this call's
             # closed-over tensors in place of those the trace captured.

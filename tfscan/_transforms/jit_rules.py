@@ -20,12 +20,14 @@ and their traces are cached by code and closure like any jitted function.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
 from tfscan import _tf
 from tfscan._core import cache as _cache
+from tfscan._core import gradients as _gradients
 from tfscan._core import tree as _tree
 from tfscan._core.flat import scatter
 from tfscan._lax.control import INLINE_SCOPE
@@ -91,9 +93,6 @@ def own_rules(holds_conditional: bool, fun: Callable) -> bool:
 _VJP_MARK, _JVP_MARK = "_tfscan_jit_vjp", "_tfscan_jit_jvp"  # set on the functions record_call makes
 
 
-REVERSE_ERROR_START = "Reverse-mode differentiation does not work for tfscan.while_loop"
-
-
 def nested_forward_error(name: str) -> str:
     """The error of nested forward mode through a jitted function holding a ``tf.cond`` and
     a run-time-bounded loop."""
@@ -147,6 +146,35 @@ def record_call(make_jit: Callable, fun: Callable, tree: _tree.TreeDef, static: 
     return outs
 
 
+def with_graph_gradient(make_jit: Callable, fun: Callable, tree: _tree.TreeDef, static: tuple,
+                        flat: list, outs: list, closed: list, variables: list) -> list:
+    """``outs`` of a call in a graph through an ``IdentityN`` whose gradient is the compiled
+    VJP of ``fun`` (a ``tfscan.jit`` call again, so derivatives of any order nest), as
+    :func:`tfscan._lax.branch._with_launch_gradient` does for a conditional. For a function
+    holding a TensorFlow conditional: TensorFlow's gradient of the call, built outside XLA's
+    context (a tape or accumulator outside a ``tf.function``, a Hessian-vector product),
+    saves ``Optional`` intermediates of its ``If`` that XLA cannot compile. Built with
+    recording paused (tapes in the graph take :func:`record_call`'s derivatives)."""
+    fl = tuple(i for i, t in enumerate(flat) if is_float(t.dtype))
+    fo = tuple(i for i, o in enumerate(outs) if is_float(o.dtype))
+    n_out, n_in, closed_t, variables_t = len(outs), len(flat), tuple(closed), tuple(variables)
+    xla = _tf.in_xla_context()
+
+    def grad(op, *d_all):
+        inputs = list(op.inputs)
+        flat_ = inputs[n_out: n_out + n_in]
+        d = _forward.filled_cotangents(d_all[:n_out], inputs[:n_out], fo)
+        # Under XLA's context when the call was (its gradient is compiled whole too).
+        with _tf.xla_trace() if xla and not _tf.in_xla_context() else contextlib.nullcontext():
+            grads = make_jit(_vjp_fn(fun, tree, static, fl, fo, closed_t, variables_t))(tuple(flat_), tuple(d))
+        return [None] * n_out + scatter(n_in, fl, grads[: len(fl)]) + list(grads[len(fl):])
+
+    with record.stop_recording():
+        reads = [tf.convert_to_tensor(v) for v in variables]  # a variable's gradient through its read
+        return _gradients.graph_owned_identity("TfscanJitGrad", grad, list(outs) + list(flat) + list(closed)
+                                               + reads)[:n_out]
+
+
 def _jvp_fn(fun: Callable, tree: _tree.TreeDef, static: tuple, n: int, fl: tuple, closed: tuple,
             variables: tuple) -> Callable:
     """``fun``'s JVP over ``(leaves, float leaves' tangents, tangents of closed, of
@@ -171,7 +199,9 @@ def _vjp_fn(fun: Callable, tree: _tree.TreeDef, static: tuple, fl: tuple, fo: tu
         # nested loop's compiled call takes as an input.
         sources = [leaves[i] for i in fl] + [c if _forward.is_eager(c) else _tf.in_graph(graph, c)
                                               for c in closed] + list(variables)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
+        # Recording even inside a busy accumulator (TensorFlow's JVP of a tf.function call
+        # transposes this VJP as it builds it): otherwise the tape sees nothing (zeros).
+        with record.forwardprop_state(), tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(sources)
             outs = _flat_outputs(fun, tree, static, leaves)
         grads = tape.gradient([outs[i] for i in fo], sources, output_gradients=list(d_outs),
