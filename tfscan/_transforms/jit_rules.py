@@ -15,7 +15,11 @@ under a live accumulator records derivatives of its own (:func:`record_call`), a
   function.
 
 Both are ``tfscan.jit`` calls again, so a JVP of a JVP (or of the VJP) nests the same way,
-and their traces are cached by code and closure like any jitted function.
+and their traces are cached by code and closure like any jitted function. A function holding
+a TensorFlow conditional takes them under one accumulator only, its VJP function never
+(:func:`own_rules`); called in a graph, it carries its compiled VJP as the graph's gradient
+(:func:`with_graph_gradient`), never TensorFlow's gradient of its ``If``, whose intermediates
+built outside XLA's context are ``Optional``s XLA cannot compile.
 """
 
 from __future__ import annotations
