@@ -91,17 +91,32 @@ def test_tf_gradients_to_second_order_differentiate_the_launched_conditional(kin
     np.testing.assert_allclose(hvp2.numpy(), want_hvp, rtol=1e-4, atol=1e-5)
 
 
-def test_an_accumulator_outside_the_function_fails_loudly_never_with_zero_tangents():
-    """TensorFlow's JVP of a tf.function call transposes its backward function as it builds
-    it; an XlaLaunch op there would have no tangent (zeros, silently). The VJP conditional
-    is TensorFlow's call there, whose forward mode XLA cannot compile (as before XlaLaunch
-    ops: README, Known limitations): an error, never a wrong tangent."""
+@pytest.mark.parametrize("kind", ["cond", "switch"])
+def test_accumulators_outside_the_function_take_first_and_second_order_jvps(kind):
+    """TensorFlow's JVP of a tf.function call transposes its backward function: the VJP
+    conditional there is launched with a gradient of its own (the VJP of the VJP), and its
+    branches' tapes record even inside the accumulator's transposition (never zeros)."""
     W = tf.Variable(W0)
     x, v = tf.constant(X0), tf.constant(V0)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="Optional"):
-        with tf.autodiff.ForwardAccumulator(x, v) as acc:
-            y = tf.function(lambda x: _f(tfscan, W, x, "cond"))(x)
-        acc.jvp(y).numpy()
+    fn = tf.function(lambda x: _f(tfscan, W, x, kind))
+    with tf.autodiff.ForwardAccumulator(x, v) as outer:
+        with tf.autodiff.ForwardAccumulator(x, v) as inner:
+            y = fn(x)
+        jvp = inner.jvp(y)
+    jvp2 = outer.jvp(jvp)
+    with tf.autodiff.ForwardAccumulator(x, v) as acc:  # a Hessian-vector product
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y2 = fn(x)
+        g = tape.gradient(y2, x)
+    hvp = acc.jvp(g)
+
+    f = lambda x: _f(jax.lax, W0, x, kind)  # noqa: E731
+    jf = lambda x: jax.jvp(f, (x,), (V0,))[1]  # noqa: E731
+    for got, want in [(jvp, jf(X0)), (jvp2, jax.jvp(jf, (X0,), (V0,))[1]),
+                      (hvp, jax.jvp(jax.grad(f), (X0,), (V0,))[1])]:
+        assert got.dtype == tf.float32 and got.shape == np.shape(want)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
 
 
 def test_vectorized_per_example_gradients_through_the_launched_conditional():

@@ -55,18 +55,6 @@ def in_internal_trace() -> bool:
     return getattr(_state, "internal", 0) > 0
 
 
-def tensorflow_calls() -> contextlib.AbstractContextManager:
-    """While a gradient function builds a derivative that a tape or accumulator may itself
-    differentiate as it is built (TensorFlow's JVP of a ``tf.function`` call transposes its
-    backward function): compiled programs are TensorFlow's calls, not ``XlaLaunch`` ops
-    (:func:`tfscan._scan.program.launchable`), whose JVP TensorFlow would miss there."""
-    return _depth("tf_calls")
-
-
-def in_tensorflow_calls() -> bool:
-    return getattr(_state, "tf_calls", 0) > 0
-
-
 def vmap_trace() -> contextlib.AbstractContextManager:
     """While ``vmap`` traces the per-example function it then batches with ``pfor``: a scan
     built there marks its forward loop for the scan's batching rule (``_transforms.scan_batching``)."""

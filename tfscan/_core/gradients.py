@@ -41,21 +41,26 @@ def identity(name: str, flat: Sequence[tf.Tensor]) -> list:
         return list(tf.identity_n(list(flat)))
 
 
-_failing: dict[str, str] = {}  # error message -> the name its failing gradient is registered as
+_failing: dict[tuple, str] = {}  # error messages -> the name their failing gradient is registered as
 
 
-def failing_identity(flat: Sequence[tf.Tensor], message: str) -> list:
+def failing_identity(flat: Sequence[tf.Tensor], message: str, forward_message: str | None = None) -> list:
     """``flat`` through an ``IdentityN`` whose gradient raises ``ValueError(message)`` (a
-    loop with no reverse mode). ``vmap``'s batching keeps it (:func:`is_failing`), so the
-    batched loop has no reverse mode either."""
+    loop with no reverse mode), or ``ValueError(forward_message)`` when it is built while a
+    ``ForwardAccumulator`` is live (TensorFlow's JVP of a ``tf.function`` call transposes
+    the call's gradient). ``vmap``'s batching keeps it (:func:`is_failing`), so the batched
+    loop has no reverse mode either."""
+    key = (message, forward_message)
     with _lock:
-        name = _failing.get(message)
+        name = _failing.get(key)
     if name is None:
         def grad(op, *d_outputs):
+            if forward_message is not None and _tf.record.pack_tangents([]).indices:
+                raise ValueError(forward_message)
             raise ValueError(message)
         name = register("TfscanNoGradient", grad)
         with _lock:
-            name = _failing.setdefault(message, name)
+            name = _failing.setdefault(key, name)
     return identity(name, flat)
 
 

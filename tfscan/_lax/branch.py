@@ -237,8 +237,12 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
             f"globals, not inside other objects). Pass that tensor to {api} as an operand "
             f"({api}(..., *operands)).") from None
     variables = [v for v in (r() for r in meta.get("variables", {}).values()) if v is not None]
-    if not tf.executing_eagerly() and outs and outs[0].op.type == "XlaLaunch" and \
-            any(is_float(o.dtype) for o in outs):
+    # Launched, or a call under XLA (which inlines it) with derivatives of its own: the
+    # graph's gradient is the VJP conditional too (TensorFlow's gradient of the call's ``If``
+    # would save ``Optional``s when built outside XLA's context: a Hessian-vector product).
+    called = not tf.executing_eagerly() and bool(outs) and (
+        own_jvp or derivative if _context.in_xla_context() else outs[0].op.type == "XlaLaunch")
+    if called and any(is_float(o.dtype) for o in outs):
         outs = _with_launch_gradient(api, selector, fns, names, hidden if own_jvp else leaves, outs, op_tree,
                                      choose, variables, read)
     forward = meta.get("forward") or [None] * len(outs)
@@ -308,16 +312,18 @@ def _with_launch_gradient(api: str, selector, fns: list, names: list, ins: list,
     fl = tuple(i for i, t in enumerate(ins) if is_float(t.dtype))
     fo = tuple(i for i, o in enumerate(outs) if is_float(o.dtype))
     n_out, n_in = len(outs), len(ins)
+    xla = _context.in_xla_context()
 
     def grad(op, *d_all):
         inputs = list(op.inputs)
         sel, ins_ = inputs[n_out], inputs[n_out + 1: n_out + 1 + n_in]
         d = _forward.filled_cotangents(d_all[:n_out], inputs[:n_out], fo)
         vjp_fns = [_branch_vjp(f, op_tree, fl, fo, tuple(closed), tuple(variables)) for f in fns]
-        # Built where a tape or accumulator could record (TensorFlow's JVP of the tf.function
-        # transposes this gradient): the VJP conditional is TensorFlow's call there.
-        keep = _context.tensorflow_calls() if record.could_possibly_record() else contextlib.nullcontext()
-        with keep:
+        # Launched too, with a gradient of its own (and recorded on live tapes): TensorFlow's
+        # JVP of a tf.function transposes this gradient, which then differentiates that one.
+        # Under XLA's context when the conditional was (TensorFlow compiles the gradient of a
+        # jit_compile function too): a call XLA inlines, never an XlaLaunch op it cannot hold.
+        with _tf.xla_trace() if xla and not _context.in_xla_context() else contextlib.nullcontext():
             grads = _select(api, sel, vjp_fns, [f"vjp of {n}" for n in names], (tuple(ins_), tuple(d)), choose,
                             derivative=True)
         return [None] * (n_out + 1) + scatter(n_in, fl, grads[: len(fl)]) + list(grads[len(fl):])
@@ -368,7 +374,7 @@ def _branch_vjp(fn: Callable, op_tree: _tree.TreeDef, fl: tuple, fo: tuple, clos
     def vjp_branch(leaves, d_outs):
         graph = _tf.default_graph()
         sources = [leaves[i] for i in fl] + [_tf.in_graph(graph, c) for c in closed] + list(variables)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
+        with record.forwardprop_state(), tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(sources)
             outs = _flat_call(fn, op_tree)(*leaves)
         grads = tape.gradient([outs[i] for i in fo], sources, output_gradients=list(d_outs),

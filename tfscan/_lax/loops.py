@@ -50,6 +50,16 @@ _SYMBOLIC_ERROR = _REVERSE_ERROR + (
     " (Forward mode works with a tf.autodiff.ForwardAccumulator opened eagerly or inside the "
     "tf.function that runs the loop, not around a tf.function call.)")
 
+# Raised instead when the gradient is built while an accumulator is live: TensorFlow's JVP
+# of a tf.function call transposes the call's gradient (a tape may be live too: the
+# reverse-mode error follows).
+_FORWARD_ERROR = (
+    "Forward mode (tf.autodiff.ForwardAccumulator) opened outside a tf.function does not reach a "
+    "tfscan.while_loop or tfscan.fori_loop with dynamic start/stop values inside it: TensorFlow "
+    "computes the JVP of a tf.function call by transposing the call's gradient, which such a loop "
+    "does not have (as in JAX). Use tfscan.jit instead of tf.function for that function (an eager "
+    "tfscan.jit call has forward rules of its own), or open the ForwardAccumulator inside the "
+    "tf.function. If a GradientTape differentiates the loop: " + _REVERSE_ERROR)
 
 
 def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_val: T, *,
@@ -314,4 +324,4 @@ def _zeros_if_none(t: Any, like: tf.Tensor) -> tf.Tensor:
 
 def _no_reverse(outs: list) -> list:
     """Identity whose gradient is JAX's reverse-mode error (for graph-mode symbolic gradients)."""
-    return _gradients.failing_identity(outs, _SYMBOLIC_ERROR)
+    return _gradients.failing_identity(outs, _SYMBOLIC_ERROR, _FORWARD_ERROR)

@@ -443,7 +443,7 @@ def launchable() -> bool:
     nested call inline but cannot compile an ``XlaLaunch`` op), outside steps tfscan traces
     and copies and outside ``vmap`` traces."""
     return not (tf.executing_eagerly() or _tf.record.could_possibly_record() or _context.in_xla_context()
-                or _context.in_internal_trace() or _context.in_vmap_trace() or _context.in_tensorflow_calls())
+                or _context.in_internal_trace() or _context.in_vmap_trace())
 
 
 def launch(fn: Any, args: Sequence[tf.Tensor], captured: Sequence[Any] | None = None,

@@ -139,18 +139,15 @@ class Jitted:
                 "that tensor as an argument of the jitted function.") from None
         closed, variables = _rules.watched_inputs(self._fun, entry.concrete) if recording else ([], [])
         inputs = flat + closed + [v.handle for v in variables]
-        if recording and _rules.accumulating(inputs) and (
-                not entry.holds_conditional or _rules.first_order(inputs)):
+        if recording and _rules.accumulating(inputs) and _rules.own_rules(entry.holds_conditional, self._fun):
             # Under an accumulator, derivatives of its own (compiled JVP and VJP programs), as
             # JAX: TensorFlow's forward mode of the call would transpose its gradient (which
-            # a run-time-bounded loop does not have). A function holding a tf.cond only to
-            # first order (one accumulator, no tape): TensorFlow's forward rule of a tf.cond
-            # under nested accumulators in the JVP trace fails (``cond_v2``'s gradient
-            # captures a tangent of a graph two levels out); its forward mode of the whole
-            # call does not.
+            # a run-time-bounded loop does not have). See ``_rules.own_rules`` for a function
+            # holding a tf.cond.
             with record.stop_recording():
                 outs = _tf.call_concrete(entry.concrete, flat, captured, xla=True)
-            outs = _rules.record_call(jit, self._fun, entry.tree, entry.static, flat, outs, closed, variables)
+            outs = _rules.record_call(jit, self._fun, entry.tree, entry.static, flat, outs, closed, variables,
+                                      entry.holds_conditional)
         elif recording:
             # Through the tf.function, which builds the gradient TensorFlow derives for this
             # call in an XLA context (as the function itself): a conditional's gradient then
@@ -159,10 +156,24 @@ class Jitted:
                 outs = entry.function(*flat)
             except ValueError as e:
                 if _rules.accumulating(inputs) and not record.should_record_backprop(inputs) \
-                        and str(e).startswith(_rules.REVERSE_ERROR_START):
+                        and _rules.REVERSE_ERROR_START in str(e):
                     raise ValueError(_rules.nested_forward_error(_name(self._fun))) from None
                 raise
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        elif not tf.executing_eagerly() and entry.holds_conditional and not (
+                _context.in_internal_trace() or _context.in_vmap_trace()) and \
+                any(o.dtype.is_floating for o in entry.concrete.outputs):
+            # In a graph, a function holding a tf.cond carries its own VJP as the graph's
+            # gradient (``_rules.with_graph_gradient``), and records its derivatives on the
+            # graph's tapes.
+            closed, variables = _rules.watched_inputs(self._fun, entry.concrete)
+            with record.stop_recording():
+                outs = _tf.call_concrete(entry.concrete, flat, captured, xla=True)
+                outs = _rules.with_graph_gradient(jit, self._fun, entry.tree, entry.static, flat, outs, closed,
+                                                  variables)
+            if record.could_possibly_record():
+                outs = _rules.record_call(jit, self._fun, entry.tree, entry.static, flat, outs, closed, variables,
+                                          entry.holds_conditional)
         else:
             # Straight to the concrete function (no re-canonicalization), fed this call's
             # closed-over tensors in place of those the trace captured.

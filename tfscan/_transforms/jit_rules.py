@@ -15,17 +15,23 @@ under a live accumulator records derivatives of its own (:func:`record_call`), a
   function.
 
 Both are ``tfscan.jit`` calls again, so a JVP of a JVP (or of the VJP) nests the same way,
-and their traces are cached by code and closure like any jitted function.
+and their traces are cached by code and closure like any jitted function. A function holding
+a TensorFlow conditional takes them under one accumulator only, its VJP function never
+(:func:`own_rules`); called in a graph, it carries its compiled VJP as the graph's gradient
+(:func:`with_graph_gradient`), never TensorFlow's gradient of its ``If``, whose intermediates
+built outside XLA's context are ``Optional``s XLA cannot compile.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
 from tfscan import _tf
 from tfscan._core import cache as _cache
+from tfscan._core import gradients as _gradients
 from tfscan._core import tree as _tree
 from tfscan._core.flat import scatter
 from tfscan._lax.control import INLINE_SCOPE
@@ -74,10 +80,21 @@ def accumulating(inputs: Sequence[Any]) -> bool:
     return bool(record.pack_tangents(list(inputs)).indices)
 
 
-def first_order(inputs: Sequence[Any]) -> bool:
-    """Whether one ``ForwardAccumulator`` is live and no tape watches ``inputs``: the call's
-    JVP program then runs under that accumulator only."""
-    return len(record.pack_tangents([]).indices) == 1 and not record.should_record_backprop(list(inputs))
+def own_rules(holds_conditional: bool, fun: Callable) -> bool:
+    """Whether an eager call of ``fun`` under a live accumulator records its own compiled
+    JVP and VJP (:func:`record_call`). Always, unless it holds a TensorFlow conditional:
+    then under one accumulator only (a tape may watch too: a Hessian-vector product), and
+    not for the VJP function :func:`record_call` made (it holds the conditional's gradient):
+    in a JVP program's trace TensorFlow's forward rule of ``tf.cond`` fails under nested
+    accumulators, and so does its gradient's (``cond_v2``'s gradient captures a tangent
+    of a graph two levels out). TensorFlow's forward mode of the whole call (its gradient
+    transposed, built in XLA's context) serves those."""
+    if not holds_conditional:
+        return True
+    return len(record.pack_tangents([]).indices) == 1 and not getattr(fun, _VJP_MARK, False)
+
+
+_VJP_MARK, _JVP_MARK = "_tfscan_jit_vjp", "_tfscan_jit_jvp"  # set on the functions record_call makes
 
 
 REVERSE_ERROR_START = "Reverse-mode differentiation does not work for tfscan.while_loop"
@@ -95,10 +112,22 @@ def nested_forward_error(name: str) -> str:
             "or give the loop static bounds (Python ints) or while_loop(..., max_steps=N).")
 
 
+def reverse_of_forward_error(name: str) -> str:
+    """The error of reverse mode over forward mode (a tape around an accumulator) through a
+    jitted function holding a ``tf.cond``."""
+    return (f"jit: reverse mode (tf.GradientTape) of forward mode (a tf.autodiff.ForwardAccumulator "
+            f"opened inside the tape) through {name}, which holds a tf.cond (or tf.switch_case), does "
+            "not work: TensorFlow's gradient of tf.cond's forward rule fails (and TensorFlow's own "
+            "forward mode of the call is not seen by the tape). Use tfscan.cond/tfscan.switch instead "
+            "of tf.cond (they have derivatives of their own, to any order), or open the accumulator "
+            "outside the tape (a Hessian-vector product works).")
+
+
 def record_call(make_jit: Callable, fun: Callable, tree: _tree.TreeDef, static: tuple,
-                flat: list, outs: list, closed: list, variables: list) -> list:
+                flat: list, outs: list, closed: list, variables: list, holds_conditional: bool = False) -> list:
     """``outs`` (the call's outputs, computed unrecorded) recorded on the live tapes and
-    accumulators with the compiled JVP and VJP of ``fun`` (``make_jit``: ``tfscan.jit``)."""
+    accumulators with the compiled JVP and VJP of ``fun`` (``make_jit``: ``tfscan.jit``).
+    ``holds_conditional``: ``fun``'s trace holds a TensorFlow conditional."""
     fl = tuple(i for i, t in enumerate(flat) if is_float(t.dtype))
     fo = tuple(i for i, o in enumerate(outs) if is_float(o.dtype))
     closed_t, variables_t = tuple(closed), tuple(variables)
@@ -107,6 +136,8 @@ def record_call(make_jit: Callable, fun: Callable, tree: _tree.TreeDef, static: 
     inputs = list(flat) + list(closed) + [v.handle for v in variables]
 
     def backward(*d_outs):
+        if holds_conditional and getattr(fun, _JVP_MARK, None):
+            raise ValueError(reverse_of_forward_error(getattr(fun, _JVP_MARK)))
         d = _forward.filled_cotangents(d_outs, outs, fo)
         grads = make_jit(_vjp_fn(fun, tree, static, fl, fo, closed_t, variables_t))(tuple(flat), tuple(d))
         return scatter(len(flat), fl, grads[: len(fl)]) + list(grads[len(fl):])
@@ -122,6 +153,35 @@ def record_call(make_jit: Callable, fun: Callable, tree: _tree.TreeDef, static: 
     return outs
 
 
+def with_graph_gradient(make_jit: Callable, fun: Callable, tree: _tree.TreeDef, static: tuple,
+                        flat: list, outs: list, closed: list, variables: list) -> list:
+    """``outs`` of a call in a graph through an ``IdentityN`` whose gradient is the compiled
+    VJP of ``fun`` (a ``tfscan.jit`` call again, so derivatives of any order nest), as
+    :func:`tfscan._lax.branch._with_launch_gradient` does for a conditional. For a function
+    holding a TensorFlow conditional: TensorFlow's gradient of the call, built outside XLA's
+    context (a tape or accumulator outside a ``tf.function``, a Hessian-vector product),
+    saves ``Optional`` intermediates of its ``If`` that XLA cannot compile. Built with
+    recording paused (tapes in the graph take :func:`record_call`'s derivatives)."""
+    fl = tuple(i for i, t in enumerate(flat) if is_float(t.dtype))
+    fo = tuple(i for i, o in enumerate(outs) if is_float(o.dtype))
+    n_out, n_in, closed_t, variables_t = len(outs), len(flat), tuple(closed), tuple(variables)
+    xla = _tf.in_xla_context()
+
+    def grad(op, *d_all):
+        inputs = list(op.inputs)
+        flat_ = inputs[n_out: n_out + n_in]
+        d = _forward.filled_cotangents(d_all[:n_out], inputs[:n_out], fo)
+        # Under XLA's context when the call was (its gradient is compiled whole too).
+        with _tf.xla_trace() if xla and not _tf.in_xla_context() else contextlib.nullcontext():
+            grads = make_jit(_vjp_fn(fun, tree, static, fl, fo, closed_t, variables_t))(tuple(flat_), tuple(d))
+        return [None] * n_out + scatter(n_in, fl, grads[: len(fl)]) + list(grads[len(fl):])
+
+    with record.stop_recording():
+        reads = [tf.convert_to_tensor(v) for v in variables]  # a variable's gradient through its read
+        return _gradients.graph_owned_identity("TfscanJitGrad", grad, list(outs) + list(flat) + list(closed)
+                                               + reads)[:n_out]
+
+
 def _jvp_fn(fun: Callable, tree: _tree.TreeDef, static: tuple, n: int, fl: tuple, closed: tuple,
             variables: tuple) -> Callable:
     """``fun``'s JVP over ``(leaves, float leaves' tangents, tangents of closed, of
@@ -131,6 +191,7 @@ def _jvp_fn(fun: Callable, tree: _tree.TreeDef, static: tuple, n: int, fl: tuple
         outs, t_outs = _forward.jvp_call(lambda *a: _flat_outputs(fun, tree, static, a), list(leaves),
                                          scatter(n, fl, t_leaves), watched)
         return tuple(outs), tuple(t for t in t_outs if t is not None)
+    setattr(jvp, _JVP_MARK, getattr(fun, "__name__", None) or repr(fun))
     return jvp
 
 
@@ -145,12 +206,15 @@ def _vjp_fn(fun: Callable, tree: _tree.TreeDef, static: tuple, fl: tuple, fo: tu
         # nested loop's compiled call takes as an input.
         sources = [leaves[i] for i in fl] + [c if _forward.is_eager(c) else _tf.in_graph(graph, c)
                                               for c in closed] + list(variables)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
+        # Recording even inside a busy accumulator (TensorFlow's JVP of a tf.function call
+        # transposes this VJP as it builds it): otherwise the tape sees nothing (zeros).
+        with record.forwardprop_state(), tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(sources)
             outs = _flat_outputs(fun, tree, static, leaves)
         grads = tape.gradient([outs[i] for i in fo], sources, output_gradients=list(d_outs),
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return tuple(tf.convert_to_tensor(g) for g in grads)
+    setattr(vjp, _VJP_MARK, True)
     return vjp
 
 

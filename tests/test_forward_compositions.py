@@ -1,0 +1,123 @@
+"""Forward mode meeting compiled calls (issue #9): what raised raw XLA errors now agrees with JAX,
+or raises a tfscan error naming the transformation and the fix.
+
+Each case is one construct, one wrapper of the function holding it (eager, ``tf.function``,
+``tf.function(jit_compile=True)``) and one composition of derivatives opened outside that
+function: a Hessian-vector product (a tape inside an accumulator), nested accumulators, a
+tape or an accumulator alone. Values and dtypes are checked against the same program in JAX.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfscan
+
+X = np.array([0.7, -0.4, 1.1], np.float32)
+V = np.array([0.3, 1.0, -0.5], np.float32)
+
+
+def _tf_program(name: str):
+    if name == "cond":
+        return lambda x, n: tfscan.cond(x[0] > 0, lambda v: tf.reduce_sum(tf.sin(v) * v), tf.reduce_sum, x)
+    if name == "switch":
+        return lambda x, n: tfscan.switch(tf.cast(tf.stop_gradient(x[0]) > 0, tf.int32),
+                                          [tf.reduce_sum, lambda v: tf.reduce_sum(tf.sin(v) * v)], x)
+    if name == "tf.cond in tfscan.jit":
+        inner = tfscan.jit(lambda x: tf.cond(x[0] > 0, lambda: tf.reduce_sum(tf.sin(x) * x),
+                                             lambda: tf.reduce_sum(x)))
+        return lambda x, n: inner(x)
+    if name == "fori_loop(run-time bound)":
+        return lambda x, n: tf.reduce_sum(tfscan.fori_loop(0, n, lambda i, c: tf.sin(c) * 1.5 + x[1], x))
+    raise ValueError(name)
+
+
+def _jax_program(x):
+    return jax.lax.cond(x[0] > 0, lambda v: jnp.sum(jnp.sin(v) * v), jnp.sum, x)
+
+
+_WRAPPERS = {"eager": lambda f: f, "tf.function": tf.function,
+             "jit_compile": lambda f: tf.function(f, jit_compile=True)}
+
+
+def _jvp(F, x, v, n):
+    with tf.autodiff.ForwardAccumulator(x, v) as acc:
+        y = F(x, n)
+    return acc.jvp(y)
+
+
+def _grad(F, x, v, n):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = F(x, n)
+    return tape.gradient(y, x)
+
+
+def _hvp(F, x, v, n):
+    with tf.autodiff.ForwardAccumulator(x, v) as acc:
+        g = _grad(F, x, v, n)
+    return acc.jvp(g)
+
+
+def _nested(F, x, v, n):
+    with tf.autodiff.ForwardAccumulator(x, v) as acc:
+        j = _jvp(F, x, v, n)
+    return acc.jvp(j)
+
+
+def _grad_of_jvp(F, x, v, n):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        j = _jvp(F, x, v, n)
+    return tape.gradient(j, x)
+
+
+_COMPOSITIONS = {"jvp": _jvp, "grad": _grad, "hvp": _hvp, "jvp of jvp": _nested, "grad of jvp": _grad_of_jvp}
+
+
+def _want(composition: str):
+    jv = lambda f: (lambda x: jax.jvp(f, (x,), (jnp.asarray(V),))[1])  # noqa: E731
+    fn = {"jvp": jv(_jax_program), "grad": jax.grad(_jax_program), "hvp": jv(jax.grad(_jax_program)),
+          "jvp of jvp": jv(jv(_jax_program))}[composition]
+    return np.asarray(fn(jnp.asarray(X)))
+
+
+# (construct, wrapper, composition): each raised a raw XLA/TensorFlow error before.
+_WORKING = [
+    ("tf.cond in tfscan.jit", "eager", "hvp"),  # OptionalFromValue
+    ("cond", "jit_compile", "hvp"),  # OptionalFromValue
+    ("switch", "jit_compile", "jvp of jvp"),  # SystemError
+    ("tf.cond in tfscan.jit", "tf.function", "grad"),  # OptionalFromValue (reverse mode alone)
+    ("tf.cond in tfscan.jit", "jit_compile", "hvp"),  # variant/int64 TypeError
+]
+
+
+@pytest.mark.parametrize("name,wrapper,composition", _WORKING)
+def test_composition_agrees_with_jax(name, wrapper, composition):
+    F = _WRAPPERS[wrapper](_tf_program(name))
+    got = _COMPOSITIONS[composition](F, tf.constant(X), tf.constant(V), tf.constant(3))
+    want = _want(composition)
+    assert got.dtype == tf.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+# (construct, wrapper, composition, the error's words): a tfscan error naming the fix.
+_REJECTED = [
+    # TensorFlow's JVP of a tf.function call transposes its gradient: the loop has none
+    # (JAX linearizes it; tfscan.jit's own JVP does too).
+    ("fori_loop(run-time bound)", "tf.function", "jvp", r"Forward mode .*tfscan\.jit instead of tf\.function"),
+    # Reverse over forward through a tf.cond: TensorFlow's gradient of its forward rule fails
+    # (it gave a silent None).
+    ("tf.cond in tfscan.jit", "eager", "grad of jvp", r"reverse mode .* of forward mode .*tfscan\.cond"),
+]
+
+
+@pytest.mark.parametrize("name,wrapper,composition,words", _REJECTED)
+def test_composition_raises_a_tfscan_error(name, wrapper, composition, words):
+    F = _WRAPPERS[wrapper](_tf_program(name))
+    with pytest.raises(ValueError, match=words):
+        _COMPOSITIONS[composition](F, tf.constant(X), tf.constant(V), tf.constant(3))
