@@ -22,11 +22,15 @@ Body = Callable[[list, list], tuple[list, list]]
 
 def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], length: Any,
         reverse: bool, unroll: int | bool, out_specs: Sequence[tf.TensorSpec],
-        out_shapes: Sequence[Any] | None = None, rows: Any = None) -> tuple[list, list]:
+        out_shapes: Sequence[Any] | None = None, rows: Any = None, index: bool = False) -> tuple[list, list]:
     """Run ``body(carry, slices) -> (carry, outs)`` for ``length`` steps.
 
     ``seqs`` are read at the step index along axis 0; ``outs`` are stacked along a new
     axis 0 in index order (so with ``reverse`` the buffers still hold step ``i`` at ``i``).
+    ``index``: the step index (a scalar int32, the row the step reads and writes) ends
+    ``slices``, computed from the loop counter, not read from a ``tf.range(length)``
+    sequence (which TensorFlow's constant folding would turn into a ``length``-element
+    literal of the compiled program, read with a gather at every step).
     ``length`` is an int or a scalar int32 tensor (a trip count known at run time).
     ``out_shapes`` (one per output, a list or a 1-D tensor) saves probing the body for
     output shapes that are not static. ``rows`` (the rows of ``seqs``, padded past a
@@ -43,7 +47,7 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
     if rows is None:
         rows = length if static is not None else tf.maximum(length, 1)
     if out_shapes is None:
-        out_shapes = _out_shapes(body, carry, seqs, out_specs)
+        out_shapes = _out_shapes(body, carry, seqs, out_specs, index)
     bufs = [tf.zeros(_stacked_shape(rows, s), spec.dtype) for s, spec in zip(out_shapes, out_specs)]
     if static == 0:
         return carry, bufs
@@ -57,7 +61,7 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
             for u in range(k):
                 t = i * k + u if k > 1 else i
                 idx = (length - 1 - t) if reverse else t
-                xs = [tf.gather(s, idx) for s in seqs]
+                xs = [tf.gather(s, idx) for s in seqs] + ([idx] if index else [])
                 carry, outs = body(list(carry), xs)
                 carry = [keep_shape(c, s) for c, s in zip(carry, shapes)]
                 bufs = [_write(b, o, idx) for b, o in zip(bufs, outs)]
@@ -85,11 +89,11 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
 
 
 def _out_shapes(body: Body, carry: list, seqs: Sequence[tf.Tensor],
-                out_specs: Sequence[tf.TensorSpec]) -> list:
+                out_specs: Sequence[tf.TensorSpec], index: bool = False) -> list:
     """Static output shapes, or run-time ones from one probe step that XLA prunes."""
     if all(s.shape.is_fully_defined() for s in out_specs):
         return [s.shape.as_list() for s in out_specs]
-    probe_x = [tf.zeros(tf.shape(s)[1:], s.dtype) for s in seqs]
+    probe_x = [tf.zeros(tf.shape(s)[1:], s.dtype) for s in seqs] + ([tf.constant(0)] if index else [])
     _, outs = body(list(carry), probe_x)
     return [tf.shape(o) for o in outs]
 
@@ -106,7 +110,8 @@ def _write(buf: tf.Tensor, value: tf.Tensor, idx: Any) -> tf.Tensor:
         start = tf.concat([tf.reshape(tf.cast(idx, tf.int32), [1]), tf.zeros(tf.rank(value)[None], tf.int32)], 0)
     else:
         start = tf.stack([idx] + [0] * value.shape.rank) if value.shape.rank else tf.reshape(idx, [1])
-    return xla.dynamic_update_slice(buf, value[None], tf.cast(start, tf.int32))
+    # ``expand_dims`` (one op and its axis), not ``value[None]`` (a strided slice and three vectors)
+    return xla.dynamic_update_slice(buf, tf.expand_dims(value, 0), tf.cast(start, tf.int32))
 
 
 def keep_shape(t: tf.Tensor, shape: tf.TensorShape) -> tf.Tensor:

@@ -61,7 +61,11 @@ def _row(d: tf.Tensor, depth: int) -> tf.Tensor | None:
         x, multiples = op.inputs
         if x.shape.rank is None or x.shape.rank != d.shape.rank or x.shape[0] != 1:
             return None
-        return tf.tile(x[0], multiples[1:])
+        row = tf.squeeze(x, 0)  # one op (``x[0]`` is a strided slice and three vectors)
+        static = tf.get_static_value(multiples)
+        if static is not None and all(int(m) == 1 for m in static[1:]):
+            return row  # the common case (the gradient of a sum): the row as it is
+        return tf.tile(row, multiples[1:])
     if op.type == "BroadcastTo":
         x, shape = op.inputs
         rank = d.shape.rank

@@ -207,12 +207,12 @@ def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynam
         return list(g_c) + [a + g for a, g in zip(d_k, g_k)], list(g_x)
 
     acc0 = [d_carry[i] for i in fc] + [tf.zeros_like(consts[i]) for i in fk]
-    seqs = list(xs) + saved + [d_ys[i] for i in seq_y] + ([tf.range(length)] if pairs else [])
+    seqs = list(xs) + saved + [d_ys[i] for i in seq_y]  # with ``pairs``, the step index ends the slices
     x_specs = [plan.x_specs[i] for i in fx]
     x_shapes = [xs[i].shape[1:].as_list() if xs[i].shape[1:].is_fully_defined() else tf.shape(xs[i])[1:]
                 for i in fx]  # d_x has x's shape: no probe of the body needed
     acc, d_xs_f = _buffered_loop.run(body, acc0, seqs, length, not static.reverse, static.unroll, x_specs, x_shapes,
-                                     rows=_rows(static, xs, dynamic_length))
+                                     rows=_rows(static, xs, dynamic_length), index=bool(pairs))
     return scatter(nc, fc, acc), scatter(nx, fx, d_xs_f), scatter(len(consts), fk, acc[len(fc):])
 
 
