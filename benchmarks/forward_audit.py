@@ -12,7 +12,7 @@ it: eager, tf.function, jit_compile, tfscan.jit. Modes: acc_out (an accumulator 
 acc_in (inside the wrapper), tape_out, hvp (a tape inside an accumulator), acc_in_tape,
 nested_acc.
 """
-import sys, traceback, time
+import sys, time
 import numpy as np
 import tensorflow as tf
 import jax, jax.numpy as jnp

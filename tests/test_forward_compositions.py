@@ -121,3 +121,24 @@ def test_composition_raises_a_tfscan_error(name, wrapper, composition, words):
     F = _WRAPPERS[wrapper](_tf_program(name))
     with pytest.raises(ValueError, match=words):
         _COMPOSITIONS[composition](F, tf.constant(X), tf.constant(V), tf.constant(3))
+
+
+def test_while_loop_jvp_after_a_tape_reads_the_new_call_tensors():
+    """A bounded ``while_loop`` whose body closes over ``x``, called with a fresh ``x`` each
+    time (as a training loop does): a tape's call first traces the plan, then accumulators
+    build its JVP loop. The JVP loop was built on the second call's tensors while it traced the
+    first call's body, so it read the first ``x`` without a tangent: a silently wrong JVP."""
+    def f(x):
+        body = lambda s: (s[0] + 1, tf.sin(s[1]) * 1.5 + x[1])  # noqa: E731
+        return tf.reduce_sum(tfscan.while_loop(lambda s: s[0] < 3, body, (tf.constant(0), x), max_steps=10)[1])
+
+    def f_jax(x):
+        return jnp.sum(jax.lax.fori_loop(0, 3, lambda i, c: jnp.sin(c) * 1.5 + x[1], x))
+
+    jv = lambda g: (lambda x: jax.jvp(g, (x,), (jnp.asarray(V),))[1])  # noqa: E731
+    F = lambda x, n: f(x)  # noqa: E731
+    for k, composition in enumerate(["grad", "jvp", "jvp of jvp", "jvp"]):
+        x = X * (1.0 + 0.5 * k)  # a new tensor, and a new value, every call
+        got = _COMPOSITIONS[composition](F, tf.constant(x), tf.constant(V), None)
+        want = {"grad": jax.grad(f_jax), "jvp": jv(f_jax), "jvp of jvp": jv(jv(f_jax))}[composition](jnp.asarray(x))
+        np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=1e-4, atol=1e-5, err_msg=composition)

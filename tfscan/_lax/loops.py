@@ -256,6 +256,11 @@ class _WhilePlan:
         It is a while loop of this kind again: a JVP of it is its own JVP loop."""
         if self._jvp_plan is not None:
             return self._jvp_plan
+        # The JVP loop re-traces the user functions this plan was traced from, which read the
+        # tensors of *that* call: it is built on the traced constants (``kc``/``kb`` of a later
+        # call are fed to it as slots). Built on this call's, a body closing over a fresh tensor
+        # read the first call's without a tangent: a silently wrong JVP after a tape's call.
+        kc, kb = self.cond.const_values(), self.body.const_values()
         cond_fun, tree, every = self._user
         n, fc, fk = len(self.specs), self.fc, self._float_consts(kb)
         sources = self.body.const_sources
