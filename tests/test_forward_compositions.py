@@ -33,6 +33,9 @@ def _tf_program(name: str):
         return lambda x, n: inner(x)
     if name == "fori_loop(run-time bound)":
         return lambda x, n: tf.reduce_sum(tfscan.fori_loop(0, n, lambda i, c: tf.sin(c) * 1.5 + x[1], x))
+    if name == "while_loop(max_steps)":
+        return lambda x, n: tf.reduce_sum(tfscan.while_loop(
+            lambda s: s[0] < 3, lambda s: (s[0] + 1, tf.sin(s[1]) * 1.5 + x[1]), (tf.constant(0), x), max_steps=10)[1])
     raise ValueError(name)
 
 
@@ -113,6 +116,8 @@ _REJECTED = [
     # Reverse over forward through a tf.cond: TensorFlow's gradient of its forward rule fails
     # (it gave a silent None).
     ("tf.cond in tfscan.jit", "eager", "grad of jvp", r"reverse mode .* of forward mode .*tfscan\.cond"),
+    # Forward over the bounded loop's first-order reverse mode: XLA's "fixed tensor list size".
+    ("while_loop(max_steps)", "eager", "hvp", r"Forward mode over the reverse mode of tfscan\.while_loop"),
 ]
 
 

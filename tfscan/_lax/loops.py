@@ -61,6 +61,17 @@ _FORWARD_ERROR = (
     "tfscan.jit call has forward rules of its own), or open the ForwardAccumulator inside the "
     "tf.function. If a GradientTape differentiates the loop: " + _REVERSE_ERROR)
 
+# Raised when an accumulator would differentiate the backward loop of while_loop(max_steps)
+# (a Hessian-vector product: a tape inside an accumulator). TensorFlow would transpose the
+# compiled backward loop's own gradient, which XLA cannot build ("fixed tensor list size").
+_FORWARD_OVER_REVERSE_ERROR = (
+    "Forward mode over the reverse mode of tfscan.while_loop(..., max_steps=N) (a "
+    "GradientTape inside a tf.autodiff.ForwardAccumulator, e.g. a Hessian-vector product) is "
+    "not supported: the loop's reverse mode is first-order (JAX has no reverse mode of a while "
+    "loop at all). Take the second derivative in forward mode (nested ForwardAccumulators, or "
+    "the accumulator inside the tape), or write the loop as tfscan.scan / tfscan.fori_loop with "
+    "static bounds, whose derivatives compose to any order.")
+
 
 def while_loop(cond_fun: Callable[[T], Any], body_fun: Callable[[T], T], init_val: T, *,
                max_steps: int | None = None, remat: bool | int | str = False) -> T:
@@ -316,6 +327,8 @@ class _WhilePlan:
         def backward_function(*d_outs):
             if self.reverse is None:
                 raise ValueError(_REVERSE_ERROR)
+            if record.tangent_indices(list(carry) + list(kb) + list(d_outs)):
+                raise ValueError(_FORWARD_OVER_REVERSE_ERROR)
             return self.reverse.backward(steps, bufs, kb, list(d_outs))
 
         record.record_operation("tfscan_while_loop", outs, list(carry) + list(kb),
