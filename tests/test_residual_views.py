@@ -74,3 +74,29 @@ def test_ported_train_step_saves_no_view_residuals():
     np.testing.assert_allclose(loss.numpy(), ref.numpy(), rtol=1e-5)
     for k in P:
         np.testing.assert_allclose(grads[k].numpy(), ref_grads[k].numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_reshaped_x_is_read_from_xs_not_saved():
+    """A plain step reading ``x`` through a reshape: the gradient w.r.t. ``U`` reads the
+    reshaped ``x``, which the backward loop now reshapes again from ``xs``."""
+    xs = tf.reshape(tf.transpose(XS, [1, 0, 2]), [T, B * I])
+
+    def loss(u):
+        def step(h, x):
+            h = tf.tanh(h @ P["W"] + tf.reshape(x, [B, I]) @ u)
+            return h, tf.reduce_sum(h, -1)
+        return tf.reduce_sum(tfscan.scan(step, tf.zeros([B, H]), xs)[1])
+
+    fn = tf.function(lambda u: tfscan.value_and_grad(loss)(u), jit_compile=True, autograph=False)
+    loops = _loop_states(fn.experimental_get_compiler_ir(P["U"])(stage="optimized_hlo"))
+    forward = next(s for s in loops if f"f32[{T},{B}]" in s)
+    assert f"f32[{T},{B},{I}]" not in forward, forward  # no saved copy of the reshaped rows
+    value, grad = fn(P["U"])
+    with tf.GradientTape() as tape:
+        tape.watch(P["U"])
+        h, total = tf.zeros([B, H]), 0.0
+        for t in range(T):
+            h = tf.tanh(h @ P["W"] + tf.reshape(xs[t], [B, I]) @ P["U"])
+            total += tf.reduce_sum(h)
+    np.testing.assert_allclose(value.numpy(), total.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(grad.numpy(), tape.gradient(total, P["U"]).numpy(), rtol=1e-4, atol=1e-6)

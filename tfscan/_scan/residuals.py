@@ -229,7 +229,7 @@ class _Split:
         for name, t in list(boundary.items()):
             if name in step_index or not dep_step[t.op.name]:
                 continue
-            origin, chain = _view_origin(t, step_index, dep_step)
+            origin, chain = _view_origin(t, step_index, dep_step, dep_k)
             if chain:
                 del boundary[name]
                 boundary.setdefault(origin.name, origin)
@@ -316,13 +316,13 @@ _SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "BroadcastGradientArg
 _VIEW_OPS = frozenset({"Identity", "Snapshot", "Squeeze", "ExpandDims", "Reshape"})
 
 
-def _view_origin(t, step_index: dict, dep_step: dict) -> tuple[Any, list]:
+def _view_origin(t, step_index: dict, dep_step: dict, dep_k: dict) -> tuple[Any, list]:
     """``(origin, ops)``: the tensor ``t`` views through a chain ``ops`` of view ops whose
-    other inputs (an axis, a shape) do not depend on the step, stopping at a step input."""
+    other inputs (an axis, a shape) are constants of the graph, stopping at a step input."""
     chain = []
     while (t.name not in step_index and t.op.type in _VIEW_OPS and t.op.inputs
            and t.dtype != tf.resource and t.shape.is_fully_defined()
-           and not any(dep_step[u.op.name] for u in t.op.inputs[1:])):
+           and not any(dep_step[u.op.name] or dep_k[u.op.name] for u in t.op.inputs[1:])):
         chain.append(t.op)
         t = t.op.inputs[0]
     return t, chain
