@@ -59,13 +59,19 @@ def failing_identity(flat: Sequence[tf.Tensor], message: str) -> list:
     return identity(name, flat)
 
 
-def is_failing(op: tf.Operation) -> str | None:
-    """The gradient name of ``op`` when it is a :func:`failing_identity`, else ``None``."""
+def gradient_type(op: tf.Operation) -> str | None:
+    """The name of ``op``'s own gradient (``tf.custom_gradient``, :func:`graph_owned_identity`,
+    a scan's ``IdentityN``), or ``None`` when TensorFlow's registered gradient applies."""
     try:
         name = op.get_attr("_gradient_op_type")
     except ValueError:
         return None
-    name = name.decode() if isinstance(name, bytes) else name
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def is_failing(op: tf.Operation) -> str | None:
+    """The gradient name of ``op`` when it is a :func:`failing_identity`, else ``None``."""
+    name = gradient_type(op)
     return name if name in _failing.values() else None
 
 

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tfscan import _tf
 from tfscan._core import context as _context
+from tfscan._core import gradients as _gradients
 from tfscan._core.flat import split_list
 from tfscan._scan import autodiff as _autodiff
 from tfscan._tf import record
@@ -105,11 +106,8 @@ class _Group:
 def convert(pfor_input) -> list | None:
     """The batched scan for a scan's ``IdentityN`` (``None``: not a scan, let pfor convert it)."""
     op = pfor_input.op
-    try:
-        name = op.get_attr("_gradient_op_type")
-    except ValueError:
-        return None
-    site = _autodiff.scan_site(name.decode() if isinstance(name, bytes) else name)
+    name = _gradients.gradient_type(op)
+    site = None if name is None else _autodiff.scan_site(name)
     if site is None:
         return None
     programs, (n_out, n_saved, n_i, n_x, n_k), has_dl = site
