@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import keras
 
 import tfscan
+from benchmarks import _floors
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,10 @@ IMPLS = {
         Impl("jax.nojit", "jax.lax.scan, not jitted (eager)", "jax"),
         Impl("tf.scan.eager", "tf.scan, eager", "tf"),
         Impl("keras.eager", "keras.ops.scan, eager", "keras"),
+        Impl("tf.function.empty", "the floor: an empty tf.function call (same arguments, returns a)", "tf",
+             peer=False, goal=False),
+        Impl("handwritten@xla", "the floor: value and gradient written by hand as one XLA program "
+             "(tf.function(jit_compile), two tf.while_loops)", "tf", peer=False, goal=False),
         Impl("tf.call@xla", "the floor: the compiled tfscan.scan, its traced function called directly "
              "(concrete function's inference function)", "tf", peer=False, goal=False),
         # memory workload
@@ -219,6 +224,8 @@ def forward_fixed_step(key: str, problem, data: dict) -> Callable[[], Any]:
 
 def gradient(key: str, problem, data: dict) -> Callable[[], Any]:
     """A callable returning the gradient of ``sum(ys)`` w.r.t. ``problem.wrt`` (a tuple)."""
+    if key in _floors.KEYS:
+        return _floors.build(key, problem, data)
     idx = tuple(WRT.index(w) for w in problem.wrt)
     final = getattr(problem, "final", False)  # the loss reads the final carry, not the ys
     # ``...@eager``: jax.grad run op by op, not under jax.jit (each scan still compiled), so the

@@ -404,7 +404,8 @@ def workloads(mode: str) -> list[Workload]:
         Workload("light-grad-params", "2c. Light step c = tanh(a*c + x), tape gradient w.r.t. a only "
                  "(xs not asked for, as in a Keras step); issue 14's goal: tfscan@graph within 1.5x JAX",
                  "time", "gradient", s["light-params"],
-                 ["jax", "tfscan", "tfscan@graph", "tfscan@xla", "tfscan.grad", "tf.scan", "tf.scan@xla", "keras"],
+                 ["jax", "tfscan", "tfscan@graph", "tfscan@xla", "tfscan.grad", "tf.scan", "tf.scan@xla", "keras",
+                  "tf.function.empty", "handwritten@xla"],
                  grad(light_params), light_params.inputs, tol=1e-3, requires={"tfscan.grad": ("grad",)}),
         Workload("vmap", "3. vmap of a scan (B=64, H=32, I=32)", "time", "vmap", s["vmap"],
                  ["jax.vmap", "tfscan.vmap", "tfscan.jit.vmap", "tfscan.batched", "tf.scan.batched",

@@ -206,7 +206,9 @@ class _Split:
                 and op.type != "Placeholder"
             dep_step[op.name] = op.name in step_in or stateful or any(dep_step[i] for i in ins)
             dep_k[op.name] = op.name in const_in or any(dep_k[i] for i in ins)
-        backward = {n for n, d in dep_ct.items() if d}
+        # Only what the gradients read: a gradient nobody asked for (TensorFlow's gradient of
+        # ``x ** 2`` w.r.t. the constant exponent, its ``log(x)``) saves nothing per step.
+        backward = {n for n, d in dep_ct.items() if d} & _ancestors([t.op for t in grad_outs])
         boundary: dict[str, Any] = {}
         for op in order:
             if op.name in backward:
@@ -219,8 +221,24 @@ class _Split:
 
         step_index = {n: i for i, n in enumerate(vjp.step_names)}
         const_index = dict(vjp.const_feeds)
+        # A residual that is a view of another tensor (an Identity, Squeeze, ExpandDims or
+        # Reshape of fixed shape: pfor's batched matvec reads each operand that way) is
+        # computed again by the backward piece from what it views: a view of x is read from
+        # xs, of the carry from the saved carries, and two views of one tensor save it once.
+        views = {}
+        for name, t in list(boundary.items()):
+            if name in step_index or not dep_step[t.op.name]:
+                continue
+            origin, chain = _view_origin(t, step_index, dep_step, dep_k)
+            if chain:
+                del boundary[name]
+                boundary.setdefault(origin.name, origin)
+                views[name] = chain
         self.inputs: list[tuple[str, str, int]] = []  # (name, "step" | "const", index)
         per_step, invariant, copied = [], [], set()
+        for chain in views.values():
+            backward |= {op.name for op in chain}
+            copied |= _ancestors([u.op for op in chain for u in op.inputs[1:]])
         for name, t in boundary.items():
             op = t.op.name
             if name in step_index:
@@ -295,6 +313,19 @@ class _Split:
 
 
 _SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "BroadcastGradientArgs"})
+_VIEW_OPS = frozenset({"Identity", "Snapshot", "Squeeze", "ExpandDims", "Reshape"})
+
+
+def _view_origin(t, step_index: dict, dep_step: dict, dep_k: dict) -> tuple[Any, list]:
+    """``(origin, ops)``: the tensor ``t`` views through a chain ``ops`` of view ops whose
+    other inputs (an axis, a shape) are constants of the graph, stopping at a step input."""
+    chain = []
+    while (t.name not in step_index and t.op.type in _VIEW_OPS and t.op.inputs
+           and t.dtype != tf.resource and t.shape.is_fully_defined()
+           and not any(dep_step[u.op.name] or dep_k[u.op.name] for u in t.op.inputs[1:])):
+        chain.append(t.op)
+        t = t.op.inputs[0]
+    return t, chain
 
 
 def _topological(graph) -> list:
