@@ -35,7 +35,7 @@ def default_machine() -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="smaller sizes: under 3 minutes on 2 cores")
+    p.add_argument("--quick", action="store_true", help="smaller sizes: ~11 minutes on 2 cores (timed rows under 2)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repetition: only proves it runs")
     p.add_argument("--out", default=None,
                    help="output directory (default: benchmarks/results, or a temporary one for --smoke, "
