@@ -114,7 +114,6 @@ def in_xla_context() -> bool:
     return _tf.in_xla_context()
 
 
-
 def traced_alone(fn: Callable[[], Any]) -> Any:
     """``fn()`` run on a fresh thread and its result (its exception re-raised here).
 

@@ -40,13 +40,13 @@ __all__ = ["while_loop"]
 
 T = TypeVar("T")
 
-_REVERSE_ERROR = (
+REVERSE_ERROR = (
     "Reverse-mode differentiation does not work for tfscan.while_loop or tfscan.fori_loop "
     "with dynamic start/stop values (bounds known only at run time). Try using tfscan.scan, "
     "or using fori_loop with static start/stop (Python ints), or pass max_steps=N (a Python "
     "int bounding the number of steps) to tfscan.while_loop.")
 
-_SYMBOLIC_ERROR = _REVERSE_ERROR + (
+_SYMBOLIC_ERROR = REVERSE_ERROR + (
     " (Forward mode works with a tf.autodiff.ForwardAccumulator opened eagerly or inside the "
     "tf.function that runs the loop, not around a tf.function call.)")
 
@@ -59,7 +59,7 @@ _FORWARD_ERROR = (
     "computes the JVP of a tf.function call by transposing the call's gradient, which such a loop "
     "does not have (as in JAX). Use tfscan.jit instead of tf.function for that function (an eager "
     "tfscan.jit call has forward rules of its own), or open the ForwardAccumulator inside the "
-    "tf.function. If a GradientTape differentiates the loop: " + _REVERSE_ERROR)
+    "tf.function. If a GradientTape differentiates the loop: " + REVERSE_ERROR)
 
 # Raised when an accumulator would differentiate the backward loop of while_loop(max_steps)
 # (a Hessian-vector product: a tape inside an accumulator). TensorFlow would transpose the
@@ -326,7 +326,7 @@ class _WhilePlan:
 
         def backward_function(*d_outs):
             if self.reverse is None:
-                raise ValueError(_REVERSE_ERROR)
+                raise ValueError(REVERSE_ERROR)
             if record.tangent_indices(list(carry) + list(kb) + list(d_outs)):
                 raise ValueError(_FORWARD_OVER_REVERSE_ERROR)
             return self.reverse.backward(steps, bufs, kb, list(d_outs))

@@ -65,8 +65,7 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     for obj in list(closed) + [o for o, _ in watched]:
         _tf.record.silent_capture(graph, obj.handle if isinstance(obj, tf.Variable) else obj)
     if plain:
-        found = _plain_jvp(imported or fn, args, tangents,
-                                     [(_tf.in_graph(graph, o), t) for o, t in watched])
+        found = _plain_jvp(imported or fn, args, tangents, [(_tf.in_graph(graph, o), t) for o, t in watched])
         if found is not None:
             return found
     primals, ts = [], []
@@ -92,7 +91,7 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
 
 
 def _plain_jvp(fn: Callable, args: Sequence[tf.Tensor], tangents: Sequence[Any],
-                         watched: Sequence[tuple[tf.Tensor, tf.Tensor]]):
+               watched: Sequence[tuple[tf.Tensor, tf.Tensor]]):
     """``(fn(*args), output tangents)`` as :func:`jvp_call`, for a plain ``fn``: its ops
     differentiated one by one by their forward rules (:mod:`tfscan._scan.jvp_rules`), an op
     without one by its gradient transposed (``tf.gradients`` twice: the "double-back"

@@ -35,10 +35,9 @@ def forward_tangents(outs: Sequence[tf.Tensor], sources: Sequence[tuple[tf.Tenso
             t_in = [known.get(x.name) for x in op.inputs]
             if all(t is None for t in t_in):
                 continue
-            float_outs = [y for y in op.outputs if y.dtype.is_floating]
-            if any(y.dtype.is_complex for y in op.outputs) or not float_outs:
-                if any(y.dtype.is_complex for y in op.outputs):
-                    return None
+            if any(y.dtype.is_complex for y in op.outputs):
+                return None
+            if not any(y.dtype.is_floating for y in op.outputs):
                 continue
             rule = _RULES.get(op.type)
             t_out = rule(op, t_in) if rule is not None else _transposed(op, t_in)
@@ -100,8 +99,7 @@ def _same(op, t):  # a unary op that is linear: the same op on the tangent
 
 
 def _add(op, t):
-    y = op.outputs[0]
-    return [_like(t[0] + t[1], y) if t[0] is not None and t[1] is not None else _like(_plus(*t), y)]
+    return [_like(_plus(*t), op.outputs[0])]
 
 
 def _sub(op, t):

@@ -28,6 +28,7 @@ from tfscan._core import checks as _checks
 from tfscan._core import context as _context
 from tfscan._core import fast as _fast
 from tfscan._core import tree as _tree
+from tfscan._lax import loops as _loops
 from tfscan._tf import record
 from tfscan._transforms import jit_rules as _rules
 
@@ -156,7 +157,7 @@ class Jitted:
                 outs = entry.function(*flat)
             except ValueError as e:
                 if _rules.accumulating(inputs) and not record.should_record_backprop(inputs) \
-                        and _rules.REVERSE_ERROR_START in str(e):
+                        and _loops.REVERSE_ERROR in str(e):
                     raise ValueError(_rules.nested_forward_error(_name(self._fun))) from None
                 raise
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]

@@ -97,8 +97,6 @@ def own_rules(holds_conditional: bool, fun: Callable) -> bool:
 _VJP_MARK, _JVP_MARK = "_tfscan_jit_vjp", "_tfscan_jit_jvp"  # set on the functions record_call makes
 
 
-REVERSE_ERROR_START = "Reverse-mode differentiation does not work for tfscan.while_loop"
-
 
 def nested_forward_error(name: str) -> str:
     """The error of nested forward mode through a jitted function holding a ``tf.cond`` and
