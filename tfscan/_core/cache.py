@@ -246,10 +246,11 @@ class _Walk:
             return ("tensor", shape, x.dtype, j)  # j: the same tensor met twice stays one slot
         if isinstance(x, (types.FunctionType, types.MethodType, _PARTIAL)):
             return self.function(x, depth)
-        if _wrapped_function(x) is not None:
+        wrapped = _wrapped_function(x)
+        if wrapped is not None:
             # A compiled wrapper of a function (``tfscan.jit``, ``tf.function``): by identity
             # (its configuration is fixed), and the function it wraps walked as any other.
-            return ("wrapped", _Identity(x), self.function(_wrapped_function(x), depth + 1))
+            return ("wrapped", _Identity(x), self.function(wrapped, depth + 1))
         if _tf.is_autograph_scope(x):
             return ("autograph-scope",)  # a fresh one per trace; it holds no value
         if isinstance(x, (bool, int, float, complex, str, bytes, type(None), np.generic, TreeDef)):
@@ -319,8 +320,7 @@ def _walks_global(x: Any) -> bool:
     modules are left out)."""
     if isinstance(x, (tf.Tensor, tf.Variable, np.ndarray)):
         return True
-    if _wrapped_function(x) is not None:
-        x = _wrapped_function(x)
+    x = _wrapped_function(x) or x
     if isinstance(x, types.FunctionType):
         module = getattr(x, "__module__", "") or ""
         return not module.startswith(("tensorflow", "keras", "tf_keras", "numpy", "tfscan.", "jax"))

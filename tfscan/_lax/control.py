@@ -28,6 +28,7 @@ __all__ = []  # private module
 
 INLINE_SCOPE = "tfscan_inline"  # the name scope of a program emitted inline
 
+
 class Compiled:
     """``build(*tensors) -> list of tensors`` run compiled by XLA, traced once.
 

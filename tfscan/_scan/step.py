@@ -102,8 +102,9 @@ class Traced:
     def plain(self) -> bool:
         """Whether the trace is pure ops on tensors: no state, variable or other resource, no
         nested function (loop, conditional, call) and no op with a gradient of its own
-        (``IdentityN``: ``tf.custom_gradient``, a nested scan). Such a step's JVP is the
-        transpose of its gradient, built inline (:func:`tfscan._scan.forward.jvp_call`)."""
+        (``IdentityN``: ``tf.custom_gradient``, a nested scan). Such a step's JVP is built
+        inline op by op by forward rules (:func:`tfscan._scan.forward.jvp_call`,
+        :mod:`tfscan._scan.jvp_rules`), and its VJP emits this trace again."""
         if self._handle_names or any(isinstance(s, tf.Variable) for s in self.const_sources):
             return False
         for op in self._cf.graph.get_operations():
