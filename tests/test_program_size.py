@@ -70,3 +70,25 @@ def test_gradient_with_the_step_index_from_the_counter_matches_jax(reverse, unro
         tape.watch([a, c0, xs])
         loss = tf.reduce_sum(_light(a, c0, xs, reverse, unroll)[1])
     assert_trees_match(list(tape.gradient(loss, [a, c0, xs])), list(want), rtol=1e-5, atol=1e-5)
+
+
+def _while_states(hlo: str) -> list[str]:
+    """The loop-state tuple type of every ``while`` instruction of an HLO module's text."""
+    states = []
+    for line in hlo.splitlines():
+        left, sep, _ = line.partition(" while(")
+        if sep and "=" in left:
+            states.append(left.split("=", 1)[1].strip())
+    return states
+
+
+@pytest.mark.parametrize("reverse,unroll", [(False, 1), (True, 4)])
+def test_each_loop_carries_one_counter(reverse, unroll):
+    # tfscan's loops are one While each built by _tf.counted_loop: their state is the step
+    # counter, the carries, the output buffers and the loop invariants -- not also
+    # tf.while_loop's own loop counter and maximum-iteration count (two int32 scalars more
+    # per loop for the bridge and XLA to compile, and a costlier trace).
+    hlo = _tape_gradient(reverse, unroll).experimental_get_compiler_ir(*_args())(stage="hlo")
+    states = _while_states(hlo)
+    assert len(states) == (2 if unroll == 1 else 4), states  # forward and backward (each with its tail)
+    assert all(s.count("s32[]") == 1 for s in states), states

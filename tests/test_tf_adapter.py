@@ -301,3 +301,43 @@ def test_register_launch_gradient_registers_once_and_keeps_the_first():
 
     with pytest.raises(LookupError, match="not a tfscan program"):
         run(tf.constant(1.0))
+
+
+def test_counted_loop_emits_one_lean_while_or_falls_back():
+    xs = tf.constant([1.0, 2.0, 3.0, 4.0])
+    a = tf.constant(0.5)
+
+    def body(i, state):
+        c, total = state
+        c = a * c + tf.gather(xs, i)
+        return [c, total + c]
+
+    @tf.function(autograph=False)
+    def run(limit):
+        graph = tf.compat.v1.get_default_graph()
+        out = _tf.counted_loop(body, 0, 4, [tf.constant(0.0), tf.constant(0.0)])
+        whiles = [op for op in graph.get_operations() if op.type.endswith("While")]
+        assert [op.type for op in whiles] == ["StatelessWhile"]
+        # the state: the counter, the two loop variables, the two captures (xs and a)
+        assert len(whiles[0].inputs) == 5, [t.name for t in whiles[0].inputs]
+        with pytest.raises(LookupError, match="tfscan's own VJP"):
+            tf.gradients(out[0], a)
+        from_one = _tf.counted_loop(body, 1, limit, [tf.constant(0.0), tf.constant(0.0)])  # a tensor limit
+        stateful = _tf.counted_loop(lambda i, s: [s[0] + tf.random.uniform([]) * 0.0 + tf.gather(xs, i)], 0, 4,
+                                    [tf.constant(0.0)])
+        types = [op.type for op in graph.get_operations() if op.type.endswith("While")]
+        assert types == ["StatelessWhile", "StatelessWhile", "While"], types  # the last: tf.while_loop's
+        return out, from_one, stateful
+
+    (c, total), (c1, total1), (s,) = run(tf.constant(4))
+    want_c = 0.0
+    for x in [1.0, 2.0, 3.0, 4.0]:
+        want_c = 0.5 * want_c + x
+    np.testing.assert_allclose(c.numpy(), want_c)
+    np.testing.assert_allclose(c1.numpy(), (0.5 * 2.0 + 3.0) * 0.5 + 4.0)
+    np.testing.assert_allclose(s.numpy(), 10.0)
+    with tf.GradientTape() as tape:  # a watched input: tf.while_loop's op, which TensorFlow differentiates
+        tape.watch(a)
+        out = tf.function(lambda: _tf.counted_loop(body, 0, 4, [tf.constant(0.0), tf.constant(0.0)]),
+                          autograph=False)()
+    np.testing.assert_allclose(tape.gradient(out[0], a).numpy(), 3 * 0.25 * 1 + 2 * 0.5 * 2.0 + 3.0, rtol=1e-6)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
+from tfscan import _tf
 from tfscan._tf import xla
 from tfscan._transforms import batching as _batching
 
@@ -57,7 +58,8 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
                          "pass an int unroll for a length known only at run time.")
 
     def steps(k: int) -> Callable:
-        def loop_body(i, carry, bufs):
+        def loop_body(i, state):
+            carry, bufs = state[:len(shapes)], state[len(shapes):]
             for u in range(k):
                 t = i * k + u if k > 1 else i
                 idx = (length - 1 - t) if reverse else t
@@ -65,24 +67,20 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
                 carry, outs = body(list(carry), xs)
                 carry = [keep_shape(c, s) for c, s in zip(carry, shapes)]
                 bufs = [_write(b, o, idx) for b, o in zip(bufs, outs)]
-            return i + 1, carry, bufs
+            return list(carry) + list(bufs)
         return loop_body
 
     main = length // unroll
     i0 = tf.constant(0, tf.int32)
+    state = carry + bufs
     if static is None or main > 0:
         if static is not None and main == 1:
-            _, carry, bufs = steps(unroll)(i0, carry, bufs)
-        else:
-            _, carry, bufs = tf.while_loop(lambda i, c, b: i < main, steps(unroll), (i0, carry, bufs))
+            state = steps(unroll)(i0, state)
+        else:  # one While built directly (not tf.while_loop's): see _tf.counted_loop
+            state = _tf.counted_loop(steps(unroll), i0, main, state)
     if unroll > 1 and (static is None or static % unroll):
-        done = main * unroll
-
-        def tail_body(i, carry, bufs):
-            _, carry, bufs = steps(1)(i, carry, bufs)
-            return i + 1, carry, bufs
-        _, carry, bufs = tf.while_loop(lambda i, c, b: i < length, tail_body,
-                                       (tf.convert_to_tensor(done, tf.int32), carry, bufs))
+        state = _tf.counted_loop(steps(1), main * unroll, length, state)
+    carry, bufs = state[:len(shapes)], state[len(shapes):]
     if cut:
         bufs = [b[:length] for b in bufs]
     return list(carry), list(bufs)

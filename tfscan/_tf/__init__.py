@@ -7,7 +7,7 @@ greps the package to keep it so, and exercises every entry — so a TensorFlow r
 that moves an internal breaks this package and that test, not code scattered across
 tfscan.
 
-The entries come in five groups, one module each:
+The entries come in six groups, one module each:
 
 * :mod:`~tfscan._tf.calls` — calling a traced function: :func:`call_concrete`,
   :func:`fixed_captures`, :func:`launch_compiled`, :func:`register_launch_gradient`, :func:`xla_trace`, :func:`quiet_retracing`;
@@ -20,7 +20,8 @@ The entries come in five groups, one module each:
   :func:`set_pfor_converter`, :func:`without_autograph`, :func:`unregister_gradient`,
   :func:`mark_variable_accessed`, :func:`distributed_container`, :func:`variable_handles`;
 * :mod:`~tfscan._tf.vectorize` — vectorization: :class:`pfor`, :class:`xla`;
-* :mod:`~tfscan._tf.keras_rnn` — Keras' RNN internals: :class:`keras_rnn`.
+* :mod:`~tfscan._tf.keras_rnn` — Keras' RNN internals: :class:`keras_rnn`;
+* :mod:`~tfscan._tf.loops` — a counted loop as one ``While`` op built directly: :func:`counted_loop`.
 
 Checked on: TensorFlow 2.21 (the oldest and the newest release the package claims).
 """
@@ -52,6 +53,7 @@ from tfscan._tf.graphs import (
     without_autograph,
 )
 from tfscan._tf.keras_rnn import keras_rnn
+from tfscan._tf.loops import counted_loop
 from tfscan._tf.tapes import guard_empty_function_call_records, record
 from tfscan._tf.vectorize import pfor, xla
 
@@ -64,4 +66,5 @@ __all__ = ["call_concrete", "fixed_captures", "launch_compiled", "quiet_retracin
            "is_autograph_scope", "is_func_graph", "mark_variable_accessed", "op_gradient_functions",
            "set_op_gradient_function", "set_pfor_converter", "unregister_gradient", "variable_handles",
            "without_autograph",
+           "counted_loop",
            "pfor", "xla", "keras_rnn"]
