@@ -329,7 +329,7 @@ def test_counted_loop_emits_one_lean_while_or_falls_back():
         assert types == ["StatelessWhile", "StatelessWhile", "While"], types  # the last: tf.while_loop's
         return out, from_one, stateful
 
-    (c, total), (c1, total1), (s,) = run(tf.constant(4))
+    (c, _), (c1, _), (s,) = run(tf.constant(4))
     want_c = 0.0
     for x in [1.0, 2.0, 3.0, 4.0]:
         want_c = 0.5 * want_c + x
