@@ -367,8 +367,8 @@ def jvp2(key: str, problem, data: dict) -> Callable[[], Any]:
     # The tangent seeds are made once, outside both accumulators (JAX's seeds are constants of
     # its program): made inside the outer one, TensorFlow would trace a JVP function of
     # ``OnesLike`` on the first call (~45 ms), a cost of TensorFlow's forward mode, not the scan's.
-    # Two tensors: one tensor seeding both accumulators is not recognised as a JVP of a JVP by
-    # tfscan's one-loop path (forward_eager) yet, and compiles ~1.6x longer.
+    # Two tensors, as the row was first measured; one tensor seeding both accumulators takes the
+    # same one-loop path since s7-jvp2 (tests/test_first_call.py::test_jvp_of_jvp_runs_one_program_alone).
     seed_outer, seed_inner = tf.ones_like(a), tf.ones_like(a)
 
     def run():

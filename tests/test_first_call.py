@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import tfscan
@@ -298,3 +299,74 @@ def test_jvp_of_jvp_step_is_built_by_forward_rules():
     compute = [op for op in ops if op.type not in ("Placeholder", "Identity", "NoOp", "Const")]
     assert len(compute) <= jax_eqns, sorted(op.type for op in compute)
     assert not [op.name for op in ops if "gradients" in op.name]
+
+
+def _eager_ops(monkeypatch) -> list:
+    """The ops run eagerly from now on (TensorFlow's fast path and its general path)."""
+    from tensorflow.python import pywrap_tfe  # noqa: PLC0415 - counted, not used
+    from tensorflow.python.eager import execute  # noqa: PLC0415
+
+    seen, fast, slow = [], pywrap_tfe.TFE_Py_FastPathExecute, execute.quick_execute
+
+    def counted_fast(ctx, name, *args):
+        seen.append(name)
+        return fast(ctx, name, *args)
+
+    def counted_slow(name, *args, **kwargs):
+        seen.append(name.decode() if isinstance(name, bytes) else name)
+        return slow(name, *args, **kwargs)
+
+    monkeypatch.setattr(pywrap_tfe, "TFE_Py_FastPathExecute", counted_fast)
+    monkeypatch.setattr(execute, "quick_execute", counted_slow)
+    monkeypatch.setattr(execute, "execute", counted_slow)
+    return seen
+
+
+@pytest.mark.parametrize("seeds", ["one tensor", "two tensors"])
+def test_jvp_of_jvp_runs_one_program_alone(monkeypatch, seeds):
+    """A JVP of a JVP runs one program, the JVP loop of the JVP loop, and no other op eagerly,
+    also when one tensor seeds both accumulators (``s = tf.ones_like(a)`` used twice, as user
+    code does; JAX's ``jvp(jvp(f))`` with one tangent). With one seed it compiled and ran the
+    first-order JVP loop twice as well (3 programs); with either, accumulators made zeros
+    eagerly for every scan input they had no tangent of, and the JVP loop's zero tangents were
+    ``ZerosLike`` ops (a process's first ``Fill``/``Cast``/``ZerosLike`` kernels: tens of
+    milliseconds of the ``compile-jvp2`` row; JAX's module has them as constants)."""
+    _fresh()
+
+    def step_tf(carry, x):
+        c, a = carry
+        c = tf.tanh(a * c + x)
+        return (c, a), tf.sin(c) * c
+
+    def step_jax(carry, x):
+        c, a = carry
+        c = jnp.tanh(a * c + x)
+        return (c, a), jnp.sin(c) * c
+
+    rng = np.random.default_rng(5)
+    a, init, xs = rng.normal(size=(3, 2)), rng.normal(size=(3, 2)), rng.normal(size=(T, 3, 2))
+    at, it, xst = tf.constant(a), tf.constant(init), tf.constant(xs)
+    seed_outer = tf.ones_like(at)
+    seed_inner = seed_outer if seeds == "one tensor" else tf.ones_like(at)
+    ran = _eager_ops(monkeypatch)
+    with tf.autodiff.ForwardAccumulator(at, seed_outer) as outer:
+        with tf.autodiff.ForwardAccumulator(at, seed_inner) as inner:
+            (c, a_out), ys = tfscan.scan(step_tf, (it, at), xst)
+        t = inner.jvp((c, a_out, ys))
+    got = (c, a_out, ys, t, outer.jvp((c, a_out, ys)), outer.jvp(t))
+    monkeypatch.undo()
+
+    def f(a):
+        (c, a_out), ys = jax.lax.scan(step_jax, (init, a), xs)
+        return c, a_out, ys
+
+    one = np.ones_like(a)
+
+    def first(a):
+        return jax.jvp(f, (a,), (one,))
+
+    (p, tp), (op, otp) = jax.jvp(first, (a,), (one,))
+    assert_trees_match(got, (*p, tp, op, otp), rtol=1e-10, atol=1e-12)
+    programs = next(reversed(cache.eager_cache("scan")._data.values()))
+    assert _compiled(programs) == [("scan_jvp_jvp", "forward_False_None")]
+    assert len(ran) == 1 and ran[0].startswith("__inference_build"), ran  # the program, nothing else

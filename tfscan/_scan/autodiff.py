@@ -69,8 +69,9 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     forward_function = lambda *tangents: _forward.scan_tangents(  # noqa: E731
         programs, init, xs, consts, dynamic_length, tangents, run)
     first = None if save or not eager else _forward_eager.first_tangents(programs, init, xs, consts, dynamic_length)
+    recorded = None  # the inputs the operation is recorded on (None: all)
     if first is not None:  # forward mode alone: the JVP loop gives the values too
-        outs, make_forward_function = first
+        outs, make_forward_function, recorded = first
         result, saved, forward_function = outs, None, make_forward_function(run)
     else:
         with record.stop_recording():  # the tapes see only the operation recorded below
@@ -87,10 +88,15 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     # The closure keeps what the backward pass reads (``saved``: the ys only where they are
     # residuals), and of the outputs only their types: a ys buffer nothing else holds is freed.
     specs = [tf.TensorSpec(o.shape, o.dtype) for o in outs] if eager else outs
-    record.record_operation(
-        "TfscanScan", result, inputs,
-        lambda *d_outs: _backward(programs, init, xs, consts, saved, d_outs, specs, dynamic_length, wanted),
-        forward_function)
+
+    def backward(*d_outs):
+        grads = _backward(programs, init, xs, consts, saved, d_outs, specs, dynamic_length, wanted)
+        return grads if recorded is None else [grads[i] for i in recorded]
+
+    # Forward mode alone records the inputs with a tangent only (``first_tangents``): no tape
+    # reads this operation, and accumulators would make eager zeros for the others.
+    record.record_operation("TfscanScan", result, inputs if recorded is None else [inputs[i] for i in recorded],
+                            backward, forward_function)
     return result
 
 

@@ -66,7 +66,8 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
                 xs = [tf.gather(s, idx) for s in seqs] + ([idx] if index else [])
                 carry, outs = body(list(carry), xs)
                 carry = [keep_shape(c, s) for c, s in zip(carry, shapes)]
-                bufs = [_write(b, o, idx) for b, o in zip(bufs, outs)]
+                starts: dict = {}  # one start vector per rank, shared by the writes of a step
+                bufs = [_write(b, o, idx, starts) for b, o in zip(bufs, outs)]
             return list(carry) + list(bufs)
         return loop_body
 
@@ -102,14 +103,22 @@ def _stacked_shape(length: Any, shape: Any) -> Any:
     return tf.concat([tf.reshape(tf.cast(length, tf.int32), [1]), tf.cast(shape, tf.int32)], 0)
 
 
-def _write(buf: tf.Tensor, value: tf.Tensor, idx: Any) -> tf.Tensor:
-    if value.shape.rank is None:  # (a residual of a traced gradient may have lost its rank:
+def _write(buf: tf.Tensor, value: tf.Tensor, idx: Any, starts: dict | None = None) -> tf.Tensor:
+    """``buf`` with ``value`` at row ``idx``; ``starts`` holds the start vectors made so far
+    for this ``idx``, by rank, and the new axis (a step writing several outputs makes each once)."""
+    starts = {} if starts is None else starts
+    rank = value.shape.rank
+    if rank is None:  # (a residual of a traced gradient may have lost its rank:
         # XLA knows it when it compiles, so the start vector's length is a constant there)
         start = tf.concat([tf.reshape(tf.cast(idx, tf.int32), [1]), tf.zeros(tf.rank(value)[None], tf.int32)], 0)
+    elif rank in starts:
+        start = starts[rank]
     else:
-        start = tf.stack([idx] + [0] * value.shape.rank) if value.shape.rank else tf.reshape(idx, [1])
+        start = starts[rank] = tf.stack([idx] + [0] * rank) if rank else tf.reshape(idx, [1])
     # ``expand_dims`` (one op and its axis), not ``value[None]`` (a strided slice and three vectors)
-    return xla.dynamic_update_slice(buf, tf.expand_dims(value, 0), tf.cast(start, tf.int32))
+    if "axis" not in starts:
+        starts["axis"] = tf.constant(0)
+    return xla.dynamic_update_slice(buf, tf.expand_dims(value, starts["axis"]), tf.cast(start, tf.int32))
 
 
 def keep_shape(t: tf.Tensor, shape: tf.TensorShape) -> tf.Tensor:

@@ -28,6 +28,7 @@ import threading
 import weakref
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from tfscan import _tf
@@ -128,6 +129,15 @@ def filled_tangents(tangents: Sequence[Any], leaves: Sequence[tf.Tensor], fl: Se
 def is_eager(obj: Any) -> bool:
     """Whether ``obj`` is an eager tensor (a closed-over value a trace captures)."""
     return isinstance(obj, tf.Tensor) and not tf.is_symbolic_tensor(obj)
+
+
+def zeros_like(t: tf.Tensor) -> tf.Tensor:
+    """Zeros of ``t``'s shape and dtype. An eager tensor of static shape gets them from NumPy:
+    no kernel runs (a process's first eager ``ZerosLike`` or ``Fill`` costs milliseconds, tens
+    of them on a loaded machine: a first JVP's whole trace costs about that)."""
+    if is_eager(t) and t.shape.is_fully_defined():
+        return tf.constant(np.zeros(t.shape, t.dtype.as_numpy_dtype))
+    return tf.zeros_like(t)
 
 
 def _shaped_as(t: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
@@ -270,7 +280,7 @@ def run_jvp(programs: Programs, init, xs, consts, dynamic_length, tangents, run)
 
     def tangent(j, like):
         t = tangents[j]
-        return tf.zeros_like(like) if t is None else t
+        return zeros_like(like) if t is None else t
 
     t_init = [tangent(i, init[i]) for i in jvp.fc]
     t_xs = [tangent(n_i + i, xs[i]) for i in jvp.fx]

@@ -27,8 +27,10 @@ __all__ = []  # private module
 
 def first_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[tf.Tensor],
                    consts: Sequence[tf.Tensor], dynamic_length: Any):
-    """Forward mode alone (no tape): ``(carry + ys, forward_function)`` from one run of a
-    JVP loop, or ``None`` (then the recorded path runs).
+    """Forward mode alone (no tape): ``(carry + ys, forward_function maker, recorded)`` from
+    one run of a JVP loop, or ``None`` (then the recorded path runs). ``recorded``: the indices
+    of ``init + xs + consts`` to record the scan's operation on, those some accumulator has a
+    tangent of; the forward function takes their tangents alone (:func:`_served`).
 
     Accumulators take an operation's tangents one after the other; the oldest one's could be
     computed here with the primal values, unrecorded (no older accumulator could
@@ -45,15 +47,16 @@ def first_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[t
     accumulators = _given_tangents(inputs)
     if not accumulators:
         return None
+    recorded = sorted({i for given, _ in accumulators for i, t in enumerate(given) if t is not None})
     if len(accumulators) == 2:
         found = _second_order(programs, init, xs, consts, dynamic_length, accumulators)
         if found is not None:
-            return found
+            return found[0], _served(programs, init, xs, consts, dynamic_length, found[1], recorded), recorded
     given, others = accumulators[0]
     if others or _tf.record.tangent_indices([t for t in given if t is not None]):
         return None  # a tangent with a tangent of its own: the recorded path differentiates it
     outs, t_outs = _forward.run_jvp(programs, init, xs, consts, dynamic_length, given, _unrecorded)
-    return outs, _served(programs, init, xs, consts, dynamic_length, [(given, lambda: t_outs)])
+    return outs, _served(programs, init, xs, consts, dynamic_length, [(given, lambda: t_outs)], recorded), recorded
 
 
 def _given_tangents(inputs: Sequence[tf.Tensor]) -> list[tuple[list, list]]:
@@ -93,14 +96,23 @@ def _among(tensors: Sequence[Any], pool: Sequence[Any]) -> bool:
     return all(id(t) in ids for t in tensors)
 
 
-def _served(programs: Programs, init, xs, consts, dynamic_length, ready: list) -> Callable:
+def _served(programs: Programs, init, xs, consts, dynamic_length, ready: list, recorded: list) -> Callable:
     """A scan's ``forward_function`` maker serving each ``(given tangents, result maker)`` of
     ``ready`` once, to the accumulator that passes those very tangents; any other call
-    (other tangents, a second call) runs the JVP loop as usual (``scan_tangents``)."""
-    pending = list(ready)
+    (other tangents, a second call) runs the JVP loop as usual (``scan_tangents``).
+
+    The operation is recorded on the inputs ``recorded`` alone (those with a tangent): an
+    accumulator makes zeros, eagerly, for each recorded input it has no tangent of (a
+    process's first ``Fill`` and ``Cast`` kernels: tens of milliseconds), and none of them
+    is needed. Accumulators take an operation in the order they were made, oldest first
+    (TensorFlow's accumulator set is ordered so that an outer one sees an inner one's JVP
+    computation): with one tensor seeding both (``ready`` holds equal tangents), the older
+    accumulator, served first, gets the first entry, which is its own."""
+    pending, n_in = list(ready), len(init) + len(xs) + len(consts)
 
     def forward_function(run: Callable) -> Callable:
-        def fn(*tangents):
+        def fn(*compact):
+            tangents = scatter(n_in, recorded, compact)
             for n, (given, result) in enumerate(pending):
                 if _same(tangents, given):
                     del pending[n]
@@ -112,8 +124,8 @@ def _served(programs: Programs, init, xs, consts, dynamic_length, ready: list) -
 
 
 def _second_order(programs: Programs, init, xs, consts, dynamic_length, accumulators: list):
-    """``(carry + ys, forward_function)`` for two live accumulators (a JVP of a JVP, no tape)
-    from one run of the second-order JVP loop, or ``None``.
+    """``(carry + ys, [(given tangents, result maker)] for _served)`` for two live accumulators
+    (a JVP of a JVP, no tape) from one run of the second-order JVP loop, or ``None``.
 
     The newer accumulator's tangents ``t_in`` make the first-order loop's inputs ``p``; the
     older one's tangents of ``p`` (its tangents of the scan's inputs and of ``t_in``) make
@@ -124,9 +136,8 @@ def _second_order(programs: Programs, init, xs, consts, dynamic_length, accumula
     """
     (t_out, out_others), (t_in, in_others) = accumulators
     live_in = [t for t in t_in if t is not None]
-    if (in_others or not _among(out_others, live_in) or _tf.record.should_record_backprop(live_in)
-            or any(a is not None and a is b for a, b in zip(t_out, t_in))):
-        return None  # tangents of tangents elsewhere, a tape, or one tangent for both accumulators
+    if in_others or not _among(out_others, live_in) or _tf.record.should_record_backprop(live_in):
+        return None  # tangents of tangents elsewhere, or a tape
     first_order: list = []
 
     def second(progs: Programs, i, x, k, dl):  # the first-order loop's programs and inputs
@@ -143,6 +154,7 @@ def _second_order(programs: Programs, init, xs, consts, dynamic_length, accumula
     except _NotServed:
         return None
     progs, p_args, p, t_p, t_p_outs = first_order
+    on_outer = [i for i, t in enumerate(t_p) if t is not None]
     jvp, _ = _forward.scan_jvp(programs, consts, _forward.given_tangents(len(init), len(xs), t_in))
     counts = [len(init), len(jvp.fc), len(jvp.fk), jvp.n_y]
 
@@ -157,18 +169,20 @@ def _second_order(programs: Programs, init, xs, consts, dynamic_length, accumula
     def inner_result() -> list:
         served = [True]
 
-        def forward(*tangents):  # the older accumulator's tangents of p
+        def forward(*compact):  # the older accumulator's tangents of p (those it has)
+            tangents = scatter(len(p), on_outer, compact)
             if served and _same(tangents, t_p):
                 served.clear()
                 return [outer_of_t_in[j] for j in floats]
             full = _forward.scan_tangents(progs, *p_args, tangents, _run())
             return [values_and_tangents(full)[1][j] for j in floats]
 
-        _tf.record.record_operation("TfscanScanJVP", [t_in_outs[j] for j in floats], p, _no_backward, forward)
+        # recorded on the inputs the older accumulator has tangents of: no zeros made for others
+        _tf.record.record_operation("TfscanScanJVP", [t_in_outs[j] for j in floats], [p[i] for i in on_outer],
+                                    _no_backward, forward)
         return t_in_outs
 
-    return outs, _served(programs, init, xs, consts, dynamic_length,
-                         [(t_out, lambda: outer_of_outs), (t_in, inner_result)])
+    return outs, [(t_out, lambda: outer_of_outs), (t_in, inner_result)]
 
 
 class _NotServed(Exception):
