@@ -54,7 +54,8 @@ FORWARD_ERROR = (
     "tf.function call by transposing the call's gradient, and the bounded loop's reverse mode "
     "is first-order. Use tfscan.jit instead of tf.function for that function (a tfscan.jit "
     "call has forward rules of its own: an accumulator, nested accumulators or an accumulator "
-    "inside a GradientTape work), or open the ForwardAccumulator inside the tf.function.")
+    "inside a GradientTape work; a GradientTape inside the accumulator, a Hessian-vector "
+    "product, does not), or open the ForwardAccumulator inside the tf.function.")
 
 
 def interval(remat: Any, max_steps: int) -> int:
