@@ -22,7 +22,9 @@ keep one carry per segment. Forward mode (JVP) runs the bounded loop of
 ``tfscan._lax.loops`` on (carry, tangents). Symbolic gradients (``tf.gradients``, a tape
 outside the ``tf.function``) reach the backward pass through an ``IdentityN`` with a
 registered gradient that reads everything from its op's inputs, as scan's do
-(``tfscan._scan.autodiff``).
+(``tfscan._scan.autodiff``). Asked while an accumulator is live (one opened outside the
+``tf.function`` that runs the loop: TensorFlow's JVP of a call transposes the call's
+gradient), that gradient raises :data:`FORWARD_ERROR`: the backward loop is first-order.
 """
 
 from __future__ import annotations
