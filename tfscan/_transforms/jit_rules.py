@@ -69,26 +69,19 @@ def holds_conditional(concrete: Any) -> bool:
     """Whether the traced function ``concrete`` holds a TensorFlow conditional
     (``tf.cond``, ``tf.switch_case``), not one emitted inline by ``tfscan.cond``/``switch``
     (under their name scope, :data:`tfscan._lax.control.INLINE_SCOPE`), which have forward
-    rules of their own. Functions it calls count (a jitted function calling one that holds
-    a ``tf.cond``): their conditionals are differentiated with the call."""
-    return _graph_holds_conditional(concrete.graph, set())
+    rules of their own. A call of a jitted function that holds one counts (its conditional
+    is differentiated with the call)."""
+    holds = any(
+        (op.type in _CONDITIONALS and not any(part.startswith(INLINE_SCOPE) for part in op.name.split("/")))
+        or (op.type in _CALLS and op.node_def.attr["f"].func.name in _HOLDING)
+        for op in concrete.graph.get_operations())
+    if holds:
+        _HOLDING.add(concrete.function_def.signature.name)
+    return holds
 
 
-def _graph_holds_conditional(graph: Any, seen: set) -> bool:
-    for op in graph.get_operations():
-        if op.type in _CONDITIONALS and not any(part.startswith(INLINE_SCOPE) for part in op.name.split("/")):
-            return True
-        for attr in op.node_def.attr.values():
-            names = [attr.func.name] if attr.HasField("func") else \
-                [f.name for f in attr.list.func] if attr.HasField("list") else []
-            for name in names:
-                if name in seen:
-                    continue
-                seen.add(name)
-                called = _tf.function_graph(graph, name)
-                if called is not None and _graph_holds_conditional(called, seen):
-                    return True
-    return False
+_CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
+_HOLDING: set = set()  # names of the traced jitted functions that hold a TensorFlow conditional
 
 
 def accumulating(inputs: Sequence[Any]) -> bool:
