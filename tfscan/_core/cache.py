@@ -159,6 +159,13 @@ def put(name: str, key: Hashable, value: Any) -> None:
         eager_cache(name).put(key, value)
 
 
+def pin(value: Any) -> None:
+    """Keep ``value`` alive as long as the graph being built (no-op eagerly): for a program
+    that graph's ops use but that no :func:`lookup` in it returned."""
+    if not tf.executing_eagerly():
+        _graph_store(_tf.default_graph()).put(("pinned", id(value)), value)
+
+
 def _shared(value: Any, local_key: tuple) -> bool:
     """Whether ``value`` may serve other graphs (and, inside a replica, other replicas)."""
     if getattr(value, "graph_bound", False):

@@ -22,7 +22,9 @@ keep one carry per segment. Forward mode (JVP) runs the bounded loop of
 ``tfscan._lax.loops`` on (carry, tangents). Symbolic gradients (``tf.gradients``, a tape
 outside the ``tf.function``) reach the backward pass through an ``IdentityN`` with a
 registered gradient that reads everything from its op's inputs, as scan's do
-(``tfscan._scan.autodiff``).
+(``tfscan._scan.autodiff``). Asked while an accumulator is live (one opened outside the
+``tf.function`` that runs the loop: TensorFlow's JVP of a call transposes the call's
+gradient), that gradient raises :data:`FORWARD_ERROR`: the backward loop is first-order.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from tfscan import _tf
 from tfscan._core import gradients as _gradients
 from tfscan._core.flat import scatter, split_list
 from tfscan._lax import control as _control
@@ -42,6 +45,19 @@ from tfscan._scan.program import captured, step_vjp
 from tfscan._scan.residuals import NotSplittable, StepVJP
 
 __all__ = []  # private module
+
+# Raised when TensorFlow would transpose this loop's reverse mode to compute a JVP: an
+# accumulator opened outside the tf.function that runs the loop (TensorFlow's JVP of a
+# function call transposes the call's gradient). The backward loop is first-order: its own
+# gradient would be TensorFlow's of a compiled while loop, which XLA cannot build.
+FORWARD_ERROR = (
+    "Forward mode (tf.autodiff.ForwardAccumulator) opened outside a tf.function does not reach "
+    "a tfscan.while_loop(..., max_steps=N) inside it: TensorFlow computes the JVP of a "
+    "tf.function call by transposing the call's gradient, and the bounded loop's reverse mode "
+    "is first-order. Use tfscan.jit instead of tf.function for that function (a tfscan.jit "
+    "call has forward rules of its own: an accumulator, nested accumulators or an accumulator "
+    "inside a GradientTape work; a GradientTape inside the accumulator, a Hessian-vector "
+    "product, does not), or open the ForwardAccumulator inside the tf.function.")
 
 
 def interval(remat: Any, max_steps: int) -> int:
@@ -183,6 +199,8 @@ class Reverse:
                 def grad(op, *d_all):
                     if op is None:  # tf.saved_model traces registered gradients without an op
                         return [None] * len(d_all)
+                    if _tf.record.pack_tangents([]).indices:
+                        raise ValueError(FORWARD_ERROR)
                     ins = list(op.inputs)
                     steps_, bufs_ = ins[n_out], ins[n_out + 1: n_out + 1 + n_b]
                     kb_ = ins[n_out + 1 + n_b + n_c:]

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import tensorflow as tf
 
 from tfscan import _tf
+from tfscan._core import cache as _cache
 from tfscan._core import context as _context
 from tfscan._core import gradients as _gradients
 from tfscan._core.flat import scatter, split_list
@@ -152,6 +153,10 @@ def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts,
     name = _register_gradient(programs, counts, bool(dl), site, exported, wanted, recompute,
                               xla=_context.in_xla_context())
     graph = _tf.default_graph()
+    # The graph keeps the programs its op's gradient reads: a JVP scan (made for a forward
+    # function, ``_forward.scan_jvp``) is found by no cache lookup in this graph, and TensorFlow
+    # differentiates the graph later (nested accumulators around a tf.function call).
+    _cache.pin(programs)
     result = _gradients.identity(name, flat)
     site.append(weakref.ref(result[0].op))
     if exported:

@@ -67,11 +67,31 @@ _CONDITIONALS = frozenset({"If", "StatelessIf", "Case", "StatelessCase"})
 
 def holds_conditional(concrete: Any) -> bool:
     """Whether the traced function ``concrete`` holds a TensorFlow conditional
-    (``tf.cond``, ``tf.switch_case``), not one emitted inline by ``tfscan.cond``/``switch``
-    (under their name scope, :data:`tfscan._lax.control.INLINE_SCOPE`), which have forward
-    rules of their own."""
-    return any(op.type in _CONDITIONALS and not any(part.startswith(INLINE_SCOPE) for part in op.name.split("/"))
-               for op in concrete.graph.get_operations())
+    (``tf.cond``, ``tf.switch_case``), not one emitted by ``tfscan.cond``/``switch`` (inline
+    under their name scope, :data:`tfscan._lax.control.INLINE_SCOPE`, or in their compiled
+    program), which have forward rules of their own. A call of a jitted function that holds
+    one counts, and so does TensorFlow's forward function of one (its forward rule of a
+    ``tf.cond`` in a JVP or VJP program): the conditional is differentiated with the call."""
+    return _graph_holds_conditional(concrete.graph, concrete.function_def.signature.name)
+
+
+def _graph_holds_conditional(graph: Any, name: str) -> bool:
+    if graph is None:
+        return False
+    for op in graph.get_operations():
+        if any(part.startswith(INLINE_SCOPE) for part in op.name.split("/")):
+            continue
+        called = op.node_def.attr["f"].func.name if op.type in _CALLS else ""
+        if op.type in _CONDITIONALS or called in _HOLDING or (
+                called.startswith(_TF_FORWARD) and _graph_holds_conditional(_tf.function_graph(graph, called), called)):
+            _HOLDING.add(name)
+            return True
+    return False
+
+
+_CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
+_TF_FORWARD = "__forward_"  # how TensorFlow names the forward functions it builds for a derivative
+_HOLDING: set = set()  # names of the traced functions found to hold a TensorFlow conditional
 
 
 def accumulating(inputs: Sequence[Any]) -> bool:
