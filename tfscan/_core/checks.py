@@ -23,11 +23,8 @@ def check_callable(f: Any, name: str = "f") -> None:
         raise TypeError(f"scan: {name} must be callable as {name}(carry, x) -> (carry, y), got {f!r}")
 
 
-def check_unroll(unroll: Any, auto: bool = False) -> int | bool | None:
-    """``unroll`` as a positive int, or ``True`` for a fully unrolled loop (``None`` stays
-    ``None`` where ``auto``: scan's default, see :mod:`tfscan._scan.unrolling`)."""
-    if unroll is None and auto:
-        return None
+def check_unroll(unroll: Any) -> int | bool:
+    """``unroll`` as a positive int, or ``True`` for a fully unrolled loop."""
     if isinstance(unroll, (bool, np.bool_)):
         return True if unroll else 1
     if isinstance(unroll, numbers.Integral):
@@ -37,8 +34,7 @@ def check_unroll(unroll: Any, auto: bool = False) -> int | bool | None:
                 "Use unroll=1 for a rolled loop or unroll=True (or 0, as in JAX) to unroll it fully.")
         return True if unroll == 0 else int(unroll)  # JAX: 0 unrolls fully, as True
     raise TypeError(
-        f"scan: unroll must be a bool or a non-negative int{' (or None)' if auto else ''}, "
-        f"got {type(unroll).__name__} {unroll!r}.")
+        f"scan: unroll must be a bool or a non-negative int, got {type(unroll).__name__} {unroll!r}.")
 
 
 def check_reverse(reverse: Any, api: str = "scan") -> bool:

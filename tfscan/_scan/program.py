@@ -21,7 +21,6 @@ from tfscan._scan import buffered_loop as _buffered_loop
 from tfscan._scan import cotangent as _cotangent
 from tfscan._scan import launched as _launched
 from tfscan._scan import remat as _remat
-from tfscan._scan import unrolling as _unrolling
 from tfscan._scan.plan import Plan, float_indices
 from tfscan._scan.residuals import NotSplittable, StepVJP, warn_recompute
 
@@ -31,13 +30,8 @@ __all__ = []  # private module
 class Static:
     """The arguments of a scan that are fixed when it is traced."""
 
-    def __init__(self, length: int | None, reverse: bool, unroll: int | bool | None):
-        self.length, self.reverse, self.unroll = length, reverse, unroll  # None: see _unrolling
-
-    @property
-    def rolled(self) -> int | bool:
-        """``unroll`` for the loops :mod:`tfscan._scan.unrolling` never unrolls by itself."""
-        return 1 if self.unroll is None else self.unroll
+    def __init__(self, length: int | None, reverse: bool, unroll: int | bool):
+        self.length, self.reverse, self.unroll = length, reverse, unroll
 
     def key(self) -> tuple:
         return (self.length, self.reverse, self.unroll)
@@ -117,8 +111,7 @@ def forward(plan: Plan, static: Static, init, xs, consts, dynamic_length=None, s
         if split is not None:
             out_specs += [r for j, r in enumerate(split.residual_specs) if j not in split.y_alias]
     rows = _rows(static, xs, dynamic_length)
-    unroll = _unrolling.forward_unroll(static.unroll, plan, static.length)
-    carry, bufs = _buffered_loop.run(body, list(init), list(xs), length, static.reverse, unroll, out_specs,
+    carry, bufs = _buffered_loop.run(body, list(init), list(xs), length, static.reverse, static.unroll, out_specs,
                                      rows=rows)
     ny = len(plan.y_specs)
     return carry, bufs[:ny], bufs[ny:]
@@ -218,7 +211,7 @@ def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynam
     x_specs = [plan.x_specs[i] for i in fx]
     x_shapes = [xs[i].shape[1:].as_list() if xs[i].shape[1:].is_fully_defined() else tf.shape(xs[i])[1:]
                 for i in fx]  # d_x has x's shape: no probe of the body needed
-    acc, d_xs_f = _buffered_loop.run(body, acc0, seqs, length, not static.reverse, static.rolled, x_specs, x_shapes,
+    acc, d_xs_f = _buffered_loop.run(body, acc0, seqs, length, not static.reverse, static.unroll, x_specs, x_shapes,
                                      rows=_rows(static, xs, dynamic_length), index=bool(pairs))
     return scatter(nc, fc, acc), scatter(nx, fx, d_xs_f), scatter(len(consts), fk, acc[len(fc):])
 
@@ -310,7 +303,7 @@ class Programs:
     def _in_loop(self) -> bool:
         """Whether the loops run their steps inside an XLA ``While`` (not straight-line code,
         where a program may fold a carry or an x into a compile-time constant)."""
-        length, unroll = self.static.length, self.static.rolled
+        length, unroll = self.static.length, self.static.unroll
         if length is None:
             return True
         per_iteration = length if unroll is True else max(int(unroll), 1)
@@ -374,7 +367,7 @@ class Programs:
         def build(*args):
             i, x, k, dl = _split(args, n_i, n_x, n_k)
             if binomial:
-                carry, ys, saved = _remat.binomial_forward(plan, static.length, static.reverse, static.rolled,
+                carry, ys, saved = _remat.binomial_forward(plan, static.length, static.reverse, static.unroll,
                                                            i, x, k, self.remat[1], captured)
             else:
                 carry, ys, saved = forward(plan, static, i, x, k, dl, save, split)

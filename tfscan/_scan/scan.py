@@ -28,7 +28,7 @@ Y = TypeVar("Y")
 
 def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
          length: int | tf.Tensor | None = None, reverse: bool = False,
-         unroll: int | bool | None = None, remat: bool | int | str | tuple = False) -> tuple[Carry, Y]:
+         unroll: int | bool = 1, remat: bool | int | str | tuple = False) -> tuple[Carry, Y]:
     """Scan ``f`` over the leading axis of ``xs`` while carrying state, as ``jax.lax.scan``.
 
     Semantically (for a Python ``length``)::
@@ -55,13 +55,7 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
         size of every leaf of ``xs`` when both are given.
       reverse: walk from the last step to the first; ``ys[i]`` still belongs to ``xs[i]``.
       unroll: steps per loop iteration (a positive int), or ``True`` (or ``0``, as in JAX) to
-        unroll fully. ``None`` (default): 1, except that the forward loop of a long scan
-        (length known when traced, >= 4096 and a multiple of 4) of a cheap step (a plain step
-        of at most 8 ops on at most 32 elements of static shape, like ``c + x`` or
-        ``tanh(a * c + x)``) runs 4 steps per iteration: XLA:CPU stores and reloads the loop
-        state every iteration, which for such a step costs more than the step. Like any
-        ``unroll`` this changes only speed (and compile time), never a value: results are
-        bitwise those of ``unroll=1``. Pass ``unroll=1`` for exactly one step per iteration.
+        unroll fully.
       remat: what the gradient keeps from the forward pass. ``False`` (default): each
         step's residuals, so the backward pass never recomputes a step (fastest,
         ``O(T)`` memory). ``True`` or ``"full"``: only each step's input carry; the
@@ -88,7 +82,7 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
     if fast is not None:
         return fast
     _checks.check_callable(f)
-    unroll = _checks.check_unroll(unroll, auto=True)
+    unroll = _checks.check_unroll(unroll)
     reverse = _checks.check_reverse(reverse)
     remat = _checks.check_remat(remat)
     init_leaves, init_paths, init_tree = _tree.flatten_with_paths(init, "init")
@@ -184,7 +178,7 @@ class _FastScan:
 def _fast_key(f, args: tuple):
     """``(signature, leaves)`` of a call ``scan(f, *args)`` the fast path may take, else ``(None, None)``."""
     init, xs, length, reverse, unroll, remat = args
-    if not (type(reverse) is bool and type(remat) is bool and type(unroll) in (int, bool, type(None))
+    if not (type(reverse) is bool and type(remat) is bool and type(unroll) in (int, bool)
             and (length is None or type(length) is int)):
         return None, None
     sig, leaves = _fast.signature((init, xs))

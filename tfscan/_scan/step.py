@@ -114,10 +114,6 @@ class Traced:
                 return False
         return True
 
-    def op_count(self, free: frozenset = frozenset({"Placeholder", "Const", "Identity", "NoOp"})) -> int:
-        """How many ops the step emits, not counting its inputs, constants and ``Identity`` ops."""
-        return sum(1 for node in self.piece.graph_def.node if node.op not in free)
-
     def changed_integers(self, n: int) -> list[int]:
         """Indices ``i < n`` of integer arguments that output ``i`` does not return unchanged
         (beneath Identity ops): as a loop's variables they are never compile-time constants
