@@ -45,7 +45,7 @@ def _loop_states(hlo: str) -> list[list[str]]:
     """The element shapes of each ``while`` loop's state tuple."""
     states = []
     for line in hlo.splitlines():
-        m = re.match(r"\s*%\S+ = \((.*?)\) while\(", line)
+        m = re.match(r"\s*(?:ROOT )?%\S+ = \((.*?)\) while\(", line)
         if m:
             states.append(re.findall(r"\w+\[[\d,]*\]", re.sub(r"/\*index=\d+\*/", "", m.group(1))))
     return states

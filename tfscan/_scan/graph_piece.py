@@ -2,7 +2,8 @@
 
 ``import_graph_def`` still imports a node whose outputs are remapped, so every fed node
 becomes a ``NoOp`` stub (a leftover placeholder or variable read would be an unfed input
-XLA cannot compile); nodes outside the piece are dropped with the control edges to them.
+XLA cannot compile); nodes outside the piece are dropped with the control edges to them. Small matrix products
+become a multiply and a sum that XLA fuses into the loop body (:mod:`tfscan._scan.small_dots`).
 
 A GraphDef does not carry what TensorFlow keeps on the Python ``Operation`` only: the
 gradient function of a call to a ``tf.function`` (its forward/backward pair, set when the
@@ -19,6 +20,7 @@ from typing import Iterable, Sequence
 import tensorflow as tf
 
 from tfscan import _tf
+from tfscan._scan import small_dots as _small_dots
 
 
 __all__ = []  # private module
@@ -51,19 +53,23 @@ class GraphPiece:
                 continue
             if node.op == "Placeholder":
                 raise ValueError(f"graph piece {name!r}: placeholder {node.name} is not fed")
-            new = gd.node.add()
-            new.CopyFrom(node)
-            # Colocation with nodes that may not be in the piece is dropped; each node is
-            # colocated with itself (the default) explicitly: importing a node without the
-            # attribute costs a raised and caught TensorFlow error, ~1 ms each.
-            new.attr["_class"].list.s[:] = [b"loc:@" + node.name.encode()]
-            if keep is not None:
-                inputs = [i for i in node.input if not i.startswith("^") or node_name(i) in keep]
-                missing = [i for i in inputs if node_name(i) not in keep]
-                if missing:
-                    raise ValueError(f"graph piece {name!r}: node {node.name} needs {missing} (not fed)")
-                del new.input[:]
-                new.input.extend(inputs)
+            nodes = (_small_dots.expand(node, source) if source is not None else None) or [node]
+            if keep is not None and len(nodes) > 1:
+                keep |= {n.name for n in nodes}
+            for node in nodes:
+                new = gd.node.add()
+                new.CopyFrom(node)
+                # Colocation with nodes that may not be in the piece is dropped; each node is
+                # colocated with itself (the default) explicitly: importing a node without the
+                # attribute costs a raised and caught TensorFlow error, ~1 ms each.
+                new.attr["_class"].list.s[:] = [b"loc:@" + node.name.encode()]
+                if keep is not None:
+                    inputs = [i for i in node.input if not i.startswith("^") or node_name(i) in keep]
+                    missing = [i for i in inputs if node_name(i) not in keep]
+                    if missing:
+                        raise ValueError(f"graph piece {name!r}: node {node.name} needs {missing} (not fed)")
+                    del new.input[:]
+                    new.input.extend(inputs)
         self.graph_def = gd
         # import_graph_def rejects a mapping no imported node reads (a stub has no outputs).
         consumed = {_tensor_name(i) for n in gd.node for i in n.input if not i.startswith("^")}
