@@ -606,12 +606,21 @@ def test_hessian_vector_product_through_an_eager_jit_call():
 
 # -- 4 (continued). a tf.cond in a jitted function closing over the differentiated tensor ------
 
-def test_jvp_through_a_tf_cond_closing_over_an_eager_tensor_names_the_fix():
-    x = tf.constant(f32(0.5))
-    jt = tfscan.jit(lambda c: tf.cond(c > 0, lambda: c * x * x, lambda: c))
-    with pytest.raises(TypeError, match=r"jit: forward mode .* tfscan.cond/tfscan.switch .* as an argument"):
-        with FA(x, tf.constant(f32(1.0))):
-            jt(tf.constant(f32(2.0)))
+def test_jvp_through_a_tf_cond_closing_over_an_eager_tensor():
+    # Traced on a thread of its own (no accumulator sees the trace's captures), the jitted
+    # function takes its own compiled JVP: first and second order as in JAX (before: a
+    # TypeError naming the fix; TensorFlow's forward rule of tf.cond fails on such captures).
+    for v in (0.5, 1.5):
+        x = tf.constant(f32(v))
+        jt = tfscan.jit(lambda c: tf.cond(c > 0, lambda: c * x * x, lambda: c))
+        with FA(x, tf.constant(f32(1.0))) as outer:
+            with FA(x, tf.constant(f32(1.0))) as inner:
+                out = jt(tf.constant(f32(2.0)))
+            t = inner.jvp(out)
+        jf = lambda xx: jax.jit(lambda c: jax.lax.cond(c > 0, lambda: c * xx * xx, lambda: c))(f32(2.0))  # noqa: E731
+        close(out, jf(f32(v)))
+        close(t, jax_jvp(jf, v)[1])
+        close(outer.jvp(t), jax_jvp2(jf, v))
 
 
 # -- 7 (continued). an eager jit call holding a conditional and a run-time-bounded loop --------

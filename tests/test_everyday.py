@@ -335,3 +335,66 @@ def test_eight_threads_mixing_scans_closures_jit_and_grad_match_serial_calls():
         np.testing.assert_allclose(got, serial[k % 16], rtol=1e-6, atol=1e-6)
     for name, size in _cache.sizes().items():
         assert size <= _cache.eager_cache(name).maxsize, (name, size)
+
+
+# -- a fresh closure over a recomputed tensor under a tape or an accumulator -------------------
+
+_TRACES = [0]  # traces of the user's function (a module global: the closure walk keys it by identity)
+_XS7 = np.linspace(0.1, 1.0, 7).astype(np.float32)
+
+
+def _traced_body(c, w, x):
+    _TRACES[0] += 1
+    return c * w + x
+
+
+def _program(api, lib):
+    """``f(w)`` for one construct; ``lib`` is ``tfscan`` or ``jax.lax``; ``tanh`` of each."""
+    import jax
+    import jax.numpy as jnp
+    tanh, xs = (tf.tanh, tf.constant(_XS7)) if lib == "tf" else (jnp.tanh, jnp.asarray(_XS7))
+    L = tfscan if lib == "tf" else jax.lax
+    body = lambda c, w, x: tanh(_traced_body(c, w, x))  # noqa: E731
+    if api == "jit":
+        jit = tfscan.jit if lib == "tf" else jax.jit
+        return lambda w: jit(lambda c: body(c, w, 0.3))(xs[0])
+    return {
+        "scan": lambda w: L.scan(lambda c, x: (body(c, w, x), c), xs[0], xs)[0],
+        "fori_loop": lambda w: L.fori_loop(0, 5, lambda i, c: body(c, w, 0.3), xs[0]),
+        "while_loop": lambda w: L.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, body(c[1], w, 0.3)),
+                                             (0, xs[0]))[1],
+        "map": lambda w: (tf.reduce_sum if lib == "tf" else jax.numpy.sum)(L.map(lambda x: body(x, w, 0.3), xs)),
+    }[api]
+
+
+@pytest.mark.parametrize("mode", ["tape", "accumulator"])
+@pytest.mark.parametrize("api", ["scan", "fori_loop", "while_loop", "map", "jit"])
+def test_fresh_closure_under_a_tape_or_accumulator_traces_once(api, mode):
+    """An eager loop whose function closes over a tensor recomputed each iteration, under a
+    GradientTape or a ForwardAccumulator: traced once (before, each call traced again: a
+    scan's step under an accumulator captured the accumulator's tangent, a jitted function
+    under a tape fed its trace's own captures), with JAX's values and derivatives."""
+    import jax
+    if api == "while_loop" and mode == "tape":
+        pytest.skip("reverse mode of a while_loop is an error, as in JAX")
+    counts = []
+    for i in range(4):
+        base = tf.constant(np.float32(0.5 + 0.1 * i))
+        f = _program(api, "tf")
+        if mode == "tape":
+            with tf.GradientTape() as tape:
+                tape.watch(base)
+                out = f(base * 1.0)
+            d = tape.gradient(out, base)
+            counts.append(_TRACES[0])  # (JAX's trace below counts too)
+            want, want_d = jax.value_and_grad(_program(api, "jax"))(np.float32(0.5 + 0.1 * i))
+        else:
+            with tf.autodiff.ForwardAccumulator(base, tf.constant(np.float32(1.0 + i))) as acc:
+                out = f(base * 1.0)
+            d = acc.jvp(out)
+            counts.append(_TRACES[0])
+            want, want_d = jax.jvp(_program(api, "jax"), (np.float32(0.5 + 0.1 * i),), (np.float32(1.0 + i),))
+        np.testing.assert_allclose(out.numpy(), np.asarray(want), rtol=1e-5)
+        np.testing.assert_allclose(d.numpy(), np.asarray(want_d), rtol=1e-4, atol=1e-6)
+        _TRACES[0] = counts[-1]
+    assert counts[-1] == counts[0], f"the function was traced again for a new value: {counts}"

@@ -225,6 +225,8 @@ class _Walk:
         if isinstance(f, types.MethodType):
             self.memo_ok = False
             return ("method", self.function(f.__func__, depth + 1), self.value(f.__self__, depth + 1))
+        if isinstance(f, types.FunctionType) and _library(f, ours=False):
+            return _Identity(f)  # a library's function (``tf.tanh`` bound to a name): its code is fixed
         if isinstance(f, types.FunctionType):
             self._seen.add(id(f))
             self._record(f)
@@ -328,10 +330,14 @@ def _walks_global(x: Any) -> bool:
     if isinstance(x, (tf.Tensor, tf.Variable, np.ndarray)):
         return True
     x = _wrapped_function(x) or x
-    if isinstance(x, types.FunctionType):
-        module = getattr(x, "__module__", "") or ""
-        return not module.startswith(("tensorflow", "keras", "tf_keras", "numpy", "tfscan.", "jax"))
-    return False
+    return isinstance(x, types.FunctionType) and not _library(x)
+
+
+def _library(f: types.FunctionType, ours: bool = True) -> bool:
+    """A function of TensorFlow, Keras, NumPy or JAX (not the user's code), or of tfscan
+    itself when ``ours`` (a closure tfscan made around a user's function is walked)."""
+    module = getattr(f, "__module__", "") or ""
+    return module.startswith(("tensorflow", "keras", "tf_keras", "numpy", "jax") + (("tfscan.",) if ours else ()))
 
 
 _IMMUTABLE_BY_IDENTITY = (tf.Tensor, tf.Variable, types.ModuleType, type, types.BuiltinFunctionType)

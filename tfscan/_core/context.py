@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import tensorflow as tf
 
@@ -143,3 +143,22 @@ def traced_alone(fn: Callable[[], Any]) -> Any:
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def traced_unwatched(fn: Callable[[], Any], closed: Sequence[Any]) -> Any:
+    """``fn()`` (a trace of user code that closes over the tensors ``closed``), on a thread of
+    its own (:func:`traced_alone`) when it is called eagerly and a ``ForwardAccumulator``
+    watches one of them.
+
+    Every use of a captured tensor in a trace records an identity on the live accumulators
+    (TensorFlow's capture does, each time): the trace would capture the accumulator's eager
+    tangent as well, a constant of this call that no slot of the closure feeds, so each
+    later call would trace again, and the trace would hold the accumulator's JVP ops.
+    tfscan's forward rules trace the function again with the tangents as inputs."""
+    if tf.executing_eagerly() and closed:
+        with _tf.record.forwardprop_state():  # an accumulator busy computing a tangent counts
+            watched = _tf.record.tangent_indices(list(closed))
+        if watched:
+            return traced_alone(fn)
+    return fn()
+

@@ -44,8 +44,10 @@ class Traced:
         # cond/switch/scan/jit is emitted inline, so the step's VJP differentiates its ops, not
         # a call of a compiled function (whose gradient TensorFlow builds outside any XLA
         # context, with ``variant`` intermediates no loop can save).
-        with _context.internal_trace():
-            cf = tf.function(fn, autograph=False, jit_compile=True).get_concrete_function(*specs)
+        def trace():
+            with _context.internal_trace():
+                return tf.function(fn, autograph=False, jit_compile=True).get_concrete_function(*specs)
+        cf = _context.traced_unwatched(trace, slots)
         self._cf = cf  # keeps the functions the step calls registered with the runtime
         graph = cf.graph
         # Its VJP is traced in an XLA context then (:class:`tfscan._scan.residuals.StepVJP`).

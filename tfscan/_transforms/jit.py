@@ -128,7 +128,7 @@ class Jitted:
             return self._fun(*args, **kwargs)
         recording = tf.executing_eagerly() and record.could_possibly_record()
         try:
-            entry, flat, captured, stable = self._entry(args, kwargs, own_captures=recording)
+            entry, flat, captured, stable = self._entry(args, kwargs)
         except AttributeError as e:
             if not (recording and "Tensor.graph is undefined" in str(e)):
                 raise
@@ -150,11 +150,11 @@ class Jitted:
             outs = _rules.record_call(jit, self._fun, entry.tree, entry.static, flat, outs, closed, variables,
                                       entry.holds_conditional)
         elif recording:
-            # Through the tf.function, which builds the gradient TensorFlow derives for this
-            # call in an XLA context (as the function itself): a conditional's gradient then
-            # saves plain tensors, not Optionals XLA lacks.
+            # TensorFlow's derivatives of the call, fed this call's closed-over tensors (a new
+            # value is not a new trace), built in an XLA context (``xla=True``, as the function
+            # itself): a conditional's gradient then saves plain tensors, not Optionals XLA lacks.
             try:
-                outs = entry.function(*flat)
+                outs = _tf.call_concrete(entry.concrete, flat, captured, xla=True)
             except ValueError as e:
                 if _rules.accumulating(inputs) and not record.should_record_backprop(inputs) \
                         and _loops.REVERSE_ERROR in str(e):
@@ -240,12 +240,10 @@ class Jitted:
     def _label(self, i: int) -> str:
         return self._params[i] if i < len(self._params) else f"args[{i}]"
 
-    def _entry(self, args: tuple, kwargs: dict, specs_ok: bool = False, own_captures: bool = False):
+    def _entry(self, args: tuple, kwargs: dict, specs_ok: bool = False):
         """``(entry, flat arguments, captured inputs to feed, stable)`` for this call.
 
-        ``own_captures``: the call runs the entry's ``tf.function``, which feeds the trace's
-        own captures; an entry that would need this call's closed-over tensors instead is
-        traced anew. ``stable``: the closure, when a later call that finds this same closure
+        ``stable``: the closure, when a later call that finds this same closure
         object (:func:`tfscan._core.cache.memoized`) would resolve to this entry and these
         captures (the fast path may then skip this resolution), else ``None``.
         """
@@ -283,13 +281,13 @@ class Jitted:
         reusable = created or entry.owner.owns(self._fun) or (fresh and closure.exact and entry.feed.complete)
         own = entry.concrete.captured_inputs
         captured = entry.feed.values(own, closure.tensors) if fresh else own
-        if not reusable or (own_captures and any(c is not t for c, t in zip(captured, own))):
+        if not reusable:
             entry, created = make(), True
             _cache.put("jit", key, entry)
             captured = entry.concrete.captured_inputs
         with self._lock:
             self._trace_count += created
-        stable = (fresh and _cache.memoized(self._fun, closure) and not own_captures
+        stable = (fresh and _cache.memoized(self._fun, closure)
                   and (entry.owner.owns(self._fun) or (closure.exact and entry.feed.complete)))
         return entry, flat, captured, closure if stable else None
 
@@ -315,8 +313,10 @@ class _Entry:
         self.function = _tf.quiet_retracing(
             tf.function(traced, jit_compile=True, autograph=False, reduce_retracing=False))
         self.specs = [t if isinstance(t, tf.TensorSpec) else tf.TensorSpec(t.shape, t.dtype) for t in flat]
-        with _tf.xla_trace():  # a scan traced here is compiled inline, as in the function's call
-            self.concrete = self.function.get_concrete_function(*self.specs)
+        def trace():
+            with _tf.xla_trace():  # a scan traced here is compiled inline, as in the function's call
+                return self.function.get_concrete_function(*self.specs)
+        self.concrete = _context.traced_unwatched(trace, slots)
         # TensorFlow's conditional (a tfscan one has forward rules of its own).
         self.holds_conditional = _rules.holds_conditional(self.concrete)
         self.feed = _cache.Feed(self.concrete.captured_inputs, slots)
