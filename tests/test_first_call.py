@@ -159,6 +159,13 @@ def _op_jvps(monkeypatch) -> list:
     return seen
 
 
+def _step_jax(carry, x):
+    """JAX's twin of the second-order tests' step ``c = tanh(a c + x)``, ``y = sin(c) c``."""
+    c, a = carry
+    c = jnp.tanh(a * c + x)
+    return (c, a), jnp.sin(c) * c
+
+
 def test_jvp_of_jvp_compiles_one_program(monkeypatch):
     """A JVP of a JVP of an eager scan (nested accumulators, issue 9's ``compile-jvp2`` row):
     JAX compiles one module for ``jvp(jvp(f))``; tfscan runs one loop, the JVP loop of the JVP
@@ -177,11 +184,6 @@ def test_jvp_of_jvp_compiles_one_program(monkeypatch):
         c = tf.tanh(a * c + x)  # shapes [2, 3] in float64: no accumulator has a JVP of these cached
         return (c, a), tf.sin(c) * c
 
-    def step_jax(carry, x):
-        c, a = carry
-        c = jnp.tanh(a * c + x)
-        return (c, a), jnp.sin(c) * c
-
     rng = np.random.default_rng(3)
     a, init, xs = rng.normal(size=(2, 3)), rng.normal(size=(2, 3)), rng.normal(size=(T, 2, 3))
     t_outer, t_inner, t_xs = rng.normal(size=(2, 3)), rng.normal(size=(2, 3)), rng.normal(size=(T, 2, 3))
@@ -193,7 +195,7 @@ def test_jvp_of_jvp_compiles_one_program(monkeypatch):
     got = (c, ys, t, outer.jvp((c, ys)), outer.jvp(t))
 
     def f(a, x):
-        (c, _), ys = jax.lax.scan(step_jax, (init, a), x)
+        (c, _), ys = jax.lax.scan(_step_jax, (init, a), x)
         return c, ys
 
     def first(a, x):
@@ -338,11 +340,6 @@ def test_jvp_of_jvp_runs_one_program_alone(monkeypatch, seeds):
         c = tf.tanh(a * c + x)
         return (c, a), tf.sin(c) * c
 
-    def step_jax(carry, x):
-        c, a = carry
-        c = jnp.tanh(a * c + x)
-        return (c, a), jnp.sin(c) * c
-
     rng = np.random.default_rng(5)
     a, init, xs = rng.normal(size=(3, 2)), rng.normal(size=(3, 2)), rng.normal(size=(T, 3, 2))
     at, it, xst = tf.constant(a), tf.constant(init), tf.constant(xs)
@@ -357,7 +354,7 @@ def test_jvp_of_jvp_runs_one_program_alone(monkeypatch, seeds):
     monkeypatch.undo()
 
     def f(a):
-        (c, a_out), ys = jax.lax.scan(step_jax, (init, a), xs)
+        (c, a_out), ys = jax.lax.scan(_step_jax, (init, a), xs)
         return c, a_out, ys
 
     one = np.ones_like(a)
