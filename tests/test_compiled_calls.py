@@ -165,3 +165,56 @@ def test_tape_outside_the_tf_function_differentiates_the_compiled_call(kind):
         tape.watch(x)
         y = fn(x)
     np.testing.assert_allclose(tape.gradient(y, x).numpy(), jax.grad(jf)(np.float32(0.5)), rtol=1e-5)
+
+
+def _launch_chain(graph) -> list:
+    """``(launch, launch it waits for)`` pairs among ``graph``'s ``XlaLaunch`` ops' control inputs."""
+    return [(op.name, c.name) for op in graph.get_operations() if op.type == "XlaLaunch"
+            for c in op.control_inputs if c.type == "XlaLaunch"]
+
+
+def test_independent_launches_are_not_chained_by_automatic_control_dependencies():
+    """XlaLaunch is a stateful op type: the tf.function's automatic control dependencies
+    chained every launch taking no resource after the previous one, so independent
+    programs (the replicas of a MirroredStrategy, two scans of one step) ran one after the
+    other. A pure program's launch is now ordered by its data only, as TensorFlow's own
+    PartitionedCall of it would be. Values and gradients against JAX."""
+
+    def loss(lax, cos, tanh, total, a, b, xs):
+        ca = lax.scan(lambda c, x: (tanh(c * 0.9 + x), c), a, xs)[0]
+        cb = lax.scan(lambda c, x: (cos(c) + x, c), b, xs)[0]
+        return total(ca * cb)
+
+    @tf.function
+    def f(a, b, xs):
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            y = loss(tfscan, tf.cos, tf.tanh, tf.reduce_sum, a, b, xs)
+        return y, tape.gradient(y, [a, b])
+
+    a, b = np.float32([0.3, -0.2]), np.float32([0.1, 0.5])
+    xs = np.linspace(-1, 1, 12, dtype=np.float32).reshape(6, 2)
+    concrete = f.get_concrete_function(tf.constant(a), tf.constant(b), tf.constant(xs))
+    launches = [op for op in concrete.graph.get_operations() if op.type == "XlaLaunch"]
+    assert len(launches) == 4, [op.name for op in launches]  # two forward and two backward programs
+    assert _launch_chain(concrete.graph) == []
+    y, (da, db) = f(a, b, xs)
+    jy, (jda, jdb) = jax.value_and_grad(lambda a, b: loss(jax.lax, jnp.cos, jnp.tanh, jnp.sum, a, b, xs), (0, 1))(a, b)
+    np.testing.assert_allclose(y.numpy(), jy, rtol=1e-5)
+    np.testing.assert_allclose(da.numpy(), jda, rtol=1e-5)
+    np.testing.assert_allclose(db.numpy(), jdb, rtol=1e-5)
+
+
+def test_launches_of_stateful_programs_keep_their_order():
+    """A program holding a stateful op (here TensorFlow's stateful RNG) keeps the order
+    automatic control dependencies give it: TensorFlow calls such a function with a
+    StatefulPartitionedCall, which they order too."""
+
+    @tf.function
+    def f(xs):
+        noisy = lambda c, x: (c + x * tf.random.uniform([]), c)
+        return (tfscan.scan(noisy, tf.constant(0.0), xs)[0],
+                tfscan.scan(lambda c, x: noisy(c, 2.0 * x), tf.constant(1.0), xs)[0])
+
+    graph = f.get_concrete_function(tf.TensorSpec([5])).graph
+    assert len(_launch_chain(graph)) == 1, _launch_chain(graph)

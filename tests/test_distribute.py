@@ -55,12 +55,13 @@ SHARED_SCRIPT = textwrap.dedent("""
     from tfscan import _tf
     from tfscan._scan import program
 
-    launches = []  # (program's function name, device) of every compiled call emitted
+    launches, ops = [], []  # (program's function name, device) of every compiled call emitted; its op
     real = program._tf.launch_compiled
     def spy(concrete, args, *a, **k):
         outs = real(concrete, args, *a, **k)
         if outs:
             launches.append((outs[0].op.get_attr("function").name, outs[0].op.device))
+            ops.append(outs[0].op)
         return outs
     program._tf.launch_compiled = spy
 
@@ -78,14 +79,18 @@ SHARED_SCRIPT = textwrap.dedent("""
         mirrored = make()
     mirrored.fit(X, Y, epochs=2, batch_size=8, verbose=0, shuffle=False)
     err = max(float(np.abs(a - b).max()) for a, b in zip(plain.get_weights(), mirrored.get_weights()))
-    print(json.dumps({"launches": launches, "err": err}))
+    chained = [(op.name, c.name) for op in ops if op.device for c in op.control_inputs if c.type == "XlaLaunch"]
+    print(json.dumps({"launches": launches, "err": err, "chained": chained}))
 """)
 
 
 def test_replicas_share_one_traced_and_compiled_program():
     """Under MirroredStrategy on two logical CPUs the replicas run the same traced forward and
     backward programs, launched on one device (XLA caches compiled programs per device, so
-    each is compiled once), and training gives the single-device weights."""
+    each is compiled once), and training gives the single-device weights. The replicas'
+    launches are not chained one after the other (automatic control dependencies ordered
+    the four: forward and backward of replica 0, then of replica 1), so they run side by
+    side."""
     out = subprocess.run([sys.executable, "-c", SHARED_SCRIPT], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
@@ -95,3 +100,4 @@ def test_replicas_share_one_traced_and_compiled_program():
     assert len(names) == 4 and len(set(names)) == 2, in_replicas  # 2 replicas x (forward, backward)
     assert devices == {"device:CPU:0"}, in_replicas
     assert report["err"] < 1e-5, report["err"]
+    assert report["chained"] == [], report["chained"]

@@ -23,6 +23,7 @@ from tensorflow.python.eager import record as _record
 from tensorflow.python.eager.polymorphic_function import (
     polymorphic_function as _polymorphic_function,
 )
+from tensorflow.python.framework import auto_control_deps as _auto_control_deps
 from tensorflow.python.framework import func_graph as _func_graph
 from tensorflow.python.framework import ops as _ops
 from tensorflow.python.ops import resource_variable_ops as _resource_variable_ops
@@ -146,7 +147,16 @@ def launch_compiled(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence
     graph is not a ``tf.function``'s, or when a tape or accumulator could record the op
     (tapes record only ops made by op wrappers; tfscan records its own derivatives). Its
     gradient, for ``tf.gradients`` and tapes outside the function, is the one tfscan
-    registers (:func:`register_launch_gradient`). Checked on TF 2.21.
+    registers (:func:`register_launch_gradient`).
+
+    ``XlaLaunch`` is a stateful op type, so the ``tf.function``'s automatic control
+    dependencies would chain every launch that takes no resource with the previous one
+    (``auto_control_deps``: stateful ops without resource inputs run in program order):
+    under a ``tf.distribute`` strategy the replicas' forward and backward programs then
+    ran one after the other. TensorFlow's own call of a function with no stateful op is a
+    ``PartitionedCall``, which nothing chains. A launch with no resource input of a program
+    with no stateful op is left unchained the same way (:func:`_unchained`); it still runs
+    whenever the function runs. Checked on TF 2.21.
     """
     graph = _ops.get_default_graph()
     if (_context.executing_eagerly() or not isinstance(graph, _func_graph.FuncGraph)
@@ -178,10 +188,48 @@ def launch_compiled(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence
         "function": _attr_value_pb2.AttrValue(func=_attr_value_pb2.NameAttrList(name=name))})
     for variable in concrete.graph.variables:  # as ``ConcreteFunction._call_flat`` does
         _resource_variable_ops.variable_accessed(variable)
+    if not n_res and op.outputs and not _stateful(concrete):
+        _unchain(op)
     result = list(op.outputs)
     for r, o in zip(result, outputs):
         r.set_shape(o.shape)
     return result
+
+
+_UNCHAINED: "weakref.WeakSet[Any]" = weakref.WeakSet()  # pure launches (see _unchained)
+_STATEFUL: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+_resolver: list = []  # _unchained, once registered
+
+
+def _stateful(concrete: Any) -> bool:
+    """Whether the program holds a stateful op (what makes TensorFlow's own call of it a
+    ``StatefulPartitionedCall`` rather than a ``PartitionedCall``)."""
+    atomic = concrete._inference_function  # noqa: SLF001
+    if atomic not in _STATEFUL:
+        _STATEFUL[atomic] = any(op._is_stateful for op in concrete.graph.get_operations())  # noqa: SLF001
+    return _STATEFUL[atomic]
+
+
+def _unchain(op: Any) -> None:
+    """Keep automatic control dependencies from ordering ``op`` after other stateful ops."""
+    with _launch_lock:
+        if not _resolver:  # once per process
+            _auto_control_deps._acd_resource_resolvers_registry.register(  # noqa: SLF001
+                _unchained, "tfscan_unchained_launch")
+            _resolver.append(_unchained)
+        _UNCHAINED.add(op)
+
+
+def _unchained(op: Any, reads: Any, writes: Any) -> bool:
+    """An automatic-control-dependencies resource resolver (what the public-in-TF-only
+    ``register_acd_resource_resolver`` registers; tf.data registers its own) that gives a pure launch (:func:`launch_compiled`) one read of its own first output as
+    its only "resource": a stateful op with a resource input is ordered only after writes
+    to that resource (there are none), not chained with the stateful ops without one, and
+    it still runs whenever the function runs. Returns whether it added the read."""
+    if op.type != "XlaLaunch" or op not in _UNCHAINED or reads or writes:
+        return False
+    reads.add(op.outputs[0])
+    return True
 
 
 _launch_gradient: list = []  # the function registered for ``XlaLaunch``, once
