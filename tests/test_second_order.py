@@ -140,3 +140,48 @@ def test_a_jitted_gradient_traced_under_vmap_is_differentiated_again_under_a_tap
     want = jax.grad(lambda w: jnp.sum(jax.grad(loss_jx)(w, xs[0]) ** 2))(w)
     np.testing.assert_allclose(got.numpy(), want, rtol=2e-4, atol=1e-5)
 
+
+
+def _cond_step_scan(a):
+    step = lambda c, x: (tfscan.cond(c > 0.0, lambda v: v[0] * v[1] * v[1], lambda v: v[0], (c + x, a)), c)  # noqa: E731
+    return tfscan.scan(step, 0.3, tf.constant(XS[:2]))[0]
+
+
+def _cond_step_scan_jx(a):
+    step = lambda c, x: (jax.lax.cond(c > 0.0, lambda v: v[0] * v[1] * v[1], lambda v: v[0], (c + x, a)), c)  # noqa: E731
+    return jax.lax.scan(step, 0.3, XS[:2])[0]
+
+
+def _jvp(a):
+    with tf.autodiff.ForwardAccumulator(a, tf.constant(1.0)) as acc:
+        y = _cond_step_scan(a)
+    return acc.jvp(y)
+
+
+def _hvp(a):  # forward over reverse
+    with tf.autodiff.ForwardAccumulator(a, tf.constant(1.0)) as acc:
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            y = _cond_step_scan(a)
+        g = tape.gradient(y, a)
+    return acc.jvp(g)
+
+
+def _jvp_of_jvp(a):
+    with tf.autodiff.ForwardAccumulator(a, tf.constant(1.0)) as outer:
+        j = _jvp(a)
+    return outer.jvp(j)
+
+
+def test_forward_mode_through_a_step_with_a_conditional_is_right_or_refused():
+    """Forward mode through a scan step holding a conditional gave silent wrong tangents:
+    0 for a JVP inside a tf.function or tfscan.jit and for a JVP of a JVP, half the
+    Hessian-vector product eagerly. The eager first-order JVP is right (against JAX); the
+    others raise tfscan's error naming reverse mode, until they are right too."""
+    a = tf.constant(A)
+    np.testing.assert_allclose(_jvp(a).numpy(), jax.jvp(_cond_step_scan_jx, (A,), (np.float32(1),))[1], rtol=2e-4)
+    for fn in (tf.function(_jvp), tfscan.jit(_jvp), _hvp, _jvp_of_jvp):
+        with pytest.raises(ValueError, match="holds a conditional.*Use reverse mode"):
+            fn(a)
+    np.testing.assert_allclose(tfscan.grad(tfscan.grad(_cond_step_scan))(a).numpy(),
+                               jax.grad(jax.grad(_cond_step_scan_jx))(A), rtol=2e-4)
