@@ -128,7 +128,8 @@ def test_vmap_of_a_scan_sizes_its_products_for_the_batch(batch, dots):
     """The benchmarks' ``vmap`` row (issue 14, item 7): the per-example step's ``[32] @ [32, 32]``
     (1024 multiply-adds) is batched before it is sized, so at B=64 the loop keeps two
     ``[64, 32] @ [32, 32]`` dots (as JAX's), not a ``[64, 1, 32, 32]`` multiply and sum each;
-    at B=2 (2048 multiply-adds) the batched product is small and rewritten."""
+    at B=2 (2048 multiply-adds) the batched product is small and rewritten. The mapped xs
+    are read in place (``xs[:, t]``), not through a time-major copy."""
     h, t = 32, 5
     rng = np.random.default_rng(4)
     p = {"W_hh": (rng.normal(size=(h, h)) * 0.9 / np.sqrt(h)).astype(np.float32),
@@ -154,6 +155,9 @@ def test_vmap_of_a_scan_sizes_its_products_for_the_batch(batch, dots):
     hlo = tfscan.jit(batched).lower(*args).as_text()
     assert _dot_shapes(hlo) == [f"f32[{batch},32]{{1,0}}"] * dots
     assert not re.search(rf"f32\[{batch},1,32,32\]", hlo)  # no per-example product broadcast
+    # The loop reads each step's rows from xs as given ([B, T, I]), not from a transposed copy.
+    (state,) = re.findall(r"= \((.*)\) while\(", hlo)
+    assert f"f32[{batch},{t},32]" in state and state.count(f"f32[{t},{batch},32]") == 1  # xs; the ys buffer
     want = jax.vmap(jax_one, in_axes=(None, 0, 0))(p, h0, xs)
     for got in (batched(*args), tfscan.jit(batched)(*args)):
         for g, w in zip(got, want):
