@@ -9,6 +9,7 @@ and computes with this call's values (never a stale one).
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 
@@ -195,8 +196,12 @@ def test_memory_per_fresh_graph_through_cond_and_while_loop_is_within_twice_tfs(
     (TensorFlow's HVP of ``tf.cond`` in a tf.function fails: reverse over reverse there)."""
     from benchmarks._control_memory import control_side_by_side
 
-    kib = control_side_by_side(kind, mode, 15, 2, ("tfscan", reference), warm=20)
-    assert kib["tfscan"] <= 2 * max(kib[reference], 0.0) + 32, f"KiB per traced graph: {kib}"
+    # Medians of 4 interleaved blocks of 8 graphs: a block swings by +-20 KiB when another
+    # process (a second pytest worker) allocates beside it; the mean of 2 blocks of 15 once
+    # read 63 KiB for a row whose blocks are 24-47 KiB alone. The bug was 700-1400 KiB.
+    kib = control_side_by_side(kind, mode, 8, 4, ("tfscan", reference), warm=20)
+    per_graph = {k: statistics.median(kib["blocks"][k]) for k in ("tfscan", reference)}
+    assert per_graph["tfscan"] <= 2 * max(per_graph[reference], 0.0) + 48, f"KiB per traced graph: {kib}"
 
 
 @pytest.mark.slow
