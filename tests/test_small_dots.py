@@ -117,3 +117,53 @@ def test_float64_is_rewritten_and_half_precision_is_not():
         xs = tf.cast(np.random.default_rng(1).normal(size=(T, B, I)), dtype)
         fn = tfscan.jit(lambda xs: tfscan.scan(_step(tf.matmul, tf.tanh, p), tf.zeros([B, H], dtype), xs)[1])
         assert _dots(fn.lower(xs).as_text()) == dots, dtype
+
+
+def _dot_shapes(hlo: str) -> list[str]:
+    return re.findall(r"= (\S+) dot\(", hlo)
+
+
+@pytest.mark.parametrize("batch, dots", [(64, 2), (2, 0)])
+def test_vmap_of_a_scan_sizes_its_products_for_the_batch(batch, dots):
+    """The benchmarks' ``vmap`` row (issue 14, item 7): the per-example step's ``[32] @ [32, 32]``
+    (1024 multiply-adds) is batched before it is sized, so at B=64 the loop keeps two
+    ``[64, 32] @ [32, 32]`` dots (as JAX's), not a ``[64, 1, 32, 32]`` multiply and sum each;
+    at B=2 (2048 multiply-adds) the batched product is small and rewritten. The mapped xs
+    are read in place (``xs[:, t]``), not through a time-major copy."""
+    h, t = 32, 5
+    rng = np.random.default_rng(4)
+    p = {"W_hh": (rng.normal(size=(h, h)) * 0.9 / np.sqrt(h)).astype(np.float32),
+         "W_xh": (rng.normal(size=(h, h)) / np.sqrt(h)).astype(np.float32),
+         "b": (rng.normal(size=h) * 0.1).astype(np.float32)}
+    h0 = (rng.normal(size=(batch, h)) * 0.1).astype(np.float32)
+    xs = rng.normal(size=(batch, t, h)).astype(np.float32)
+
+    def tf_one(p, h0, xs):
+        def step(c, x):
+            c = tf.tanh(tf.tensordot(c, p["W_hh"], 1) + tf.tensordot(x, p["W_xh"], 1) + p["b"])
+            return c, c
+        return tfscan.scan(step, h0, xs)
+
+    def jax_one(p, h0, xs):
+        def step(c, x):
+            c = jnp.tanh(c @ p["W_hh"] + x @ p["W_xh"] + p["b"])
+            return c, c
+        return jax.lax.scan(step, h0, xs)
+    tp = {k: tf.constant(v) for k, v in p.items()}
+    args = (tp, tf.constant(h0), tf.constant(xs))
+    batched = tfscan.vmap(tf_one, in_axes=(None, 0, 0))
+    hlo = tfscan.jit(batched).lower(*args).as_text()
+    assert _dot_shapes(hlo) == [f"f32[{batch},32]{{1,0}}"] * dots
+    assert not re.search(rf"f32\[{batch},1,32,32\]", hlo)  # no per-example product broadcast
+    # The loop reads each step's rows from xs as given ([B, T, I]), not from a transposed copy.
+    (state,) = re.findall(r"= \((.*)\) while\(", hlo)
+    assert f"f32[{batch},{t},32]" in state and state.count(f"f32[{t},{batch},32]") == 1  # xs; the ys buffer
+    want = jax.vmap(jax_one, in_axes=(None, 0, 0))(p, h0, xs)
+    for got in (batched(*args), tfscan.jit(batched)(*args)):
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g.numpy(), w, rtol=1e-5, atol=1e-6)
+    loss = lambda f, s: lambda p: s(f(p, h0, xs)[1] ** 2)  # noqa: E731
+    grads = tfscan.jit(tfscan.grad(loss(batched, tf.reduce_sum)))(tp)
+    want_grads = jax.grad(loss(jax.vmap(jax_one, in_axes=(None, 0, 0)), jnp.sum))(p)
+    for k in p:
+        np.testing.assert_allclose(grads[k].numpy(), want_grads[k], rtol=1e-4, atol=1e-5)

@@ -37,6 +37,8 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
     output shapes that are not static. ``rows`` (the rows of ``seqs``, padded past a
     run-time ``length``) sizes the buffers instead, which are then returned uncut: the
     program's shapes depend on ``rows`` only, so XLA compiles it once per ``rows``.
+    A sequence that is a transpose of axes 0 and 1 is read from the transpose's input
+    (:func:`_row`).
     """
     _batching.install()  # the XlaDynamic(Update)Slice ops below get pfor converters (tf.vectorized_map)
     carry = list(carry)
@@ -63,7 +65,7 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
             for u in range(k):
                 t = i * k + u if k > 1 else i
                 idx = (length - 1 - t) if reverse else t
-                xs = [tf.gather(s, idx) for s in seqs] + ([idx] if index else [])
+                xs = [_row(s, idx) for s in seqs] + ([idx] if index else [])
                 carry, outs = body(list(carry), xs)
                 carry = [keep_shape(c, s) for c, s in zip(carry, shapes)]
                 starts: dict = {}  # one start vector per rank, shared by the writes of a step
@@ -85,6 +87,26 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
     if cut:
         bufs = [b[:length] for b in bufs]
     return list(carry), list(bufs)
+
+
+def _row(seq: tf.Tensor, idx: Any) -> tf.Tensor:
+    """``seq[idx]``; of a sequence that is a transpose of axes 0 and 1 (``vmap``'s mapped xs
+    moved behind the time axis, :mod:`tfscan._transforms.scan_batching`), the row is read
+    from the transpose's input along its axis 1: the loop then reads the untransposed
+    tensor, and XLA never materialises the transpose (a copy of the whole sequence)."""
+    source = _swapped01(seq)
+    return tf.gather(seq, idx) if source is None else tf.gather(source, idx, axis=1)
+
+
+def _swapped01(t: tf.Tensor) -> tf.Tensor | None:
+    """The input of ``t = transpose(x, [1, 0, 2, ..., n-1])`` (a graph tensor), else ``None``."""
+    if tf.executing_eagerly() or not tf.is_symbolic_tensor(t) or t.op.type != "Transpose":
+        return None
+    perm = tf.get_static_value(t.op.inputs[1])
+    rank = t.shape.rank
+    if perm is None or rank is None or rank < 2 or list(perm) != [1, 0] + list(range(2, rank)):
+        return None
+    return t.op.inputs[0]
 
 
 def _out_shapes(body: Body, carry: list, seqs: Sequence[tf.Tensor],

@@ -34,11 +34,14 @@ class GraphPiece:
     """Nodes ``keep`` of ``graph_def``, fed at ``fed`` (tensor names), returning ``outputs``.
 
     ``stub`` names further nodes that become ``NoOp`` without being fed (left unused).
+    ``small_dots=False`` keeps every product a ``dot``: a piece that ``pfor`` batches before
+    it is compiled (:mod:`tfscan._transforms.scan_batching`), whose products the batch makes
+    larger, and whose batched trace goes through a piece of its own.
     """
 
     def __init__(self, graph_def: tf.compat.v1.GraphDef, fed: Sequence[str], outputs: Sequence[str],
                  keep: Iterable[str] | None = None, stub: Iterable[str] = (), name: str = "piece",
-                 source: tf.Graph | None = None):
+                 source: tf.Graph | None = None, small_dots: bool = True):
         self.fed, self.outputs, self.name = list(fed), list(outputs), name
         stubs = {node_name(t) for t in self.fed} | {node_name(t) for t in stub}
         keep = None if keep is None else set(keep) | stubs
@@ -53,7 +56,7 @@ class GraphPiece:
                 continue
             if node.op == "Placeholder":
                 raise ValueError(f"graph piece {name!r}: placeholder {node.name} is not fed")
-            nodes = (_small_dots.expand(node, source) if source is not None else None) or [node]
+            nodes = (_small_dots.expand(node, source) if source is not None and small_dots else None) or [node]
             if keep is not None and len(nodes) > 1:
                 keep |= {n.name for n in nodes}
             for node in nodes:

@@ -60,8 +60,11 @@ class Plan:
             if j is not None:
                 self.carry_is_y[i] = j
 
-    def apply(self, carry: Sequence[tf.Tensor], x: Sequence[tf.Tensor], consts: Sequence[tf.Tensor]):
-        outs = self.step.apply(list(carry) + list(x), consts)
+    def apply(self, carry: Sequence[tf.Tensor], x: Sequence[tf.Tensor], consts: Sequence[tf.Tensor],
+              batchable: bool = False):
+        """The step emitted inline: ``(new carry leaves, y leaves)`` (``batchable``: its products
+        kept ``dot``s, for ``pfor`` to batch, :meth:`Traced.batchable_piece`)."""
+        outs = self.step.apply(list(carry) + list(x), consts, batchable=batchable)
         return outs[: self.n_carry], outs[self.n_carry:]
 
 

@@ -115,6 +115,7 @@ class Traced:
         # A plain trace keeps only what its outputs read: a JVP step's trace holds the dead half
         # of its transposed gradient (:func:`tfscan._scan.forward.jvp_call`), not emitted again.
         keep = ancestors_of(graph, self._out_names, fed) if self.plain else None
+        self._piece_args = (fed, self._out_names, keep, unused)
         self.piece = GraphPiece(graph.as_graph_def(), fed, self._out_names, keep=keep, stub=unused, name=name,
                                 source=graph)
         self.feed = Feed(self.const_sources, slots)
@@ -216,9 +217,25 @@ class Traced:
         """The values for ``piece.fed``: arguments, constants, then pass-through resources."""
         return list(args) + list(consts) + [external for _, external in self._handle_names]
 
-    def apply(self, args: Sequence[tf.Tensor], consts: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-        """Emit the traced ops into the current graph, fed with ``args`` and ``consts``."""
-        return self.piece.apply(self.feeds(args, consts))
+    @functools.cached_property
+    def batchable_piece(self) -> GraphPiece:
+        """The trace as :attr:`piece` but with every product kept a ``dot``: what ``pfor``
+        batches (:mod:`tfscan._transforms.scan_batching`). A product small for one example
+        is not for the batch: rewritten before batching, the batched step would multiply and
+        sum ``B`` times the elements (a ``[64, 1, 32, 32]`` broadcast for ``vmap`` of a
+        ``[32] @ [32, 32]`` step) where one ``[64, 32] @ [32, 32]`` dot serves; the batched
+        step's own piece then rewrites what is still small."""
+        fed, outs, keep, unused = self._piece_args
+        graph = self._cf.graph
+        return GraphPiece(graph.as_graph_def(), fed, outs, keep=keep, stub=unused, name=self.name,
+                          source=graph, small_dots=False)
+
+    def apply(self, args: Sequence[tf.Tensor], consts: Sequence[tf.Tensor],
+              batchable: bool = False) -> list[tf.Tensor]:
+        """Emit the traced ops into the current graph, fed with ``args`` and ``consts``
+        (``batchable``: as :attr:`batchable_piece`, for ``pfor`` to batch)."""
+        piece = self.batchable_piece if batchable else self.piece
+        return piece.apply(self.feeds(args, consts))
 
 
 # Ops whose gradient is not their type's: a custom gradient's or a nested scan's ``IdentityN``.

@@ -166,7 +166,7 @@ def _batched_scan(programs, init, xs, consts, dl, n: tf.Tensor) -> list:
         def step(carry, x, stacked=stacked):
             def loop_fn(i):
                 new_c, y = plan.apply(rows(carry, stacked, i), rows(x, x_stacked, i),
-                                      rows(k_values, k_stacked, i))
+                                      rows(k_values, k_stacked, i), batchable=True)
                 return list(new_c) + list(y)
 
             outs = _pfor(loop_fn, size)
