@@ -63,10 +63,12 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
             for u in range(k):
                 t = i * k + u if k > 1 else i
                 idx = (length - 1 - t) if reverse else t
-                xs = [tf.gather(s, idx) for s in seqs] + ([idx] if index else [])
+                # One axis constant for the step's reads and writes (each op would make its own)
+                axis = tf.constant(0) if seqs or bufs else None
+                xs = [tf.gather(s, idx, axis=axis) for s in seqs] + ([idx] if index else [])
                 carry, outs = body(list(carry), xs)
                 carry = [keep_shape(c, s) for c, s in zip(carry, shapes)]
-                starts: dict = {}  # one start vector per rank, shared by the writes of a step
+                starts: dict = {"axis": axis}  # one start vector per rank, shared by the writes of a step
                 bufs = [_write(b, o, idx, starts) for b, o in zip(bufs, outs)]
             return list(carry) + list(bufs)
         return loop_body

@@ -296,6 +296,7 @@ class _Split:
         y_names: dict[str, int] = {}
         for j, n in enumerate(vjp.fwd_outs[nc:]):
             t = graph.get_tensor_by_name(n)
+            y_names.setdefault(t.name, j)
             while t.op.type == "Identity" and t.op.inputs:
                 t = t.op.inputs[0]
                 y_names.setdefault(t.name, j)

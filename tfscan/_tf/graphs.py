@@ -241,8 +241,8 @@ def lean_graph(name: str, fn: Callable[..., Any], specs: Any) -> Any:
     ``tf.TensorSpec``\\ s), nested in the graph being built (captures resolve there).
 
     ``graph.inputs`` are the placeholders then the captured tensors' placeholders,
-    ``graph.outputs`` what ``fn`` returned (an input returned as is goes through an
-    ``Identity``: a function's output must be an op's). Only for graphs tfscan builds of
+    ``graph.outputs`` what ``fn`` returned (an input or a capture returned as is goes through
+    an ``Identity``: a function's output must be an op's). Only for graphs tfscan builds of
     pure ops it orders itself (a loop's body and predicate, a plain step's VJP): no automatic
     control dependencies are added, no concrete function is made or registered.
 
@@ -259,7 +259,7 @@ def lean_graph(name: str, fn: Callable[..., Any], specs: Any) -> Any:
         args = [_placeholder(graph, s.dtype, s.shape) for s in specs]
         graph.inputs = list(args)
         outs = list(fn(*args))
-        placeholders = {id(a) for a in args}
+        placeholders = {id(a) for a in list(args) + list(graph.internal_captures)}
         outs = [tf.identity(o) if id(o) in placeholders else o for o in outs]
     graph.inputs = list(args) + list(graph.internal_captures)
     graph.outputs = outs
