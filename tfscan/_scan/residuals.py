@@ -181,7 +181,9 @@ class StepVJP:
         try:
             with _context.internal_trace():
                 return _tf.lean_graph(_LEAN_NAME, joint, specs)
-        except _step_gradient.Unsupported:
+        except NotSplittable:
+            raise
+        except Exception:  # noqa: BLE001 - the walk's Unsupported, or any other failure: tf.gradients decides
             return None
 
     def _trace(self, joint, specs, xla: bool):
