@@ -60,6 +60,34 @@ FORWARD_ERROR = (
     "product, does not), or open the ForwardAccumulator inside the tf.function.")
 
 
+# Raised when the bounded loop's gradient is itself differentiated in reverse mode.
+SECOND_ORDER_ERROR = (
+    "The gradient of tfscan.while_loop(..., max_steps=N) is first-order: a gradient of its "
+    "gradient (nested GradientTapes, tf.gradients of tf.gradients, tfscan.grad of tfscan.grad) "
+    "is not available (JAX has no reverse mode of a while loop at all). Write the loop as "
+    "tfscan.scan or tfscan.fori_loop with static bounds (a Python-int trip count, with a done "
+    "flag in the carry), whose derivatives compose to any order, or take the second "
+    "derivative in forward mode (a ForwardAccumulator inside the tape).")
+
+
+def _first_order(flat: list, inputs: list) -> list:
+    """The backward loop's gradients ``flat``, which TensorFlow cannot differentiate (a
+    compiled loop): a tape that records them, or ``tf.gradients`` asked for their gradient,
+    gets :data:`SECOND_ORDER_ERROR` instead of TensorFlow's (or XLA's) own error, or a
+    silent ``None``."""
+    live, ins = [t for t in flat if t is not None], [t for t in inputs if t is not None]
+    if not tf.executing_eagerly():  # for tf.gradients: one IdentityN with the loop's inputs
+        with _tf.record.stop_recording():
+            live = _gradients.failing_identity(live + ins, SECOND_ORDER_ERROR)[: len(live)]
+    if _tf.record.could_possibly_record():  # for tapes (they differentiate IdentityN as itself)
+        def fail(*_):
+            raise ValueError(SECOND_ORDER_ERROR)
+
+        _tf.record.record_operation("TfscanBoundedWhileGrad", live, ins, fail, fail)
+    it = iter(live)
+    return [None if t is None else next(it) for t in flat]
+
+
 def interval(remat: Any, max_steps: int) -> int:
     """The checkpoint interval ``k`` of a ``remat`` policy (already checked) for ``N`` steps."""
     if remat in (True, False):
@@ -186,7 +214,10 @@ class Reverse:
         _, _, _, fk = float_indices(self.plan, kb)
         d_final = [tf.zeros_like(bufs[i][0]) if d_outs[i] is None else d_outs[i] for i in self.fc]
         self.trace_vjp(kb)
-        flat = self._backward(steps, *bufs, *kb, *d_final)
+        inputs = [steps, *bufs, *kb, *d_final]
+        with _tf.record.stop_recording():
+            flat = list(self._backward(*inputs))
+        flat = _first_order(flat, inputs)
         return scatter(nc, self.fc, flat[: len(self.fc)]) + scatter(len(kb), fk, flat[len(self.fc):])
 
     # ---------------------------------------------------------------- symbolic gradients

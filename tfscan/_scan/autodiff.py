@@ -124,7 +124,62 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
         d_ys = [None if not is_float(o.dtype) else _cotangent.zero_row(o) if d is None
                 else (_cotangent.row_of(d) or d) for d, o in zip(d_outs[n_i:], outs[n_i:])]
         grads = programs.backward(xs, consts, saved, d_carry, d_ys, dynamic_length, wanted)
+        if not tf.executing_eagerly():
+            d_ys = [_zeros_if_none(d, o) for d, o in zip(d_outs[n_i:], outs[n_i:])]
+            return _differentiable_in_graph(programs, init, xs, consts, d_carry, d_ys, dynamic_length,
+                                            [g for part in grads for g in part])
     return [g for part in grads for g in part]
+
+
+def _differentiable_in_graph(programs: Programs, init, xs, consts, d_carry, d_ys, dynamic_length,
+                             grads: list) -> list:
+    """``grads`` (the compiled reverse loop's, flat) through an ``IdentityN`` whose gradient
+    is that of the backward pass written as differentiable scans (``_recorded_backward``).
+
+    A gradient computed where nothing records it (``tf.gradients``, the tape of a traced
+    ``tfscan.grad``) may be differentiated later by TensorFlow, op by op: ``tf.gradients`` of
+    ``tf.gradients``, or a tape around a call of a function traced without one (a
+    ``tfscan.jit`` reused from its cache). TensorFlow has no gradient for the reverse loop;
+    this ``IdentityN`` gives its outputs none to take, and differentiates the backward pass
+    again from its inputs, as JAX transposes a scan's transpose."""
+    idx = [i for i, g in enumerate(grads) if g is not None and is_float(g.dtype)]
+    if not idx:
+        return grads
+    dl = [dynamic_length] if dynamic_length is not None else []
+    n_i, n_x, n_k = len(init), len(xs), len(consts)
+    ins = list(init) + list(xs) + list(consts) + list(d_carry) + list(d_ys)
+    have = [j for j, t in enumerate(ins) if t is not None]
+    xla = _context.in_xla_context()
+
+    def grad(op, *d_all):
+        rest = list(op.inputs[len(idx):])
+        given, dl_in = rest[: len(have)], rest[len(have):]
+        full = scatter(len(ins), have, given)
+        init_, xs_, consts_, d_carry_, d_ys_ = split_list(full, [n_i, n_x, n_k, n_i])
+        # one source per tensor: an input passed twice (a carry's init that the step also
+        # closes over) gets its whole derivative once, as TensorFlow sums what ``grad`` returns
+        firsts: dict = {}
+        sources = [firsts.setdefault(full[j].ref(), j) for j in have if is_float(full[j].dtype)]
+        sources = sorted(set(sources))
+        inline = _tf.xla_trace() if xla and not _context.in_xla_context() else contextlib.nullcontext()
+        with inline, tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch([full[j] for j in sources])
+            again = _recorded_backward(programs, init_, xs_, consts_, d_carry_, d_ys_, dl_in[0] if dl_in else None)
+            again = [g for part in again for g in part]
+        d_in = tape.gradient([again[i] for i in idx], [full[j] for j in sources],
+                             output_gradients=[_zeros_if_none(d, grads[i]) for d, i in zip(d_all, idx)],
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        out = [None] * (len(idx) + len(have) + len(dl_in))
+        for j, d in zip(sources, d_in):
+            out[len(idx) + have.index(j)] = d
+        return out
+
+    flat = [grads[i] for i in idx] + [ins[j] for j in have] + dl
+    wrapped = _gradients.graph_owned_identity("TfscanScanGradGrad", grad, flat)
+    out = list(grads)
+    for k, i in enumerate(idx):
+        out[i] = wrapped[k]
+    return out
 
 
 # Gradient name -> (programs, weakly; counts; has a run-time length): what the scan's batching

@@ -24,6 +24,31 @@ __all__ = []  # private module
 
 
 _CONDITIONALS = frozenset({"If", "StatelessIf", "Case", "StatelessCase"})
+_CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
+
+
+def _holds_conditional(graph: Any) -> bool:
+    """Whether ``graph`` holds a conditional, also inside the functions it calls (a
+    ``tfscan.cond`` traced where a tape records is a call of its program): TensorFlow's
+    gradient of one built outside an XLA context saves ``variant`` optionals, which the
+    compiled backward loops cannot hold (a gradient of a gradient then fails to compile)."""
+    called = []
+    for op in graph.get_operations():
+        if op.type in _CONDITIONALS:
+            return True
+        if op.type in _CALLS:
+            called.append(op.node_def.attr["f"].func.name)
+    seen: set = set()
+    while called:  # the called functions' definitions, and the functions they call
+        name = called.pop()
+        func = _tf.graph_function(graph, name) if name not in seen else None
+        seen.add(name)
+        for node in func.definition.node_def if func is not None else ():
+            if node.op in _CONDITIONALS:
+                return True
+            if node.op in _CALLS:
+                called.append(node.attr["f"].func.name)
+    return False
 
 
 class Traced:
@@ -51,7 +76,7 @@ class Traced:
         self._cf = cf  # keeps the functions the step calls registered with the runtime
         graph = cf.graph
         # Its VJP is traced in an XLA context then (:class:`tfscan._scan.residuals.StepVJP`).
-        self.has_conditional = any(op.type in _CONDITIONALS for op in graph.get_operations())
+        self.has_conditional = _holds_conditional(graph)
         self.name = name
         self.n_args = len(specs)
         self.out_specs = [tf.TensorSpec(t.shape, t.dtype) for t in graph.outputs]
