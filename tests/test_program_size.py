@@ -92,3 +92,21 @@ def test_each_loop_carries_one_counter(reverse, unroll):
     states = _while_states(hlo)
     assert len(states) == (2 if unroll == 1 else 4), states  # forward and backward (each with its tail)
     assert all(s.count("s32[]") == 1 for s in states), states
+
+
+def test_plain_step_vjp_is_its_ops_walked_in_reverse(monkeypatch):
+    # A plain step's VJP is built as JAX transposes a linearized jaxpr: its ops visited from
+    # the outputs back, each given the registered gradient of its type. Not by tf.gradients
+    # (its grad_ys Identity per cotangent, control-flow bookkeeping) inside a tf.function trace
+    # (an Identity per output): the backward loop body holds the gradient ops and no Identity.
+    calls = []
+    gradients = tf.gradients
+    monkeypatch.setattr(tf, "gradients", lambda *a, **k: calls.append(1) or gradients(*a, **k))
+    fn = _tape_gradient()
+    nodes = _all_nodes(fn.get_concrete_function(*_args()))
+    assert not calls
+    graph_def = fn.get_concrete_function(*_args()).graph.as_graph_def()
+    body = [f for f in graph_def.library.function if any(n.op == "TanhGrad" for n in f.node_def)]
+    assert len(body) == 1 and [n.op for n in body[0].node_def].count("Identity") == 0, \
+        sorted(n.op for n in body[0].node_def)
+    assert [n.op for n in nodes].count("TanhGrad") == 1

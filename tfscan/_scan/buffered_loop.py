@@ -65,10 +65,12 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
             for u in range(k):
                 t = i * k + u if k > 1 else i
                 idx = (length - 1 - t) if reverse else t
-                xs = [_row(s, idx) for s in seqs] + ([idx] if index else [])
+                # One axis constant for the step's reads and writes (each op would make its own)
+                axis = tf.constant(0) if seqs or bufs else None
+                xs = [_row(s, idx, axis) for s in seqs] + ([idx] if index else [])
                 carry, outs = body(list(carry), xs)
                 carry = [keep_shape(c, s) for c, s in zip(carry, shapes)]
-                starts: dict = {}  # one start vector per rank, shared by the writes of a step
+                starts: dict = {"axis": axis}  # one start vector per rank, shared by the writes of a step
                 bufs = [_write(b, o, idx, starts) for b, o in zip(bufs, outs)]
             return list(carry) + list(bufs)
         return loop_body
@@ -89,13 +91,13 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
     return list(carry), list(bufs)
 
 
-def _row(seq: tf.Tensor, idx: Any) -> tf.Tensor:
+def _row(seq: tf.Tensor, idx: Any, axis: Any = 0) -> tf.Tensor:
     """``seq[idx]``; of a sequence that is a transpose of axes 0 and 1 (``vmap``'s mapped xs
     moved behind the time axis, :mod:`tfscan._transforms.scan_batching`), the row is read
     from the transpose's input along its axis 1: the loop then reads the untransposed
     tensor, and XLA never materialises the transpose (a copy of the whole sequence)."""
     source = _swapped01(seq)
-    return tf.gather(seq, idx) if source is None else tf.gather(source, idx, axis=1)
+    return tf.gather(seq, idx, axis=axis) if source is None else tf.gather(source, idx, axis=1)
 
 
 def _swapped01(t: tf.Tensor) -> tf.Tensor | None:

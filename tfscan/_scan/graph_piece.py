@@ -1,8 +1,9 @@
 """A piece of a traced graph that can be emitted inline, fed through ``input_map``.
 
-``import_graph_def`` still imports a node whose outputs are remapped, so every fed node
-becomes a ``NoOp`` stub (a leftover placeholder or variable read would be an unfed input
-XLA cannot compile); nodes outside the piece are dropped with the control edges to them. Small matrix products
+A fed node is left out of the piece (``import_graph_def`` resolves an input it maps without
+the node; imported, a leftover placeholder or variable read would be an unfed input XLA
+cannot compile, and a ``NoOp`` stub in its place would still cost an op per fed tensor in
+every loop body); nodes outside the piece are dropped with the control edges to them. Small matrix products
 become a multiply and a sum that XLA fuses into the loop body (:mod:`tfscan._scan.small_dots`).
 
 A GraphDef does not carry what TensorFlow keeps on the Python ``Operation`` only: the
@@ -33,7 +34,7 @@ def node_name(tensor_name: str) -> str:
 class GraphPiece:
     """Nodes ``keep`` of ``graph_def``, fed at ``fed`` (tensor names), returning ``outputs``.
 
-    ``stub`` names further nodes that become ``NoOp`` without being fed (left unused).
+    ``stub`` names further nodes left out without being fed (unused).
     ``small_dots=False`` keeps every product a ``dot``: a piece that ``pfor`` batches before
     it is compiled (:mod:`tfscan._transforms.scan_batching`), whose products the batch makes
     larger, and whose batched trace goes through a piece of its own.
@@ -44,6 +45,7 @@ class GraphPiece:
                  source: tf.Graph | None = None, small_dots: bool = True):
         self.fed, self.outputs, self.name = list(fed), list(outputs), name
         stubs = {node_name(t) for t in self.fed} | {node_name(t) for t in stub}
+        fed_set = {_tensor_name(t) for t in self.fed}
         keep = None if keep is None else set(keep) | stubs
         gd = tf.compat.v1.GraphDef()
         gd.versions.CopyFrom(graph_def.versions)
@@ -51,8 +53,7 @@ class GraphPiece:
         for node in graph_def.node:
             if keep is not None and node.name not in keep:
                 continue
-            if node.name in stubs:
-                gd.node.add().CopyFrom(tf.compat.v1.NodeDef(name=node.name, op="NoOp"))
+            if node.name in stubs:  # fed through ``input_map``: no node needed
                 continue
             if node.op == "Placeholder":
                 raise ValueError(f"graph piece {name!r}: placeholder {node.name} is not fed")
@@ -71,6 +72,13 @@ class GraphPiece:
                     missing = [i for i in inputs if node_name(i) not in keep]
                     if missing:
                         raise ValueError(f"graph piece {name!r}: node {node.name} needs {missing} (not fed)")
+                else:
+                    inputs = list(node.input)
+                inputs = [i for i in inputs if not (i.startswith("^") and node_name(i) in stubs)]
+                unfed = [i for i in inputs if node_name(i) in stubs and _tensor_name(i) not in fed_set]
+                if unfed:
+                    raise ValueError(f"graph piece {name!r}: node {node.name} reads {unfed} of a fed node (not fed)")
+                if len(inputs) != len(node.input):
                     del new.input[:]
                     new.input.extend(inputs)
         self.graph_def = gd

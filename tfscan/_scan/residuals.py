@@ -29,6 +29,7 @@ from tfscan import _tf
 from tfscan._core import context as _context
 from tfscan._core import step_errors as _step_errors
 from tfscan._core.flat import split_list
+from tfscan._scan import step_gradient as _step_gradient
 from tfscan._scan.graph_piece import GraphPiece
 from tfscan._scan.graph_piece import ancestors as _ancestors
 from tfscan._scan.graph_piece import ancestors_of as _ancestors_of
@@ -36,6 +37,9 @@ from tfscan._scan.plan import Plan, float_indices
 from tfscan._scan.step import _writes
 
 __all__ = []  # private module
+
+
+_LEAN_NAME = "tfscan_step_vjp"
 
 
 class NotSplittable(Exception):
@@ -122,9 +126,12 @@ class StepVJP:
             k_sources = [by_index[i] for i in fk]
             targets = [outs[i] for i in fc] + [outs[nc + i] for i in fy]
             srcs = [c[i] for i in fc] + [x[i] for i in fx] + [t for ts in k_sources for t in ts]
-            grads = tf.gradients(targets, srcs, grad_ys=cts,
-                                 unconnected_gradients=tf.UnconnectedGradients.ZERO) if targets else \
-                [tf.zeros_like(s) for s in srcs]
+            if not targets:
+                grads = [tf.zeros_like(s) for s in srcs]
+            elif lean:  # a plain step: its few ops walked in reverse (_step_gradient)
+                grads = _step_gradient.vjp(targets, srcs, cts)
+            else:
+                grads = tf.gradients(targets, srcs, grad_ys=cts, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             grads = [tf.convert_to_tensor(g) for g in grads]
             head, rest = grads[: len(fc) + len(fx)], grads[len(fc) + len(fx):]
             summed = []
@@ -135,10 +142,23 @@ class StepVJP:
 
         specs = (list(plan.carry_specs) + list(plan.x_specs)
                  + [plan.carry_specs[i] for i in fc] + [plan.y_specs[i] for i in fy])
+        # A plain step's joint graph is built directly (no tf.function: its ops are pure and
+        # the plan's, so no automatic control dependencies or concrete function are needed)
+        # and differentiated by a reverse walk; any other step, or a plain one the walk does
+        # not handle, is traced by tf.function and differentiated by tf.gradients.
         # A conditional in the step is differentiated in an XLA context (the pieces only
         # ever run compiled): its gradient intermediates are then plain tensors, not
         # TensorFlow's ``variant`` optionals, which no loop can save per step.
-        graph = self._trace(joint, specs, xla=plan.step.has_conditional)
+        graph = None
+        if plan.step.plain:
+            lean = True
+            graph = self._lean(joint, specs)
+            if graph is None:
+                const_feeds.clear()
+                handle_feeds.clear()
+        if graph is None:
+            lean = False
+            graph = self._trace(joint, specs, xla=plan.step.has_conditional)
         self.n_carry = nc
         self.graph_def = graph.as_graph_def()
         args = [t.name for t in graph.inputs[: nc + nx + len(fc) + len(fy)]]
@@ -154,6 +174,17 @@ class StepVJP:
         except NotSplittable as e:
             self.split = None
             warn_recompute(plan.name, str(e))
+
+    def _lean(self, joint, specs):
+        """The joint graph of a plain step built directly, or ``None`` (then traced)."""
+        self._cf = None
+        try:
+            with _context.internal_trace():
+                return _tf.lean_graph(_LEAN_NAME, joint, specs)
+        except NotSplittable:
+            raise
+        except Exception:  # noqa: BLE001 - the walk's Unsupported, or any other failure: tf.gradients decides
+            return None
 
     def _trace(self, joint, specs, xla: bool):
         try:  # with tapes live: a GradientTape inside the step must record
@@ -267,6 +298,7 @@ class _Split:
         y_names: dict[str, int] = {}
         for j, n in enumerate(vjp.fwd_outs[nc:]):
             t = graph.get_tensor_by_name(n)
+            y_names.setdefault(t.name, j)
             while t.op.type == "Identity" and t.op.inputs:
                 t = t.op.inputs[0]
                 y_names.setdefault(t.name, j)

@@ -110,6 +110,8 @@ class Traced:
                 # Other users of the resource (state, an RNG, a writer) get the handle itself.
                 self._handle_names.append((internal.name, external))
         fed = self._arg_names + self._const_names + [n for n, _ in self._handle_names]
+        if self.plain:  # emitted from beneath those Identity ops: fewer ops in every loop body
+            self._out_names = list(self.out_roots)  # (any other trace keeps them: control edges)
         # Resource placeholders whose every read is fed are left unused: stub them too.
         unused = [t.name for _, t in graph.captures if t.dtype == tf.resource and t.name not in fed]
         # A plain trace keeps only what its outputs read: a JVP step's trace holds the dead half

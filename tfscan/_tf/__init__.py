@@ -16,7 +16,7 @@ The entries come in six groups, one module each:
 * :mod:`~tfscan._tf.graphs` — graphs being built: :func:`default_graph`,
   :func:`in_xla_context`, :func:`is_func_graph`, :func:`graph_function`,
   :func:`function_graph`, :func:`op_gradient_functions`, :func:`in_graph`,
-  :func:`graph_variables`, :func:`set_op_gradient_function`, :func:`is_autograph_scope`,
+  :func:`graph_variables`, :func:`set_op_gradient_function`, :func:`lean_graph`, :func:`gradient_function`, :func:`is_autograph_scope`,
   :func:`set_pfor_converter`, :func:`without_autograph`, :func:`unregister_gradient`,
   :func:`mark_variable_accessed`, :func:`distributed_container`, :func:`variable_handles`;
 * :mod:`~tfscan._tf.vectorize` — vectorization: :class:`pfor`, :class:`xla`;
@@ -39,8 +39,10 @@ from tfscan._tf.graphs import (
     distributed_container,
     function_graph,
     graph_function,
+    gradient_function,
     graph_variables,
     in_graph,
+    lean_graph,
     in_xla_context,
     is_autograph_scope,
     is_func_graph,
@@ -61,7 +63,7 @@ from tfscan._tf.vectorize import pfor, xla
 __all__ = ["call_concrete", "fixed_captures", "launch_compiled", "quiet_retracing",
            "register_launch_gradient", "xla_trace",
            "record", "guard_empty_function_call_records",
-           "default_graph", "distributed_container", "function_graph", "graph_function", "graph_variables", "in_graph",
+           "default_graph", "distributed_container", "function_graph", "graph_function", "gradient_function", "graph_variables", "in_graph", "lean_graph",
            "in_xla_context",
            "is_autograph_scope", "is_func_graph", "mark_variable_accessed", "op_gradient_functions",
            "set_op_gradient_function", "set_pfor_converter", "unregister_gradient", "variable_handles",

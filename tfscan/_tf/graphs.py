@@ -17,6 +17,7 @@ from tensorflow.python.eager import context as _context
 from tensorflow.python.framework import func_graph as _func_graph
 from tensorflow.python.framework import function_def_to_graph as _function_def_to_graph
 from tensorflow.python.framework import ops as _ops
+from tensorflow.core.framework import attr_value_pb2 as _attr_value_pb2
 from tensorflow.python.ops import control_flow_util as _control_flow_util
 from tensorflow.python.ops import resource_variable_ops as _resource_variable_ops
 
@@ -233,3 +234,52 @@ def function_graph(graph: Any, name: Any) -> Any:
     fgraph = _function_def_to_graph.function_def_to_graph(func.definition)
     _LIBRARY_OF[fgraph] = graph
     return fgraph
+
+
+def lean_graph(name: str, fn: Callable[..., Any], specs: Any) -> Any:
+    """``fn``'s ``FuncGraph`` built directly on placeholders shaped as ``specs`` (tensors or
+    ``tf.TensorSpec``\\ s), nested in the graph being built (captures resolve there).
+
+    ``graph.inputs`` are the placeholders then the captured tensors' placeholders,
+    ``graph.outputs`` what ``fn`` returned (an input or a capture returned as is goes through
+    an ``Identity``: a function's output must be an op's). Only for graphs tfscan builds of
+    pure ops it orders itself (a loop's body and predicate, a plain step's VJP): no automatic
+    control dependencies are added, no concrete function is made or registered.
+
+    Why private: ``tf.function(...).get_concrete_function`` is the public way to a function
+    graph; for the ops of a light step it costs a first call about 3 ms per trace more than
+    the graph needs (``TraceType`` placeholders, nest packing, automatic control
+    dependencies asking each op for ``_read_only_resource_inputs``, a raised and caught
+    error each, an ``AtomicFunction`` registered with the runtime). Placeholders are made
+    with ``Graph._create_op_internal`` (0.06 ms each, against 0.14 ms through
+    ``tf.compat.v1.placeholder``'s op-definition library). Checked on TF 2.21.
+    """
+    graph = _func_graph.FuncGraph(name)
+    with graph.as_default():
+        args = [_placeholder(graph, s.dtype, s.shape) for s in specs]
+        graph.inputs = list(args)
+        outs = list(fn(*args))
+        placeholders = {id(a) for a in list(args) + list(graph.internal_captures)}
+        outs = [tf.identity(o) if id(o) in placeholders else o for o in outs]
+    graph.inputs = list(args) + list(graph.internal_captures)
+    graph.outputs = outs
+    return graph
+
+
+def _placeholder(graph: Any, dtype: tf.DType, shape: Any) -> Any:
+    attrs = {"dtype": _attr_value_pb2.AttrValue(type=dtype.as_datatype_enum),
+             "shape": _attr_value_pb2.AttrValue(shape=tf.TensorShape(shape).as_proto())}
+    return graph._create_op_internal("Placeholder", [], [dtype], attrs=attrs).outputs[0]  # noqa: SLF001
+
+
+def gradient_function(op: Any) -> Any:
+    """The gradient function ``tf.gradients`` would call for ``op`` (its own, a type's
+    override, or the one registered for its type), ``None`` for an op with no inputs or a
+    non-differentiable one; ``LookupError`` when its type has none registered.
+
+    Why private: ``ops.get_gradient_function`` is TensorFlow's registry lookup; there is no
+    public one (``tf.RegisterGradient`` only adds). A plain step's VJP is built by walking
+    its few ops in reverse with these functions (:mod:`tfscan._scan.step_gradient`), not
+    with ``tf.gradients``. Checked on TF 2.21.
+    """
+    return _ops.get_gradient_function(op)

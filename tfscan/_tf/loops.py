@@ -14,6 +14,7 @@ from tensorflow.python.framework import ops as _ops
 from tensorflow.python.ops import control_flow_util_v2 as _cf_util
 from tensorflow.python.ops import gen_functional_ops as _gen_functional_ops
 
+from tfscan._tf.graphs import lean_graph
 from tfscan._tf.tapes import record
 
 __all__: list = []  # private module
@@ -40,7 +41,7 @@ def counted_loop(body: Callable[[tf.Tensor, list], Sequence[tf.Tensor]], start: 
     maximum-iteration count, for its gradient) beside the caller's own counter, an
     ``Identity`` per output, and gradient bookkeeping. tfscan's loops are counted, pure and
     differentiated by tfscan's own VJP, so this builds the two ``FuncGraph``\\ s with
-    ``tf.compat.v1.placeholder`` inputs and emits the op (``gen_functional_ops``), adding
+    placeholder inputs (:func:`tfscan._tf.lean_graph`) and emits the op (``gen_functional_ops``), adding
     the functions to the graph as ``while_v2`` does (``control_flow_util_v2``), with the same
     XLA attributes (lowering, compile-time-constant propagation).
 
@@ -115,19 +116,9 @@ def _lean(body, start, limit, loop_vars) -> list | None:
 def _graph(name: str, fn: Callable, like: Sequence[tf.Tensor]) -> Any:
     """``fn``'s ``FuncGraph`` on placeholders shaped as ``like``, or ``None`` if it holds a
     stateful op. Its outer graph is the graph being built (captures resolve there)."""
-    graph = _func_graph.FuncGraph(name)
-    with graph.as_default():
-        args = [tf.compat.v1.placeholder(t.dtype, t.shape) for t in like]
-        graph.inputs = list(args)
-        outs = list(fn(*args))
-        placeholders = {id(a) for a in args}
-        # An output that is an input is returned through an ``Identity`` (a function's
-        # output must be an op's output, not its argument).
-        outs = [tf.identity(o) if id(o) in placeholders else o for o in outs]
+    graph = lean_graph(name, fn, like)
     if any(op.op_def.is_stateful for op in graph.get_operations()):
         return None
-    graph.inputs = list(args) + list(graph.internal_captures)
-    graph.outputs = outs
     return graph
 
 
