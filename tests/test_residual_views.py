@@ -57,9 +57,10 @@ def test_ported_train_step_saves_no_view_residuals():
     loops = _loop_states(hlo)
     assert len(loops) == 2, loops
     forward = next(s for s in loops if f"f32[{T},{B}]" in s)  # the forward loop writes the per-step losses
-    # xs itself, never a copy of its rows; the input carries and the new carries once each
-    # (JAX's forward loop keeps three buffers of f32[T,B,H]).
-    assert forward.count(f"f32[{T},{B},{I}]") == 1, forward
+    # xs itself as vmap gave it (batch-major, read in place: never a time-major copy nor a
+    # copy of its rows); the input carries and the new carries once each (JAX's forward loop
+    # keeps three buffers of f32[T,B,H]).
+    assert forward.count(f"f32[{B},{T},{I}]") == 1 and f"f32[{T},{B},{I}]" not in forward, forward
     assert forward.count(f"f32[{T},{B},{H}]") == 2, forward
     assert len(forward) == 11, forward
     loss, grads = fn(P, XS, YS)
