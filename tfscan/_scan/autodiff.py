@@ -139,13 +139,12 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
                 else (_cotangent.row_of(d) or d) for d, o in zip(d_outs[n_i:], outs[n_i:])]
         grads = programs.backward(xs, consts, saved, d_carry, d_ys, dynamic_length, wanted)
         if not tf.executing_eagerly():
-            d_ys = [_zeros_if_none(d, o) for d, o in zip(d_outs[n_i:], outs[n_i:])]
-            return _differentiable_in_graph(programs, init, xs, consts, d_carry, d_ys, dynamic_length,
-                                            [g for part in grads for g in part])
+            return _differentiable_in_graph(programs, init, xs, consts, d_carry, list(d_outs[n_i:]),
+                                            list(outs[n_i:]), dynamic_length, [g for part in grads for g in part])
     return [g for part in grads for g in part]
 
 
-def _differentiable_in_graph(programs: Programs, init, xs, consts, d_carry, d_ys, dynamic_length,
+def _differentiable_in_graph(programs: Programs, init, xs, consts, d_carry, d_ys, ys, dynamic_length,
                              grads: list) -> list:
     """``grads`` (the compiled reverse loop's, flat) through an ``IdentityN`` whose gradient
     is that of the backward pass written as differentiable scans (``_recorded_backward``).
@@ -155,7 +154,9 @@ def _differentiable_in_graph(programs: Programs, init, xs, consts, d_carry, d_ys
     ``tf.gradients``, or a tape around a call of a function traced without one (a
     ``tfscan.jit`` reused from its cache). TensorFlow has no gradient for the reverse loop;
     this ``IdentityN`` gives its outputs none to take, and differentiates the backward pass
-    again from its inputs, as JAX transposes a scan's transpose."""
+    again from its inputs, as JAX transposes a scan's transpose. A ys cotangent that is
+    ``None`` stays out of it (zeros of ``ys``' shape are made only if that gradient is asked):
+    the first-order gradient never materialises a ``[T, ...]`` buffer of zeros to pass along."""
     idx = [i for i, g in enumerate(grads) if g is not None and is_float(g.dtype)]
     if not idx:
         return grads
@@ -170,6 +171,7 @@ def _differentiable_in_graph(programs: Programs, init, xs, consts, d_carry, d_ys
         given, dl_in = rest[: len(have)], rest[len(have):]
         full = scatter(len(ins), have, given)
         init_, xs_, consts_, d_carry_, d_ys_ = split_list(full, [n_i, n_x, n_k, n_i])
+        d_ys_ = [_zeros_if_none(d, y) for d, y in zip(d_ys_, ys)]
         # one source per tensor: an input passed twice (a carry's init that the step also
         # closes over) gets its whole derivative once, as TensorFlow sums what ``grad`` returns
         firsts: dict = {}
