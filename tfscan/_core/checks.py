@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfscan import _tf
 from tfscan._core import tree as _tree
 from tfscan._core.tree import TreeDef
 
@@ -47,11 +48,18 @@ _NOT_NUMERIC = frozenset({tf.string, tf.resource, tf.variant})
 
 
 def to_tensors(leaves: Sequence[Any], paths: Sequence[str], arg: str, api: str = "scan") -> list[tf.Tensor]:
-    """Convert every leaf like ``tf.constant`` (Python float -> float32, int -> int32)."""
+    """Convert every leaf like ``tf.constant`` (Python float -> float32, int -> int32).
+
+    A tensor of an enclosing graph is captured into the one being traced, as a TensorFlow op
+    reading it would: the live tapes and accumulators then see the tensor every op here
+    reads (an accumulator made in this trace watches the capture, not the outer tensor).
+    """
     out = []
+    graph = None if tf.executing_eagerly() else _tf.default_graph()
     for leaf, path in zip(leaves, paths):
         if isinstance(leaf, tf.Tensor) and leaf.dtype not in _NOT_NUMERIC:
-            out.append(leaf)  # already a tensor: nothing to convert or check
+            # already a tensor: nothing to convert or check
+            out.append(_tf.in_graph(graph, leaf) if graph is not None and tf.is_symbolic_tensor(leaf) else leaf)
             continue
         if isinstance(leaf, tf.Variable):
             leaf = leaf.value()

@@ -120,12 +120,13 @@ def traced_alone(fn: Callable[[], Any]) -> Any:
     GradientTapes and ForwardAccumulators are per thread, so none live on the caller's
     thread sees what ``fn`` traces, while tapes and accumulators made inside the trace
     record as usual (``record.stop_recording`` would silence those too). For the trace of a
-    program whose functions close over an eager tensor an accumulator watches: each capture
-    of that tensor gives the traced placeholder the tensor's tangent, and TensorFlow's
-    forward rule of a conditional in the trace then fails (TensorFlow 2.21,
+    program whose functions close over a tensor an accumulator watches: each capture of
+    that tensor gives the traced placeholder the tensor's tangent, and TensorFlow's forward
+    rule of a conditional in the trace then fails (TensorFlow 2.21,
     ``cond_v2._resolve_grad_inputs``). The fresh thread starts with this thread's tfscan
-    state (``vmap`` and internal traces); ``fn`` must not read tensors of a graph being
-    built here (the fresh thread has none: eager tensors only).
+    state (``vmap`` and internal traces) but no default graph: ``fn`` may capture tensors of
+    a graph being built here (a ``tf.function`` it traces takes them as inputs), never add
+    ops to that graph.
     """
     box: dict = {}
     state = dict(vars(_state))
@@ -147,18 +148,22 @@ def traced_alone(fn: Callable[[], Any]) -> Any:
 
 def traced_unwatched(fn: Callable[[], Any], closed: Sequence[Any]) -> Any:
     """``fn()`` (a trace of user code that closes over the tensors ``closed``), on a thread of
-    its own (:func:`traced_alone`) when it is called eagerly and a ``ForwardAccumulator``
-    watches one of them.
+    its own (:func:`traced_alone`) when a ``ForwardAccumulator`` watches one of them, eagerly
+    or in a graph.
 
     Every use of a captured tensor in a trace records an identity on the live accumulators
     (TensorFlow's capture does, each time): the trace would capture the accumulator's eager
     tangent as well, a constant of this call that no slot of the closure feeds, so each
     later call would trace again, and the trace would hold the accumulator's JVP ops.
-    tfscan's forward rules trace the function again with the tangents as inputs."""
-    if tf.executing_eagerly() and closed:
-        with _tf.record.forwardprop_state():  # an accumulator busy computing a tangent counts
-            watched = _tf.record.tangent_indices(list(closed))
-        if watched:
-            return traced_alone(fn)
-    return fn()
+    In a graph, TensorFlow's forward rule of a conditional in the trace fails besides
+    (TensorFlow 2.21, ``cond_v2._resolve_grad_inputs`` asserts). tfscan's forward rules
+    trace the function again with the tangents as inputs."""
+    return traced_alone(fn) if closed and watched(closed) else fn()
+
+
+def watched(tensors: Sequence[Any]) -> bool:
+    """Whether a live ``ForwardAccumulator`` has a tangent of one of ``tensors`` (one busy
+    computing a tangent counts)."""
+    with _tf.record.forwardprop_state():
+        return bool(_tf.record.tangent_indices(list(tensors)))
 

@@ -13,6 +13,7 @@ own errors (from a nested scan, or the carry checks) pass through unchanged.
 from __future__ import annotations
 
 import re
+import traceback
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
@@ -64,6 +65,22 @@ def call(fn: Callable, args: Sequence[Any], api: str, fn_name: str, traced_on: C
         except Exception:  # noqa: BLE001 - an exception type with another constructor
             error = (TypeError if isinstance(e, TypeError) else ValueError)(explained)
         raise error from e
+    except AssertionError as e:
+        if not _in_tf_conditional(e):
+            raise
+        raise ValueError(
+            f"{api}: {fn_name} raised an error while tfscan traced it on {traced_on()}: TensorFlow's "
+            "forward-mode rule of tf.cond failed (an AssertionError in cond_v2: forward mode, "
+            "tf.autodiff.ForwardAccumulator, nested or inside a traced function, through a tf.cond). "
+            "Write the choice with tfscan.cond or tfscan.switch, whose derivatives are tfscan's own "
+            "(right to any order), or tf.where; or differentiate in reverse mode (tfscan.grad, "
+            "GradientTape).") from e
+
+
+def _in_tf_conditional(e: BaseException) -> bool:
+    """Whether ``e`` was raised inside TensorFlow's conditional (``cond_v2``)."""
+    return any(frame.filename.replace("\\", "/").endswith("/ops/cond_v2.py")
+               for frame in traceback.extract_tb(e.__traceback__))
 
 
 def _explain(message: str, api: str, fn_name: str, traced_on: str) -> str:

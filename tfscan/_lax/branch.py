@@ -274,7 +274,8 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
     with record.stop_recording():
         shown = [tf.identity(o) for o in outs]
     # A variable's handle as an accumulator in this graph watches it (its capture here).
-    inputs = list(leaves) + closed + [_tf.in_graph(_tf.default_graph(), v.handle) for v in variables]
+    graph = _tf.default_graph()
+    inputs = list(leaves) + [_tf.in_graph(graph, c) for c in closed] + [_tf.in_graph(graph, v.handle) for v in variables]
 
     def backward(*d_outs):
         d = _forward.filled_cotangents(d_outs, outs, fo)

@@ -33,17 +33,6 @@ from tfscan._tf import record
 __all__ = []  # private module
 
 
-# Forward mode through a step that holds a conditional gives wrong tangents (zero, or half
-# the second derivative) on every path but the eager first-order one: refused until fixed.
-CONDITIONAL_FORWARD_ERROR = (
-    "tfscan: forward mode (tf.autodiff.ForwardAccumulator) through scan step {name!r}, which holds "
-    "a conditional (tfscan.cond/switch or tf.cond), works only eagerly and to first order (one "
-    "accumulator, no GradientTape watching): inside a tf.function or tfscan.jit, nested, or "
-    "mixed with a tape, tfscan's JVP of such a step gives wrong tangents today, so it is refused. "
-    "Use reverse mode there (tfscan.grad, a GradientTape; second order: tfscan.grad(tfscan.grad(f)) "
-    "or nested tapes), call the accumulator eagerly, or write the choice with tf.where.")
-
-
 def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[tf.Tensor],
                         consts: Sequence[tf.Tensor], dynamic_length: Any = None) -> list[tf.Tensor]:
     """``carry + ys`` (flat) of the scan, recorded with its VJP for every float input.
@@ -81,9 +70,6 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     forward_function = lambda *tangents: _forward.scan_tangents(  # noqa: E731
         programs, init, xs, consts, dynamic_length, tangents, run)
     first = None if save or not eager else _forward_eager.first_tangents(programs, init, xs, consts, dynamic_length)
-    if programs.plan.step.has_conditional and record.tangent_indices(inputs) and not (
-            first is not None and _forward_eager.one_accumulator(inputs)):
-        raise ValueError(CONDITIONAL_FORWARD_ERROR.format(name=programs.plan.name))
     recorded = None  # the inputs the operation is recorded on (None: all)
     if first is not None:  # forward mode alone: the JVP loop gives the values too
         outs, make_forward_function, recorded = first

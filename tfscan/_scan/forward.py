@@ -179,7 +179,12 @@ class _ScanJVP:
         if given is not None:
             fx, fk = [i for i in fx if given[0][i]], [i for i in fk if given[1][i]]
         self.fc, self.fx, self.fy, self.fk = fc, fx, fy, fk
-        sources, values = plan.step.const_sources, list(consts)
+        # The step's Python function reads the tensors of the call that traced the plan (a
+        # later call reusing the programs feeds its own, as ``StepVJP`` does): the JVP step
+        # is traced on those and fed with a call's constants (:meth:`consts`). A variable is
+        # read in the trace (its read is fed).
+        sources = plan.step.const_sources
+        values = [v if isinstance(s, tf.Variable) else s for s, v in zip(sources, consts)]
         k_specs = [tf.TensorSpec(consts[i].shape, consts[i].dtype) for i in fk]
         carry_specs = list(plan.carry_specs) + [plan.carry_specs[i] for i in fc] + k_specs
         x_specs = list(plan.x_specs) + [plan.x_specs[i] for i in fx]
@@ -239,7 +244,8 @@ def scan_jvp(programs: Programs, consts: Sequence[tf.Tensor], given: tuple | Non
     made = _ScanJVP(programs, consts, given)  # outside the lock: tracing may meet a nested scan
     with _lock:
         _cache[programs][key] = made
-    return made, made.programs.plan.step.const_values()
+    k = made.consts(consts)
+    return made, made.programs.plan.step.const_values() if k is None else k
 
 
 def scan_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[tf.Tensor],

@@ -59,11 +59,6 @@ def first_tangents(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[t
     return outs, _served(programs, init, xs, consts, dynamic_length, [(given, lambda: t_outs)], recorded), recorded
 
 
-def one_accumulator(inputs: Sequence[tf.Tensor]) -> bool:
-    """Whether exactly one live accumulator has a tangent of ``inputs``."""
-    return len(_given_tangents(inputs)) == 1
-
-
 def _given_tangents(inputs: Sequence[tf.Tensor]) -> list[tuple[list, list]]:
     """``(tangents of inputs, other tensors it has tangents of)`` per live accumulator with
     a tangent, oldest first (``None`` where it has no tangent): the others are newer

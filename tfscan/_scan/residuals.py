@@ -158,7 +158,16 @@ class StepVJP:
                 handle_feeds.clear()
         if graph is None:
             lean = False
-            graph = self._trace(joint, specs, xla=plan.step.has_conditional)
+            # A conditional's gradient (TensorFlow's, in the joint graph) is built differently
+            # while a tape or accumulator is live on this thread (``cond_v2`` wraps it for them):
+            # emitted later under an accumulator (forward over reverse), that form misses terms.
+            # Traced on a thread of its own, it is the same whatever records now; so is a step
+            # whose constants an accumulator watches (each capture would take the tangent).
+            closed = [s for s in sources if not isinstance(s, tf.Variable)]
+            alone = not tf.distribute.has_strategy() and (
+                plan.step.has_conditional and _tf.record.could_possibly_record()
+                or bool(closed) and _context.watched(closed))
+            graph = self._trace(joint, specs, xla=plan.step.has_conditional, alone=alone)
         self.n_carry = nc
         self.graph_def = graph.as_graph_def()
         args = [t.name for t in graph.inputs[: nc + nx + len(fc) + len(fy)]]
@@ -186,10 +195,12 @@ class StepVJP:
         except Exception:  # noqa: BLE001 - the walk's Unsupported, or any other failure: tf.gradients decides
             return None
 
-    def _trace(self, joint, specs, xla: bool):
-        try:  # with tapes live: a GradientTape inside the step must record
+    def _trace(self, joint, specs, xla: bool, alone: bool):
+        def trace():
             with _context.internal_trace():
-                self._cf = tf.function(joint, autograph=False, jit_compile=xla).get_concrete_function(*specs)
+                return tf.function(joint, autograph=False, jit_compile=xla).get_concrete_function(*specs)
+        try:  # with tapes live: a GradientTape inside the step must record
+            self._cf = _context.traced_alone(trace) if alone else trace()
         except NotSplittable:
             raise
         except Exception as e:  # noqa: BLE001 - any failure: fall back to recomputing (warned)

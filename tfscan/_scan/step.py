@@ -23,8 +23,6 @@ from tfscan._scan.graph_piece import GraphPiece, ancestors_of
 __all__ = []  # private module
 
 
-_CONDITIONALS = frozenset({"If", "StatelessIf", "Case", "StatelessCase"})
-_CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
 
 
 def _holds_conditional(graph: Any) -> bool:
@@ -34,9 +32,9 @@ def _holds_conditional(graph: Any) -> bool:
     compiled backward loops cannot hold (a gradient of a gradient then fails to compile)."""
     called = []
     for op in graph.get_operations():
-        if op.type in _CONDITIONALS:
+        if op.type in _tf.CONDITIONAL_OPS:
             return True
-        if op.type in _CALLS:
+        if op.type in _tf.CALL_OPS:
             called.append(op.node_def.attr["f"].func.name)
     seen: set = set()
     while called:  # the called functions' definitions, and the functions they call
@@ -44,9 +42,9 @@ def _holds_conditional(graph: Any) -> bool:
         func = _tf.graph_function(graph, name) if name not in seen else None
         seen.add(name)
         for node in func.definition.node_def if func is not None else ():
-            if node.op in _CONDITIONALS:
+            if node.op in _tf.CONDITIONAL_OPS:
                 return True
-            if node.op in _CALLS:
+            if node.op in _tf.CALL_OPS:
                 called.append(node.attr["f"].func.name)
     return False
 

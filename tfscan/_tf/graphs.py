@@ -23,6 +23,10 @@ from tensorflow.python.ops import resource_variable_ops as _resource_variable_op
 
 __all__: list = []  # private module
 
+# Op types of a graph (the names of TensorFlow's ops, not private API).
+CONDITIONAL_OPS = frozenset({"If", "StatelessIf", "Case", "StatelessCase"})
+CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
+
 
 def default_graph() -> Any:
     """The graph being built (a ``FuncGraph`` inside ``tf.function``).

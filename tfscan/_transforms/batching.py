@@ -330,5 +330,5 @@ def _convert_branches(pfor_input):
     return branch_batching.convert(pfor_input)
 
 
-for _name in ("If", "StatelessIf", "Case", "StatelessCase"):
+for _name in _tf.CONDITIONAL_OPS:
     _override(_name)(_convert_branches)

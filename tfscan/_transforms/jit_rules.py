@@ -62,9 +62,6 @@ def watched_inputs(fun: Callable, concrete: Any) -> tuple[list, list]:
     return closed, variables
 
 
-_CONDITIONALS = frozenset({"If", "StatelessIf", "Case", "StatelessCase"})
-
-
 def holds_conditional(concrete: Any) -> bool:
     """Whether the traced function ``concrete`` holds a TensorFlow conditional
     (``tf.cond``, ``tf.switch_case``), not one emitted by ``tfscan.cond``/``switch`` (inline
@@ -81,15 +78,14 @@ def _graph_holds_conditional(graph: Any, name: str) -> bool:
     for op in graph.get_operations():
         if any(part.startswith(INLINE_SCOPE) for part in op.name.split("/")):
             continue
-        called = op.node_def.attr["f"].func.name if op.type in _CALLS else ""
-        if op.type in _CONDITIONALS or called in _HOLDING or (
+        called = op.node_def.attr["f"].func.name if op.type in _tf.CALL_OPS else ""
+        if op.type in _tf.CONDITIONAL_OPS or called in _HOLDING or (
                 called.startswith(_TF_FORWARD) and _graph_holds_conditional(_tf.function_graph(graph, called), called)):
             _HOLDING.add(name)
             return True
     return False
 
 
-_CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
 _TF_FORWARD = "__forward_"  # how TensorFlow names the forward functions it builds for a derivative
 _HOLDING: set = set()  # names of the traced functions found to hold a TensorFlow conditional
 
