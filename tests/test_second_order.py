@@ -139,3 +139,37 @@ def test_a_jitted_gradient_traced_under_vmap_is_differentiated_again_under_a_tap
         tf.constant(w))
     want = jax.grad(lambda w: jnp.sum(jax.grad(loss_jx)(w, xs[0]) ** 2))(w)
     np.testing.assert_allclose(got.numpy(), want, rtol=2e-4, atol=1e-5)
+
+
+def test_vmap_of_grad_of_grad_names_the_spellings_that_work():
+    """``vmap(grad(grad(f)))`` through a scan raised TensorFlow's raw "out of scope" error at
+    its call. It raises tfscan's error naming the spellings that work, and those match JAX's
+    ``vmap(grad(grad(f)))``: nested tapes, and a ForwardAccumulator over ``tfscan.grad``."""
+    xs = tf.constant(XS)
+
+    def f(a):
+        return tf.reduce_sum(tfscan.scan(lambda c, x: (tf.sin(c * a) + x, c), a, xs)[1])
+
+    def f_jx(a):
+        return jnp.sum(jax.lax.scan(lambda c, x: (jnp.sin(c * a) + x, c), a, XS)[1])
+
+    def nested_tapes(a):
+        with tf.GradientTape() as outer:
+            outer.watch(a)
+            with tf.GradientTape() as inner:
+                inner.watch(a)
+                y = f(a)
+            g = inner.gradient(y, a)
+        return outer.gradient(g, a)
+
+    def forward_over_grad(a):
+        with tf.autodiff.ForwardAccumulator(a, tf.ones_like(a)) as acc:
+            g = tfscan.grad(f)(a)
+        return acc.jvp(g)
+
+    a = np.array([0.3, 0.7, 0.9], np.float32)
+    with pytest.raises(ValueError, match="vmap: .*tfscan.grad\\(tfscan.grad\\(f\\)\\).*nested tf.GradientTape"):
+        tfscan.vmap(tfscan.grad(tfscan.grad(f)))(tf.constant(a))
+    want = jax.vmap(jax.grad(jax.grad(f_jx)))(a)
+    for spelling in (nested_tapes, forward_over_grad):
+        np.testing.assert_allclose(tfscan.vmap(spelling)(tf.constant(a)).numpy(), want, rtol=2e-4, atol=1e-5)

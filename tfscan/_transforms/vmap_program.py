@@ -36,6 +36,18 @@ from tfscan._transforms import vmap_gradient as _gradient
 __all__ = []  # private module
 
 
+
+# ``tfscan.grad(tfscan.grad(f))`` traced per example: TensorFlow builds the gradient of the
+# inner jitted gradient's call in a backward graph that cannot read the tensors tfscan's
+# recorded backward pass of a scan reads there (not yet supported; other spellings work).
+SECOND_ORDER_ERROR = (
+    "vmap: the batched function reads a tensor of the per-example trace that is out of its "
+    "scope ({cause}). The known case is a second derivative written tfscan.grad(tfscan.grad(f)) "
+    "(a gradient of a jitted gradient) inside vmap, not supported yet. Write it inside the "
+    "vmapped function with nested tf.GradientTape()s or a tf.autodiff.ForwardAccumulator over "
+    "tfscan.grad(f) (a Hessian-vector product), both batched by vmap; or take "
+    "tfscan.grad(tfscan.grad(...)) of the batch's sum outside vmap when examples are independent.")
+
 class Batched:
     """``fun`` on one example (a concrete function), and batched and compiled by XLA.
 
