@@ -121,6 +121,9 @@ _SOAK_SETUP = textwrap.dedent("""
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
     def one():
+        if "@a" in impl:  # the step closes over the function's own argument (a tensor of its graph)
+            return closing_over_argument()
+
         @tf.function
         def g(xs):
             with tf.GradientTape() as t:
@@ -133,6 +136,21 @@ _SOAK_SETUP = textwrap.dedent("""
                 loss = tf.reduce_sum(h)
             return t.gradient(loss, W)
         return g(xs)
+
+    def closing_over_argument():  # impl "tfscan@a"/"tf.scan@a": first order; "...@a2": second
+        def loss(a):
+            if impl.startswith("tfscan"):
+                return tf.reduce_sum(tfscan.scan(lambda c, x: (tf.sin(c * a) + x[0], c), a, xs)[1])
+            return tf.reduce_sum(tf.scan(lambda c, x: tf.sin(c * a) + x[0], xs, initializer=a))
+
+        @tf.function
+        def g(a):
+            with tf.GradientTape() as outer, tf.GradientTape() as inner:  # the inner one's gradient recorded
+                outer.watch(a)
+                inner.watch(a)
+                d = inner.gradient(loss(a), a)
+            return outer.gradient(d, a) if impl.endswith("@a2") else d
+        return g(tf.constant(0.7))
 
     @tf.function(jit_compile=True)
     def unrolled(xs):

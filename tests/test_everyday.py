@@ -186,6 +186,22 @@ def test_memory_per_fresh_traced_graph_is_within_twice_tf_scans():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("order", ["@a", "@a2"])
+def test_memory_per_fresh_graph_whose_step_closes_over_its_argument_is_within_twice_tf_scans(order):
+    """A step closing over a tensor of the ``tf.function`` (its argument) tied the scan's
+    programs to that graph: each fresh graph traced and compiled them again, and XLA keeps
+    every compiled program, so each graph kept ~2.1 MiB (a gradient) or ~6.4 MiB (a second
+    derivative, nested tapes), against tf.scan's ~0.05. A trace whose graph tensors are all
+    fed from the closure's slots now serves every graph. Side by side with tf.scan; the
+    slack absorbs RSS noise (a 4-graph block swings by +-100 KiB)."""
+    from benchmarks.everyday import side_by_side
+
+    kib = side_by_side(8, 4, (f"tfscan{order}", f"tf.scan{order}"))
+    slack = 256 if order == "@a" else 768
+    assert kib[f"tfscan{order}"] <= 2 * max(kib[f"tf.scan{order}"], 0.0) + slack, f"KiB per traced graph: {kib}"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, mode, reference", [
     ("cond", "grad", "tf"), ("while", "grad", "tf"), ("cond", "hvp", "tf-rr")])
 def test_memory_per_fresh_graph_through_cond_and_while_loop_is_within_twice_tfs(kind, mode, reference):

@@ -437,6 +437,15 @@ class Feed:
         """``captured`` with every slotted entry replaced by this call's tensor."""
         return [c if s is None else tensors[s] for c, s in zip(captured, self.slots)]
 
+    def graph_bound(self, captured: Sequence[Any]) -> bool:
+        """Whether the trace reads a tensor of the graph it was made in that no slot feeds (it
+        then lives in that graph only, see :func:`lookup`). A slotted one is replaced by each
+        call's own tensor, so the trace serves other graphs: a fresh ``tf.function`` closing
+        over its own tensors neither traces nor compiles it again (XLA keeps every program it
+        compiles for the life of the process; a new program per graph grew ~2 MiB each)."""
+        return any(s is None and isinstance(c, tf.Tensor) and tf.is_symbolic_tensor(c)
+                   for c, s in zip(captured, self.slots))
+
 
 def _is_value_tensor(c: Any) -> bool:
     return isinstance(c, tf.Tensor) and c.dtype != tf.resource

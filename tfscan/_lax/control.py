@@ -80,11 +80,10 @@ class _Fed:
 
     @property
     def graph_bound(self) -> bool:
-        """Whether the trace captured tensors of the graph it was made in (it then lives
-        in that graph only). Otherwise graphs share it (:func:`run` keeps graphs' entries
-        apart from eager ones): a fresh ``tf.function`` neither traces nor compiles it again
-        (XLA keeps every program it compiles for the life of the process)."""
-        return any(tf.is_symbolic_tensor(t) for t in self.concrete.captured_inputs)
+        """Whether the trace captured tensors of the graph it was made in that no slot feeds
+        (:meth:`tfscan._core.cache.Feed.graph_bound`). Otherwise graphs share it (:func:`run`
+        keeps graphs' entries apart from eager ones)."""
+        return self.feed.graph_bound(self.concrete.captured_inputs)
 
     def __call__(self, args: Sequence[tf.Tensor], slots: Sequence[tf.Tensor], read: list | None = None) -> list:
         captured = self.feed.values(self.concrete.captured_inputs, slots)

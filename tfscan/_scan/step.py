@@ -119,9 +119,10 @@ class Traced:
         self.piece = GraphPiece(graph.as_graph_def(), fed, self._out_names, keep=keep, stub=unused, name=name,
                                 source=graph)
         self.feed = Feed(self.const_sources, slots)
-        # Tensors of the graph being built (not eager ones) tie this trace to that graph.
-        self.graph_bound = any(tf.is_symbolic_tensor(t) for t in self.const_sources + [e for _, e in self._handle_names]
-                               if isinstance(t, tf.Tensor))
+        # Tensors of the graph being built (not eager ones) that no slot feeds tie this trace
+        # to that graph.
+        self.graph_bound = self.feed.graph_bound(self.const_sources) or any(
+            isinstance(e, tf.Tensor) and tf.is_symbolic_tensor(e) for _, e in self._handle_names)
         # A trace that reads variables only by value (and through their containers) holds
         # nothing of one tf.distribute replica: every replica may run it (see _core.cache).
         self.replica_safe = not self._handle_names and not self.graph_bound

@@ -320,7 +320,7 @@ class _Entry:
         # TensorFlow's conditional (a tfscan one has forward rules of its own).
         self.holds_conditional = _rules.holds_conditional(self.concrete)
         self.feed = _cache.Feed(self.concrete.captured_inputs, slots)
-        self.graph_bound = any(tf.is_symbolic_tensor(t) for t in self.concrete.captured_inputs)
+        self.graph_bound = self.feed.graph_bound(self.concrete.captured_inputs)
 
 
 class Lowered:

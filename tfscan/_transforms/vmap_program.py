@@ -99,7 +99,8 @@ class Batched:
         self.feed_pe = _cache.Feed(captured, slots)
         self.feed_run = _cache.Feed(self.run.captured_inputs, slots)
         self.owner = _cache.Owner(fun)
-        self.graph_bound = any(tf.is_symbolic_tensor(t) for t in self.run.captured_inputs)
+        self.graph_bound = self.feed_run.graph_bound(self.run.captured_inputs) or \
+            self.feed_pe.graph_bound(list(self.pe.captured_inputs))
         # TF's gradient registry lives as long as the process: it holds this entry weakly
         # (the graphs that use it keep it alive, :mod:`tfscan._core.cache`).
         ref = weakref.ref(self)
