@@ -23,8 +23,6 @@ from tfscan._scan.graph_piece import GraphPiece, ancestors_of
 __all__ = []  # private module
 
 
-
-
 def _holds_conditional(graph: Any) -> bool:
     """Whether ``graph`` holds a conditional, also inside the functions it calls (a
     ``tfscan.cond`` traced where a tape records is a call of its program): TensorFlow's

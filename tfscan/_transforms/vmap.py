@@ -138,9 +138,6 @@ def _call(fun, names, in_axes, out_axes, axis_size, args, kwargs):
         _cache.put("vmap", key, entry)
     # This call's closed-over tensors replace those the traces captured.
     captured = entry.feed_run.values(entry.run.captured_inputs, closure.tensors)
-    leaked = next((t for t in captured if isinstance(t, tf.Tensor) and not _in_scope(t)), None)
-    if leaked is not None:
-        raise ValueError(_program.SECOND_ORDER_ERROR.format(cause=f"{leaked!r:.120}"))
     if _gradient.needs_gradient(mapped + shared + captured, entry) and not _gradient.native_gradient(entry, mapped + shared + captured):
         with record.stop_recording():
             outs = _tf.call_concrete(entry.run, mapped + shared, captured, xla=True)
@@ -184,16 +181,3 @@ def _spec(t: tf.Tensor) -> tuple:
 def _spec_key(spec: Any) -> Any:
     leaves, treedef = _tree.flatten(spec) if not _axes.is_axis(spec) else ([spec], _tree.LEAF)
     return (treedef, tuple(leaves))
-
-
-def _in_scope(t: tf.Tensor) -> bool:
-    """Whether ``t`` can be read here: an eager tensor, or one of this graph or of a graph
-    enclosing it."""
-    if not tf.is_symbolic_tensor(t):
-        return True
-    graph = None if tf.executing_eagerly() else _tf.default_graph()
-    while graph is not None:
-        if t.graph is graph:
-            return True
-        graph = getattr(graph, "outer_graph", None)
-    return False

@@ -36,7 +36,6 @@ from tfscan._transforms import vmap_gradient as _gradient
 __all__ = []  # private module
 
 
-
 # ``tfscan.grad(tfscan.grad(f))`` traced per example: TensorFlow builds the gradient of the
 # inner jitted gradient's call in a backward graph that cannot read the tensors tfscan's
 # recorded backward pass of a scan reads there (not yet supported; other spellings work).
@@ -47,6 +46,20 @@ SECOND_ORDER_ERROR = (
     "vmapped function with nested tf.GradientTape()s or a tf.autodiff.ForwardAccumulator over "
     "tfscan.grad(f) (a Hessian-vector product), both batched by vmap; or take "
     "tfscan.grad(tfscan.grad(...)) of the batch's sum outside vmap when examples are independent.")
+
+
+def _in_scope(t: tf.Tensor) -> bool:
+    """Whether ``t`` can be read here: an eager tensor, or one of this graph or of a graph
+    enclosing it."""
+    if not tf.is_symbolic_tensor(t):
+        return True
+    graph = None if tf.executing_eagerly() else _tf.default_graph()
+    while graph is not None:
+        if t.graph is graph:
+            return True
+        graph = getattr(graph, "outer_graph", None)
+    return False
+
 
 class Batched:
     """``fun`` on one example (a concrete function), and batched and compiled by XLA.
@@ -98,6 +111,12 @@ class Batched:
         self.native = _batching.loops_batched() == loops and all(v is None for v in self.variables)
         self.feed_pe = _cache.Feed(captured, slots)
         self.feed_run = _cache.Feed(self.run.captured_inputs, slots)
+        # A capture no slot feeds is read as traced: one out of this call's scope (a tensor of a
+        # graph the trace left) would fail at every call. Checked once, here, not per call.
+        leaked = next((c for c, s in zip(self.run.captured_inputs, self.feed_run.slots)
+                       if s is None and isinstance(c, tf.Tensor) and not _in_scope(c)), None)
+        if leaked is not None:
+            raise ValueError(SECOND_ORDER_ERROR.format(cause=f"{leaked!r:.120}"))
         self.owner = _cache.Owner(fun)
         self.graph_bound = self.feed_run.graph_bound(self.run.captured_inputs) or \
             self.feed_pe.graph_bound(list(self.pe.captured_inputs))
