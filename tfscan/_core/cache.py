@@ -215,7 +215,7 @@ class _Walk:
         self.objects: list = []
         self._seen: set[int] = set()
         # What the walk read, to reuse its result while every read gives the same object:
-        # (function, code, defaults, kwdefaults), (cell, contents), (globals, name, value).
+        # (weakref to function, code, defaults), (cell, contents), (globals, name, value).
         self.reads: list = []
         self.memo_ok = True  # no value met whose contents could change in place (a list)
 
@@ -272,7 +272,9 @@ class _Walk:
     def _record(self, f: types.FunctionType) -> None:
         if f.__kwdefaults__:
             self.memo_ok = False
-        self.reads.append((f, f.__code__, f.__defaults__))
+        # The function weakly: the memo's value must not keep its own key alive (a fresh
+        # lambda per iteration would pin every tensor it closed over, for good).
+        self.reads.append((weakref.ref(f), f.__code__, f.__defaults__))
         for c in f.__closure__ or ():
             self.reads.append((c, c.cell_contents if _cell_full(c) else _EMPTY))
         g = f.__globals__
@@ -373,7 +375,11 @@ def closure(f: Any) -> Closure:
     walk = _Walk()
     key = walk.function(f, 0)
     result = Closure(key, tuple(walk.tensors), walk.exact, tuple(walk.objects))
-    if walk.memo_ok and walk.exact and isinstance(f, types.FunctionType):
+    if walk.memo_ok and walk.exact and isinstance(f, types.FunctionType) and not any(
+            tf.is_symbolic_tensor(t) for t in walk.tensors):
+        # Not over a graph's tensor: such a memo serves one trace only, and its value would
+        # tie the whole graph's life to ``f``'s (anything the graph holds that reaches ``f``
+        # would make a cycle through the weak-keyed dict, which Python never frees).
         _memo[f] = (tuple(walk.reads), result)
     return result
 
@@ -402,8 +408,10 @@ def _unchanged(reads: tuple) -> bool:
         elif isinstance(r[0], dict):
             if r[0].get(r[1], _EMPTY) is not r[2]:
                 return False
-        elif r[0].__code__ is not r[1] or r[0].__defaults__ is not r[2]:
-            return False
+        else:
+            fn = r[0]()
+            if fn is None or fn.__code__ is not r[1] or fn.__defaults__ is not r[2]:
+                return False
     return True
 
 
