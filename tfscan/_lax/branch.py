@@ -240,11 +240,18 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
     # Launched, or a call under XLA (which inlines it) with derivatives of its own: the
     # graph's gradient is the VJP conditional too (TensorFlow's gradient of the call's ``If``
     # would save ``Optional``s when built outside XLA's context: a Hessian-vector product).
+    # Inline under XLA in a function of the user's (a held ``jit_compile`` function, a
+    # ``tfscan.jit``) too: a tape outside it differentiates the function from outside XLA's
+    # context, where TensorFlow's gradient of the inline ``If`` saves ``Optional``s that the
+    # function, compiled by XLA, cannot hold (TensorFlow's own ``tf.cond`` fails there alike).
+    # That ``IdentityN`` is recorded by a tape live inside (whose gradient it then gives).
+    inline = _context.in_xla_context() and not (own_jvp or derivative)
     called = not tf.executing_eagerly() and bool(outs) and (
-        own_jvp or derivative if _context.in_xla_context() else outs[0].op.type == "XlaLaunch")
+        own_jvp or derivative or not (_context.in_internal_trace() or _context.in_vmap_trace())
+        if _context.in_xla_context() else outs[0].op.type == "XlaLaunch")
     if called and any(is_float(o.dtype) for o in outs):
         outs = _with_launch_gradient(api, selector, fns, names, hidden if own_jvp else leaves, outs, op_tree,
-                                     choose, variables, read)
+                                     choose, variables, read, recorded=inline)
     forward = meta.get("forward") or [None] * len(outs)
     outs = [leaves[i] if i is not None else o for o, i in zip(outs, forward)]
     if own_jvp:
@@ -297,7 +304,7 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
 
 
 def _with_launch_gradient(api: str, selector, fns: list, names: list, ins: list, outs: list, op_tree, choose,
-                          variables: list, read: list) -> list:
+                          variables: list, read: list, recorded: bool = False) -> list:
     """``outs`` of the conditional launched as one ``XlaLaunch`` op, through an ``IdentityN``
     whose gradient is the conditional of the branches' VJPs (as ``_with_jvp``'s backward).
 
@@ -308,6 +315,8 @@ def _with_launch_gradient(api: str, selector, fns: list, names: list, ins: list,
     ``Optional`` intermediates XLA cannot compile. The gradient function is set on the op
     (it lives and dies with the graph); a name is registered too (removed with the graph),
     under which ``tf.saved_model`` saves it, so a loaded model keeps the gradient.
+    ``recorded``: live tapes and accumulators record the ``IdentityN`` (a conditional emitted
+    inline, which they recorded too), instead of seeing none of it.
     """
     closed = _closed_tensors(fns, read)
     fl = tuple(i for i, t in enumerate(ins) if is_float(t.dtype))
@@ -318,7 +327,8 @@ def _with_launch_gradient(api: str, selector, fns: list, names: list, ins: list,
     def grad(op, *d_all):
         inputs = list(op.inputs)
         sel, ins_ = inputs[n_out], inputs[n_out + 1: n_out + 1 + n_in]
-        d = _forward.filled_cotangents(d_all[:n_out], inputs[:n_out], fo)
+        # the outputs as this op passes them on (see ``autodiff._register_gradient``)
+        d = _forward.filled_cotangents(d_all[:n_out], list(op.outputs[:n_out]), fo)
         vjp_fns = [_branch_vjp(f, op_tree, fl, fo, tuple(closed), tuple(variables)) for f in fns]
         # Launched too, with a gradient of its own (and recorded on live tapes): TensorFlow's
         # JVP of a tf.function transposes this gradient, which then differentiates that one.
@@ -329,7 +339,7 @@ def _with_launch_gradient(api: str, selector, fns: list, names: list, ins: list,
                             derivative=True)
         return [None] * (n_out + 1) + scatter(n_in, fl, grads[: len(fl)]) + list(grads[len(fl):])
 
-    with record.stop_recording():
+    with contextlib.nullcontext() if recorded else record.stop_recording():
         # A variable's gradient reaches it through a read of it (a resource input would not
         # load: a SavedModel's gradient function takes one float cotangent per output).
         reads = [tf.convert_to_tensor(v) for v in variables]

@@ -254,7 +254,15 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
                 raise ValueError(f"tfscan: cannot save the gradient of a scan ({name}): its graph "
                                  "is gone. Save with tf.saved_model.SaveOptions("
                                  "experimental_custom_gradients=False) to save the forward pass only.")
-        outs, saved, init, xs, consts, dl = split_list(op.inputs, [n_out, n_saved, n_i, n_x, n_k])
+        _, _, init, xs, consts, dl = split_list(op.inputs, [n_out, n_saved, n_i, n_x, n_k])
+        # The outputs and residuals as this op passes them on, not as the loop made them: a
+        # function's first-order gradient adds the tensors its backward pass reads to the
+        # forward graph's outputs, and a later higher-order gradient of the same (held)
+        # function differentiates each of them -- through this op, never through the loop,
+        # which has no gradient of TensorFlow's. Their cotangents are zero: only the reverse
+        # loop reads the residuals, and its outputs' gradient recomputes from the inputs
+        # (``_differentiable_in_graph``).
+        outs, saved = split_list(op.outputs, [n_out, n_saved])[:2]
         dl = dl[0] if has_dl else None
         # A scan of a program XLA compiles whole: so is its gradient (TensorFlow compiles the
         # backward function of a ``jit_compile`` function), built here outside XLA's context:

@@ -30,6 +30,7 @@ from tfscan._tf.calls import (
     call_concrete,
     fixed_captures,
     launch_compiled,
+    own_outputs,
     quiet_retracing,
     register_launch_gradient,
     xla_trace,
@@ -62,8 +63,8 @@ from tfscan._tf.tapes import guard_empty_function_call_records, record
 from tfscan._tf.vectorize import pfor, xla
 
 # The door's entries (a private package: callers write ``_tf.<entry>``).
-__all__ = ["CALL_OPS", "CONDITIONAL_OPS", "call_concrete", "fixed_captures", "launch_compiled", "quiet_retracing",
-           "register_launch_gradient", "xla_trace",
+__all__ = ["CALL_OPS", "CONDITIONAL_OPS", "call_concrete", "fixed_captures", "launch_compiled", "own_outputs",
+           "quiet_retracing", "register_launch_gradient", "xla_trace",
            "record", "guard_empty_function_call_records",
            "default_graph", "distributed_container", "function_graph", "graph_function", "gradient_function", "graph_variables", "in_graph", "lean_graph",
            "in_xla_context",

@@ -174,7 +174,7 @@ def launch_compiled(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence
     if any(d == tf.resource or d == tf.variant for d in plain) or any(
             d in _MAYBE_CONSTANT and i not in allowed for i, d in enumerate(plain)):
         return None
-    outputs = concrete.outputs
+    outputs = own_outputs(concrete)
     if any(o.dtype in (tf.resource, tf.variant) for o in outputs):
         return None
     concrete.add_to_graph(graph)
@@ -194,6 +194,19 @@ def launch_compiled(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence
     for r, o in zip(result, outputs):
         r.set_shape(o.shape)
     return result
+
+
+def own_outputs(concrete: Any) -> list:
+    """The outputs of a concrete function's graph that its call returns.
+
+    Why private: ``ConcreteFunction.outputs`` is its graph's output list, which TensorFlow
+    extends for good when it builds the function's first-order tape gradient (the tensors
+    the backward function reads become side outputs of the forward one): a held function
+    once differentiated lists more outputs than it returns. The call returns as many as
+    its inference function's signature (``_inference_function``) has. Checked on TF 2.21.
+    """
+    n = len(concrete._inference_function.cached_definition.signature.output_arg)  # noqa: SLF001
+    return list(concrete.outputs[:n])
 
 
 _UNCHAINED: "weakref.WeakSet[Any]" = weakref.WeakSet()  # pure launches (see _unchained)

@@ -88,8 +88,9 @@ class xla:  # noqa: N801 - a namespace named after TensorFlow's module it fronts
 
     Why private: ``XlaDynamicUpdateSlice``/``XlaDynamicSlice`` have no public Python API
     (``tf.raw_ops`` does not list them; ``tf.tensor_scatter_nd_update`` lowers to a
-    scatter, which XLA does not update in place). tfscan differentiates them with its own
-    VJP, so it needs no registered gradient for them.
+    scatter, which XLA does not update in place). tfscan differentiates its loops with its
+    own VJP; the gradients registered below (:func:`_register_gradients`) are for the ops
+    TensorFlow's own gradients emit under XLA.
     """
 
     @staticmethod
@@ -101,3 +102,36 @@ class xla:  # noqa: N801 - a namespace named after TensorFlow's module it fronts
     def dynamic_slice(x: tf.Tensor, start: tf.Tensor, sizes: Any) -> tf.Tensor:
         """The slice of ``x`` of shape ``sizes`` starting at ``start``."""
         return _xla.dynamic_slice(x, start, sizes)
+
+
+def _dynamic_update_slice_grad(op: Any, d: tf.Tensor) -> list:
+    operand, update, start = op.inputs
+    return [_xla.dynamic_update_slice(d, tf.zeros_like(update), start),
+            _xla.dynamic_slice(d, start, tf.shape(update)), None]
+
+
+def _dynamic_slice_grad(op: Any, d: tf.Tensor) -> list:
+    operand, start, _ = op.inputs
+    return [_xla.dynamic_update_slice(tf.zeros_like(operand), d, start), None, None]
+
+
+def _register_gradients() -> None:
+    """Gradients for ``XlaDynamicUpdateSlice`` and ``XlaDynamicSlice``, each written with
+    the two ops themselves, so they nest to any order.
+
+    TensorFlow's gradient of ``tf.slice`` (and of ``concat``, through it) in XLA's context
+    emits an ``XlaDynamicUpdateSlice``, and registers no gradient for it: forward mode over
+    such a gradient (a ``ForwardAccumulator`` around a tape: a Hessian-vector product of an
+    ``associative_scan``) and a third derivative failed with TensorFlow's ``LookupError``.
+    Registered once, at import, through the public ``tf.RegisterGradient``; nothing of
+    TensorFlow's is overridden (if a release registers one, it is kept). Checked on TF 2.21.
+    """
+    for op_type, grad in (("XlaDynamicUpdateSlice", _dynamic_update_slice_grad),
+                          ("XlaDynamicSlice", _dynamic_slice_grad)):
+        try:
+            tf.RegisterGradient(op_type)(grad)
+        except KeyError:  # TensorFlow registered one: keep it
+            pass
+
+
+_register_gradients()

@@ -163,7 +163,7 @@ class Jitted:
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
         elif not tf.executing_eagerly() and entry.holds_conditional and not (
                 _context.in_internal_trace() or _context.in_vmap_trace()) and \
-                any(o.dtype.is_floating for o in entry.concrete.outputs):
+                any(o.dtype.is_floating for o in _tf.own_outputs(entry.concrete)):
             # In a graph, a function holding a tf.cond carries its own VJP as the graph's
             # gradient (``_rules.with_graph_gradient``), and records its derivatives on the
             # graph's tapes.
