@@ -11,6 +11,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from tfscan._core import tree as _tree  # noqa: E402
 
@@ -31,6 +32,32 @@ def assert_trees_match(got, want, rtol=1e-5, atol=1e-6):
             np.testing.assert_array_equal(g, w, err_msg=path)
         else:
             np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=path)
+
+
+def nested_tapes(f):
+    """``a -> d2 f / da2`` by a ``GradientTape`` around another (reverse over reverse)."""
+    def second(a):
+        with tf.GradientTape() as outer:
+            outer.watch(a)
+            with tf.GradientTape() as inner:
+                inner.watch(a)
+                y = f(a)
+            g = inner.gradient(y, a)
+        return outer.gradient(g, a)
+    return second
+
+
+def forward_over_reverse(f):
+    """``a -> d2 f / da2`` (tangent 1) by a ``ForwardAccumulator`` around a ``GradientTape``
+    (a Hessian-vector product)."""
+    def second(a):
+        with tf.autodiff.ForwardAccumulator(a, tf.ones_like(a)) as acc:
+            with tf.GradientTape() as tape:
+                tape.watch(a)
+                y = f(a)
+            g = tape.gradient(y, a)
+        return acc.jvp(g)
+    return second
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ import pytest
 import tensorflow as tf
 
 import tfscan
+from conftest import forward_over_reverse as conftest_forward_over_reverse
 
 XS = np.array([0.1, 0.4, -0.2], np.float32)
 VALUES = (0.7, 0.45)
@@ -83,13 +84,7 @@ def _modes(f):
             j = jvp(a)
         return outer.jvp(j)
 
-    def forward_over_reverse(a):
-        with tf.autodiff.ForwardAccumulator(a, tf.constant(1.0)) as acc:
-            with tf.GradientTape() as tape:
-                tape.watch(a)
-                y = f(a)
-            g = tape.gradient(y, a)
-        return acc.jvp(g)
+    forward_over_reverse = conftest_forward_over_reverse(f)
 
     def reverse_over_forward(a):
         with tf.GradientTape() as tape:

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 import tfscan
+from conftest import forward_over_reverse, nested_tapes
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
@@ -75,21 +76,7 @@ def in_fresh_graph(f, mode, eager=False):
                 t.watch(a)
                 v = f(a)
             return t.gradient(v, a)
-        if mode == "grad2":  # nested tapes
-            with tf.GradientTape() as outer:
-                outer.watch(a)
-                with tf.GradientTape() as inner:
-                    inner.watch(a)
-                    v = f(a)
-                d = inner.gradient(v, a)
-            return outer.gradient(d, a)
-        assert mode == "hvp"  # forward over reverse
-        with tf.autodiff.ForwardAccumulator(a, tf.constant(1.0)) as acc:
-            with tf.GradientTape() as t:
-                t.watch(a)
-                v = f(a)
-            d = t.gradient(v, a)
-        return acc.jvp(d)
+        return (nested_tapes if mode == "grad2" else forward_over_reverse)(f)(a)
     return float((g if eager else tf.function(g))(tf.constant(A)))
 
 

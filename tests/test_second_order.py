@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 import tfscan
+from conftest import nested_tapes
 
 A = np.float32(0.7)
 XS = np.array([0.1, 0.5, -0.3, 0.2], np.float32)
@@ -52,16 +53,7 @@ def _constructs():
     }
 
 
-def _tapes(f):
-    def second(a):
-        with tf.GradientTape() as outer:
-            outer.watch(a)
-            with tf.GradientTape() as inner:
-                inner.watch(a)
-                y = f(a)
-            g = inner.gradient(y, a)
-        return outer.gradient(g, a)
-    return second
+_tapes = nested_tapes
 
 
 def _tf_gradients(f):
