@@ -272,7 +272,7 @@ class Jitted:
         # An eager call never reuses a trace made in a graph (inside another jitted function
         # or a gradient's trace), as for the control-flow programs: its loops recorded their
         # own derivatives on that graph's tapes, and TensorFlow's gradient of the call, which
-        # an eager tape takes, would meet their ops (no gradient for XlaDynamicUpdateSlice).
+        # an eager tape takes, would meet their ops (a tfscan loop has no TensorFlow gradient).
         key = (first, tf.executing_eagerly()) + signature
         make = lambda: _Entry(self._fun, tree, static, flat, closure.tensors)  # noqa: E731
         entry, created = _cache.lookup("jit", key, make)
