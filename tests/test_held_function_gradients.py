@@ -65,9 +65,9 @@ def held(kind, holder):
     return lambda a: tfscan.jit(tf_program(kind))(a)
 
 
-def in_fresh_graph(f, mode, eager=False):
+def computed(f, mode, eager=False):
     """``mode`` of ``f`` at ``A``, computed by a ``tf.function`` traced for this call only
-    (``eager``: computed eagerly)."""
+    (a fresh graph), or eagerly."""
     def g(a):
         if mode == "value":
             return f(a)
@@ -95,7 +95,7 @@ FIRST_ORDER_FIRST = ("value", "grad", "grad2", "hvp")
 def test_a_held_function_differentiated_in_fresh_graphs_to_first_then_second_order_matches_jax(kind, holder):
     f = held(kind, holder)
     for i, mode in enumerate(FIRST_ORDER_FIRST):
-        got = in_fresh_graph(f, mode)
+        got = computed(f, mode)
         assert got == pytest.approx(expected(kind, mode), rel=2e-5, abs=2e-6), f"{mode} after {FIRST_ORDER_FIRST[:i]}"
 
 
@@ -104,14 +104,14 @@ def test_a_held_function_differentiated_in_fresh_graphs_to_first_then_second_ord
 def test_a_held_function_differentiated_to_second_then_first_order_matches_jax(kind, holder):
     f = held(kind, holder)
     for mode in ("grad2", "grad", "hvp"):
-        assert in_fresh_graph(f, mode) == pytest.approx(expected(kind, mode), rel=2e-5, abs=2e-6), mode
+        assert computed(f, mode) == pytest.approx(expected(kind, mode), rel=2e-5, abs=2e-6), mode
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_held_compiled_function_differentiated_eagerly_to_first_then_second_order_matches_jax(kind):
     f = held(kind, "jit_compile")
     for mode in FIRST_ORDER_FIRST:
-        assert in_fresh_graph(f, mode, eager=True) == pytest.approx(expected(kind, mode), rel=2e-5, abs=2e-6), mode
+        assert computed(f, mode, eager=True) == pytest.approx(expected(kind, mode), rel=2e-5, abs=2e-6), mode
 
 
 def test_a_program_that_tensorflow_differentiated_in_one_graph_returns_its_own_outputs_in_the_next():
@@ -124,5 +124,5 @@ def test_a_program_that_tensorflow_differentiated_in_one_graph_returns_its_own_o
     def f(a):
         return tf.reduce_sum(tf.sin(tfscan.associative_scan(lambda u, v: u * v + v, xs * a)))
 
-    assert in_fresh_graph(f, "grad") == pytest.approx(expected("associative_scan", "grad"), rel=2e-5)
-    assert in_fresh_graph(f, "value") == pytest.approx(expected("associative_scan", "value"), rel=2e-5)
+    assert computed(f, "grad") == pytest.approx(expected("associative_scan", "grad"), rel=2e-5)
+    assert computed(f, "value") == pytest.approx(expected("associative_scan", "value"), rel=2e-5)

@@ -246,9 +246,12 @@ def _select(api: str, selector: tf.Tensor, fns: list, names: list, operands: tup
     # function, compiled by XLA, cannot hold (TensorFlow's own ``tf.cond`` fails there alike).
     # That ``IdentityN`` is recorded by a tape live inside (whose gradient it then gives).
     inline = _context.in_xla_context() and not (own_jvp or derivative)
-    called = not tf.executing_eagerly() and bool(outs) and (
-        own_jvp or derivative or not (_context.in_internal_trace() or _context.in_vmap_trace())
-        if _context.in_xla_context() else outs[0].op.type == "XlaLaunch")
+    if tf.executing_eagerly() or not outs:
+        called = False
+    elif not _context.in_xla_context():
+        called = outs[0].op.type == "XlaLaunch"
+    else:
+        called = not inline or not (_context.in_internal_trace() or _context.in_vmap_trace())
     if called and any(is_float(o.dtype) for o in outs):
         outs = _with_launch_gradient(api, selector, fns, names, hidden if own_jvp else leaves, outs, op_tree,
                                      choose, variables, read, recorded=inline)

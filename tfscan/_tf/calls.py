@@ -205,7 +205,7 @@ def own_outputs(concrete: Any) -> list:
     once differentiated lists more outputs than it returns. The call returns as many as
     its inference function's signature (``_inference_function``) has. Checked on TF 2.21.
     """
-    n = len(concrete._inference_function.cached_definition.signature.output_arg)  # noqa: SLF001
+    n = len(concrete._inference_function.function_type.flat_outputs)  # noqa: SLF001 - as _plain_call reads them
     return list(concrete.outputs[:n])
 
 

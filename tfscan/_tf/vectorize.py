@@ -105,14 +105,14 @@ class xla:  # noqa: N801 - a namespace named after TensorFlow's module it fronts
 
 
 def _dynamic_update_slice_grad(op: Any, d: tf.Tensor) -> list:
-    operand, update, start = op.inputs
-    return [_xla.dynamic_update_slice(d, tf.zeros_like(update), start),
-            _xla.dynamic_slice(d, start, tf.shape(update)), None]
+    _, update, start = op.inputs
+    return [xla.dynamic_update_slice(d, tf.zeros_like(update), start), xla.dynamic_slice(d, start, tf.shape(update)),
+            None]
 
 
 def _dynamic_slice_grad(op: Any, d: tf.Tensor) -> list:
     operand, start, _ = op.inputs
-    return [_xla.dynamic_update_slice(tf.zeros_like(operand), d, start), None, None]
+    return [xla.dynamic_update_slice(tf.zeros_like(operand), d, start), None, None]
 
 
 def _register_gradients() -> None:
