@@ -164,7 +164,9 @@ def _differentiable_in_graph(programs: Programs, init, xs, consts, d_carry, d_ys
         sources = [firsts.setdefault(full[j].ref(), j) for j in have if is_float(full[j].dtype)]
         sources = sorted(set(sources))
         inline = _tf.xla_trace() if xla and not _context.in_xla_context() else contextlib.nullcontext()
-        with inline, tf.GradientTape(watch_accessed_variables=False) as tape:
+        # Recording even inside a busy accumulator (forward over reverse transposes this
+        # gradient as it builds it): otherwise the tape sees nothing, and the derivative is zero.
+        with inline, record.forwardprop_state(), tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch([full[j] for j in sources])
             again = _recorded_backward(programs, init_, xs_, consts_, d_carry_, d_ys_, dl_in[0] if dl_in else None)
             again = [g for part in again for g in part]

@@ -77,9 +77,11 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     for obj, t in watched:
         primals.append(obj if isinstance(obj, tf.Variable) else _tf.in_graph(graph, obj))
         ts.append(t)
-        if is_eager(obj):
-            # A nested loop takes the eager tensor itself as an input (its compiled call
-            # captures it): watched too, with the same tangent.
+        if _outside(obj, graph):
+            # A nested loop takes the tensor itself as an input (an eager one, or one of an
+            # outer graph: its compiled call captures it): watched too, with the same tangent.
+            # (Inside a tf.function, an outer graph's tensor unwatched gave the nested loop no
+            # tangent: a JVP silently missed that term.)
             primals.append(obj)
             ts.append(t)
     # An accumulator busy computing a tangent (the one whose forward function traces this)
@@ -89,6 +91,11 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     out_t = [_shaped_as(acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO), o) if is_float(o.dtype)
              else None for o in outs]
     return outs, out_t
+
+
+def _outside(obj: Any, graph: Any) -> bool:
+    """Whether ``obj`` is a tensor that ``graph`` captures: an eager one, or one of an outer graph."""
+    return is_eager(obj) or (isinstance(obj, tf.Tensor) and obj.graph is not graph)
 
 
 def _plain_jvp(fn: Callable, args: Sequence[tf.Tensor], tangents: Sequence[Any],
