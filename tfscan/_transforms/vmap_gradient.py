@@ -135,11 +135,20 @@ def backward(entry: Batched, mapped, shared, captured, d_outs, outs) -> list:
         # Symbolic gradients (this is always traced): unlike a tape they also work where
         # recording is paused, as when a scan traces its step's VJP.
         sources = [m[j] for j in m_f] + [s[j] for j in s_f] + [c[j] for j in c_f] + [c[j] for j in c_v]
-        outs = _tf.call_concrete(pe, list(m) + list(s), list(c))
+        zero = tf.UnconnectedGradients.ZERO
+        if record.tangent_indices(sources):
+            # Differentiated by an accumulator (forward over reverse: a Hessian-vector
+            # product), which does not see through ``tf.gradients`` of the call (the second
+            # derivative came out 0): a tape, recording even inside a busy accumulator.
+            with record.forwardprop_state(), tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(sources)
+                outs = _tf.call_concrete(pe, list(m) + list(s), list(c))
+            gradient = lambda ys, d: tape.gradient(ys, sources, output_gradients=d, unconnected_gradients=zero)  # noqa: E731
+        else:
+            outs = _tf.call_concrete(pe, list(m) + list(s), list(c))
+            gradient = lambda ys, d: tf.gradients(ys, sources, grad_ys=d, unconnected_gradients=zero)  # noqa: E731
         targets = [outs[i] for i in float_outs]
-        grads = tf.gradients(targets, sources, grad_ys=list(dy),
-                             unconnected_gradients=tf.UnconnectedGradients.ZERO) if targets else \
-            [None] * len(sources)
+        grads = gradient(targets, list(dy)) if targets else [None] * len(sources)
         out = []
         for k, (g, src) in enumerate(zip(grads, sources)):
             if src.dtype == tf.resource:
