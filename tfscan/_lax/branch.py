@@ -387,7 +387,12 @@ def _branch_vjp(fn: Callable, op_tree: _tree.TreeDef, fl: tuple, fo: tuple, clos
     the float operands, then of ``closed`` and ``variables`` (zeros where not reached)."""
     def vjp_branch(leaves, d_outs):
         graph = _tf.default_graph()
-        sources = [leaves[i] for i in fl] + [_tf.in_graph(graph, c) for c in closed] + list(variables)
+        # A closed-over tensor from outside this graph (eager, or an outer graph's) is watched
+        # as itself: the tape takes its gradient through its capture (the branch's ops, captured
+        # while it records) and as the tensor a nested loop takes as an input (watching the
+        # capture alone missed that term).
+        sources = [leaves[i] for i in fl] + [c if _forward.outside(c, graph) else _tf.in_graph(graph, c)
+                                             for c in closed] + list(variables)
         with record.forwardprop_state(), tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(sources)
             outs = _flat_call(fn, op_tree)(*leaves)

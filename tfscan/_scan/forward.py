@@ -77,7 +77,7 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     for obj, t in watched:
         primals.append(obj if isinstance(obj, tf.Variable) else _tf.in_graph(graph, obj))
         ts.append(t)
-        if _outside(obj, graph):
+        if outside(obj, graph):
             # A nested loop takes the tensor itself as an input (an eager one, or one of an
             # outer graph: its compiled call captures it): watched too, with the same tangent.
             # (Inside a tf.function, an outer graph's tensor unwatched gave the nested loop no
@@ -93,7 +93,7 @@ def jvp_call(fn: Callable[..., Sequence[tf.Tensor]], args: Sequence[tf.Tensor],
     return outs, out_t
 
 
-def _outside(obj: Any, graph: Any) -> bool:
+def outside(obj: Any, graph: Any) -> bool:
     """Whether ``obj`` is a tensor that ``graph`` captures: an eager one, or one of an outer graph."""
     return is_eager(obj) or (isinstance(obj, tf.Tensor) and obj.graph is not graph)
 
