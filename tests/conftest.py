@@ -47,6 +47,34 @@ def nested_tapes(f):
     return second
 
 
+def jvp(f):
+    """``a -> df/da`` (tangent 1) by a ``ForwardAccumulator``."""
+    def first(a):
+        with tf.autodiff.ForwardAccumulator(a, tf.ones_like(a)) as acc:
+            y = f(a)
+        return acc.jvp(y)
+    return first
+
+
+def forward_over_forward(f):
+    """``a -> d2 f / da2`` (tangent 1) by a ``ForwardAccumulator`` around another."""
+    def second(a):
+        with tf.autodiff.ForwardAccumulator(a, tf.ones_like(a)) as outer:
+            j = jvp(f)(a)
+        return outer.jvp(j)
+    return second
+
+
+def reverse_over_forward(f):
+    """``a -> d2 f / da2`` (tangent 1) by a ``GradientTape`` around a ``ForwardAccumulator``."""
+    def second(a):
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            j = jvp(f)(a)
+        return tape.gradient(j, a)
+    return second
+
+
 def forward_over_reverse(f):
     """``a -> d2 f / da2`` (tangent 1) by a ``ForwardAccumulator`` around a ``GradientTape``
     (a Hessian-vector product)."""

@@ -26,7 +26,7 @@ import pytest
 import tensorflow as tf
 
 import tfscan
-from conftest import forward_over_reverse as conftest_forward_over_reverse
+from conftest import forward_over_forward, forward_over_reverse, jvp, reverse_over_forward
 
 XS = np.array([0.1, 0.4, -0.2], np.float32)
 VALUES = (0.7, 0.45)
@@ -74,26 +74,8 @@ KINDS = _kinds()
 
 def _modes(f):
     """name -> a function of ``a`` computing that derivative of ``f`` at ``a`` (tangent 1)."""
-    def jvp(a):
-        with tf.autodiff.ForwardAccumulator(a, tf.constant(1.0)) as acc:
-            y = f(a)
-        return acc.jvp(y)
-
-    def jvp_of_jvp(a):
-        with tf.autodiff.ForwardAccumulator(a, tf.constant(1.0)) as outer:
-            j = jvp(a)
-        return outer.jvp(j)
-
-    forward_over_reverse = conftest_forward_over_reverse(f)
-
-    def reverse_over_forward(a):
-        with tf.GradientTape() as tape:
-            tape.watch(a)
-            j = jvp(a)
-        return tape.gradient(j, a)
-
-    return {"jvp": jvp, "jvp_of_jvp": jvp_of_jvp, "forward_over_reverse": forward_over_reverse,
-            "reverse_over_forward": reverse_over_forward}
+    return {"jvp": jvp(f), "jvp_of_jvp": forward_over_forward(f), "forward_over_reverse": forward_over_reverse(f),
+            "reverse_over_forward": reverse_over_forward(f)}
 
 
 def _expected(fj, mode: str, a: float) -> float:

@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 import tfscan
-from conftest import forward_over_reverse
+from conftest import forward_over_forward, forward_over_reverse, jvp, reverse_over_forward
 from tfscan._core import cache as _cache
 
 jax = pytest.importorskip("jax")
@@ -90,41 +90,12 @@ def fresh_programs():
         _cache.eager_cache(name).clear()
 
 
-def _jvp(f):
-    def first(a):
-        with tf.autodiff.ForwardAccumulator(a, tf.ones_like(a)) as acc:
-            y = f(a)
-        return acc.jvp(y)
-    return first
-
-
-def _reverse_over_forward(f):
-    def second(a):
-        with tf.GradientTape() as tape:
-            tape.watch(a)
-            with tf.autodiff.ForwardAccumulator(a, tf.ones_like(a)) as acc:
-                y = f(a)
-            j = acc.jvp(y)
-        return tape.gradient(j, a)
-    return second
-
-
-def _forward_over_forward(f):
-    def second(a):
-        with tf.autodiff.ForwardAccumulator(a, tf.ones_like(a)) as outer:
-            with tf.autodiff.ForwardAccumulator(a, tf.ones_like(a)) as inner:
-                y = f(a)
-            j = inner.jvp(y)
-        return outer.jvp(j)
-    return second
-
-
 # way -> (tfscan derivative, its order)
 WAYS = {
-    "jvp": (_jvp, 1),
+    "jvp": (jvp, 1),
     "forward over reverse": (forward_over_reverse, 2),
-    "reverse over forward": (_reverse_over_forward, 2),
-    "forward over forward": (_forward_over_forward, 2),
+    "reverse over forward": (reverse_over_forward, 2),
+    "forward over forward": (forward_over_forward, 2),
 }
 
 # while_loop(max_steps=N) has a first-order reverse mode only (tfscan's error, tested in
