@@ -88,6 +88,20 @@ def forward_over_reverse(f):
     return second
 
 
+def clear_programs() -> None:
+    """Empty every cache of tfscan's traced programs: the next call traces afresh."""
+    from tfscan._core import cache
+    for name in cache.sizes():
+        cache.eager_cache(name).clear()
+
+
+@pytest.fixture
+def fresh_programs():
+    """Each test traces its programs afresh (under the tapes it opens): a program traced by
+    an earlier test would hide what this one's derivatives trace."""
+    clear_programs()
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -12,15 +12,14 @@ import pytest
 import tensorflow as tf
 
 import tfscan
-from conftest import assert_trees_match
+from conftest import assert_trees_match, clear_programs
 from tfscan._core import cache
 
 B, T, I, H = 4, 6, 3, 5
 
 
 def _fresh():
-    for name in ("scan", "vmap", "jit"):  # traced afresh: cached programs would hide the tracing
-        cache.eager_cache(name).clear()
+    clear_programs()  # traced afresh: cached programs would hide the tracing
 
 
 def _latest_jit_program():

@@ -26,7 +26,7 @@ import pytest
 import tensorflow as tf
 
 import tfscan
-from conftest import forward_over_forward, forward_over_reverse, jvp, reverse_over_forward
+from conftest import forward_over_forward, forward_over_reverse, jvp, nested_tapes, reverse_over_forward
 
 XS = np.array([0.1, 0.4, -0.2], np.float32)
 VALUES = (0.7, 0.45)
@@ -112,3 +112,17 @@ def test_a_derivative_after_a_call_at_another_value_is_fed_this_value(kind):
     modes["jvp"](tf.constant(0.7))  # eagerly, a JVP loop traced with a = 0.7
     np.testing.assert_allclose(float(tfscan.jit(modes["jvp"])(tf.constant(0.45))), _expected(fj, "jvp", 0.45),
                                rtol=2e-4)
+
+
+@pytest.mark.parametrize("kind", ["operand", "closure", "switch", "tf.cond"])
+def test_a_hessian_vector_product_after_nested_tapes_of_the_same_program(kind, fresh_programs):
+    """Nested ``GradientTape``s trace the step first, with two tapes watching the tensor it
+    closes over: TensorFlow wrapped its conditional in a function of its own, and the
+    Hessian-vector product that reused that trace failed (XLA cannot compile ``Optional``s:
+    TensorFlow built the conditional's second-order gradient outside XLA's context)."""
+    ft, fj = KINDS[kind]
+    want = float(jax.grad(jax.grad(fj))(0.45))
+    np.testing.assert_allclose(float(nested_tapes(ft)(tf.constant(0.45))), want, rtol=2e-4)
+    for wrap in (lambda f: f, tf.function, tfscan.jit):
+        got = float(wrap(forward_over_reverse(ft))(tf.constant(0.45)))
+        np.testing.assert_allclose(got, want, rtol=2e-4)

@@ -23,7 +23,6 @@ import tensorflow as tf
 
 import tfscan
 from conftest import forward_over_forward, forward_over_reverse, jvp, reverse_over_forward
-from tfscan._core import cache as _cache
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
@@ -82,12 +81,9 @@ def _programs():
 PROGRAMS = _programs()
 
 
-@pytest.fixture(autouse=True)
-def fresh_programs():
-    """Each case traces its programs afresh: forward over reverse through a scan in a scan
-    was once right or wrong depending on which derivative the process had taken first."""
-    for name in _cache.sizes():
-        _cache.eager_cache(name).clear()
+# Each case traces its programs afresh: forward over reverse through a scan in a scan was
+# once right or wrong depending on which derivative the process had taken first.
+pytestmark = pytest.mark.usefixtures("fresh_programs")
 
 
 # way -> (tfscan derivative, its order)

@@ -157,8 +157,14 @@ def traced_unwatched(fn: Callable[[], Any], closed: Sequence[Any]) -> Any:
     later call would trace again, and the trace would hold the accumulator's JVP ops.
     In a graph, TensorFlow's forward rule of a conditional in the trace fails besides
     (TensorFlow 2.21, ``cond_v2._resolve_grad_inputs`` asserts). tfscan's forward rules
-    trace the function again with the tangents as inputs."""
-    return traced_alone(fn) if closed and watched(closed) else fn()
+    trace the function again with the tangents as inputs.
+
+    Also alone when two tapes watch one of them (nested ``GradientTape``s): TensorFlow
+    would wrap each conditional of the trace in a function of its own
+    (:meth:`~tfscan._tf.record.higher_order`), and that cached trace's later second
+    derivative under an accumulator then built the conditional's gradient outside XLA's
+    context, with ``Optional``s XLA cannot compile."""
+    return traced_alone(fn) if closed and (watched(closed) or _tf.record.higher_order(closed)) else fn()
 
 
 def watched(tensors: Sequence[Any]) -> bool:

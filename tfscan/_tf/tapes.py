@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 from tensorflow.python.eager import forwardprop_util as _forwardprop_util
 from tensorflow.python.eager import record as _record
+from tensorflow.python.ops import gradients_util as _gradients_util
 
 __all__: list = []  # private module
 
@@ -78,6 +79,17 @@ class record:  # noqa: N801 - a namespace named after TensorFlow's module it fro
         packed = _forwardprop_util.pack_tangents([values[i] for i in where])
         shift = len(values) - len(where)
         return {where[i] if i < len(where) else i + shift for acc in packed.indices for i, _ in acc}
+
+    @staticmethod
+    def higher_order(tensors: Sequence[tf.Tensor]) -> bool:
+        """Whether the live tapes and accumulators could take a second derivative through
+        ``tensors`` (two of them watch one): TensorFlow then builds each ``tf.cond`` or
+        ``tf.while_loop`` on such tensors inside a function of its own (its
+        ``cflow_gradient_wrapper``, ``control_flow_util_v2.run_as_function_for_tape_gradients``),
+        whose gradients TensorFlow builds later outside any XLA context. Public API cannot ask
+        (``GradientTape`` says only what one tape watches)."""
+        return (_gradients_util.PossibleTapeGradientTypes(list(tensors))
+                == _gradients_util.POSSIBLE_GRADIENT_TYPES_HIGHER_ORDER)
 
     @staticmethod
     def record_operation_forwardprop_only(name: str, outputs: Sequence[tf.Tensor], inputs: Sequence[tf.Tensor],
