@@ -55,6 +55,29 @@ def in_internal_trace() -> bool:
     return getattr(_state, "internal", 0) > 0
 
 
+@contextlib.contextmanager
+def fed_in_place(pairs: Sequence[tuple[Any, Any]]) -> Iterator[None]:
+    """While the block runs, a program that a function closing over tensor ``a`` is compiled
+    into is fed ``b`` in its place, for each ``(a, b)`` of ``pairs``.
+
+    For the gradient function of an op that ``tf.gradients`` meets as a copy (a step's ops
+    imported into a loop body or a VJP graph): the Python functions it differentiates close
+    over the original op's tensors, of a graph the copy's cannot read; the copy's own inputs
+    are what they stand for."""
+    saved = getattr(_state, "in_place", {})
+    _state.in_place = {**saved, **{id(a): b for a, b in pairs if a is not b}}
+    try:
+        yield
+    finally:
+        _state.in_place = saved
+
+
+def in_place_of(tensors: Sequence[Any]) -> list:
+    """``tensors``, each replaced by what :func:`fed_in_place` feeds in its place."""
+    in_place = getattr(_state, "in_place", None)
+    return [in_place.get(id(t), t) for t in tensors] if in_place else list(tensors)
+
+
 def vmap_trace() -> contextlib.AbstractContextManager:
     """While ``vmap`` traces the per-example function it then batches with ``pfor``: a scan
     built there marks its forward loop for the scan's batching rule (``_transforms.scan_batching``)."""

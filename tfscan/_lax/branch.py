@@ -276,7 +276,7 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
     gradient) would silently miss their terms. Both are conditionals of this kind again (a
     JVP of a JVP, or of a VJP, nests).
     """
-    closed = _closed_tensors(fns, read)
+    held, closed = _closed_tensors(fns, read)
     fl = tuple(i for i, t in enumerate(leaves) if is_float(t.dtype))
     fo = tuple(i for i, o in enumerate(outs) if is_float(o.dtype))
     for v in variables:
@@ -289,15 +289,16 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
 
     def backward(*d_outs):
         d = _forward.filled_cotangents(d_outs, outs, fo)
-        vjp_fns = [_branch_vjp(f, op_tree, fl, fo, tuple(closed), tuple(variables)) for f in fns]
-        grads = _select(api, selector, vjp_fns, [f"vjp of {n}" for n in names], (tuple(leaves), tuple(d)), choose,
-                        derivative=True)
+        vjp_fns = [_branch_vjp(f, op_tree, fl, fo, tuple(held), tuple(variables)) for f in fns]
+        with _context.fed_in_place(list(zip(held, closed))):
+            grads = _select(api, selector, vjp_fns, [f"vjp of {n}" for n in names], (tuple(leaves), tuple(d)),
+                            choose, derivative=True)
         return scatter(len(leaves), fl, grads[: len(fl)]) + list(grads[len(fl):])
 
     def forward(*tangents):
         t_leaves, t_closed, t_vars = _forward.filled_tangents(tangents, leaves, fl, closed, variables)
-        jvp_fns = [_branch_jvp(f, op_tree, len(leaves), fl, tuple(closed), tuple(variables)) for f in fns]
-        with _forward.computing():
+        jvp_fns = [_branch_jvp(f, op_tree, len(leaves), fl, tuple(held), tuple(variables)) for f in fns]
+        with _forward.computing(), _context.fed_in_place(list(zip(held, closed))):
             _, t = _select(api, selector, jvp_fns, [f"jvp of {n}" for n in names],
                            (tuple(leaves), tuple(t_leaves), tuple(t_closed), tuple(t_vars)), choose, derivative=True)
         return scatter(len(outs), fo, t)
@@ -321,7 +322,7 @@ def _with_launch_gradient(api: str, selector, fns: list, names: list, ins: list,
     ``recorded``: live tapes and accumulators record the ``IdentityN`` (a conditional emitted
     inline, which they recorded too), instead of seeing none of it.
     """
-    closed = _closed_tensors(fns, read)
+    held, closed = _closed_tensors(fns, read)
     fl = tuple(i for i, t in enumerate(ins) if is_float(t.dtype))
     fo = tuple(i for i, o in enumerate(outs) if is_float(o.dtype))
     n_out, n_in = len(outs), len(ins)
@@ -332,12 +333,16 @@ def _with_launch_gradient(api: str, selector, fns: list, names: list, ins: list,
         sel, ins_ = inputs[n_out], inputs[n_out + 1: n_out + 1 + n_in]
         # the outputs as this op passes them on (see ``autodiff._register_gradient``)
         d = _forward.filled_cotangents(d_all[:n_out], list(op.outputs[:n_out]), fo)
-        vjp_fns = [_branch_vjp(f, op_tree, fl, fo, tuple(closed), tuple(variables)) for f in fns]
+        vjp_fns = [_branch_vjp(f, op_tree, fl, fo, tuple(held), tuple(variables)) for f in fns]
         # Launched too, with a gradient of its own (and recorded on live tapes): TensorFlow's
         # JVP of a tf.function transposes this gradient, which then differentiates that one.
         # Under XLA's context when the conditional was (TensorFlow compiles the gradient of a
         # jit_compile function too): a call XLA inlines, never an XlaLaunch op it cannot hold.
-        with _tf.xla_trace() if xla and not _context.in_xla_context() else contextlib.nullcontext():
+        # This op may be a copy (a step's ops imported into a loop or a VJP graph): the
+        # branches close over the original's tensors, and the copy's inputs stand for them.
+        copied = inputs[n_out + 1 + n_in: n_out + 1 + n_in + len(closed)]
+        with _tf.xla_trace() if xla and not _context.in_xla_context() else contextlib.nullcontext(), \
+                _context.fed_in_place(list(zip(held, copied))):
             grads = _select(api, sel, vjp_fns, [f"vjp of {n}" for n in names], (tuple(ins_), tuple(d)), choose,
                             derivative=True)
         return [None] * (n_out + 1) + scatter(n_in, fl, grads[: len(fl)]) + list(grads[len(fl):])
@@ -364,14 +369,17 @@ def _traced_alone(fns: list) -> bool:
     return not all(c.exact for c in closures) or bool(record.tangent_indices([t for c in closures for t in c.tensors]))
 
 
-def _closed_tensors(fns: list, read: Sequence = ()) -> list:
+def _closed_tensors(fns: list, read: Sequence = ()) -> tuple[list, list]:
     """The float tensors the branches close over, then the other float tensors in ``read``
-    (what their program read), each once."""
+    (what their program read), each once: as the branches' Python closures hold them, and
+    as this graph feeds them (the same, except inside a copied op's gradient,
+    :func:`tfscan._core.context.fed_in_place`)."""
+    held = [t for f in fns for t in _cache.closure(f).tensors]
     seen: dict = {}
-    for t in [t for f in fns for t in _cache.closure(f).tensors] + list(read):
+    for h, t in zip(held + list(read), _context.in_place_of(held) + list(read)):
         if isinstance(t, tf.Tensor) and is_float(t.dtype):
-            seen.setdefault(id(t), t)
-    return list(seen.values())
+            seen.setdefault(id(t), (h, t))
+    return [h for h, _ in seen.values()], [t for _, t in seen.values()]
 
 
 def _flat_call(fn: Callable, op_tree: _tree.TreeDef) -> Callable:

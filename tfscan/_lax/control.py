@@ -145,7 +145,8 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
         entry = make()  # it reads tensors through objects the walk does not open: trace again
         _cache.put("control", full_key, entry)
     with _tf.record.stop_recording() if own_derivatives else contextlib.nullcontext():
-        return entry(args, slots, read), entry.meta
+        # (the trace captured ``slots``; a copied op's gradient feeds the copy's tensors)
+        return entry(args, _context.in_place_of(slots), read), entry.meta
 
 
 def specs(tensors: Sequence[tf.Tensor]) -> tuple:
