@@ -7,7 +7,8 @@ function (its closure cells, defaults, the globals its code names, the functions
 name, a bound method's object) and returns a :class:`Closure`: a hashable ``key`` in
 which every closed-over ``tf.Tensor`` appears as its shape and dtype only, and the
 list of those ``tensors`` (the *slots*). ``tf.Variable``s, modules and classes count by
-identity (a variable is read when the program runs). Any other object (a Keras layer, a
+identity (a variable is read when the program runs), and so do tfscan's own traced objects
+(:class:`ByIdentity`). Any other object (a Keras layer, a
 distribution, a NumPy array) counts by its type, and the closure is not ``exact``: its
 attributes may change between calls, so each call traces the function again and reuses
 the compiled programs when the new trace is the same (:attr:`tfscan._scan.step.Traced.fingerprint`).
@@ -286,6 +287,8 @@ class _Walk:
         the walk is then not ``exact`` (what a trace reads from it is checked by tracing)."""
         if isinstance(x, _IMMUTABLE_BY_IDENTITY) or x is None:
             return _Identity(x)
+        if isinstance(x, ByIdentity):
+            return ("tfscan", weakref.ref(x))
         self.exact = self.memo_ok = False
         self.objects.append(x)
         return ("object", type(x))
@@ -343,6 +346,16 @@ def _library(f: types.FunctionType, ours: bool = True) -> bool:
 
 
 _IMMUTABLE_BY_IDENTITY = (tf.Tensor, tf.Variable, types.ModuleType, type, types.BuiltinFunctionType)
+
+
+class ByIdentity:
+    """A tfscan object whose identity fixes what a trace reads from it (a scan's traced
+    step, its traced VJP): a function closing over one (the backward pass of a scan, as
+    differentiable scans) counts it by identity, so its programs are found again on the
+    next call instead of traced and compiled anew. Held weakly: a dead one's key part
+    equals nothing, and the key does not keep it alive."""
+
+    __slots__ = ("__weakref__",)
 
 
 class _Identity:

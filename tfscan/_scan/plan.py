@@ -12,6 +12,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import tensorflow as tf
 
 from tfscan._core import checks as _checks
+from tfscan._core.cache import ByIdentity
 from tfscan._core import step_errors as _step_errors
 from tfscan._core import tree as _tree
 from tfscan._scan.step import Traced
@@ -19,7 +20,7 @@ from tfscan._scan.step import Traced
 __all__ = []  # private module
 
 
-class Plan:
+class Plan(ByIdentity):
     """``f(carry, x) -> (carry, y)`` as a flat step ``(carry..., x...) -> (carry..., y...)``."""
 
     def __init__(self, f: Callable, carry_tree: _tree.TreeDef, carry_specs: Sequence[tf.TensorSpec],

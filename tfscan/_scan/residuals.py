@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tfscan import _tf
 from tfscan._core import context as _context
+from tfscan._core.cache import ByIdentity
 from tfscan._core import step_errors as _step_errors
 from tfscan._core.flat import split_list
 from tfscan._scan import step_gradient as _step_gradient
@@ -69,7 +70,7 @@ def warn_recompute(step: str, reason: str) -> None:
                   "twice as much.", RecomputeWarning, stacklevel=3)
 
 
-class StepVJP:
+class StepVJP(ByIdentity):
     """One step's vector-Jacobian product, traced once, emitted inline on demand.
 
     ``const_sources`` of the plan's step say what each constant is (a tensor or a
