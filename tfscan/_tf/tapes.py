@@ -87,7 +87,7 @@ class record:  # noqa: N801 - a namespace named after TensorFlow's module it fro
         ``tf.while_loop`` on such tensors inside a function of its own (its
         ``cflow_gradient_wrapper``, ``control_flow_util_v2.run_as_function_for_tape_gradients``),
         whose gradients TensorFlow builds later outside any XLA context. Public API cannot ask
-        (``GradientTape`` says only what one tape watches)."""
+        (``GradientTape`` says only what one tape watches). Checked on TensorFlow 2.21."""
         return (_gradients_util.PossibleTapeGradientTypes(list(tensors))
                 == _gradients_util.POSSIBLE_GRADIENT_TYPES_HIGHER_ORDER)
 
