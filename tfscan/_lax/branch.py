@@ -277,6 +277,7 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
     JVP of a JVP, or of a VJP, nests).
     """
     held, closed = _closed_tensors(fns, read)
+    in_place = list(zip(held, closed))  # what the derivative programs are fed for ``held``
     fl = tuple(i for i, t in enumerate(leaves) if is_float(t.dtype))
     fo = tuple(i for i, o in enumerate(outs) if is_float(o.dtype))
     for v in variables:
@@ -290,7 +291,7 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
     def backward(*d_outs):
         d = _forward.filled_cotangents(d_outs, outs, fo)
         vjp_fns = [_branch_vjp(f, op_tree, fl, fo, tuple(held), tuple(variables)) for f in fns]
-        with _context.fed_in_place(list(zip(held, closed))):
+        with _context.fed_in_place(in_place):
             grads = _select(api, selector, vjp_fns, [f"vjp of {n}" for n in names], (tuple(leaves), tuple(d)),
                             choose, derivative=True)
         return scatter(len(leaves), fl, grads[: len(fl)]) + list(grads[len(fl):])
@@ -298,7 +299,7 @@ def _with_jvp(api: str, selector, fns: list, names: list, leaves: list, outs: li
     def forward(*tangents):
         t_leaves, t_closed, t_vars = _forward.filled_tangents(tangents, leaves, fl, closed, variables)
         jvp_fns = [_branch_jvp(f, op_tree, len(leaves), fl, tuple(held), tuple(variables)) for f in fns]
-        with _forward.computing(), _context.fed_in_place(list(zip(held, closed))):
+        with _forward.computing(), _context.fed_in_place(in_place):
             _, t = _select(api, selector, jvp_fns, [f"jvp of {n}" for n in names],
                            (tuple(leaves), tuple(t_leaves), tuple(t_closed), tuple(t_vars)), choose, derivative=True)
         return scatter(len(outs), fo, t)
