@@ -18,15 +18,28 @@ One raised an error: reverse over forward through a scan whose inner scan's step
 ``cond``. The inner scan's gradient differentiates a copy of the step's ops (imported into
 the loop); the conditional's gradient, a Python function, fed the program it builds the
 original step's tensors (of a graph the copy's cannot read): "placeholder ... is not fed".
+Another, reverse over forward through a scan over a slice of a closed-over tensor in a
+scan's step: TensorFlow's gradient of the slice's JVP (a function call) reads the slice's
+strides from the forward call's outputs, which the backward loop received as saved
+residuals, run-time values where XLA needs constants ("StridedSliceGrad ... must be a
+compile-time constant"); the backward piece now computes such an integer by the call again.
+
+Every case also asserts that each gradient reads saved residuals (no ``RecomputeWarning``):
+reverse over forward through a scan in a scan's step recomputed the inner scan's step,
+because the trace of its VJP, with the outer JVP's accumulator live, captured the
+accumulator's tangent of a closed-over tensor as well.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tfscan
+from tfscan._scan.residuals import RecomputeWarning
 from conftest import forward_over_forward, forward_over_reverse, jvp, reverse_over_forward
 
 jax = pytest.importorskip("jax")
@@ -48,6 +61,7 @@ def _programs():
     xs, jxs = tf.constant(XS), jnp.asarray(XS)
     inner_scan = (lambda a, c: tfscan.scan(lambda d, y: (tf.sin(d * a) + y, d), c, xs)[0],
                   lambda a, c: jax.lax.scan(lambda d, y: (jnp.sin(d * a) + y, d), c, jxs)[0])
+    inner_scan_over = lambda a, c, ys: tfscan.scan(lambda d, y: (tf.sin(d * a) + y, d), c, ys)[0]  # noqa: E731
     return {
         "scan in scan": _outer(*inner_scan),
         "scan in scan, remat": _outer(*inner_scan, remat=True),
@@ -80,6 +94,12 @@ def _programs():
                                                    d), c, xs)[0],
             lambda a, c: jax.lax.scan(lambda d, y: (jax.lax.cond(d > 0, lambda u: jnp.sin(u * a), lambda u: u * a, d)
                                                     + y, d), c, jxs)[0]),
+        "scan over a slice in scan": (
+            lambda a: tf.reduce_sum(tfscan.scan(
+                lambda c, x: (inner_scan_over(a, c, (xs * a)[1:]) + x, c), a, xs)[1]),
+            lambda a: jnp.sum(jax.lax.scan(
+                lambda c, x: (jax.lax.scan(lambda d, y: (jnp.sin(d * a) + y, d), c, (jxs * a)[1:])[0] + x, c),
+                a, jxs)[1])),
         "scan in fori_loop": (
             lambda a: tfscan.fori_loop(0, 2, lambda i, c: tfscan.scan(
                 lambda d, y: (tf.sin(d * a) + y, d), c, xs)[0], a),
@@ -124,7 +144,9 @@ def test_a_nested_loop_closing_over_the_differentiated_tensor_matches_jax(progra
     derivative = make(PROGRAMS[program][0])
     if mode == "tf.function":
         derivative = tf.function(derivative)
-    got = float(derivative(tf.constant(A)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RecomputeWarning)  # each gradient reads saved residuals
+        got = float(derivative(tf.constant(A)))
     np.testing.assert_allclose(got, _expected(program, order), rtol=2e-5, atol=1e-5)
 
 

@@ -189,7 +189,10 @@ class StepVJP(ByIdentity):
         """The joint graph of a plain step built directly, or ``None`` (then traced)."""
         self._cf = None
         try:
-            with _context.internal_trace():
+            # Unrecorded: its ops are pure and differentiated by the walk alone, and a capture of
+            # a tensor an accumulator watches would capture the tangent too (TensorFlow's
+            # capture records on accumulators), a tensor no slot feeds.
+            with _context.internal_trace(), _tf.record.stop_recording():
                 return _tf.lean_graph(_LEAN_NAME, joint, specs)
         except NotSplittable:
             raise
@@ -252,15 +255,17 @@ class _Split:
         # Only what the gradients read: a gradient nobody asked for (TensorFlow's gradient of
         # ``x ** 2`` w.r.t. the constant exponent, its ``log(x)``) saves nothing per step.
         backward = {n for n, d in dep_ct.items() if d} & _ancestors([t.op for t in grad_outs])
-        boundary: dict[str, Any] = {}
-        for op in order:
-            if op.name in backward:
-                for t in op.inputs:
-                    if t.op.name not in backward:
-                        boundary[t.name] = t
-        for t in grad_outs:
-            if t.op.name not in backward:
-                boundary[t.name] = t
+        # An integer the backward piece reads from a function call (TensorFlow's gradient of a
+        # call reads the forward call's outputs: a slice's strides, which XLA must know when
+        # compiling) is computed again there, by the call: saved per step or computed before
+        # the loop, it would be a run-time value of the backward loop.
+        while True:
+            boundary = _boundary(order, backward, grad_outs)
+            again = {t.op.name for t in boundary.values()
+                     if t.op.type == "PartitionedCall" and t.dtype.is_integer and (dep_step[t.op.name] or dep_k[t.op.name])}
+            if not again:
+                break
+            backward |= again
 
         step_index = {n: i for i, n in enumerate(vjp.step_names)}
         const_index = dict(vjp.const_feeds)
@@ -358,6 +363,21 @@ class _Split:
 
 _SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "BroadcastGradientArgs"})
 _VIEW_OPS = frozenset({"Identity", "Snapshot", "Squeeze", "ExpandDims", "Reshape"})
+
+
+def _boundary(order: list, backward: set, grad_outs: list) -> dict:
+    """The tensors the ops ``backward`` read from outside it, and the gradients it does not
+    compute, by name."""
+    boundary = {}
+    for op in order:
+        if op.name in backward:
+            for t in op.inputs:
+                if t.op.name not in backward:
+                    boundary[t.name] = t
+    for t in grad_outs:
+        if t.op.name not in backward:
+            boundary[t.name] = t
+    return boundary
 
 
 def _view_origin(t, step_index: dict, dep_step: dict, dep_k: dict) -> tuple[Any, list]:
