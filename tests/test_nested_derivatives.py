@@ -40,7 +40,7 @@ import tensorflow as tf
 
 import tfscan
 from tfscan._scan.residuals import RecomputeWarning
-from conftest import forward_over_forward, forward_over_reverse, jvp, reverse_over_forward
+from conftest import forward_over_forward, forward_over_reverse, jvp, nested_tapes, reverse_over_forward
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
@@ -155,3 +155,17 @@ def test_a_nested_scan_in_a_jit_compiled_function_matches_jax(way):
     make, order = WAYS[way]
     got = float(tf.function(make(PROGRAMS["scan in scan"][0]), jit_compile=True)(tf.constant(A)))
     np.testing.assert_allclose(got, _expected("scan in scan", order), rtol=2e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["eager", "tf.function"])
+@pytest.mark.parametrize("program", ["scan in cond", "scan in cond in scan", "cond in scan in scan"])
+def test_nested_tapes_after_reverse_over_forward_of_the_same_program_match_jax(program, mode):
+    # A conditional's program traced for its own derivatives (under the accumulator) was
+    # later differentiated by TensorFlow's own gradient (nested tapes, eagerly): "Could not
+    # find external tensor capture". Each kind now has a program of its own.
+    want = _expected(program, 2)
+    for make in (reverse_over_forward, nested_tapes):
+        derivative = make(PROGRAMS[program][0])
+        if mode == "tf.function":
+            derivative = tf.function(derivative)
+        np.testing.assert_allclose(float(derivative(tf.constant(A))), want, rtol=2e-5, atol=1e-5)

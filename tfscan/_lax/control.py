@@ -130,8 +130,12 @@ def run(api: str, fns: Sequence[Callable], key: tuple, make_build: Callable[[dic
     # A graph never reuses a program made eagerly: a function called eagerly keeps the
     # derivative functions TensorFlow made for it (an accumulator's, in XLA's form of a
     # conditional's gradient), and ``pfor`` cannot batch a call to those (``vmap`` of a
-    # ``switch`` fails in ``dynamic_stitch``).
-    full_key = (api, tuple(c.pinned_key for c in closures), key, tf.executing_eagerly())
+    # ``switch`` fails in ``dynamic_stitch``). Nor does a call that TensorFlow differentiates
+    # reuse a program made for derivatives of its own (traced while an accumulator or tape
+    # recorded inside): nested tapes, eagerly, through a scan in a ``cond`` branch built
+    # TensorFlow's second-order gradient of such a program's ``If`` and failed ("Could not
+    # find external tensor capture").
+    full_key = (api, tuple(c.pinned_key for c in closures), key, tf.executing_eagerly(), own_derivatives)
     specs = [tf.TensorSpec(t.shape, t.dtype) for t in args]
 
     def make() -> _Fed:
