@@ -342,6 +342,34 @@ def max_rel_error(got: Any, ref: Any) -> float:
     return worst
 
 
+def hvp(key: str, problem, data: dict) -> Callable[[], Any]:
+    """A callable returning the Hessian-vector product of ``sum(ys)`` w.r.t. ``params["W_hh"]``
+    in the direction ``data["v"]``: ``jax.jvp`` of ``jax.grad`` under ``jax.jit``, or a
+    ``tf.autodiff.ForwardAccumulator`` around a ``GradientTape`` (TensorFlow's spelling)."""
+    if key == "jax":
+        def run(params, init, xs, v):
+            def loss(w):
+                return problem.jax_loss(jax.lax.scan(problem.jax_step({**params, "W_hh": w}), init, xs)[1])
+            return jax.jvp(jax.grad(loss), (params["W_hh"],), (v,))[1]
+        fn = jax.jit(run)
+        args = jax_data(data) + (jnp.asarray(data["v"]),)
+        return lambda: block(fn(*args))
+    adapter, where = TF_SCANS[key]
+
+    def run(params, init, xs, v):
+        w = params["W_hh"]
+        with tf.autodiff.ForwardAccumulator(w, v) as acc:
+            with tf.GradientTape() as tape:
+                tape.watch(w)
+                _, ys = adapter(problem.tf_step({**params, "W_hh": w}), init, xs)
+                loss = problem.tf_loss(ys)
+            g = tape.gradient(loss, w)
+        return acc.jvp(g)
+    fn = wrap_tf(run, where)
+    args = tf_data(data) + (tf.constant(data["v"]),)
+    return lambda: fn(*args)
+
+
 def jvp2(key: str, problem, data: dict) -> Callable[[], Any]:
     """A callable returning the final carry, its JVP and its second-order JVP (a JVP of a
     JVP) w.r.t. the step parameter ``a``, which travels in the carry: ``jax.jvp`` of

@@ -87,7 +87,7 @@ def goals(records: list[dict], kinds: dict[str, str], refs_jax: dict[str, str] |
                and _impls.impl(r["impl"]).goal]
     # G1: forward and gradient rows no slower than the fastest other implementation.
     for r in tf_rows:
-        if kinds.get(r["workload"]) in ("forward", "gradient") and r["metric"] == "time" \
+        if kinds.get(r["workload"]) in ("forward", "gradient", "hvp") and r["metric"] == "time" \
                 and _has_value(r) and "ratio_best_other" in r:
             ok = r["ratio_best_other"] <= MISS_ALLOWANCE
             add("no slower than the fastest other implementation", f"{r['impl']} · {r['workload']} "

@@ -110,6 +110,12 @@ class Elman:
     def jax_step(self, p):
         return _jax_elman_step(p)
 
+    def hvp_inputs(self, T: int, rng: np.random.Generator) -> dict:
+        """The inputs and a direction ``v`` of ``W_hh``'s shape for a Hessian-vector product."""
+        data = self.inputs(T, rng)
+        data["v"] = rng.standard_normal((self.H, self.H)).astype(np.float32)
+        return data
+
     def tf_loss(self, ys):
         return tf.reduce_sum(ys)
 
@@ -366,14 +372,14 @@ SIZES = {
              "elman": [250, 500, 1000, 2000, 4000, 8000],
              "light": [10**3, 10**4, 10**5, 10**6],
              "vmap": [1000], "port": [50, 500], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
-             "light-params": [10**4, 10**5], "compile-jvp2": [10**2, 10**3], "memory": 8000, "keras": [100, 1000], "final": [2000, 20000]},
+             "light-params": [10**4, 10**5], "compile-jvp2": [10**2, 10**3], "hvp": [100, 1000], "memory": 8000, "keras": [100, 1000], "final": [2000, 20000]},
     "quick": {"cumsum": [10**3, 10**4, 10**5, 10**6],
               "elman": [250, 500, 1000, 2000],
               "light": [10**3, 10**4, 10**5],
               "vmap": [1000], "port": [50, 500], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
-              "light-params": [10**4], "compile-jvp2": [10**2], "memory": 2000, "keras": [100], "final": [2000, 20000]},
+              "light-params": [10**4], "compile-jvp2": [10**2], "hvp": [500], "memory": 2000, "keras": [100], "final": [2000, 20000]},
     "smoke": {"cumsum": [20], "elman": [10], "light": [20], "vmap": [10], "port": [10], "light-params": [20],
-              "compile": [10, 20], "overhead": [10], "compile-jvp2": [10], "memory": 20, "keras": [8],
+              "compile": [10, 20], "overhead": [10], "compile-jvp2": [10], "hvp": [10], "memory": 20, "keras": [8],
               "final": [20]},
 }
 
@@ -407,6 +413,10 @@ def workloads(mode: str) -> list[Workload]:
                  ["jax", "tfscan", "tfscan@graph", "tfscan@xla", "tfscan.grad", "tf.scan", "tf.scan@xla", "keras",
                   "tf.function.empty", "handwritten@xla"],
                  grad(light_params), light_params.inputs, tol=1e-3, requires={"tfscan.grad": ("grad",)}),
+        Workload("elman-hvp", "2d. Elman RNN (B=32, I=64, H=128), Hessian-vector product of sum(hs) "
+                 "w.r.t. W_hh (forward over reverse: jax.jvp of jax.grad; an accumulator around a tape)",
+                 "time", "hvp", s["hvp"], ["jax", "tfscan", "tfscan@graph", "tfscan@xla", "tf.scan", "tf.scan@xla"],
+                 lambda key, data: _impls.hvp(key, elman, data), elman.hvp_inputs, tol=1e-3),
         Workload("vmap", "3. vmap of a scan (B=64, H=32, I=32)", "time", "vmap", s["vmap"],
                  ["jax.vmap", "tfscan.vmap", "tfscan.jit.vmap", "tfscan.batched", "tf.scan.batched",
                   "tf.scan.batched@xla", "vectorized_map", "vectorized_map@xla",

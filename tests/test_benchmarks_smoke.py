@@ -21,7 +21,7 @@ def test_benchmarks_smoke(tmp_path):
     assert result["mode"] == "smoke"
     workloads = {r["workload"] for r in result["records"]}
     assert {"cumsum", "elman-fwd", "elman-grad", "light-fwd", "light-grad", "vmap",
-            "compile-fwd", "compile-grad", "overhead", "final-grad", "memory-final", "keras-fit"} <= workloads
+            "compile-fwd", "compile-grad", "overhead", "final-grad", "memory-final", "keras-fit", "elman-hvp"} <= workloads
     fit = {r["impl"]: r for r in result["records"] if r["workload"] == "keras-fit"}
     assert set(fit) == {"keras.GRU[mixed_bfloat16]", "tfscan.GRU[mixed_bfloat16]"}
     assert all(r["status"] == "ok" for r in fit.values()), fit

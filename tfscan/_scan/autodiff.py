@@ -86,6 +86,12 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
             if graph is not None:  # vmap batches this scan as a whole, not its loop's ops
                 from tfscan._transforms import scan_batching
                 scan_batching.mark_forward(graph.get_operations()[first_op:], result[0].op if result else None)
+        # Recorded on the inputs a tape or an accumulator can ask about, as JAX's symbolic
+        # zeros: an accumulator would hand the forward function zeros for every other one
+        # (its data xs, closed-over tensors), and the JVP loop would carry and differentiate them.
+        recorded = _asked(inputs)
+        if recorded is not None:
+            forward_function = _compact(forward_function, len(inputs), recorded)
     # The closure keeps what the backward pass reads (``saved``: the ys only where they are
     # residuals), and of the outputs only their types: a ys buffer nothing else holds is freed.
     specs = [tf.TensorSpec(o.shape, o.dtype) for o in outs] if eager else outs
@@ -99,6 +105,27 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     record.record_operation("TfscanScan", result, inputs if recorded is None else [inputs[i] for i in recorded],
                             backward, forward_function)
     return result
+
+
+def _asked(inputs: Sequence[tf.Tensor]) -> list[int] | None:
+    """Indices of ``inputs`` that a live tape watches or a live accumulator has a tangent of
+    (what recording an operation on them can serve), or ``None`` when that is all of them,
+    or when the scan is traced inside tfscan's own trace of a step or a VJP (the tapes and
+    accumulators live there are tfscan's, some of which differentiate the operation later
+    through what they watch then: a Hessian-vector product through a scan in a scan's step
+    came out 0)."""
+    if _context.in_internal_trace():
+        return None
+    asked = {i for i, t in enumerate(inputs) if record.should_record_backprop([t])}
+    with record.forwardprop_state():  # an accumulator busy computing a tangent counts
+        asked |= {i for i in record.tangent_indices(inputs) if i < len(inputs)}
+    return None if len(asked) == len(inputs) else sorted(asked)
+
+
+def _compact(forward_function, n_in: int, recorded: list[int]):
+    """``forward_function`` (tangents of all ``n_in`` inputs, ``None`` for none) called with
+    the tangents of the inputs ``recorded`` only."""
+    return lambda *tangents: forward_function(*scatter(n_in, recorded, tangents))
 
 
 def run(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[tf.Tensor], consts: Sequence[tf.Tensor],
