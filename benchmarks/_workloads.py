@@ -416,7 +416,7 @@ def workloads(mode: str) -> list[Workload]:
         Workload("elman-hvp", "2d. Elman RNN (B=32, I=64, H=128), Hessian-vector product of sum(hs) "
                  "w.r.t. W_hh (forward over reverse: jax.jvp of jax.grad; an accumulator around a tape)",
                  "time", "hvp", s["hvp"], ["jax", "tfscan", "tfscan@graph", "tfscan@xla", "tf.scan", "tf.scan@xla"],
-                 lambda key, data: _impls.hvp(key, elman, data), elman.hvp_inputs, tol=1e-3),
+                 lambda key, data: _impls.hvp(key, elman, data), elman.hvp_inputs, tol=1e-3, budget_s=20.0),
         Workload("vmap", "3. vmap of a scan (B=64, H=32, I=32)", "time", "vmap", s["vmap"],
                  ["jax.vmap", "tfscan.vmap", "tfscan.jit.vmap", "tfscan.batched", "tf.scan.batched",
                   "tf.scan.batched@xla", "vectorized_map", "vectorized_map@xla",
