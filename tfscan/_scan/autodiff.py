@@ -110,10 +110,11 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
 def _asked(inputs: Sequence[tf.Tensor]) -> list[int] | None:
     """Indices of ``inputs`` that a live tape watches or a live accumulator has a tangent of
     (what recording an operation on them can serve), or ``None`` when that is all of them,
-    or when the scan is traced inside tfscan's own trace of a step or a VJP (the tapes and
-    accumulators live there are tfscan's, some of which differentiate the operation later
-    through what they watch then: a Hessian-vector product through a scan in a scan's step
-    came out 0)."""
+    or when the scan is traced inside tfscan's own trace of a step or a VJP: the tapes and
+    accumulators live there are tfscan's own derivative machinery, and restricting what they
+    record made a Hessian-vector product through a scan in a scan's step come out 0
+    (``tests/test_nested_derivatives.py``; which of them reads an unrecorded input was not
+    pinned down, so none is restricted there)."""
     if _context.in_internal_trace():
         return None
     asked = {i for i, t in enumerate(inputs) if record.should_record_backprop([t])}
