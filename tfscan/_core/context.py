@@ -193,6 +193,13 @@ def traced_unwatched(fn: Callable[[], Any], closed: Sequence[Any]) -> Any:
 def watched(tensors: Sequence[Any]) -> bool:
     """Whether a live ``ForwardAccumulator`` has a tangent of one of ``tensors`` (one busy
     computing a tangent counts)."""
+    return bool(watched_indices(tensors))
+
+
+def watched_indices(tensors: Sequence[Any]) -> set:
+    """Indices of ``tensors`` a live ``ForwardAccumulator`` has a tangent of (one busy
+    computing a tangent counts); an index ``>= len(tensors)`` names a packed tangent
+    (:meth:`tfscan._tf.record.tangent_indices`)."""
     with _tf.record.forwardprop_state():
-        return bool(_tf.record.tangent_indices(list(tensors)))
+        return _tf.record.tangent_indices(list(tensors))
 

@@ -44,13 +44,13 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     when the graph is copied, as a step holding a nested scan is, into the outer loop.
     """
     eager = tf.executing_eagerly()
-    wanted, save = None, True
+    wanted, save, taped = None, True, None
     inputs = list(init) + list(xs) + list(consts)
     # The live tapes (eager, or inside a tf.function) tell which inputs can be asked for a
     # gradient: the backward loop skips the others (a Keras step never computes d(xs)).
     if eager or record.could_possibly_record():
-        wanted = tuple(record.should_record_backprop([t]) for t in inputs[len(init):])
-        wanted = None if all(wanted) else wanted
+        taped = [record.should_record_backprop([t]) for t in inputs]
+        wanted = None if all(taped[len(init):]) else tuple(taped[len(init):])
     if eager:
         # Only a tape asks for the VJP: forward mode alone (accumulators) saves nothing.
         save = record.should_record_backprop(inputs)
@@ -89,7 +89,7 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
         # Recorded on the inputs a tape or an accumulator can ask about, as JAX's symbolic
         # zeros: an accumulator would hand the forward function zeros for every other one
         # (its data xs, closed-over tensors), and the JVP loop would carry and differentiate them.
-        recorded = _asked(inputs)
+        recorded = _asked(inputs, taped)
         if recorded is not None:
             forward_function = _compact(forward_function, len(inputs), recorded)
     # The closure keeps what the backward pass reads (``saved``: the ys only where they are
@@ -107,19 +107,19 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     return result
 
 
-def _asked(inputs: Sequence[tf.Tensor]) -> list[int] | None:
-    """Indices of ``inputs`` that a live tape watches or a live accumulator has a tangent of
-    (what recording an operation on them can serve), or ``None`` when that is all of them,
+def _asked(inputs: Sequence[tf.Tensor], taped: Sequence[bool] | None) -> list[int] | None:
+    """Indices of ``inputs`` that a live tape watches (``taped[i]``) or a live accumulator has
+    a tangent of (what recording an operation on them can serve), or ``None`` when that is all
+    of them, when nothing can record (``taped`` is ``None``: recording is then a no-op),
     or when the scan is traced inside tfscan's own trace of a step or a VJP: the tapes and
     accumulators live there are tfscan's own derivative machinery, and restricting what they
     record made a Hessian-vector product through a scan in a scan's step come out 0
     (``tests/test_nested_derivatives.py``; which of them reads an unrecorded input was not
     pinned down, so none is restricted there)."""
-    if _context.in_internal_trace():
+    if taped is None or _context.in_internal_trace():
         return None
-    asked = {i for i, t in enumerate(inputs) if record.should_record_backprop([t])}
-    with record.forwardprop_state():  # an accumulator busy computing a tangent counts
-        asked |= {i for i in record.tangent_indices(inputs) if i < len(inputs)}
+    asked = {i for i, on_tape in enumerate(taped) if on_tape}
+    asked |= {i for i in _context.watched_indices(inputs) if i < len(inputs)}
     return None if len(asked) == len(inputs) else sorted(asked)
 
 
