@@ -194,17 +194,22 @@ def main(argv=None) -> int:
                         "loss on the final carry)", "measure": "peak_bytes", "kind": "memory",
                         "per_step": False, "sizes": sizes, "reference": "jax", "note": note})
 
-    if not only or "keras" in only:
-        log(f"[{time.perf_counter() - t_start:5.0f} s] 7. Keras training step")
-        krecs, knote = _keras.run(_workloads.SIZES[mode]["keras"], settings, log)
+    for what, number, title in (("train", "7", "Keras training step (train_on_batch)"),
+                                ("predict", "7c", "Keras inference (predict_on_batch: Keras' predict function, "
+                                                  "a tf.function with no tape)")):
+        key = _keras.WORKLOADS[what]
+        if only and key not in only:
+            continue
+        log(f"[{time.perf_counter() - t_start:5.0f} s] {number}. {title}")
+        krecs, knote = _keras.run(_workloads.SIZES[mode]["keras"], settings, log, what)
         records += krecs
-        kinds["keras"] = "keras"
+        kinds[key] = "keras"
         if knote:
-            notes.append("7. Keras training step: " + knote)
+            notes.append(f"{number}. {title}: " + knote)
         else:
-            wl_meta.append({"key": "keras", "title": "7. Keras training step (train_on_batch), "
-                            "B=32, I=64, H=128", "measure": "time", "kind": "keras", "per_step": True,
-                            "sizes": _workloads.SIZES[mode]["keras"], "reference": None, "note": ""})
+            wl_meta.append({"key": key, "title": f"{number}. {title}, B=32, I=64, H=128", "measure": "time",
+                            "kind": "keras", "per_step": True, "sizes": _workloads.SIZES[mode]["keras"],
+                            "reference": None, "note": ""})
 
     from benchmarks import _keras_fit
     fit_configs = _keras_fit.selected(only)

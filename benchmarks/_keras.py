@@ -1,4 +1,5 @@
-"""Workload 7: one Keras training step (``train_on_batch``), a tfscan layer vs Keras's own.
+"""Workloads 7 and 7c: one Keras training step (``train_on_batch``) and one inference call
+(``predict_on_batch``), a tfscan layer vs Keras's own.
 
 Runs only when tfscan ships Keras layers: ``tfscan.keras`` (or ``tfscan.layers``) with a
 ``SimpleRNN`` and/or ``LSTM`` class that takes ``units`` like Keras's. The model is
@@ -37,8 +38,10 @@ def _model(layer_cls, T: int, I: int, H: int, jit: bool):
     return model
 
 
-def build(key: str, data: dict, T: int, state: dict):
-    """``key`` is e.g. ``keras.SimpleRNN``, ``tfscan.SimpleRNN@xla``."""
+def build(key: str, data: dict, T: int, state: dict, what: str = "train"):
+    """``key`` is e.g. ``keras.SimpleRNN``, ``tfscan.SimpleRNN@xla``; ``what``: ``"train"``
+    (a ``train_on_batch`` step) or ``"predict"`` (``predict_on_batch``: Keras' predict
+    function, a ``tf.function`` with no tape, as served inference runs)."""
     import keras
     name, _, where = key.partition("@")
     lib, cls_name = name.split(".")
@@ -58,7 +61,7 @@ def build(key: str, data: dict, T: int, state: dict):
     x, y = data["x"], data["y"]
 
     def step():
-        return model.train_on_batch(x, y)
+        return model.train_on_batch(x, y) if what == "train" else model.predict_on_batch(x)
     # The value check compares predictions with copied weights (before any training step).
     pred = model(x, training=False)
     return step, np.asarray(pred)
@@ -69,8 +72,12 @@ def inputs(T: int, rng: np.random.Generator, B: int = 32, I: int = 64, H: int = 
             "y": rng.normal(size=(B, 1)).astype(np.float32), "H": H}
 
 
-def run(sizes: list, settings, log) -> tuple[list[dict], str]:
-    """Records for workload ``keras``, and a note when it cannot run."""
+WORKLOADS = {"train": "keras", "predict": "keras-predict"}  # what -> workload key
+
+
+def run(sizes: list, settings, log, what: str = "train") -> tuple[list[dict], str]:
+    """Records for workload ``keras`` (``what="train"``) or ``keras-predict``, and a note when
+    it cannot run."""
     import dataclasses
     from benchmarks import _timing
     # A Keras train step's first call traces Keras's train function and compiles: seconds,
@@ -87,10 +94,10 @@ def run(sizes: list, settings, log) -> tuple[list[dict], str]:
             ref_pred = None
             for key in (f"keras.{cls_name}", f"keras.{cls_name}@xla",
                         f"tfscan.{cls_name}", f"tfscan.{cls_name}@xla"):
-                rec = {"workload": "keras", "size": T, "impl": key, "metric": "time"}
+                rec = {"workload": WORKLOADS[what], "size": T, "impl": key, "metric": "time"}
                 records.append(rec)
                 try:
-                    step, pred = build(key, data, T, state)
+                    step, pred = build(key, data, T, state, what)
                     if ref_pred is None:
                         ref_pred = pred
                     elif state.get(("copied", key)):
@@ -106,15 +113,15 @@ def run(sizes: list, settings, log) -> tuple[list[dict], str]:
                     if timing.aborted:
                         rec.update(status="over budget", first_s=timing.first_s,
                                    note=f"over budget: the first call took {timing.first_s:.3g} s; not timed")
-                        log(f"  keras T={T} {key}: first call {timing.first_s:.3g} s: over budget")
+                        log(f"  {WORKLOADS[what]} T={T} {key}: first call {timing.first_s:.3g} s: over budget")
                         continue
                 except Exception as e:  # noqa: BLE001
                     text = " ".join(f"{type(e).__name__}: {e}".split())[:240]
                     rec.update(status="error", error=text, note="error: " + text)
-                    log(f"  keras T={T} {key}: ERROR {text}")
+                    log(f"  {WORKLOADS[what]} T={T} {key}: ERROR {text}")
                     continue
                 rec.update(status="ok", value=timing.median_s, first_s=timing.first_s,
                            median_s=timing.median_s, reps=timing.reps, inner=timing.inner,
                            per_step_ns=timing.median_s / T * 1e9)
-                log(f"  keras T={T} {key}: {timing.median_s * 1e3:.4g} ms")
+                log(f"  {WORKLOADS[what]} T={T} {key}: {timing.median_s * 1e3:.4g} ms")
     return records, ""

@@ -27,7 +27,7 @@ def _has_value(r: dict) -> bool:
 
 def _group(r: dict) -> str:
     """Rows compared with each other: the same workload and T (and, for Keras, the same layer)."""
-    if r["workload"] in ("keras", "keras-fit"):  # e.g. "LSTM", "LSTM[mixed_bfloat16]"
+    if r["workload"] in ("keras", "keras-predict", "keras-fit"):  # e.g. "LSTM", "LSTM[mixed_bfloat16]"
         return r["impl"].split(".", 1)[-1].split("@")[0]
     return ""
 
@@ -45,6 +45,7 @@ def rerender(json_path: str, out_dir: str) -> dict[str, str]:
     refs = {w["key"]: w.get("reference") for w in result["workloads"]}
     kinds = {w["key"]: w.get("kind") for w in result["workloads"]}
     kinds.setdefault("keras", "keras")
+    kinds.setdefault("keras-predict", "keras")
     annotate(result["records"], refs)
     result["goals"] = goals(result["records"], kinds, refs)
     return write(result, out_dir)

@@ -346,7 +346,7 @@ class PortedTrainStep:
 
 # ---------------------------------------------------------------- workloads
 
-FWD_IMPLS = ["jax", "tfscan", "tfscan@xla", "tfscan.jit", "tf.scan", "tf.scan@xla", "keras", "keras@xla", "while@xla"]
+FWD_IMPLS = ["jax", "tfscan", "tfscan@graph", "tfscan@xla", "tfscan.jit", "tf.scan", "tf.scan@xla", "keras", "keras@xla", "while@xla"]
 GRAD_IMPLS = ["jax", "tfscan", "tfscan@xla", "tfscan.grad", "tf.scan", "tf.scan@xla", "keras", "keras@xla", "while@xla"]
 
 

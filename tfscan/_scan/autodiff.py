@@ -51,6 +51,12 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     if eager or record.could_possibly_record():
         taped = [record.should_record_backprop([t]) for t in inputs]
         wanted = None if all(taped[len(init):]) else tuple(taped[len(init):])
+    # A graph where nothing records this scan (inference; or a tf.function traced under a tape
+    # outside it, which TensorFlow differentiates later, for every input, through the
+    # registered gradient): its residuals are made only if a gradient asks for them.
+    quiet = not eager and not _context.in_internal_trace() and not any(taped or ()) and not _context.watched(inputs)
+    if quiet:
+        wanted = None
     if eager:
         # Only a tape asks for the VJP: forward mode alone (accumulators) saves nothing.
         save = record.should_record_backprop(inputs)
@@ -78,7 +84,9 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
         with record.stop_recording():  # the tapes see only the operation recorded below
             graph = None if eager or not _context.in_vmap_trace() else _tf.default_graph()
             first_op = len(graph.get_operations()) if graph is not None else 0
-            carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=save, wanted=wanted)
+            # In a graph where nothing records, the residuals are made only if a gradient asks.
+            carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=save, wanted=wanted,
+                                                defer=quiet)
             saved = saved if save else None
             outs = list(carry) + list(ys)
             result = outs if eager else _with_registered_gradient(programs, outs, saved, init, xs, consts,
@@ -144,10 +152,14 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
     """Flat gradients for ``init + xs + consts`` given the cotangents of ``outs``."""
     n_i = len(init)
     d_carry = [_zeros_if_none(d, o) for d, o in zip(d_outs[:n_i], outs[:n_i])]
-    if saved is None or record.could_possibly_record():
+    if saved is None or _recording(list(init) + list(xs) + list(consts) + list(d_outs)):
         d_ys = [_zeros_if_none(d, o) for d, o in zip(d_outs[n_i:], outs[n_i:])]
         grads = _recorded_backward(programs, init, xs, consts, d_carry, d_ys, dynamic_length)
     else:
+        if isinstance(saved, _program.Deferred):  # the forward op saves them from now on
+            saved = saved.saved()
+            if saved is None:  # it cannot (its graph is not at hand): the saving program runs here
+                saved = programs.forward(init, xs, consts, dynamic_length, save=True, wanted=wanted)[2]
         # A ys cotangent that is the same at every step (zeros, a broadcast) goes in as one row.
         d_ys = [None if not is_float(o.dtype) else _cotangent.zero_row(o) if d is None
                 else (_cotangent.row_of(d) or d) for d, o in zip(d_outs[n_i:], outs[n_i:])]
@@ -156,6 +168,17 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
             return _differentiable_in_graph(programs, init, xs, consts, d_carry, list(d_outs[n_i:]),
                                             list(outs[n_i:]), dynamic_length, [g for part in grads for g in part])
     return [g for part in grads for g in part]
+
+
+def _recording(tensors: Sequence[Any]) -> bool:
+    """Whether a live tape or accumulator would record an operation that reads ``tensors``:
+    one watches one of them, or has a tangent of one. A tape merely being live is not enough:
+    TensorFlow builds the backward function of a ``tf.function`` called under a tape (or
+    differentiated by ``tf.gradients`` in it) with that tape live, on placeholders no tape
+    watches; recording there records nothing, and the backward pass would recompute the
+    forward loops it has residuals for."""
+    ts = [t for t in tensors if isinstance(t, tf.Tensor)]
+    return record.could_possibly_record() and (record.should_record_backprop(ts) or _context.watched(ts))
 
 
 def _differentiable_in_graph(programs: Programs, init, xs, consts, d_carry, d_ys, ys, dynamic_length,
@@ -232,13 +255,14 @@ def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts,
                               wanted: tuple | None = None) -> list:
     dl = [dynamic_length] if dynamic_length is not None else []
     recompute = saved is None  # nothing saved: its gradient recomputes (``_recorded_backward``)
-    saved = [] if saved is None else saved
+    deferred = saved if isinstance(saved, _program.Deferred) else None  # made if a gradient asks
+    saved = [] if saved is None or deferred is not None else saved
     flat = list(outs) + list(saved) + list(init) + list(xs) + list(consts) + dl
     counts = (len(outs), len(saved), len(init), len(xs), len(consts))
     site: list = []  # the IdentityN, weakly, once made
     exported = not _context.in_internal_trace()
     name = _register_gradient(programs, counts, bool(dl), site, exported, wanted, recompute,
-                              xla=_context.in_xla_context())
+                              xla=_context.in_xla_context(), deferred=deferred)
     graph = _tf.default_graph()
     # The graph keeps the programs its op's gradient reads: a JVP scan (made for a forward
     # function, ``_forward.scan_jvp``) is found by no cache lookup in this graph, and TensorFlow
@@ -255,7 +279,8 @@ def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts,
 
 
 def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: list, exported: bool,
-                       wanted: tuple | None = None, recompute: bool = False, xla: bool = False) -> str:
+                       wanted: tuple | None = None, recompute: bool = False, xla: bool = False,
+                       deferred: _program.Deferred | None = None) -> str:
     """A gradient name for one ``IdentityN``: one per op, since ``tf.saved_model`` saves one
     traced gradient function per name, capturing that op's inputs. A scan built inside a
     step tfscan traces and copies (``exported=False``) has no op of its own in a SavedModel:
@@ -278,7 +303,8 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
             tf.debugging.Assert(False, [f"tfscan: the gradient of a scan nested in a step ({name}) "
                                         "was not saved on its own; differentiate the enclosing scan."])
             return [None] * len(d_all)
-        if op is None:  # tf.saved_model traces the gradient to save it: read the op's inputs
+        saving = op is None
+        if saving:  # tf.saved_model traces the gradient to save it: read the op's inputs
             op = site[0]() if site else None  # (captured by the saved gradient function)
             if op is None:
                 raise ValueError(f"tfscan: cannot save the gradient of a scan ({name}): its graph "
@@ -293,6 +319,11 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
         # loop reads the residuals, and its outputs' gradient recomputes from the inputs
         # (``_differentiable_in_graph``).
         outs, saved = split_list(op.outputs, [n_out, n_saved])[:2]
+        if deferred is not None:
+            # The forward op is made to save its residuals, except for a SavedModel: it saves
+            # the forward function as it was, so its saved gradient runs the saving program.
+            saved = deferred if not saving else programs.forward(init, xs, consts, dl[0] if has_dl else None,
+                                                                 save=True, wanted=wanted)[2]
         dl = dl[0] if has_dl else None
         # A scan of a program XLA compiles whole: so is its gradient (TensorFlow compiles the
         # backward function of a ``jit_compile`` function), built here outside XLA's context:

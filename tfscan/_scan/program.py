@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from typing import Any, Sequence
 
 import tensorflow as tf
@@ -283,15 +284,8 @@ class Programs:
             return list(build(*args))
         fn = self._compiled(name, build)
         if not tf.executing_eagerly():
-            if launchable():
-                # Under a strategy, the program every replica may run is traced once and
-                # launched where it compiles once (_graph_concrete, _launch_device).
-                device = self._launch_device()
-                with tf.device(device) if device is not None else contextlib.nullcontext():
-                    outs = launch(self._graph_concrete(name, fn, args), args, run_time=run_time)
-                if outs is not None:
-                    return outs
-            return list(fn(*args))
+            outs = self._launched(name, fn, args, run_time)
+            return outs if outs is not None else list(fn(*args))
         # Eagerly, call the one concrete function directly: this skips tf.function's
         # argument canonicalization, a large part of a short scan's cost.
         concrete = self._concrete.get(name)
@@ -299,6 +293,17 @@ class Programs:
             with _tf.xla_trace():
                 concrete = self._concrete[name] = fn.get_concrete_function(*args)
         return _tf.call_concrete(concrete, args, xla=True)
+
+    def _launched(self, name: str, fn, args: list, run_time: Sequence[int]) -> list | None:
+        """The outputs of ``fn`` launched as one ``XlaLaunch`` op in the graph being built
+        (:func:`launch`), or ``None`` (nothing emitted)."""
+        if not launchable():
+            return None
+        # Under a strategy, the program every replica may run is traced once and
+        # launched where it compiles once (_graph_concrete, _launch_device).
+        device = self._launch_device()
+        with tf.device(device) if device is not None else contextlib.nullcontext():
+            return launch(self._graph_concrete(name, fn, args), args, run_time=run_time)
 
     def _in_loop(self) -> bool:
         """Whether the loops run their steps inside an XLA ``While`` (not straight-line code,
@@ -351,18 +356,57 @@ class Programs:
         captured = _tf.fixed_captures(concrete) if concrete is not None else None
         return None if captured is None else (concrete, captured)
 
-    def forward(self, init, xs, consts, dynamic_length=None, save=False, wanted=None):
+    def forward(self, init, xs, consts, dynamic_length=None, save=False, wanted=None, defer=False):
         """``(carry, ys, saved)``; ``wanted`` (a bool per xs and consts leaf, or ``None`` for
-        all) limits the residuals to what the gradients of those leaves need."""
+        all) limits the residuals to what the gradients of those leaves need.
+
+        ``defer`` (with ``save``): in a ``tf.function`` graph where nothing records, the loop
+        runs without residuals and ``saved`` is a :class:`Deferred`, which adds them to the
+        launched program only if a gradient is ever asked (inference never computes them).
+        It is a list as usual when the program could not be launched."""
         plan, static = self.plan, self.static
-        n_i, n_x = len(init), len(xs)
-
+        n_i = len(init)
         split = self.split(consts, wanted) if save else None
-        n_k = len(consts)
-
         # ``build`` is kept by the cached tf.function: it must close over counts, never over
         # this call's tensors (they would stay alive as long as the cache entry).
         binomial = save and _remat.is_binomial(self.remat)  # keeps a few snapshots, see _remat
+        true_length = _bucketed(static, xs, dynamic_length)
+        if true_length is not None:  # padded to a bucket; the loop runs the true length
+            xs, dynamic_length = _pad(xs, _bucket(true_length)), true_length
+        args = _join(init, xs, consts, dynamic_length)
+        run_time = _run_time_length(args, xs, dynamic_length)
+        if self._in_loop() and not binomial:  # changed integer carries, integer xs: loop values
+            run_time += self.plan.step.changed_integers(n_i) + [n_i + i for i, x in enumerate(xs)
+                                                                if x.dtype.is_integer]
+        ny = len(plan.y_specs)
+        flat = saved = None
+        if defer and save and not binomial:
+            flat = self._launched(self._forward_name(False), self._compiled(
+                self._forward_name(False), self._forward_build(init, xs, consts, False)), args, run_time)
+            if flat is not None:
+                saved = Deferred(self, flat[0].op if flat else None, (n_i, len(xs), len(consts), len(args)),
+                                 wanted)
+        if flat is None:
+            name = self._forward_name(save, wanted)
+            flat = self._call(name, self._forward_build(init, xs, consts, save, split), args, run_time)
+        carry, ys, rest = split_list(flat, [n_i, ny])
+        if saved is None:
+            saved = rest if binomial or not save else self.saved(init, ys, rest, split)
+        if true_length is not None:  # ``saved`` stays padded: the backward loop reads it so
+            ys = [y[:true_length] for y in ys]
+        return carry, ys, saved
+
+    @staticmethod
+    def _forward_name(save: bool, wanted=None) -> str:
+        # ``wanted`` shapes only what is saved: without saving, every ``wanted`` is one program.
+        return f"forward_{save}_{wanted if save else None}"
+
+    def _forward_build(self, init, xs, consts, save: bool, split=None):
+        """The forward program's function of ``init + xs + consts (+ length)``: its carry, ys and
+        (with ``save``) what the backward loop reads, flat."""
+        plan, static = self.plan, self.static
+        n_i, n_x, n_k = len(init), len(xs), len(consts)
+        binomial = save and _remat.is_binomial(self.remat)
 
         def build(*args):
             i, x, k, dl = _split(args, n_i, n_x, n_k)
@@ -372,32 +416,21 @@ class Programs:
             else:
                 carry, ys, saved = forward(plan, static, i, x, k, dl, save, split)
             return list(carry) + list(ys) + list(saved)
+        return build
 
-        true_length = _bucketed(static, xs, dynamic_length)
-        if true_length is not None:  # padded to a bucket; the loop runs the true length
-            xs, dynamic_length = _pad(xs, _bucket(true_length)), true_length
-        args = _join(init, xs, consts, dynamic_length)
-        run_time = _run_time_length(args, xs, dynamic_length)
-        if self._in_loop() and not binomial:  # changed integer carries, integer xs: loop values
-            run_time += self.plan.step.changed_integers(n_i) + [n_i + i for i, x in enumerate(xs)
-                                                                if x.dtype.is_integer]
-        # ``wanted`` shapes only what is saved: without saving, every ``wanted`` is one program.
-        flat = self._call(f"forward_{save}_{wanted if save else None}", build, args, run_time)
-        ny = len(plan.y_specs)
-        carry, ys, saved = split_list(flat, [n_i, ny])
-        if binomial or not save:
-            return carry, ys, saved
-        n_sc = len([i for i in _needed_carry(plan, split) if i not in plan.carry_is_y])
+    def saved(self, init, ys, rest, split) -> list:
+        """What the backward loop reads, from a saving forward program's outputs past its
+        carry (``ys``, and ``rest``): the saved carry leaves and residuals, then the ``init``
+        and ys leaves of :func:`carry_aliases`."""
+        n_sc = len([i for i in _needed_carry(self.plan, split) if i not in self.plan.carry_is_y])
+        saved = list(rest)
         if split is not None and split.y_alias:  # residuals that are ys: the ys buffers themselves
-            saved_carry, rest = split_list(saved, [n_sc])
-            rest = iter(rest)
-            saved = saved_carry + [ys[split.y_alias[j]] if j in split.y_alias else next(rest)
+            saved_carry, others = split_list(saved, [n_sc])
+            others = iter(others)
+            saved = saved_carry + [ys[split.y_alias[j]] if j in split.y_alias else next(others)
                                    for j in range(len(split.residual_specs))]
         # Carries that are ys are read back from the ys: the init and ys leaves go last.
-        saved = saved + [t for i, j in carry_aliases(plan, split) for t in (init[i], ys[j])]
-        if true_length is not None:  # ``saved`` stays padded: the backward loop reads it so
-            ys = [y[:true_length] for y in ys]
-        return carry, ys, saved
+        return saved + [t for i, j in carry_aliases(self.plan, split) for t in (init[i], ys[j])]
 
     def backward(self, xs, consts, saved, d_carry, d_ys, dynamic_length=None, wanted=None):
         plan, static = self.plan, self.static
@@ -435,6 +468,60 @@ class Programs:
         if true_length is not None:
             d_xs = [d[:true_length] for d in d_xs]
         return scatter(n_c, fc, d_init), scatter(n_x, fx, d_xs), scatter(n_k, fk, d_k)
+
+
+class Deferred:
+    """The residuals of a forward loop launched without them, made when a gradient asks.
+
+    In a ``tf.function`` graph where nothing records (inference, ``model.predict``, a
+    served SavedModel) a scan's forward program saves nothing per step. A gradient asked
+    of that graph later (``tf.gradients``, a tape around the function's call) makes the
+    launched op run the saving program instead (:func:`tfscan._tf.relaunch`, as
+    TensorFlow's ``while_v2`` adds accumulators to a ``While`` op already built): the
+    backward loop reads residuals, and the inference function made before never computes
+    them. Holds the programs and the op weakly (the graph owns both).
+    """
+
+    def __init__(self, programs: "Programs", op: Any, counts: tuple, wanted):
+        self._programs = weakref.ref(programs)
+        self._op = weakref.ref(op) if op is not None else lambda: None
+        self._counts, self._wanted = counts, wanted
+        self._saved: list | None = None
+
+    def saved(self) -> list | None:
+        """What the backward loop reads, in the forward graph (the op made to save it, once),
+        or ``None`` when the op cannot be changed (a SavedModel traces the gradient apart
+        from it): the gradient then runs the saving forward program itself."""
+        if self._saved is None:
+            self._saved = self._relaunch()
+        return self._saved
+
+    def _relaunch(self) -> list | None:
+        programs, op = self._programs(), self._op()
+        if programs is None or op is None:
+            return None
+        n_i, n_x, n_k, n_args = self._counts
+        args = list(op.inputs[:n_args])
+        init, _, consts, _ = _split(args, n_i, n_x, n_k)
+        split = programs.split(consts, self._wanted)
+        quiet, saving = programs._forward_name(False), programs._forward_name(True, self._wanted)
+        xs = args[n_i: n_i + n_x]
+        before = programs._graph_concrete(quiet, programs._compiled(
+            quiet, programs._forward_build(init, xs, consts, False)), args)
+        after = programs._graph_concrete(saving, programs._compiled(
+            saving, programs._forward_build(init, xs, consts, True, split)), args)
+        extra = _tf.relaunch(op, after, before)
+        if extra is None:
+            return None
+        _launched.note(op, after)
+        flat = list(op.outputs)
+        ny = len(programs.plan.y_specs)
+        saved = programs.saved(init, flat[n_i: n_i + ny], extra, split)
+        # Read by the backward loop only: a higher-order gradient of the function (which
+        # TensorFlow builds through every tensor its backward function reads) gives the
+        # forward loop no cotangent through them, as the scan's IdentityN does for its outputs.
+        with op.graph.as_default():
+            return [tf.stop_gradient(t) for t in saved]
 
 
 def launchable() -> bool:

@@ -10,7 +10,7 @@ tfscan.
 The entries come in six groups, one module each:
 
 * :mod:`~tfscan._tf.calls` — calling a traced function: :func:`call_concrete`,
-  :func:`fixed_captures`, :func:`launch_compiled`, :func:`register_launch_gradient`, :func:`xla_trace`, :func:`quiet_retracing`;
+  :func:`fixed_captures`, :func:`launch_compiled`, :func:`relaunch`, :func:`register_launch_gradient`, :func:`xla_trace`, :func:`quiet_retracing`;
 * :mod:`~tfscan._tf.tapes` — the eager tapes and accumulators: :class:`record`,
   :func:`guard_empty_function_call_records`;
 * :mod:`~tfscan._tf.graphs` — graphs being built: :func:`default_graph`,
@@ -33,6 +33,7 @@ from tfscan._tf.calls import (
     own_outputs,
     quiet_retracing,
     register_launch_gradient,
+    relaunch,
     xla_trace,
 )
 from tfscan._tf.graphs import (
@@ -64,7 +65,7 @@ from tfscan._tf.vectorize import pfor, xla
 
 # The door's entries (a private package: callers write ``_tf.<entry>``).
 __all__ = ["CALL_OPS", "CONDITIONAL_OPS", "call_concrete", "fixed_captures", "launch_compiled", "own_outputs",
-           "quiet_retracing", "register_launch_gradient", "xla_trace",
+           "quiet_retracing", "register_launch_gradient", "relaunch", "xla_trace",
            "record", "guard_empty_function_call_records",
            "default_graph", "distributed_container", "function_graph", "graph_function", "gradient_function", "graph_variables", "in_graph", "lean_graph",
            "in_xla_context",

@@ -196,6 +196,41 @@ def launch_compiled(concrete: Any, args: Sequence[tf.Tensor], captured: Sequence
     return result
 
 
+def relaunch(op: Any, concrete: Any, before: Any) -> list | None:
+    """Make ``op``, an ``XlaLaunch`` op :func:`launch_compiled` emitted for the concrete
+    function ``before``, launch ``concrete`` instead: a program taking the same inputs and
+    captures whose outputs are ``before``'s followed by more. Returns the added outputs, or
+    ``None`` (``op`` unchanged) when the two programs differ in their inputs, captures or
+    first outputs.
+
+    Why private: this is how TensorFlow's own gradients of ``While`` and ``If`` give a
+    forward op already in the graph the intermediates its backward pass reads
+    (``while_v2._WhileGrad``, ``cond_v2._IfGrad``: ``Operation._set_func_attr``,
+    ``_set_type_list_attr``, ``_add_outputs``). A ``tf.function`` graph in which nothing
+    records runs its loops without residuals; a gradient asked of it later
+    (``tf.gradients`` in the same graph, or a tape around the function's call, for which
+    TensorFlow builds the forward function from this graph again, after its backward pass)
+    makes the same op save them. The inference function made from the graph before stays
+    as it was. Checked on TF 2.21.
+    """
+    if op.type != "XlaLaunch":
+        return None
+    old, new = own_outputs(before), own_outputs(concrete)
+    same_inputs = ([(t.dtype, t.shape) for t in before.inputs] == [(t.dtype, t.shape) for t in concrete.inputs]
+                   and [id(c) for c in before.captured_inputs] == [id(c) for c in concrete.captured_inputs])
+    if not same_inputs or len(new) < len(old) or any(a.dtype != b.dtype for a, b in zip(old, new)):
+        return None
+    if any(o.dtype in (tf.resource, tf.variant) for o in new):
+        return None
+    concrete.add_to_graph(op.graph)
+    name = concrete._inference_function.name  # noqa: SLF001 - the function add_to_graph adds
+    op._set_func_attr("function", name.decode() if isinstance(name, bytes) else name)  # noqa: SLF001
+    op._set_type_list_attr("Tresults", [o.dtype for o in new])  # noqa: SLF001
+    extra = new[len(old):]
+    op._add_outputs([o.dtype for o in extra], [o.shape for o in extra])  # noqa: SLF001
+    return list(op.outputs[len(old):])
+
+
 def own_outputs(concrete: Any) -> list:
     """The outputs of a concrete function's graph that its call returns.
 
