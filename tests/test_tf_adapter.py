@@ -22,7 +22,7 @@ PRIVATE = ["_call_flat", "_omit_frequent_tracing_warning", "_get_function", "_gr
            "_pfor_converter_registry", "_convert_function_call", "_convert_helper", "_stack",
            "_dropout_mask", "_recurrent_dropout_mask", "_call_has_training_arg",
            "_maybe_config_dropout_masks", "_maybe_reset_dropout_masks", "capture", "_watched_variables",
-           "_captured_inputs"]
+           "_captured_inputs", "_add_outputs", "_set_func_attr", "_set_type_list_attr"]
 # An attribute access (``x._name``) or a name given as a string (``getattr(x, "_name")``).
 PRIVATE_USE = re.compile(r"""(?:\.|["'])(%s)\b""" % "|".join(PRIVATE))
 
@@ -74,6 +74,25 @@ def test_launch_compiled_emits_one_xla_launch_op_or_nothing():
     np.testing.assert_allclose(out[0].numpy(), [8.0, 13.0])
     assert out[1].numpy() == 5
     assert _tf.launch_compiled(concrete, [tf.constant([3.0, 4.0]), tf.constant(5)], not_constant=[1]) is None
+
+
+def test_relaunch_adds_the_outputs_of_a_program_with_the_same_inputs():
+    quiet = tf.function(lambda x: x * 2.0, jit_compile=True).get_concrete_function(tf.TensorSpec([2]))
+    saving = tf.function(lambda x: (x * 2.0, x * 3.0), jit_compile=True).get_concrete_function(tf.TensorSpec([2]))
+    other = tf.function(lambda x: (x * 2.0, x), jit_compile=True).get_concrete_function(tf.TensorSpec([3]))
+
+    @tf.function
+    def outer(x):
+        (y,) = _tf.launch_compiled(quiet, [x])
+        assert _tf.relaunch(y.op, other, quiet) is None  # other inputs: the op is left as it was
+        assert len(y.op.outputs) == 1
+        (extra,) = _tf.relaunch(y.op, saving, quiet)
+        assert extra.op is y.op and extra.shape == [2]
+        return y, extra
+
+    y, extra = outer(tf.constant([1.0, 2.0]))
+    np.testing.assert_allclose(y.numpy(), [2.0, 4.0])
+    np.testing.assert_allclose(extra.numpy(), [3.0, 6.0])
 
 
 def test_record_sees_tapes_and_accumulators():

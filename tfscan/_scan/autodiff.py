@@ -54,7 +54,9 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     # A graph where nothing records this scan (inference; or a tf.function traced under a tape
     # outside it, which TensorFlow differentiates later, for every input, through the
     # registered gradient): its residuals are made only if a gradient asks for them.
-    quiet = not eager and not _context.in_internal_trace() and not any(taped or ()) and not _context.watched(inputs)
+    # (Not under XLA, which drops the residuals nobody reads by itself.)
+    quiet = not eager and not _context.in_internal_trace() and not _context.in_xla_context() \
+        and not any(taped or ()) and not _context.watched(inputs)
     if quiet:
         wanted = None
     if eager:
@@ -152,7 +154,11 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
     """Flat gradients for ``init + xs + consts`` given the cotangents of ``outs``."""
     n_i = len(init)
     d_carry = [_zeros_if_none(d, o) for d, o in zip(d_outs[:n_i], outs[:n_i])]
-    if saved is None or _recording(list(init) + list(xs) + list(consts) + list(d_outs)):
+    # A scan whose residuals wait for a gradient (it records nothing, outside XLA) is asked
+    # finely whether its backward pass is recorded; any other by whether anything could record.
+    recording = _recording(list(init) + list(xs) + list(consts) + list(d_outs)) \
+        if isinstance(saved, _program.Deferred) else record.could_possibly_record()
+    if saved is None or recording:
         d_ys = [_zeros_if_none(d, o) for d, o in zip(d_outs[n_i:], outs[n_i:])]
         grads = _recorded_backward(programs, init, xs, consts, d_carry, d_ys, dynamic_length)
     else:
@@ -176,7 +182,10 @@ def _recording(tensors: Sequence[Any]) -> bool:
     TensorFlow builds the backward function of a ``tf.function`` called under a tape (or
     differentiated by ``tf.gradients`` in it) with that tape live, on placeholders no tape
     watches; recording there records nothing, and the backward pass would recompute the
-    forward loops it has residuals for."""
+    forward loops it has residuals for. Asked of a scan whose residuals wait for a gradient
+    (:class:`~tfscan._scan.program.Deferred`) only: for any other, TensorFlow's higher-order
+    gradient of a held ``jit_compile`` function then emitted a compiled call inside the
+    function XLA compiles (``tests/test_held_function_gradients.py``)."""
     ts = [t for t in tensors if isinstance(t, tf.Tensor)]
     return record.could_possibly_record() and (record.should_record_backprop(ts) or _context.watched(ts))
 
