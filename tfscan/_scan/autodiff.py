@@ -164,7 +164,7 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
     else:
         if isinstance(saved, _program.Deferred):  # the forward op saves them from now on
             saved = saved.saved()
-            if saved is None:  # it cannot (its graph is not at hand): the saving program runs here
+            if saved is None:  # it cannot (a SavedModel's saved gradient): the saving program runs here
                 saved = programs.forward(init, xs, consts, dynamic_length, save=True, wanted=wanted)[2]
         # A ys cotangent that is the same at every step (zeros, a broadcast) goes in as one row.
         d_ys = [None if not is_float(o.dtype) else _cotangent.zero_row(o) if d is None
@@ -331,8 +331,7 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
         if deferred is not None:
             # The forward op is made to save its residuals, except for a SavedModel: it saves
             # the forward function as it was, so its saved gradient runs the saving program.
-            saved = deferred if not saving else programs.forward(init, xs, consts, dl[0] if has_dl else None,
-                                                                 save=True, wanted=wanted)[2]
+            saved = deferred if not saving else deferred.apart()
         dl = dl[0] if has_dl else None
         # A scan of a program XLA compiles whole: so is its gradient (TensorFlow compiles the
         # backward function of a ``jit_compile`` function), built here outside XLA's context:

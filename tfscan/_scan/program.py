@@ -496,6 +496,13 @@ class Deferred:
             self._saved = self._relaunch()
         return self._saved
 
+    def apart(self) -> "Deferred":
+        """The same residuals for a gradient traced apart from the forward graph (a
+        SavedModel saves that graph as it was): its :meth:`saved` is ``None``."""
+        other = Deferred.__new__(Deferred)
+        other.__dict__.update(self.__dict__, _op=lambda: None, _saved=None)
+        return other
+
     def _relaunch(self) -> list | None:
         programs, op = self._programs(), self._op()
         if programs is None or op is None:
