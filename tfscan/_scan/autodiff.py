@@ -56,7 +56,7 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     # registered gradient): its residuals are made only if a gradient asks for them.
     # (Not under XLA, which drops the residuals nobody reads by itself.)
     quiet = not eager and not _context.in_internal_trace() and not _context.in_xla_context() \
-        and not any(taped or ()) and not _context.watched(inputs)
+        and not _recording(inputs)
     if quiet:
         wanted = None
     if eager:
@@ -156,13 +156,14 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
     d_carry = [_zeros_if_none(d, o) for d, o in zip(d_outs[:n_i], outs[:n_i])]
     # A scan whose residuals wait for a gradient (it records nothing, outside XLA) is asked
     # finely whether its backward pass is recorded; any other by whether anything could record.
+    deferred = isinstance(saved, _program.Deferred)
     recording = _recording(list(init) + list(xs) + list(consts) + list(d_outs)) \
-        if isinstance(saved, _program.Deferred) else record.could_possibly_record()
+        if deferred else record.could_possibly_record()
     if saved is None or recording:
         d_ys = [_zeros_if_none(d, o) for d, o in zip(d_outs[n_i:], outs[n_i:])]
         grads = _recorded_backward(programs, init, xs, consts, d_carry, d_ys, dynamic_length)
     else:
-        if isinstance(saved, _program.Deferred):  # the forward op saves them from now on
+        if deferred:  # the forward op saves them from now on
             saved = saved.saved()
             if saved is None:  # it cannot (a SavedModel's saved gradient): the saving program runs here
                 saved = programs.forward(init, xs, consts, dynamic_length, save=True, wanted=wanted)[2]

@@ -482,8 +482,8 @@ class Deferred:
     them. Holds the programs and the op weakly (the graph owns both).
     """
 
-    def __init__(self, programs: "Programs", op: Any, counts: tuple, wanted):
-        self._programs = weakref.ref(programs)
+    def __init__(self, programs: "Programs | None", op: Any, counts: tuple, wanted):
+        self._programs = weakref.ref(programs) if programs is not None else lambda: None
         self._op = weakref.ref(op) if op is not None else lambda: None
         self._counts, self._wanted = counts, wanted
         self._saved: list | None = None
@@ -499,9 +499,7 @@ class Deferred:
     def apart(self) -> "Deferred":
         """The same residuals for a gradient traced apart from the forward graph (a
         SavedModel saves that graph as it was): its :meth:`saved` is ``None``."""
-        other = Deferred.__new__(Deferred)
-        other.__dict__.update(self.__dict__, _op=lambda: None, _saved=None)
-        return other
+        return Deferred(self._programs(), None, self._counts, self._wanted)
 
     def _relaunch(self) -> list | None:
         programs, op = self._programs(), self._op()
