@@ -97,6 +97,9 @@ def impl(key: str) -> Impl:
         return Impl(key, impl(key[: -len("@eager")]).label.replace(" in jax.jit", "") + ", jax.grad not jitted", "jax")
     if key.startswith("jax.checkpoint[every="):  # e.g. "jax.checkpoint[every=sqrt]"
         return Impl(key, f"jax.lax.scan of jax.checkpoint(segments of {key[21:-1]} steps) in jax.jit", "jax")
+    if key.endswith(AROUND):  # e.g. "tfscan@graph~around"
+        return Impl(key, impl(key[: -len(AROUND)]).label + ", a tape around its call (weights: variables)",
+                    impl(key[: -len(AROUND)]).family)
     family = key.split(".")[0]  # e.g. the Keras workload's "keras.SimpleRNN@xla"
     return Impl(key, key.replace("@xla", " (jit_compile)"),
                 family if family in ("tfscan", "keras", "jax", "tf") else "other")
@@ -226,6 +229,8 @@ def gradient(key: str, problem, data: dict) -> Callable[[], Any]:
     """A callable returning the gradient of ``sum(ys)`` w.r.t. ``problem.wrt`` (a tuple)."""
     if key in _floors.KEYS:
         return _floors.build(key, problem, data)
+    if key.endswith(AROUND):
+        return _gradient_around(key[: -len(AROUND)], problem, data)
     idx = tuple(WRT.index(w) for w in problem.wrt)
     final = getattr(problem, "final", False)  # the loss reads the final carry, not the ys
     # ``...@eager``: jax.grad run op by op, not under jax.jit (each scan still compiled), so the
@@ -277,6 +282,33 @@ def gradient(key: str, problem, data: dict) -> Callable[[], Any]:
     fn = wrap_tf(run, where)
     args = tf_data(data)
     return lambda: fn(*args)
+
+
+AROUND = "~around"  # e.g. "tfscan@graph~around": the tape outside the function's call
+
+
+def _gradient_around(key: str, problem, data: dict) -> Callable[[], Any]:
+    """The gradient of a model's function by a tape around its call, as a custom training loop
+    or a Keras model called under a tape writes it: the weights (``params``) are
+    ``tf.Variable``s the function reads, the other inputs its arguments; TensorFlow builds the
+    function's gradient apart from it, for every input."""
+    adapter, where = TF_SCANS[key]
+    final = getattr(problem, "final", False)
+    params, init, xs = tf_data(data)
+    variables = tf.nest.map_structure(tf.Variable, params)
+
+    def loss(init, xs):
+        carry, ys = adapter(problem.tf_step(variables), init, xs)
+        return problem.tf_loss(carry if final else ys)
+    fn = wrap_tf(loss, where)
+    wrt = tuple({"params": variables, "init": init, "xs": xs}[w] for w in problem.wrt)
+
+    def run():
+        with tf.GradientTape() as tape:
+            tape.watch([w for w in wrt if not isinstance(w, (dict, tf.Variable))])
+            value = fn(init, xs)
+        return tuple(tape.gradient(value, wrt))
+    return run
 
 
 def jax_segmented_scan(step, init, xs, every: str):

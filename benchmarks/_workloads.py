@@ -413,6 +413,11 @@ def workloads(mode: str) -> list[Workload]:
                  ["jax", "tfscan", "tfscan@graph", "tfscan@xla", "tfscan.grad", "tf.scan", "tf.scan@xla", "keras",
                   "tf.function.empty", "handwritten@xla"],
                  grad(light_params), light_params.inputs, tol=1e-3, requires={"tfscan.grad": ("grad",)}),
+        Workload("elman-grad-around", "2e. Elman RNN (B=32, I=64, H=128), gradient of sum(hs) w.r.t. params "
+                 "and h0 by a tape around the model's function (its weights tf.Variables); ~around: the tape "
+                 "outside the call, else inside", "time", "gradient", s["elman"],
+                 ["jax", "tfscan@graph~around", "tfscan@xla~around", "tfscan@graph", "tfscan@xla", "tf.scan~around"],
+                 grad(elman), elman.inputs, tol=1e-3),
         Workload("elman-hvp", "2d. Elman RNN (B=32, I=64, H=128), Hessian-vector product of sum(hs) "
                  "w.r.t. W_hh (forward over reverse: jax.jvp of jax.grad; an accumulator around a tape)",
                  "time", "hvp", s["hvp"], ["jax", "tfscan", "tfscan@graph", "tfscan@xla", "tf.scan", "tf.scan@xla"],

@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 import tfscan
+from tfscan._scan import autodiff
 from tfscan._scan.residuals import RecomputeWarning
 
 jax = pytest.importorskip("jax")
@@ -151,3 +152,40 @@ def test_a_function_first_traced_under_a_tape_outside_it_reads_residuals():
     concrete = f.get_concrete_function(w, xs)
     assert [len(op.outputs) > N_OUT for op in _launches(concrete.graph)] == [True]
     assert _launch_outputs(concrete.function_def) == [N_OUT]
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["tf.function", "jit_compile"])
+@pytest.mark.parametrize("weights", ["variable", "watched tensor"])
+def test_a_tape_around_the_call_reads_residuals_whatever_the_function_reads(jit_compile, weights, monkeypatch):
+    """A model's function reads its weights from variables. The tape outside it is live while
+    the function is traced and watches the variables it reads, so the scan looked recorded,
+    asked for the weights' gradients only; TensorFlow's gradient of the call asks for every
+    input, and the backward pass recomputed the forward loop: 2.4x the time of a tape inside
+    (LSTM T=1000 B=32 H=128, 959 against 396 ms), 1.5x under XLA, where a watched tensor did
+    the same. A scan in a graph now saves the residuals of every input's gradient, and a
+    gradient TensorFlow builds apart from the forward graph reads them."""
+    def recomputed(*args, **kwargs):
+        raise AssertionError("the backward pass recomputed the forward loop")
+
+    w = tf.Variable(W) if weights == "variable" else tf.constant(W)
+    f = tf.function(lambda xs: loss(w, xs), jit_compile=jit_compile)
+    xs = tf.constant(XS)
+
+    def around():
+        with tf.GradientTape() as tape:
+            if weights != "variable":
+                tape.watch(w)
+            y = f(xs)
+        return tape.gradient(y, w)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(autodiff, "_recorded_backward", recomputed)
+        got = around()
+    np.testing.assert_allclose(got.numpy(), np.asarray(jax.grad(jloss)(W, XS)), rtol=2e-5, atol=1e-5)
+    with tf.GradientTape() as outer:  # and its derivative, through the same forward graph
+        if weights != "variable":
+            outer.watch(w)
+        g = around()
+        second = tf.reduce_sum(g * g)
+    want = jax.grad(lambda w: jnp.sum(jax.grad(jloss)(w, XS) ** 2))(W)
+    np.testing.assert_allclose(outer.gradient(second, w).numpy(), np.asarray(want), rtol=1e-4, atol=1e-4)

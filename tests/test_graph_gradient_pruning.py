@@ -41,9 +41,9 @@ def test_tape_in_a_tf_function_backward_skips_unwatched_xs(monkeypatch):
     asked = []
     backward = _program.Programs.backward
 
-    def spy(self, xs, consts, saved, d_carry, d_ys, dynamic_length=None, wanted=None):
+    def spy(self, xs, consts, saved, d_carry, d_ys, dynamic_length=None, wanted=None, saved_for=None):
         asked.append(wanted)
-        return backward(self, xs, consts, saved, d_carry, d_ys, dynamic_length, wanted)
+        return backward(self, xs, consts, saved, d_carry, d_ys, dynamic_length, wanted, saved_for)
 
     monkeypatch.setattr(_program.Programs, "backward", spy)
 
@@ -60,7 +60,7 @@ def test_tape_in_a_tf_function_backward_skips_unwatched_xs(monkeypatch):
 
 def test_tf_gradients_after_a_pruned_tape_still_gets_every_gradient():
     """The tape at the forward pass watched only ``a``; tf.gradients in the same graph then
-    asks for d(xs) too (read from a recomputing backward pass, not the pruned residuals)."""
+    asks for d(xs) too (from the same residuals: a graph's scan saves those of every input)."""
     a0, xs0 = _data()
 
     @tf.function(autograph=False)

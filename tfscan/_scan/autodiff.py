@@ -59,6 +59,12 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
         and not _recording(inputs)
     if quiet:
         wanted = None
+    # In a graph the forward loop saves the residuals of every input's gradient: the tapes
+    # live while it is traced may be outside the function (TensorFlow's gradient of its call
+    # then asks for every input) or inside it (asking for ``wanted`` only); which, nothing
+    # here tells. The backward loop computes the ``wanted`` ones only, and XLA drops the
+    # residuals no gradient reads. Eagerly the tapes are known: only ``wanted``'s are saved.
+    saved_for = wanted if eager else None
     if eager:
         # Only a tape asks for the VJP: forward mode alone (accumulators) saves nothing.
         save = record.should_record_backprop(inputs)
@@ -72,8 +78,9 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
         # one that saves its own residuals. Only a per-example VJP (which traces the function
         # again, ``Batched.vjp_pe``) or ``tf.gradients`` could differentiate it: it recomputes.
         save = False
-    if save:
-        programs.vjp(consts, wanted)  # traced now, while a tape inside the step can still record
+    if save:  # traced now, while a tape inside the step can still record
+        programs.vjp(consts, saved_for)
+        programs.backward_vjp(consts, wanted, saved_for)
     # forward mode (an accumulator) runs the scan's own JVP loop, never this VJP transposed
     forward_function = lambda *tangents: _forward.scan_tangents(  # noqa: E731
         programs, init, xs, consts, dynamic_length, tangents, run)
@@ -87,12 +94,12 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
             graph = None if eager or not _context.in_vmap_trace() else _tf.default_graph()
             first_op = len(graph.get_operations()) if graph is not None else 0
             # In a graph where nothing records, the residuals are made only if a gradient asks.
-            carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=save, wanted=wanted,
+            carry, ys, saved = programs.forward(init, xs, consts, dynamic_length, save=save, wanted=saved_for,
                                                 defer=quiet)
             saved = saved if save else None
             outs = list(carry) + list(ys)
             result = outs if eager else _with_registered_gradient(programs, outs, saved, init, xs, consts,
-                                                                  dynamic_length, wanted)
+                                                                  dynamic_length)
             if graph is not None:  # vmap batches this scan as a whole, not its loop's ops
                 from tfscan._transforms import scan_batching
                 scan_batching.mark_forward(graph.get_operations()[first_op:], result[0].op if result else None)
@@ -107,7 +114,7 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
     specs = [tf.TensorSpec(o.shape, o.dtype) for o in outs] if eager else outs
 
     def backward(*d_outs):
-        grads = _backward(programs, init, xs, consts, saved, d_outs, specs, dynamic_length, wanted)
+        grads = _backward(programs, init, xs, consts, saved, d_outs, specs, dynamic_length, wanted, saved_for)
         return grads if recorded is None else [grads[i] for i in recorded]
 
     # Forward mode alone records the inputs with a tangent only (``first_tangents``): no tape
@@ -150,14 +157,15 @@ def run(programs: Programs, init: Sequence[tf.Tensor], xs: Sequence[tf.Tensor], 
 
 
 def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic_length,
-              wanted: tuple | None = None) -> list:
-    """Flat gradients for ``init + xs + consts`` given the cotangents of ``outs``."""
+              wanted: tuple | None = None, saved_for: tuple | None = None, apart: bool = False) -> list:
+    """Flat gradients for ``init + xs + consts`` (those ``wanted``) given the cotangents of
+    ``outs``, from ``saved``: the residuals of the gradients ``saved_for``."""
     n_i = len(init)
     d_carry = [_zeros_if_none(d, o) for d, o in zip(d_outs[:n_i], outs[:n_i])]
     # A scan whose residuals wait for a gradient (it records nothing, outside XLA) is asked
     # finely whether its backward pass is recorded; any other by whether anything could record.
     deferred = isinstance(saved, _program.Deferred)
-    recording = _recording(list(init) + list(xs) + list(consts) + list(d_outs)) \
+    recording = False if apart else _recording(list(init) + list(xs) + list(consts) + list(d_outs)) \
         if deferred else record.could_possibly_record()
     if saved is None or recording:
         d_ys = [_zeros_if_none(d, o) for d, o in zip(d_outs[n_i:], outs[n_i:])]
@@ -166,11 +174,11 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
         if deferred:  # the forward op saves them from now on
             saved = saved.saved()
             if saved is None:  # it cannot (a SavedModel's saved gradient): the saving program runs here
-                saved = programs.forward(init, xs, consts, dynamic_length, save=True, wanted=wanted)[2]
+                saved = programs.forward(init, xs, consts, dynamic_length, save=True, wanted=saved_for)[2]
         # A ys cotangent that is the same at every step (zeros, a broadcast) goes in as one row.
         d_ys = [None if not is_float(o.dtype) else _cotangent.zero_row(o) if d is None
                 else (_cotangent.row_of(d) or d) for d, o in zip(d_outs[n_i:], outs[n_i:])]
-        grads = programs.backward(xs, consts, saved, d_carry, d_ys, dynamic_length, wanted)
+        grads = programs.backward(xs, consts, saved, d_carry, d_ys, dynamic_length, wanted, saved_for)
         if not tf.executing_eagerly():
             return _differentiable_in_graph(programs, init, xs, consts, d_carry, list(d_outs[n_i:]),
                                             list(outs[n_i:]), dynamic_length, [g for part in grads for g in part])
@@ -227,13 +235,16 @@ def _differentiable_in_graph(programs: Programs, init, xs, consts, d_carry, d_ys
         inline = _tf.xla_trace() if xla and not _context.in_xla_context() else contextlib.nullcontext()
         # Recording even inside a busy accumulator (forward over reverse transposes this
         # gradient as it builds it): otherwise the tape sees nothing, and the derivative is zero.
-        with inline, record.forwardprop_state(), tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch([full[j] for j in sources])
-            again = _recorded_backward(programs, init_, xs_, consts_, d_carry_, d_ys_, dl_in[0] if dl_in else None)
-            again = [g for part in again for g in part]
-        d_in = tape.gradient([again[i] for i in idx], [full[j] for j in sources],
-                             output_gradients=[_zeros_if_none(d, grads[i]) for d, i in zip(d_all, idx)],
-                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        # (Both passes in XLA's context when the program's are: a compiled call there is inline.)
+        with inline:
+            with record.forwardprop_state(), tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch([full[j] for j in sources])
+                again = _recorded_backward(programs, init_, xs_, consts_, d_carry_, d_ys_,
+                                           dl_in[0] if dl_in else None)
+                again = [g for part in again for g in part]
+            d_in = tape.gradient([again[i] for i in idx], [full[j] for j in sources],
+                                 output_gradients=[_zeros_if_none(d, grads[i]) for d, i in zip(d_all, idx)],
+                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
         out = [None] * (len(idx) + len(have) + len(dl_in))
         for j, d in zip(sources, d_in):
             out[len(idx) + have.index(j)] = d
@@ -261,8 +272,7 @@ def scan_site(name: str):
     return None if programs is None else (programs,) + site[1:]
 
 
-def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts, dynamic_length,
-                              wanted: tuple | None = None) -> list:
+def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts, dynamic_length) -> list:
     dl = [dynamic_length] if dynamic_length is not None else []
     recompute = saved is None  # nothing saved: its gradient recomputes (``_recorded_backward``)
     deferred = saved if isinstance(saved, _program.Deferred) else None  # made if a gradient asks
@@ -271,7 +281,7 @@ def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts,
     counts = (len(outs), len(saved), len(init), len(xs), len(consts))
     site: list = []  # the IdentityN, weakly, once made
     exported = not _context.in_internal_trace()
-    name = _register_gradient(programs, counts, bool(dl), site, exported, wanted, recompute,
+    name = _register_gradient(programs, counts, bool(dl), site, exported, recompute,
                               xla=_context.in_xla_context(), deferred=deferred)
     graph = _tf.default_graph()
     # The graph keeps the programs its op's gradient reads: a JVP scan (made for a forward
@@ -289,7 +299,7 @@ def _with_registered_gradient(programs: Programs, outs, saved, init, xs, consts,
 
 
 def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: list, exported: bool,
-                       wanted: tuple | None = None, recompute: bool = False, xla: bool = False,
+                       recompute: bool = False, xla: bool = False,
                        deferred: _program.Deferred | None = None) -> str:
     """A gradient name for one ``IdentityN``: one per op, since ``tf.saved_model`` saves one
     traced gradient function per name, capturing that op's inputs. A scan built inside a
@@ -339,9 +349,10 @@ def _register_gradient(programs: Programs, counts: tuple, has_dl: bool, site: li
         # the backward loop goes inline, never as a compiled call XLA cannot hold.
         inline = _tf.xla_trace() if xla and not _context.in_xla_context() else contextlib.nullcontext()
         with inline:
-            if wanted is None and not recompute:
-                grads = _backward(programs, init, xs, consts, saved, d_all[:n_out], outs, dl)
-            else:  # residuals saved for the tape's gradients only (or none): tf.gradients may ask for any
+            if not recompute:  # a graph's scan saves the residuals of every input's gradient
+                grads = _backward(programs, init, xs, consts, saved, d_all[:n_out], outs, dl,
+                                  apart=saving or op.graph is not _tf.default_graph())
+            else:  # nothing saved (a vmap example's scan): recomputed
                 d_outs = [_zeros_if_none(d, o) for d, o in zip(d_all[:n_out], outs)]
                 grads = _recorded_backward(programs, init, xs, consts, d_outs[:n_i], d_outs[n_i:], dl)
                 grads = [g for part in grads for g in part]

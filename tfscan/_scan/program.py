@@ -168,12 +168,14 @@ def step_vjp(plan: Plan, c_t, x_t, k, d_c, dy_t, wanted=None, vjp: StepVJP | Non
 
 def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynamic_length=None,
              vjp: StepVJP | None = None, remat: bool = False, wanted=None, dy_rows: dict | None = None):
-    """Gradients ``(d_init, d_xs, d_consts)`` for the float leaves (``None`` for the others).
+    """Gradients ``(d_init, d_xs, d_consts)`` for the float leaves ``wanted`` (``None`` for the others).
 
     With ``vjp.split`` (and not ``remat``) each step reads its saved residuals; otherwise
     it recomputes the step from its saved input carry. ``saved`` ends with ``init`` and
     ``ys`` leaves of :func:`carry_aliases`. ``dy_rows`` ``{y leaf: row}``: the cotangents
     that are the same at every step (a broadcast, or zeros), never read as sequences.
+    ``vjp`` may give more gradients than ``wanted`` (residuals saved for every input, in a
+    graph): the loop keeps only the wanted ones, and XLA drops the ops of the others.
     """
     dy_rows = dy_rows or {}
     if _remat.is_binomial(remat):  # ``saved``: the forward pass's snapshots; see _remat
@@ -182,6 +184,9 @@ def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynam
     split = vjp.split if vjp is not None and not remat else None
     length = _length(static, xs, dynamic_length)
     fc, fx, fy, fk = float_indices(plan, consts, wanted)
+    # positions of the wanted x and constant gradients among those the VJP gives
+    pick_x, pick_k = ([vjp.fx.index(i) for i in fx], [vjp.fk.index(i) for i in fk]) if vjp is not None \
+        else (range(len(fx)), range(len(fk)))
     pairs = carry_aliases(plan, split)
     kept = [i for i in _needed_carry(plan, split) if i not in plan.carry_is_y]
     n_extra = 2 * len(pairs)
@@ -205,6 +210,7 @@ def backward(plan: Plan, static: Static, xs, consts, saved, d_carry, d_ys, dynam
         else:
             residuals = s_t[len(kept):]
             g_c, g_x, g_k = split.step_backward(c_t, x_t, k, residuals, captured(invariants), d_c, dy_t)
+        g_x, g_k = [g_x[j] for j in pick_x], [g_k[j] for j in pick_k]  # the wanted ones
         return list(g_c) + [a + g for a, g in zip(d_k, g_k)], list(g_x)
 
     acc0 = [d_carry[i] for i in fc] + [tf.zeros_like(consts[i]) for i in fk]
@@ -258,6 +264,12 @@ class Programs:
                     if not e.quiet:
                         warn_recompute(self.plan.name, str(e))
             return self._vjps[wanted]
+
+    def backward_vjp(self, consts: Sequence[tf.Tensor], wanted=None, saved_for=None) -> StepVJP | None:
+        """The step VJP the backward loop for the gradients ``wanted`` runs, when the forward
+        loop saved residuals for ``saved_for``: with ``remat`` (carries saved) the one for
+        ``wanted``; otherwise the one whose residual split was saved."""
+        return self.vjp(consts, wanted if self.remat else saved_for)
 
     def split(self, consts: Sequence[tf.Tensor], wanted=None):
         """The residual split the forward loop saves for, or ``None`` to save carries."""
@@ -432,10 +444,13 @@ class Programs:
         # Carries that are ys are read back from the ys: the init and ys leaves go last.
         return saved + [t for i, j in carry_aliases(self.plan, split) for t in (init[i], ys[j])]
 
-    def backward(self, xs, consts, saved, d_carry, d_ys, dynamic_length=None, wanted=None):
+    def backward(self, xs, consts, saved, d_carry, d_ys, dynamic_length=None, wanted=None, saved_for=None):
+        """``(d_init, d_xs, d_consts)`` for the float leaves ``wanted`` (a bool per xs and
+        consts leaf, ``None`` for all), from ``saved``: what :meth:`forward` saved for the
+        gradients ``saved_for`` (which must include ``wanted``)."""
         plan, static = self.plan, self.static
         n_x, n_k, n_s, n_c = len(xs), len(consts), len(saved), len(d_carry)
-        vjp, remat = self.vjp(consts, wanted), self.remat
+        vjp, remat = self.backward_vjp(consts, wanted, saved_for), self.remat
         # None entries (non-float leaves) cannot cross a function boundary: drop and restore.
         d_carry_idx = [i for i, d in enumerate(d_carry) if d is not None]
         d_ys_idx = [i for i, d in enumerate(d_ys) if d is not None and not isinstance(d, _cotangent.Row)]
@@ -462,7 +477,7 @@ class Programs:
         if self._in_loop() and not _remat.is_binomial(remat):  # xs and saved values: read per step
             run_time += [i for i in list(range(n_x)) + list(range(n_x + n_k, n_x + n_k + n_s))
                          if args[i].dtype.is_integer]
-        flat = list(self._call(f"backward_{wanted}_{tuple(row_idx)}", build, args, run_time))
+        flat = list(self._call(f"backward_{saved_for}_{wanted}_{tuple(row_idx)}", build, args, run_time))
         fc, fx, _, fk = float_indices(plan, consts, wanted)
         d_init, d_xs, d_k = split_list(flat, [len(fc), len(fx)])
         if true_length is not None:
