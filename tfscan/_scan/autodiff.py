@@ -79,7 +79,6 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
         # again, ``Batched.vjp_pe``) or ``tf.gradients`` could differentiate it: it recomputes.
         save = False
     if save:  # traced now, while a tape inside the step can still record
-        programs.vjp(consts, saved_for)
         programs.backward_vjp(consts, wanted, saved_for)
     # forward mode (an accumulator) runs the scan's own JVP loop, never this VJP transposed
     forward_function = lambda *tangents: _forward.scan_tangents(  # noqa: E731
@@ -162,11 +161,14 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
     ``outs``, from ``saved``: the residuals of the gradients ``saved_for``."""
     n_i = len(init)
     d_carry = [_zeros_if_none(d, o) for d, o in zip(d_outs[:n_i], outs[:n_i])]
-    # A scan whose residuals wait for a gradient (it records nothing, outside XLA) is asked
-    # finely whether its backward pass is recorded; any other by whether anything could record.
+    # A gradient TensorFlow builds apart from the forward graph (a function's backward
+    # function, a SavedModel's saved gradient) is recorded by no tape: the tapes live then
+    # watch the forward graph's tensors, which the ops built here never read. A scan whose
+    # residuals wait for a gradient (it records nothing, outside XLA) is asked finely whether
+    # its backward pass is recorded; any other by whether anything could record.
     deferred = isinstance(saved, _program.Deferred)
-    recording = False if apart else _recording(list(init) + list(xs) + list(consts) + list(d_outs)) \
-        if deferred else record.could_possibly_record()
+    recording = False if apart else (_recording(list(init) + list(xs) + list(consts) + list(d_outs))
+                                     if deferred else record.could_possibly_record())
     if saved is None or recording:
         d_ys = [_zeros_if_none(d, o) for d, o in zip(d_outs[n_i:], outs[n_i:])]
         grads = _recorded_backward(programs, init, xs, consts, d_carry, d_ys, dynamic_length)
@@ -192,9 +194,8 @@ def _recording(tensors: Sequence[Any]) -> bool:
     differentiated by ``tf.gradients`` in it) with that tape live, on placeholders no tape
     watches; recording there records nothing, and the backward pass would recompute the
     forward loops it has residuals for. Asked of a scan whose residuals wait for a gradient
-    (:class:`~tfscan._scan.program.Deferred`) only: for any other, TensorFlow's higher-order
-    gradient of a held ``jit_compile`` function then emitted a compiled call inside the
-    function XLA compiles (``tests/test_held_function_gradients.py``)."""
+    (:class:`~tfscan._scan.program.Deferred`) only; any other's backward pass is built apart
+    from its forward graph (not recorded) or asks :func:`record.could_possibly_record`."""
     ts = [t for t in tensors if isinstance(t, tf.Tensor)]
     return record.could_possibly_record() and (record.should_record_backprop(ts) or _context.watched(ts))
 

@@ -430,6 +430,32 @@ class Programs:
             return list(carry) + list(ys) + list(saved)
         return build
 
+    def relaunch_saving(self, op: Any, counts: tuple, wanted=None) -> list | None:
+        """Make ``op``, this plan's forward program launched without residuals
+        (:class:`Deferred`), run the program that saves them for the gradients ``wanted``
+        (:func:`tfscan._tf.relaunch`), and return what the backward loop reads, in ``op``'s
+        graph; ``None`` when ``op`` cannot be changed. ``counts``: ``(n_init, n_xs, n_consts,
+        n_args)`` of its inputs."""
+        n_i, n_x, n_k, n_args = counts
+        args = list(op.inputs[:n_args])
+        init, xs, consts, _ = _split(args, n_i, n_x, n_k)
+        split = self.split(consts, wanted)
+        quiet, saving = self._forward_name(False), self._forward_name(True, wanted)
+        before = self._graph_concrete(quiet, self._compiled(quiet, self._forward_build(init, xs, consts, False)), args)
+        after = self._graph_concrete(saving, self._compiled(
+            saving, self._forward_build(init, xs, consts, True, split)), args)
+        extra = _tf.relaunch(op, after, before)
+        if extra is None:
+            return None
+        _launched.note(op, after)
+        ys = list(op.outputs)[n_i: n_i + len(self.plan.y_specs)]
+        saved = self.saved(init, ys, extra, split)
+        # Read by the backward loop only: a higher-order gradient of the function (which
+        # TensorFlow builds through every tensor its backward function reads) gives the
+        # forward loop no cotangent through them, as the scan's IdentityN does for its outputs.
+        with op.graph.as_default():
+            return [tf.stop_gradient(t) for t in saved]
+
     def saved(self, init, ys, rest, split) -> list:
         """What the backward loop reads, from a saving forward program's outputs past its
         carry (``ys``, and ``rest``): the saved carry leaves and residuals, then the ``init``
@@ -518,30 +544,7 @@ class Deferred:
 
     def _relaunch(self) -> list | None:
         programs, op = self._programs(), self._op()
-        if programs is None or op is None:
-            return None
-        n_i, n_x, n_k, n_args = self._counts
-        args = list(op.inputs[:n_args])
-        init, _, consts, _ = _split(args, n_i, n_x, n_k)
-        split = programs.split(consts, self._wanted)
-        quiet, saving = programs._forward_name(False), programs._forward_name(True, self._wanted)
-        xs = args[n_i: n_i + n_x]
-        before = programs._graph_concrete(quiet, programs._compiled(
-            quiet, programs._forward_build(init, xs, consts, False)), args)
-        after = programs._graph_concrete(saving, programs._compiled(
-            saving, programs._forward_build(init, xs, consts, True, split)), args)
-        extra = _tf.relaunch(op, after, before)
-        if extra is None:
-            return None
-        _launched.note(op, after)
-        flat = list(op.outputs)
-        ny = len(programs.plan.y_specs)
-        saved = programs.saved(init, flat[n_i: n_i + ny], extra, split)
-        # Read by the backward loop only: a higher-order gradient of the function (which
-        # TensorFlow builds through every tensor its backward function reads) gives the
-        # forward loop no cotangent through them, as the scan's IdentityN does for its outputs.
-        with op.graph.as_default():
-            return [tf.stop_gradient(t) for t in saved]
+        return None if programs is None or op is None else programs.relaunch_saving(op, self._counts, self._wanted)
 
 
 def launchable() -> bool:
