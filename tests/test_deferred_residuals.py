@@ -189,3 +189,33 @@ def test_a_tape_around_the_call_reads_residuals_whatever_the_function_reads(jit_
         second = tf.reduce_sum(g * g)
     want = jax.grad(lambda w: jnp.sum(jax.grad(jloss)(w, XS) ** 2))(W)
     np.testing.assert_allclose(outer.gradient(second, w).numpy(), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+SXS = np.array([0.5, -0.25, 1.0, 0.3], np.float32)
+
+
+def _sin_loss(lib, a):
+    """A scalar scan (``lib``: ``tf`` or ``jnp``) whose gradient has a nonzero derivative."""
+    if lib is tf:
+        return tf.reduce_sum(tfscan.scan(lambda c, x: (tf.sin(c * a) + x,) * 2, 0.1, tf.constant(SXS))[1])
+    return jnp.sum(jax.lax.scan(lambda c, x: (jnp.sin(c * a) + x,) * 2, 0.1, SXS)[1])
+
+
+@pytest.mark.parametrize("jit_compile,weights", [(True, "variable"), (True, "watched tensor"),
+                                                 (False, "watched tensor")])
+def test_forward_over_reverse_around_the_call_matches_jax(jit_compile, weights):
+    """An accumulator around a tape around the call differentiates the gradient TensorFlow
+    builds apart from the forward graph: that gradient must stay recorded (the backward pass
+    written as scans), or the accumulator's JVP of it transposes a compiled loop (an
+    ``InternalError`` under XLA with the weight in a variable). A tape alone needs no record."""
+    a = tf.Variable(0.7) if weights == "variable" else tf.constant(0.7)
+    f = tf.function(lambda: _sin_loss(tf, a), jit_compile=jit_compile)
+    with tf.autodiff.ForwardAccumulator(a, tf.constant(1.0)) as acc:
+        with tf.GradientTape() as tape:
+            if weights != "variable":
+                tape.watch(a)
+            y = f()
+        g = tape.gradient(y, a)
+    want_g, want_hvp = jax.jvp(jax.grad(lambda a: _sin_loss(jnp, a)), (0.7,), (1.0,))
+    assert float(g) == pytest.approx(float(want_g), rel=2e-5)
+    assert float(acc.jvp(g)) == pytest.approx(float(want_hvp), rel=1e-4)

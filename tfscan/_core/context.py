@@ -190,6 +190,12 @@ def traced_unwatched(fn: Callable[[], Any], closed: Sequence[Any]) -> Any:
     return traced_alone(fn) if closed and (watched(closed) or _tf.record.higher_order(closed)) else fn()
 
 
+def accumulating() -> bool:
+    """Whether a ``ForwardAccumulator`` is live (one busy computing a tangent counts)."""
+    with _tf.record.forwardprop_state():
+        return bool(_tf.record.pack_tangents([]).indices)
+
+
 def watched(tensors: Sequence[Any]) -> bool:
     """Whether a live ``ForwardAccumulator`` has a tangent of one of ``tensors`` (one busy
     computing a tangent counts)."""

@@ -163,12 +163,16 @@ def _backward(programs: Programs, init, xs, consts, saved, d_outs, outs, dynamic
     d_carry = [_zeros_if_none(d, o) for d, o in zip(d_outs[:n_i], outs[:n_i])]
     # A gradient TensorFlow builds apart from the forward graph (a function's backward
     # function, a SavedModel's saved gradient) is recorded by no tape: the tapes live then
-    # watch the forward graph's tensors, which the ops built here never read. A scan whose
-    # residuals wait for a gradient (it records nothing, outside XLA) is asked finely whether
-    # its backward pass is recorded; any other by whether anything could record.
+    # watch the forward graph's tensors, which the ops built here never read. An accumulator
+    # does differentiate it (forward over reverse around a call). A scan whose residuals wait
+    # for a gradient (it records nothing, outside XLA) is asked finely whether its backward
+    # pass is recorded; any other by whether anything could record.
     deferred = isinstance(saved, _program.Deferred)
-    recording = False if apart else (_recording(list(init) + list(xs) + list(consts) + list(d_outs))
-                                     if deferred else record.could_possibly_record())
+    ins = [t for t in list(init) + list(xs) + list(consts) + list(d_outs) if isinstance(t, tf.Tensor)]
+    if apart and not _context.accumulating():
+        recording = False
+    else:
+        recording = _recording(ins) if deferred else record.could_possibly_record()
     if saved is None or recording:
         d_ys = [_zeros_if_none(d, o) for d, o in zip(d_outs[n_i:], outs[n_i:])]
         grads = _recorded_backward(programs, init, xs, consts, d_carry, d_ys, dynamic_length)
