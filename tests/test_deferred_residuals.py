@@ -201,13 +201,18 @@ def _sin_loss(lib, a):
     return jnp.sum(jax.lax.scan(lambda c, x: (jnp.sin(c * a) + x,) * 2, 0.1, SXS)[1])
 
 
-@pytest.mark.parametrize("jit_compile,weights", [(True, "variable"), (True, "watched tensor"),
-                                                 (False, "watched tensor")])
+@pytest.mark.parametrize("jit_compile,weights", [
+    pytest.param(True, "variable", marks=pytest.mark.slow), (True, "watched tensor"),
+    pytest.param(False, "variable", marks=pytest.mark.slow), (False, "watched tensor")])
 def test_forward_over_reverse_around_the_call_matches_jax(jit_compile, weights):
     """An accumulator around a tape around the call differentiates the gradient TensorFlow
     builds apart from the forward graph: that gradient must stay recorded (the backward pass
     written as scans), or the accumulator's JVP of it transposes a compiled loop (an
-    ``InternalError`` under XLA with the weight in a variable). A tape alone needs no record."""
+    ``InternalError`` under XLA with the weight in a variable). A tape alone needs no record.
+    In a plain function reading a variable the forward program was launched without
+    residuals, and the gradient relaunches it saving them while the accumulator is live:
+    its programs must be traced where the accumulator cannot see them (TensorFlow's
+    ``TypeError`` from ``while_v2`` before)."""
     a = tf.Variable(0.7) if weights == "variable" else tf.constant(0.7)
     f = tf.function(lambda: _sin_loss(tf, a), jit_compile=jit_compile)
     with tf.autodiff.ForwardAccumulator(a, tf.constant(1.0)) as acc:

@@ -441,9 +441,12 @@ class Programs:
         init, xs, consts, _ = _split(args, n_i, n_x, n_k)
         split = self.split(consts, wanted)
         quiet, saving = self._forward_name(False), self._forward_name(True, wanted)
-        before = self._graph_concrete(quiet, self._compiled(quiet, self._forward_build(init, xs, consts, False)), args)
-        after = self._graph_concrete(saving, self._compiled(
-            saving, self._forward_build(init, xs, consts, True, split)), args)
+        def trace():
+            before = self._graph_concrete(quiet, self._compiled(quiet, self._forward_build(init, xs, consts, False)), args)
+            after = self._graph_concrete(saving, self._compiled(
+                saving, self._forward_build(init, xs, consts, True, split)), args)
+            return before, after
+        before, after = _context.traced_alone(trace) if _context.accumulating() else trace()
         extra = _tf.relaunch(op, after, before)
         if extra is None:
             return None
