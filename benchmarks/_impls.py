@@ -79,6 +79,14 @@ IMPLS = {
         Impl("jax.checkpoint", "jax.lax.scan of jax.checkpoint(step) in jax.jit", "jax"),
         Impl("jax.checkpoint[dots_saveable]", "jax.lax.scan of jax.checkpoint(step, "
              "policy=dots_saveable) in jax.jit", "jax"),
+        # bounded while loop, inference
+        Impl("jax.while", "jax.lax.while_loop in jax.jit", "jax"),
+        Impl("tfscan.while", "tfscan.while_loop(max_steps=T) (eager call)", "tfscan"),
+        Impl("tfscan.while@graph", "tfscan.while_loop(max_steps=T) in tf.function (no XLA)", "tfscan"),
+        Impl("tfscan.while@xla", "tfscan.while_loop(max_steps=T) in tf.function(jit_compile)", "tfscan"),
+        Impl("tf.while_loop", "tf.while_loop(maximum_iterations=T), eager", "tf"),
+        Impl("tf.while_loop@graph", "tf.while_loop(maximum_iterations=T) in tf.function", "tf"),
+        Impl("tf.while_loop@xla", "tf.while_loop(maximum_iterations=T) in tf.function(jit_compile)", "tf"),
         # parallel prefix scans (a different algorithm: shown, not a peer, no goal)
         Impl("jax.assoc", "jax.lax.associative_scan in jax.jit", "jax", peer=False, goal=False),
         Impl("tfscan.assoc", "tfscan.associative_scan (eager call)", "tfscan", peer=False, goal=False),

@@ -269,6 +269,44 @@ class VmapElman:
         return lambda: fn(*args)
 
 
+class BoundedWhileInference:
+    """``tfscan.while_loop(..., max_steps=N)`` run for inference: ``h = tanh(h @ W)`` (B=32,
+    H=256) until a step counter reaches ``T`` (every step runs). The bounded loop has a
+    reverse mode; this row shows what it costs when no gradient is taken (its
+    checkpoints, ``T`` carries, are saved only if one is asked), beside TensorFlow's
+    ``tf.while_loop`` and JAX's ``lax.while_loop``, which have none to save."""
+    name = "while-infer"
+
+    def __init__(self, batch: int = 32, hidden: int = 256):
+        self.B, self.H = batch, hidden
+
+    def inputs(self, T: int, rng: np.random.Generator) -> dict:
+        W = (rng.normal(size=(self.H, self.H)) * 0.9 / np.sqrt(self.H)).astype(np.float32)
+        return {"params": {"W": W}, "init": (rng.normal(size=(self.B, self.H)) * 0.1).astype(np.float32),
+                "xs": np.float32(0.0), "T": T}
+
+    def build(self, key: str, data: dict) -> Callable[[], Any]:
+        T = data["T"]
+        if key == "jax.while":
+            W = jnp.asarray(data["params"]["W"])
+            fn = jax.jit(lambda h: jax.lax.while_loop(lambda c: c[1] < T,
+                                                      lambda c: (jnp.tanh(c[0] @ W), c[1] + 1), (h, 0))[0])
+            h0 = jnp.asarray(data["init"])
+            return lambda: _impls.block(fn(h0))
+        W, h0 = tf.constant(data["params"]["W"]), tf.constant(data["init"])
+        name, _, where = key.partition("@")
+        if name == "tfscan.while":
+            def run(h):
+                return tfscan.while_loop(lambda c: c[1] < T, lambda c: (tf.tanh(c[0] @ W), c[1] + 1), (h, 0),
+                                         max_steps=T)[0]
+        else:
+            def run(h):
+                return tf.while_loop(lambda h, i: i < T, lambda h, i: (tf.tanh(h @ W), i + 1), (h, 0),
+                                     maximum_iterations=T)[0]
+        fn = _impls.wrap_tf(run, where or "eager")
+        return lambda: fn(h0)
+
+
 class PortedTrainStep:
     """Issue 14's ported JAX program: ``jit(value_and_grad(mean(vmap(scan loss))))``.
 
@@ -372,15 +410,15 @@ SIZES = {
              "elman": [250, 500, 1000, 2000, 4000, 8000],
              "light": [10**3, 10**4, 10**5, 10**6],
              "vmap": [1000], "port": [50, 500], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
-             "light-params": [10**4, 10**5], "compile-jvp2": [10**2, 10**3], "hvp": [100, 1000], "memory": 8000, "keras": [100, 1000], "final": [2000, 20000]},
+             "light-params": [10**4, 10**5], "compile-jvp2": [10**2, 10**3], "hvp": [100, 1000], "memory": 8000, "keras": [100, 1000], "final": [2000, 20000], "while": [200, 2000]},
     "quick": {"cumsum": [10**3, 10**4, 10**5, 10**6],
               "elman": [250, 500, 1000, 2000],
               "light": [10**3, 10**4, 10**5],
               "vmap": [1000], "port": [50, 500], "compile": [10**2, 10**3, 10**4, 10**5], "overhead": [10],
-              "light-params": [10**4], "compile-jvp2": [10**2], "hvp": [500], "memory": 2000, "keras": [100], "final": [2000, 20000]},
+              "light-params": [10**4], "compile-jvp2": [10**2], "hvp": [500], "memory": 2000, "keras": [100], "final": [2000, 20000], "while": [200, 2000]},
     "smoke": {"cumsum": [20], "elman": [10], "light": [20], "vmap": [10], "port": [10], "light-params": [20],
               "compile": [10, 20], "overhead": [10], "compile-jvp2": [10], "hvp": [10], "memory": 20, "keras": [8],
-              "final": [20]},
+              "final": [20], "while": [10]},
 }
 
 
@@ -388,7 +426,7 @@ def workloads(mode: str) -> list[Workload]:
     s = SIZES[mode]
     cumsum, elman, light, fresh, final = CumSum(), Elman(), Light(), LightFresh(), ElmanFinal()
     light_params = LightParams()
-    vm, port = VmapElman(), PortedTrainStep()
+    vm, port, bounded = VmapElman(), PortedTrainStep(), BoundedWhileInference()
     fwd = lambda p: (lambda key, data: _impls.forward(key, p, data))  # noqa: E731
     grad = lambda p: (lambda key, data: _impls.gradient(key, p, data))  # noqa: E731
     return [
@@ -453,6 +491,10 @@ def workloads(mode: str) -> list[Workload]:
                   "tf.scan@xla", "keras.eager", "keras"],
                  lambda key, data: _impls.forward_fixed_step(key, light, data), light.inputs,
                  tol=1e-5, per_step=False),
+        Workload("while-infer", "9. Bounded while loop (while_loop(max_steps=T), which has a reverse mode), "
+                 "inference: h = tanh(h @ W), B=32, H=256, T steps run", "time", "forward", s["while"],
+                 ["jax.while", "tfscan.while", "tfscan.while@graph", "tfscan.while@xla", "tf.while_loop",
+                  "tf.while_loop@graph", "tf.while_loop@xla"], bounded.build, bounded.inputs, tol=1e-4),
         Workload("final-grad", "8. Checkpointing: Elman RNN gradient of sum(h_T) (final carry only) "
                  "w.r.t. params and h0, per remat policy", "time", "remat", s["final"], FINAL_IMPLS,
                  grad(final), final.inputs, tol=1e-3, budget_s=60.0),

@@ -98,6 +98,51 @@ def test_gradient_equals_jax_masked_scan(case, remat):
         np.testing.assert_allclose(s.numpy(), w, rtol=1e-9, atol=1e-12)
 
 
+def _launch_outputs(graph) -> list[int]:
+    return [len(op.outputs) for op in graph.get_operations() if op.type == "XlaLaunch"]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("remat", [False, 7])
+def test_inference_saves_no_checkpoints_and_a_gradient_asked_later_matches_jax(case, remat):
+    """In a ``tf.function`` where nothing records (inference), the loop runs without its
+    ``[N / k, ...]`` checkpoint buffers: one launched op returning the final carry. A
+    gradient asked of that graph later (a tape around the call, twice; ``tf.gradients`` of a
+    held function's call) makes the same op save them, and the inference function made
+    before stays lean. Before, every such graph wrote every carry (``k = 1``) to a buffer
+    of ``max_steps`` rows that nothing read."""
+    prog_tf, prog_jax, init, out, args, n = CASES[case]
+
+    def f_tf(*a):
+        cond, body = prog_tf(*a)
+        return out(tfscan.while_loop(cond, body, init(*a), max_steps=n, remat=remat))
+
+    def f_jax(*a):
+        cond, body = prog_jax(*a)
+        return out(masked_scan_while(cond, body, init(*a), n))
+
+    f = tf.function(f_tf, autograph=False)
+    a = [tf.constant(v) for v in args]
+    concrete = f.get_concrete_function(*a)
+    n_carry = len(tf.nest.flatten(init(*args)))
+    assert _launch_outputs(concrete.graph) == [n_carry]
+    want_value, want = jax.value_and_grad(f_jax, argnums=tuple(range(len(args))))(*args)
+    np.testing.assert_allclose(f(*a).numpy(), want_value, rtol=1e-12)
+    for _ in range(2):  # the op is made to save its checkpoints once
+        with tf.GradientTape() as tape:
+            tape.watch(a)
+            value = f(*a)
+        for g, w in zip(tape.gradient(value, a), want):
+            np.testing.assert_allclose(g.numpy(), w, rtol=1e-9, atol=1e-12)
+        (grown,) = _launch_outputs(concrete.graph)
+        assert grown > n_carry  # + the step count and the checkpoints: no second loop
+    assert [len(n.attr["Tresults"].list.type) for n in concrete.function_def.node_def
+            if n.op == "XlaLaunch"] == [n_carry]  # the inference function: unchanged
+    sym = tf.function(lambda *a: tf.gradients(f(*a), list(a)), autograph=False)(*a)
+    for s, w in zip(sym, want):
+        np.testing.assert_allclose(s.numpy(), w, rtol=1e-9, atol=1e-12)
+
+
 def test_stops_at_max_steps_without_error_like_the_masked_scan():
     W = tf.Variable([[0.9, 0.1], [0.05, 0.8]], dtype=tf.float64)
 

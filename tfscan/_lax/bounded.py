@@ -16,6 +16,13 @@ traced, every buffer has a static size and the loop can be reversed:
   gradients of the closed-over tensors and variables. Time is ``O(n)`` — the unused
   ``N - n`` steps cost nothing — and memory ``O(N / k + k)`` carries.
 
+Where nothing records (eager inference, or a ``tf.function`` graph in which no tape or
+accumulator watches the loop) the forward pass is the plain loop, with no checkpoints. In
+a graph, a gradient asked later (a tape around the function's call, ``tf.gradients``)
+makes that launched op run the checkpointing program instead (:func:`tfscan._tf.relaunch`,
+as scan's ``Deferred`` residuals), or, when the op cannot be changed, runs it again from
+the loop's inputs.
+
 The policy is scan's ``remat``: ``False``/``True`` keep every carry (``k = 1``; the backward
 pass recomputes each step's VJP from it), an int ``k`` or ``"sqrt"`` (``k = sqrt(N)``)
 keep one carry per segment. Forward mode (JVP) runs the bounded loop of
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from typing import Any
 
 import tensorflow as tf
@@ -41,6 +49,7 @@ from tfscan._core.flat import scatter, split_list
 from tfscan._lax import control as _control
 from tfscan._scan.buffered_loop import _write, keep_shape
 from tfscan._scan.plan import Plan, float_indices, is_float
+from tfscan._scan import launched as _launched
 from tfscan._scan.program import captured, step_vjp
 from tfscan._scan.residuals import NotSplittable, StepVJP
 
@@ -115,7 +124,8 @@ class Reverse:
         self._forward = _control.Compiled(lambda meta: self._forward_build, plan.step.changed_integers(n))
         self._backward = _control.Compiled(lambda meta: self._backward_build, [0] + [
             1 + i for i, s in enumerate(plan.carry_specs) if s.dtype.is_integer])
-        self._grad_name = None
+        self._grad_name = self._deferred_name = None
+        self._checkpointed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # op -> steps, bufs
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- forward
@@ -240,3 +250,47 @@ class Reverse:
 
                 self._grad_name = _gradients.register("TfscanBoundedWhileGrad", grad)
         return _gradients.identity(self._grad_name, flat)[:n_out]
+
+    def with_deferred_gradient(self, outs, quiet: _control.Compiled, carry, kc, kb) -> list:
+        """``outs`` of the loop run by ``quiet`` (no checkpoints: a graph where nothing
+        records, e.g. inference) through an ``IdentityN`` whose gradient makes the launched
+        op save them (:meth:`_checkpoints`) and then runs :meth:`backward`."""
+        flat = list(outs) + list(carry) + list(kc) + list(kb)
+        n_out, n_c, n_kc = len(outs), len(carry), len(kc)
+        with self._lock:
+            if self._deferred_name is None:
+                def grad(op, *d_all):
+                    if op is None:  # tf.saved_model traces registered gradients without an op
+                        return [None] * len(d_all)
+                    if _tf.record.pack_tangents([]).indices:
+                        raise ValueError(FORWARD_ERROR)
+                    outs_, carry_, kc_, kb_ = split_list(list(op.inputs), [n_out, n_c, n_kc])
+                    steps, bufs = self._checkpoints(outs_, quiet, carry_, kc_, kb_)
+                    grads = self.backward(steps, bufs, kb_, list(d_all[:n_out]))
+                    return [None] * n_out + grads[:n_c] + [None] * n_kc + grads[n_c:]
+
+                self._deferred_name = _gradients.register("TfscanBoundedWhileGrad", grad)
+        return _gradients.identity(self._deferred_name, flat)[:n_out]
+
+    def _checkpoints(self, outs, quiet: _control.Compiled, carry, kc, kb) -> tuple[tf.Tensor, list]:
+        """``(steps, checkpoints)`` for a loop that ``quiet`` ran: the launched op is made to
+        run the checkpointing program instead, once (:func:`tfscan._tf.relaunch`, as scan's
+        :class:`~tfscan._scan.program.Deferred`); when it cannot be (not an ``XlaLaunch``
+        op), the checkpointing loop runs again from the loop's inputs."""
+        op = outs[0].op
+        with self._lock:
+            known = self._checkpointed.get(op)
+        if known is None and op.type == "XlaLaunch":
+            args = list(carry) + list(kc) + list(kb)
+            after = self._forward.concrete(args)
+            extra = _tf.relaunch(op, after, quiet.concrete(args))
+            if extra is not None:
+                _launched.note(op, after)
+                with op.graph.as_default():  # read by the backward loop only (first-order)
+                    known = [tf.stop_gradient(t) for t in extra]
+                with self._lock:
+                    self._checkpointed[op] = known
+        if known is None:
+            _, steps, bufs = self.forward(list(carry), list(kc), list(kb))
+            return steps, bufs
+        return known[0], known[1:]

@@ -50,17 +50,26 @@ class Compiled:
     def __call__(self, *args: tf.Tensor) -> list:
         if _context.in_xla_context():
             return list(self.build(*args))
+        fn = self._function()
+        if not tf.executing_eagerly():
+            outs = _program.launch(fn, args, run_time=self.run_time)
+            if outs is not None:
+                return outs
+        return list(fn(*args))
+
+    def concrete(self, args: Sequence[tf.Tensor]) -> Any:
+        """The program's concrete function for ``args``, as a launch in a graph traces it."""
+        with _tf.xla_trace():
+            return self._function().get_concrete_function(*args)
+
+    def _function(self) -> Any:
         with self._lock:
             if self._fn is None:
                 # one tf.function per key, traced once per signature: TF's "frequent retracing"
                 # warning (it counts every function made from this code) does not apply
                 self._fn = _tf.quiet_retracing(tf.function(self.build, jit_compile=True, autograph=False,
                                                            reduce_retracing=False))
-        if not tf.executing_eagerly():
-            outs = _program.launch(self._fn, args, run_time=self.run_time)
-            if outs is not None:
-                return outs
-        return list(self._fn(*args))
+            return self._fn
 
 
 class _Fed:

@@ -31,6 +31,7 @@ from tfscan._core.flat import scatter, split_list
 from tfscan._lax import bounded as _bounded
 from tfscan._lax import control as _control
 from tfscan._scan import forward as _forward
+from tfscan._scan import program as _program
 from tfscan._scan.buffered_loop import keep_shape
 from tfscan._scan.plan import Plan, is_float
 from tfscan._scan.step import Traced
@@ -302,13 +303,17 @@ class _WhilePlan:
         if self.reverse is not None and (recording or not tf.executing_eagerly()):
             self.reverse.trace_vjp(kb)
         with record.stop_recording() if recording else contextlib.nullcontext():
-            if self.reverse is None:
+            # Where nothing records (inference) no checkpoints are saved; in a graph, only if a
+            # gradient is asked of it later (the launched op is then made to save them).
+            deferred = self.reverse is not None and not recording and _program.launchable()
+            if self.reverse is None or deferred or not recording and tf.executing_eagerly():
                 outs = self._forward(*carry, *kc, *kb)
             else:
                 outs, steps, bufs = self.reverse.forward(carry, kc, kb)
             if not tf.executing_eagerly() and any(is_float(t.dtype) for t in outs):
                 # symbolic gradients: tf.gradients, a tape outside the function
                 outs = _no_reverse(outs) if self.reverse is None else \
+                    self.reverse.with_deferred_gradient(outs, self._forward, carry, kc, kb) if deferred else \
                     self.reverse.with_registered_gradient(outs, steps, bufs, carry, kb)
         if not (recording and outs):
             return outs
