@@ -72,9 +72,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("remat", [False, 7])
-def test_gradient_equals_jax_masked_scan(case, remat):
+def _losses(case: str, remat):
+    """``(tfscan loss, JAX masked-scan loss, args)`` of one of :data:`CASES`."""
     prog_tf, prog_jax, init, out, args, n = CASES[case]
 
     def f_tf(*a):
@@ -84,7 +83,13 @@ def test_gradient_equals_jax_masked_scan(case, remat):
     def f_jax(*a):
         cond, body = prog_jax(*a)
         return out(masked_scan_while(cond, body, init(*a), n))
+    return f_tf, f_jax, args
 
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("remat", [False, 7])
+def test_gradient_equals_jax_masked_scan(case, remat):
+    f_tf, f_jax, args = _losses(case, remat)
     value, grads = _tf_grads(f_tf, args)
     want_value, want = jax.value_and_grad(f_jax, argnums=tuple(range(len(args))))(*args)
     np.testing.assert_allclose(value.numpy(), want_value, rtol=1e-12)
@@ -111,20 +116,11 @@ def test_inference_saves_no_checkpoints_and_a_gradient_asked_later_matches_jax(c
     held function's call) makes the same op save them, and the inference function made
     before stays lean. Before, every such graph wrote every carry (``k = 1``) to a buffer
     of ``max_steps`` rows that nothing read."""
-    prog_tf, prog_jax, init, out, args, n = CASES[case]
-
-    def f_tf(*a):
-        cond, body = prog_tf(*a)
-        return out(tfscan.while_loop(cond, body, init(*a), max_steps=n, remat=remat))
-
-    def f_jax(*a):
-        cond, body = prog_jax(*a)
-        return out(masked_scan_while(cond, body, init(*a), n))
-
+    f_tf, f_jax, args = _losses(case, remat)
     f = tf.function(f_tf, autograph=False)
     a = [tf.constant(v) for v in args]
     concrete = f.get_concrete_function(*a)
-    n_carry = len(tf.nest.flatten(init(*args)))
+    n_carry = len(tf.nest.flatten(CASES[case][2](*args)))
     assert _launch_outputs(concrete.graph) == [n_carry]
     want_value, want = jax.value_and_grad(f_jax, argnums=tuple(range(len(args))))(*args)
     np.testing.assert_allclose(f(*a).numpy(), want_value, rtol=1e-12)

@@ -124,7 +124,7 @@ class Reverse:
         self._forward = _control.Compiled(lambda meta: self._forward_build, plan.step.changed_integers(n))
         self._backward = _control.Compiled(lambda meta: self._backward_build, [0] + [
             1 + i for i, s in enumerate(plan.carry_specs) if s.dtype.is_integer])
-        self._grad_name = self._deferred_name = None
+        self._grad_names: dict[str, str] = {}  # kind of IdentityN -> its registered gradient
         self._checkpointed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # op -> steps, bufs
         self._lock = threading.Lock()
 
@@ -233,44 +233,41 @@ class Reverse:
     # ---------------------------------------------------------------- symbolic gradients
     def with_registered_gradient(self, outs, steps, bufs, carry, kb) -> list:
         """``outs`` through an ``IdentityN`` whose gradient is :meth:`backward` (graph mode)."""
-        flat = list(outs) + [steps] + list(bufs) + list(carry) + list(kb)
         n_out, n_b, n_c = len(outs), len(bufs), len(carry)
-        with self._lock:
-            if self._grad_name is None:
-                def grad(op, *d_all):
-                    if op is None:  # tf.saved_model traces registered gradients without an op
-                        return [None] * len(d_all)
-                    if _tf.record.pack_tangents([]).indices:
-                        raise ValueError(FORWARD_ERROR)
-                    ins = list(op.inputs)
-                    steps_, bufs_ = ins[n_out], ins[n_out + 1: n_out + 1 + n_b]
-                    kb_ = ins[n_out + 1 + n_b + n_c:]
-                    grads = self.backward(steps_, bufs_, kb_, list(d_all[:n_out]))
-                    return [None] * (n_out + 1 + n_b) + grads
 
-                self._grad_name = _gradients.register("TfscanBoundedWhileGrad", grad)
-        return _gradients.identity(self._grad_name, flat)[:n_out]
+        def gradients(ins, d_outs):
+            (steps_,), bufs_, _, kb_ = split_list(ins[n_out:], [1, n_b, n_c])
+            return [None] * (1 + n_b) + self.backward(steps_, bufs_, kb_, d_outs)
+        return self._through("saved", list(outs) + [steps] + list(bufs) + list(carry) + list(kb), n_out, gradients)
 
     def with_deferred_gradient(self, outs, quiet: _control.Compiled, carry, kc, kb) -> list:
         """``outs`` of the loop run by ``quiet`` (no checkpoints: a graph where nothing
         records, e.g. inference) through an ``IdentityN`` whose gradient makes the launched
         op save them (:meth:`_checkpoints`) and then runs :meth:`backward`."""
-        flat = list(outs) + list(carry) + list(kc) + list(kb)
         n_out, n_c, n_kc = len(outs), len(carry), len(kc)
+
+        def gradients(ins, d_outs):
+            outs_, carry_, kc_, kb_ = split_list(ins, [n_out, n_c, n_kc])
+            steps, bufs = self._checkpoints(outs_, quiet, carry_, kc_, kb_)
+            grads = self.backward(steps, bufs, kb_, d_outs)
+            return grads[:n_c] + [None] * n_kc + grads[n_c:]
+        return self._through("deferred", list(outs) + list(carry) + list(kc) + list(kb), n_out, gradients)
+
+    def _through(self, kind: str, flat: list, n_out: int, gradients) -> list:
+        """``flat[:n_out]`` through an ``IdentityN`` of ``flat`` whose gradient (registered
+        once per ``kind``) is ``gradients(op inputs, output cotangents)`` for the inputs past
+        the outputs."""
         with self._lock:
-            if self._deferred_name is None:
+            if kind not in self._grad_names:
                 def grad(op, *d_all):
                     if op is None:  # tf.saved_model traces registered gradients without an op
                         return [None] * len(d_all)
                     if _tf.record.pack_tangents([]).indices:
                         raise ValueError(FORWARD_ERROR)
-                    outs_, carry_, kc_, kb_ = split_list(list(op.inputs), [n_out, n_c, n_kc])
-                    steps, bufs = self._checkpoints(outs_, quiet, carry_, kc_, kb_)
-                    grads = self.backward(steps, bufs, kb_, list(d_all[:n_out]))
-                    return [None] * n_out + grads[:n_c] + [None] * n_kc + grads[n_c:]
+                    return [None] * n_out + gradients(list(op.inputs), list(d_all[:n_out]))
 
-                self._deferred_name = _gradients.register("TfscanBoundedWhileGrad", grad)
-        return _gradients.identity(self._deferred_name, flat)[:n_out]
+                self._grad_names[kind] = _gradients.register("TfscanBoundedWhileGrad", grad)
+        return _gradients.identity(self._grad_names[kind], flat)[:n_out]
 
     def _checkpoints(self, outs, quiet: _control.Compiled, carry, kc, kb) -> tuple[tf.Tensor, list]:
         """``(steps, checkpoints)`` for a loop that ``quiet`` ran: the launched op is made to
