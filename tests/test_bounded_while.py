@@ -139,6 +139,29 @@ def test_inference_saves_no_checkpoints_and_a_gradient_asked_later_matches_jax(c
         np.testing.assert_allclose(s.numpy(), w, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("case,remat", [("newton", False), ("fixed_point", 7), ("ode", "sqrt")])
+def test_a_loaded_saved_model_is_differentiated_through_the_loop(case, remat, tmp_path):
+    """``tf.saved_model`` saves the loop's gradient (traced once per op, reading that op's
+    inputs): a tape around the loaded function's call gets JAX's gradient. Before, the
+    saved gradient was ``None`` for every input, silently (no error: the weights of a
+    loaded model would not train)."""
+    f_tf, f_jax, args = _losses(case, remat)
+    module = tf.Module()
+    module.f = tf.function(f_tf, autograph=False, input_signature=[tf.TensorSpec(np.shape(v), tf.float64)
+                                                                     for v in args])
+    tf.saved_model.save(module, str(tmp_path))
+    loaded = tf.saved_model.load(str(tmp_path))
+    a = [tf.constant(v) for v in args]
+    with tf.GradientTape() as tape:
+        tape.watch(a)
+        value = loaded.f(*a)
+    want_value, want = jax.value_and_grad(f_jax, argnums=tuple(range(len(args))))(*args)
+    np.testing.assert_allclose(value.numpy(), want_value, rtol=1e-12)
+    for g, w in zip(tape.gradient(value, a), want):
+        assert g is not None
+        np.testing.assert_allclose(g.numpy(), w, rtol=1e-9, atol=1e-12)
+
+
 def test_stops_at_max_steps_without_error_like_the_masked_scan():
     W = tf.Variable([[0.9, 0.1], [0.05, 0.8]], dtype=tf.float64)
 

@@ -44,6 +44,7 @@ from typing import Any
 import tensorflow as tf
 
 from tfscan import _tf
+from tfscan._core import context as _context
 from tfscan._core import gradients as _gradients
 from tfscan._core.flat import scatter, split_list
 from tfscan._lax import control as _control
@@ -124,7 +125,6 @@ class Reverse:
         self._forward = _control.Compiled(lambda meta: self._forward_build, plan.step.changed_integers(n))
         self._backward = _control.Compiled(lambda meta: self._backward_build, [0] + [
             1 + i for i, s in enumerate(plan.carry_specs) if s.dtype.is_integer])
-        self._grad_names: dict[str, str] = {}  # kind of IdentityN -> its registered gradient
         self._checkpointed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # op -> steps, bufs
         self._lock = threading.Lock()
 
@@ -235,10 +235,10 @@ class Reverse:
         """``outs`` through an ``IdentityN`` whose gradient is :meth:`backward` (graph mode)."""
         n_out, n_b, n_c = len(outs), len(bufs), len(carry)
 
-        def gradients(ins, d_outs):
+        def gradients(ins, d_outs, saving):
             (steps_,), bufs_, _, kb_ = split_list(ins[n_out:], [1, n_b, n_c])
             return [None] * (1 + n_b) + self.backward(steps_, bufs_, kb_, d_outs)
-        return self._through("saved", list(outs) + [steps] + list(bufs) + list(carry) + list(kb), n_out, gradients)
+        return self._through(list(outs) + [steps] + list(bufs) + list(carry) + list(kb), n_out, gradients)
 
     def with_deferred_gradient(self, outs, quiet: _control.Compiled, carry, kc, kb) -> list:
         """``outs`` of the loop run by ``quiet`` (no checkpoints: a graph where nothing
@@ -246,38 +246,54 @@ class Reverse:
         op save them (:meth:`_checkpoints`) and then runs :meth:`backward`."""
         n_out, n_c, n_kc = len(outs), len(carry), len(kc)
 
-        def gradients(ins, d_outs):
+        def gradients(ins, d_outs, saving):
             outs_, carry_, kc_, kb_ = split_list(ins, [n_out, n_c, n_kc])
-            steps, bufs = self._checkpoints(outs_, quiet, carry_, kc_, kb_)
+            steps, bufs = self._checkpoints(outs_, quiet, carry_, kc_, kb_, saving)
             grads = self.backward(steps, bufs, kb_, d_outs)
             return grads[:n_c] + [None] * n_kc + grads[n_c:]
-        return self._through("deferred", list(outs) + list(carry) + list(kc) + list(kb), n_out, gradients)
+        return self._through(list(outs) + list(carry) + list(kc) + list(kb), n_out, gradients)
 
-    def _through(self, kind: str, flat: list, n_out: int, gradients) -> list:
-        """``flat[:n_out]`` through an ``IdentityN`` of ``flat`` whose gradient (registered
-        once per ``kind``) is ``gradients(op inputs, output cotangents)`` for the inputs past
-        the outputs."""
-        with self._lock:
-            if kind not in self._grad_names:
-                def grad(op, *d_all):
-                    if op is None:  # tf.saved_model traces registered gradients without an op
-                        return [None] * len(d_all)
-                    if _tf.record.pack_tangents([]).indices:
-                        raise ValueError(FORWARD_ERROR)
-                    return [None] * n_out + gradients(list(op.inputs), list(d_all[:n_out]))
+    def _through(self, flat: list, n_out: int, gradients) -> list:
+        """``flat[:n_out]`` through an ``IdentityN`` of ``flat`` whose gradient is
+        ``gradients(op inputs, output cotangents, saving)`` for the inputs past the outputs.
 
-                self._grad_names[kind] = _gradients.register("TfscanBoundedWhileGrad", grad)
-        return _gradients.identity(self._grad_names[kind], flat)[:n_out]
+        One gradient name per op, as scan's (:func:`tfscan._scan.autodiff._register_gradient`):
+        ``tf.saved_model`` traces each registered gradient once, without an op (``saving``),
+        and saves it capturing that op's inputs, so a loaded model is differentiated through
+        the loop (it got ``None`` before)."""
+        site: list = []  # the IdentityN, weakly, once made
+        exported = not _context.in_internal_trace()
 
-    def _checkpoints(self, outs, quiet: _control.Compiled, carry, kc, kb) -> tuple[tf.Tensor, list]:
+        def grad(op, *d_all):
+            saving = op is None
+            if saving:  # tf.saved_model traces the gradient to save it: read the op's inputs
+                op = site[0]() if site else None
+                if op is None or not exported:  # a loop nested in a step has no op of its own there
+                    raise ValueError("tfscan: cannot save the gradient of this while_loop(max_steps=N): "
+                                     "its graph is gone, or it is nested in a step. Save with "
+                                     "tf.saved_model.SaveOptions(experimental_custom_gradients=False) "
+                                     "to save the forward pass only.")
+            if _tf.record.pack_tangents([]).indices:
+                raise ValueError(FORWARD_ERROR)
+            return [None] * n_out + gradients(list(op.inputs), list(d_all[:n_out]), saving)
+
+        name = _gradients.register("TfscanBoundedWhileGrad", grad)
+        result = _gradients.identity(name, flat)
+        site.append(weakref.ref(result[0].op))
+        if exported:  # owned by the graph: its op lives (and is differentiated) only there
+            weakref.finalize(_tf.default_graph(), _tf.unregister_gradient, name)
+        return result[:n_out]
+
+    def _checkpoints(self, outs, quiet: _control.Compiled, carry, kc, kb, saving: bool) -> tuple[tf.Tensor, list]:
         """``(steps, checkpoints)`` for a loop that ``quiet`` ran: the launched op is made to
         run the checkpointing program instead, once (:func:`tfscan._tf.relaunch`, as scan's
         :class:`~tfscan._scan.program.Deferred`); when it cannot be (not an ``XlaLaunch``
-        op), the checkpointing loop runs again from the loop's inputs."""
+        op, or a gradient ``saving`` in a SavedModel, which saves the forward function as it
+        was), the checkpointing loop runs again from the loop's inputs."""
         op = outs[0].op
         with self._lock:
-            known = self._checkpointed.get(op)
-        if known is None and op.type == "XlaLaunch":
+            known = None if saving else self._checkpointed.get(op)
+        if known is None and op.type == "XlaLaunch" and not saving:
             args = list(carry) + list(kc) + list(kb)
             after = self._forward.concrete(args)
             extra = _tf.relaunch(op, after, quiet.concrete(args))
