@@ -8,6 +8,9 @@ Newton iteration, a fixed-point solve and an ODE integrator with adaptive stoppi
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,6 +163,45 @@ def test_a_loaded_saved_model_is_differentiated_through_the_loop(case, remat, tm
     for g, w in zip(tape.gradient(value, a), want):
         assert g is not None
         np.testing.assert_allclose(g.numpy(), w, rtol=1e-9, atol=1e-12)
+
+
+def test_a_graph_relaunched_to_save_checkpoints_is_freed_and_relaunched_once():
+    """The launched op made to save its checkpoints is remembered weakly (by tensor names:
+    tensors would keep its graph alive, 6 graphs of 6 before this), and a second gradient
+    of the same graph reads what the first made the op save."""
+    w = tf.Variable(0.9)
+    jloss = lambda x, w: masked_scan_while(lambda c: c[1] < 20, lambda c: (jnp.sin(w * c[0]) + 0.5, c[1] + 1),
+                                           (x, 0), 30)[0]  # noqa: E731
+    want = jax.grad(jloss, (0, 1))(0.3, 0.9)
+    refs = []
+    for _ in range(3):
+        @tf.function
+        def f(x0):
+            return tfscan.while_loop(lambda c: c[1] < 20, lambda c: (tf.sin(w * c[0]) + 0.5, c[1] + 1), (x0, 0),
+                                     max_steps=30)[0]
+        x0 = tf.constant(0.3)
+        f(x0)  # traced with nothing recording: no checkpoints until a gradient asks
+        with tf.GradientTape() as tape:
+            tape.watch(x0)
+            y = f(x0)
+        np.testing.assert_allclose([g.numpy() for g in tape.gradient(y, [x0, w])], want, rtol=1e-5, atol=1e-30)
+        refs.append(weakref.ref(f.get_concrete_function(x0).graph))
+        del f, tape, y
+    gc.collect()
+    assert [r() for r in refs] == [None] * 3
+
+    @tf.function
+    def twice(x0):
+        y = tfscan.while_loop(lambda c: c[1] < 20, lambda c: (tf.sin(w * c[0]) + 0.5, c[1] + 1), (x0, 0),
+                              max_steps=30)[0]
+        first = tf.gradients(y, [x0, w])
+        n = [len(op.outputs) for op in y.graph.get_operations() if op.type == "XlaLaunch"]
+        second = tf.gradients(y * 2.0, [x0, w])
+        assert [len(op.outputs) for op in y.graph.get_operations() if op.type == "XlaLaunch"][: len(n)] == n
+        return first, second
+    first, second = twice(tf.constant(0.3))
+    np.testing.assert_allclose([g.numpy() for g in first], want, rtol=1e-5, atol=1e-30)
+    np.testing.assert_allclose([g.numpy() for g in second], 2 * np.asarray(want), rtol=1e-5, atol=1e-30)
 
 
 def test_stops_at_max_steps_without_error_like_the_masked_scan():

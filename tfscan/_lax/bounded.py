@@ -125,7 +125,9 @@ class Reverse:
         self._forward = _control.Compiled(lambda meta: self._forward_build, plan.step.changed_integers(n))
         self._backward = _control.Compiled(lambda meta: self._backward_build, [0] + [
             1 + i for i, s in enumerate(plan.carry_specs) if s.dtype.is_integer])
-        self._checkpointed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # op -> steps, bufs
+        # launched op -> the names of its steps and checkpoints, once it saves them (names: a
+        # tensor would keep the op's graph, and so the weak key, alive)
+        self._checkpointed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- forward
@@ -292,7 +294,8 @@ class Reverse:
         was), the checkpointing loop runs again from the loop's inputs."""
         op = outs[0].op
         with self._lock:
-            known = None if saving else self._checkpointed.get(op)
+            names = None if saving else self._checkpointed.get(op)
+        known = None if names is None else [op.graph.get_tensor_by_name(n) for n in names]
         if known is None and op.type == "XlaLaunch" and not saving:
             args = list(carry) + list(kc) + list(kb)
             after = self._forward.concrete(args)
@@ -302,7 +305,7 @@ class Reverse:
                 with op.graph.as_default():  # read by the backward loop only (first-order)
                     known = [tf.stop_gradient(t) for t in extra]
                 with self._lock:
-                    self._checkpointed[op] = known
+                    self._checkpointed[op] = [t.name for t in known]
         if known is None:
             _, steps, bufs = self.forward(list(carry), list(kc), list(kb))
             return steps, bufs
