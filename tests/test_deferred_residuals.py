@@ -11,7 +11,9 @@ afterwards is checked against JAX, and the inference function is checked to stay
 
 from __future__ import annotations
 
+import gc
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -224,3 +226,24 @@ def test_forward_over_reverse_around_the_call_matches_jax(jit_compile, weights):
     want_g, want_hvp = jax.jvp(jax.grad(lambda a: _sin_loss(jnp, a)), (0.7,), (1.0,))
     assert float(g) == pytest.approx(float(want_g), rel=2e-5)
     assert float(acc.jvp(g)) == pytest.approx(float(want_hvp), rel=1e-4)
+
+
+def test_graphs_differentiated_after_inference_are_freed():
+    """A graph whose scan was made to save its residuals by a later gradient (inference
+    first, then a tape around the call) is freed with its function: the scan's registered
+    gradient remembers those residuals by name (it held the tensors, which kept every
+    such graph alive, 3 of 3)."""
+    w = tf.Variable(W)
+    refs = []
+    for _ in range(3):
+        f = tf.function(lambda xs: loss(w, xs))
+        xs = tf.constant(XS)
+        f(xs)  # inference first: no residuals
+        with tf.GradientTape() as tape:
+            y = f(xs)
+        np.testing.assert_allclose(tape.gradient(y, w).numpy(), np.asarray(jax.grad(jloss)(W, XS)),
+                                   rtol=2e-5, atol=1e-5)
+        refs.append(weakref.ref(f.get_concrete_function(xs).graph))
+        del f, tape, y
+    gc.collect()
+    assert [r() for r in refs] == [None] * 3

@@ -523,22 +523,29 @@ class Deferred:
     launched op run the saving program instead (:func:`tfscan._tf.relaunch`, as
     TensorFlow's ``while_v2`` adds accumulators to a ``While`` op already built): the
     backward loop reads residuals, and the inference function made before never computes
-    them. Holds the programs and the op weakly (the graph owns both).
+    them. Holds the programs and the op weakly (the graph owns both), and the residuals by
+    name: the scan's registered gradient holds this object until its graph is collected,
+    and a tensor would keep that graph alive (every graph differentiated this way was kept).
     """
 
     def __init__(self, programs: "Programs | None", op: Any, counts: tuple, wanted):
         self._programs = weakref.ref(programs) if programs is not None else lambda: None
         self._op = weakref.ref(op) if op is not None else lambda: None
         self._counts, self._wanted = counts, wanted
-        self._saved: list | None = None
+        self._names: list | None = None
 
     def saved(self) -> list | None:
         """What the backward loop reads, in the forward graph (the op made to save it, once),
         or ``None`` when the op cannot be changed (a SavedModel traces the gradient apart
         from it): the gradient then runs the saving forward program itself."""
-        if self._saved is None:
-            self._saved = self._relaunch()
-        return self._saved
+        op = self._op()
+        if self._names is None:
+            saved = self._relaunch()
+            if saved is None:
+                return None
+            self._names = [t.name for t in saved]
+            return saved
+        return None if op is None else [op.graph.get_tensor_by_name(n) for n in self._names]
 
     def apart(self) -> "Deferred":
         """The same residuals for a gradient traced apart from the forward graph (a
