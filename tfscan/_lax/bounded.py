@@ -125,9 +125,6 @@ class Reverse:
         self._forward = _control.Compiled(lambda meta: self._forward_build, plan.step.changed_integers(n))
         self._backward = _control.Compiled(lambda meta: self._backward_build, [0] + [
             1 + i for i, s in enumerate(plan.carry_specs) if s.dtype.is_integer])
-        # launched op -> the names of its steps and checkpoints, once it saves them (names: a
-        # tensor would keep the op's graph, and so the weak key, alive)
-        self._checkpointed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- forward
@@ -247,10 +244,11 @@ class Reverse:
         records, e.g. inference) through an ``IdentityN`` whose gradient makes the launched
         op save them (:meth:`_checkpoints`) and then runs :meth:`backward`."""
         n_out, n_c, n_kc = len(outs), len(carry), len(kc)
+        added = _launched.Added(outs[0].op)  # the launched op's checkpoints, once a gradient asks
 
         def gradients(ins, d_outs, saving):
-            outs_, carry_, kc_, kb_ = split_list(ins, [n_out, n_c, n_kc])
-            steps, bufs = self._checkpoints(outs_, quiet, carry_, kc_, kb_, saving)
+            _, carry_, kc_, kb_ = split_list(ins, [n_out, n_c, n_kc])
+            steps, bufs = self._checkpoints(added, quiet, carry_, kc_, kb_, saving)
             grads = self.backward(steps, bufs, kb_, d_outs)
             return grads[:n_c] + [None] * n_kc + grads[n_c:]
         return self._through(list(outs) + list(carry) + list(kc) + list(kb), n_out, gradients)
@@ -286,27 +284,25 @@ class Reverse:
             weakref.finalize(_tf.default_graph(), _tf.unregister_gradient, name)
         return result[:n_out]
 
-    def _checkpoints(self, outs, quiet: _control.Compiled, carry, kc, kb, saving: bool) -> tuple[tf.Tensor, list]:
+    def _checkpoints(self, added: _launched.Added, quiet: _control.Compiled, carry, kc, kb,
+                     saving: bool) -> tuple[tf.Tensor, list]:
         """``(steps, checkpoints)`` for a loop that ``quiet`` ran: the launched op is made to
-        run the checkpointing program instead, once (:func:`tfscan._tf.relaunch`, as scan's
+        run the checkpointing program instead, once (``added``, as scan's
         :class:`~tfscan._scan.program.Deferred`); when it cannot be (not an ``XlaLaunch``
         op, or a gradient ``saving`` in a SavedModel, which saves the forward function as it
         was), the checkpointing loop runs again from the loop's inputs."""
-        op = outs[0].op
-        with self._lock:
-            names = None if saving else self._checkpointed.get(op)
-        known = None if names is None else [op.graph.get_tensor_by_name(n) for n in names]
-        if known is None and op.type == "XlaLaunch" and not saving:
-            args = list(carry) + list(kc) + list(kb)
-            after = self._forward.concrete(args)
-            extra = _tf.relaunch(op, after, quiet.concrete(args))
-            if extra is not None:
-                _launched.note(op, after)
-                with op.graph.as_default():  # read by the backward loop only (first-order)
-                    known = [tf.stop_gradient(t) for t in extra]
-                with self._lock:
-                    self._checkpointed[op] = [t.name for t in known]
+        args = list(carry) + list(kc) + list(kb)
+        known = None if saving else added.get(lambda op: self._relaunch(op, quiet, args))
         if known is None:
             _, steps, bufs = self.forward(list(carry), list(kc), list(kb))
             return steps, bufs
         return known[0], known[1:]
+
+    def _relaunch(self, op: tf.Operation, quiet: _control.Compiled, args: list) -> list | None:
+        """``op``, launched by ``quiet``, made to run the checkpointing forward program:
+        its step count and checkpoints, or ``None``."""
+        extra = _launched.relaunch(op, self._forward.concrete(args), quiet.concrete(args))
+        if extra is None:
+            return None
+        with op.graph.as_default():  # read by the backward loop only (first-order)
+            return [tf.stop_gradient(t) for t in extra]

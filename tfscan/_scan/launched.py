@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
@@ -38,6 +38,41 @@ __all__: list = []  # private module
 _lock = threading.Lock()
 _PROGRAMS: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()  # function name -> concrete
 _VJPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # concrete -> its VJP's tf.function
+
+
+def relaunch(op: tf.Operation, after: Any, before: Any) -> list | None:
+    """Make ``op`` (``before``'s launch) launch ``after`` instead (:func:`tfscan._tf.relaunch`),
+    noted for its gradient; the outputs ``after`` adds, or ``None`` (``op`` unchanged)."""
+    extra = _tf.relaunch(op, after, before)
+    if extra is not None:
+        note(op, after)
+    return extra
+
+
+class Added:
+    """What a launched op is made to return besides its outputs (:func:`relaunch`: scan's
+    residuals, a bounded loop's checkpoints), made once and then read back from the op's
+    graph by name. Its holder lives as long as a registered gradient, until that graph is
+    collected: holding the graph's tensors would keep the graph alive (every graph
+    differentiated after inference was kept so). Holds the op weakly."""
+
+    def __init__(self, op: tf.Operation | None):
+        self._op = weakref.ref(op) if op is not None else (lambda: None)
+        self._names: list | None = None
+
+    def get(self, make: Callable[[tf.Operation], list | None]) -> list | None:
+        """``make(op)`` on the first call, the same tensors after; ``None`` when there is no
+        op (gone, or none given) or ``make`` returns ``None`` (tried again next time)."""
+        op = self._op()
+        if op is None:
+            return None
+        if self._names is None:
+            made = make(op)
+            if made is None:
+                return None
+            self._names = [t.name for t in made]
+            return made
+        return [op.graph.get_tensor_by_name(n) for n in self._names]
 
 
 def note(op: tf.Operation, concrete: Any) -> None:

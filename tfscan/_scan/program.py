@@ -447,10 +447,9 @@ class Programs:
                 saving, self._forward_build(init, xs, consts, True, split)), args)
             return before, after
         before, after = _context.traced_alone(trace) if _context.accumulating() else trace()
-        extra = _tf.relaunch(op, after, before)
+        extra = _launched.relaunch(op, after, before)
         if extra is None:
             return None
-        _launched.note(op, after)
         ys = list(op.outputs)[n_i: n_i + len(self.plan.y_specs)]
         saved = self.saved(init, ys, extra, split)
         # Read by the backward loop only: a higher-order gradient of the function (which
@@ -523,38 +522,27 @@ class Deferred:
     launched op run the saving program instead (:func:`tfscan._tf.relaunch`, as
     TensorFlow's ``while_v2`` adds accumulators to a ``While`` op already built): the
     backward loop reads residuals, and the inference function made before never computes
-    them. Holds the programs and the op weakly (the graph owns both), and the residuals by
-    name: the scan's registered gradient holds this object until its graph is collected,
-    and a tensor would keep that graph alive (every graph differentiated this way was kept).
+    them. Holds the programs weakly (the graphs that use them keep them), the op and its
+    residuals as :class:`tfscan._scan.launched.Added` (weakly, by name).
     """
 
     def __init__(self, programs: "Programs | None", op: Any, counts: tuple, wanted):
         self._programs = weakref.ref(programs) if programs is not None else lambda: None
-        self._op = weakref.ref(op) if op is not None else lambda: None
+        self._added = _launched.Added(op)
         self._counts, self._wanted = counts, wanted
-        self._names: list | None = None
 
     def saved(self) -> list | None:
         """What the backward loop reads, in the forward graph (the op made to save it, once),
         or ``None`` when the op cannot be changed (a SavedModel traces the gradient apart
         from it): the gradient then runs the saving forward program itself."""
-        op = self._op()
-        if self._names is None:
-            saved = self._relaunch()
-            if saved is None:
-                return None
-            self._names = [t.name for t in saved]
-            return saved
-        return None if op is None else [op.graph.get_tensor_by_name(n) for n in self._names]
+        programs = self._programs()
+        return None if programs is None else self._added.get(
+            lambda op: programs.relaunch_saving(op, self._counts, self._wanted))
 
     def apart(self) -> "Deferred":
         """The same residuals for a gradient traced apart from the forward graph (a
         SavedModel saves that graph as it was): its :meth:`saved` is ``None``."""
         return Deferred(self._programs(), None, self._counts, self._wanted)
-
-    def _relaunch(self) -> list | None:
-        programs, op = self._programs(), self._op()
-        return None if programs is None or op is None else programs.relaunch_saving(op, self._counts, self._wanted)
 
 
 def launchable() -> bool:
