@@ -273,7 +273,7 @@ class Reverse:
                                      "its graph is gone, or it is nested in a step. Save with "
                                      "tf.saved_model.SaveOptions(experimental_custom_gradients=False) "
                                      "to save the forward pass only.")
-            if _tf.record.pack_tangents([]).indices:
+            if _tf.record.accumulators():
                 raise ValueError(FORWARD_ERROR)
             return [None] * n_out + gradients(list(op.inputs), list(d_all[:n_out]), saving)
 

@@ -362,7 +362,7 @@ def _traced_alone(fns: list) -> bool:
     live (the branches may read, through any object, an eager tensor or a variable it
     differentiates), or in a graph when they close over a tensor one differentiates or
     read objects the closure walk does not open (which may hold one)."""
-    if not record.pack_tangents([]).indices:
+    if not record.accumulators():
         return False
     if tf.executing_eagerly():
         return True

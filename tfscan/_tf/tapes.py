@@ -69,6 +69,12 @@ class record:  # noqa: N801 - a namespace named after TensorFlow's module it fro
         return _forwardprop_util.pack_tangents(list(tensors))
 
     @staticmethod
+    def accumulators() -> int:
+        """How many ``ForwardAccumulator``s are live and recording on this thread (one busy
+        computing a tangent does not count; inside :meth:`forwardprop_state` it does)."""
+        return len(_forwardprop_util.pack_tangents([]).indices)
+
+    @staticmethod
     def tangent_indices(values: Sequence[Any]) -> set:
         """Indices of ``values`` (any Python values) that a live ``ForwardAccumulator``
         carries a tangent for; only tensors can have one. An index ``>= len(values)`` names

@@ -107,7 +107,7 @@ def own_rules(holds_conditional: bool, fun: Callable) -> bool:
     transposed, built in XLA's context) serves those."""
     if not holds_conditional:
         return True
-    return len(record.pack_tangents([]).indices) == 1 and not getattr(fun, _VJP_MARK, False)
+    return record.accumulators() == 1 and not getattr(fun, _VJP_MARK, False)
 
 
 _VJP_MARK, _JVP_MARK = "_tfscan_jit_vjp", "_tfscan_jit_jvp"  # set on the functions record_call makes
