@@ -113,6 +113,33 @@ def test_step_calling_a_helper_that_reads_a_rebound_global_is_not_stale():
         W_GLOBAL = tf.constant(1.0)
 
 
+SCALE = 1.0  # module-level Python numbers, as a notebook cell or a sweep assigns them
+STEPS = 3
+
+
+def test_a_step_reading_a_reassigned_global_number_uses_its_new_value():
+    """A fresh lambda per value (a sweep; a notebook cell run again) reading a module-level
+    float or int: the trace bakes the number in, so it keys the programs, as a closed-over
+    number does (before: every value got the program traced for the first one). A *held*
+    ``tfscan.jit`` keeps its first trace, as ``jax.jit`` does."""
+    global SCALE, STEPS
+    xs = tf.ones(3)
+    traces = []
+    try:
+        for scale, steps in [(1.0, 3), (2.0, 5), (3.0, 4), (2.0, 5)]:
+            SCALE, STEPS = scale, steps
+            got = tfscan.scan(lambda c, x: (c * SCALE, c), 1.0, xs)[0]
+            assert float(got) == scale ** 3
+            assert float(tfscan.jit(lambda c: c * SCALE)(tf.constant(2.0))) == 2.0 * scale  # re-wrapped
+            d = tfscan.grad(lambda w: tfscan.while_loop(lambda c: c < 1e9, lambda c: c * w, 1.0,
+                                                        max_steps=STEPS))(2.0)
+            assert float(d) == steps * 2.0 ** (steps - 1)  # d(w^N)/dw
+            traces.append(len(_cache.eager_cache("scan")))
+    finally:
+        SCALE, STEPS = 1.0, 3
+    assert traces[3] == traces[2], traces  # a value seen before: no new program
+
+
 def test_step_reading_tensors_through_an_object_reuses_the_compiled_programs():
     class Model:
         def __init__(self, w):

@@ -53,6 +53,7 @@ from tfscan._core.tree import TreeDef
 __all__ = []  # private module
 
 _MAX_DEPTH = 4  # how deep the walk follows functions called by the function
+_PLAIN = (bool, int, float, complex, str, bytes, type(None), np.generic)  # keyed by value
 
 
 class LRUCache:
@@ -263,7 +264,7 @@ class _Walk:
             return ("wrapped", _Identity(x), self.function(wrapped, depth + 1))
         if _tf.is_autograph_scope(x):
             return ("autograph-scope",)  # a fresh one per trace; it holds no value
-        if isinstance(x, (bool, int, float, complex, str, bytes, type(None), np.generic, TreeDef)):
+        if isinstance(x, _PLAIN + (TreeDef,)):
             return (type(x), x)  # a TreeDef (a pytree's structure) is immutable and hashable
         if isinstance(x, (tuple, list)) and len(x) < 64:
             self.memo_ok = self.memo_ok and isinstance(x, tuple)
@@ -328,11 +329,19 @@ def _wrapped_function(x: Any) -> types.FunctionType | None:
     return wrapped if isinstance(wrapped, types.FunctionType) else None
 
 
+def _plain(x: Any) -> bool:
+    """A Python number, string or ``None``, or a tuple or list of them: data a trace bakes in."""
+    if isinstance(x, (tuple, list)):
+        return len(x) < 64 and all(_plain(v) for v in x)
+    return isinstance(x, _PLAIN)
+
+
 def _walks_global(x: Any) -> bool:
-    """Globals that can change what a trace reads: tensors, variables, arrays and the
-    user's own functions, also wrapped in a compiled function (library functions and
-    modules are left out)."""
-    if isinstance(x, (tf.Tensor, tf.Variable, np.ndarray)):
+    """Globals that can change what a trace reads: tensors, variables, arrays, plain data
+    (a module-level ``a = 2.0`` that a notebook cell or a sweep assigns again: a trace bakes
+    it in, so it is keyed by value, as a closed-over one is) and the user's own functions,
+    also wrapped in a compiled function (library functions and modules are left out)."""
+    if isinstance(x, (tf.Tensor, tf.Variable, np.ndarray)) or _plain(x):
         return True
     x = _wrapped_function(x) or x
     return isinstance(x, types.FunctionType) and not _library(x)
