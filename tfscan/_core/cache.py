@@ -330,8 +330,10 @@ def _wrapped_function(x: Any) -> types.FunctionType | None:
 
 
 def _plain(x: Any) -> bool:
-    """A Python number, string or ``None``, or a tuple or list of them: data a trace bakes in."""
-    if isinstance(x, (tuple, list)):
+    """A Python number, string or ``None``, or a tuple of them: immutable data a trace bakes
+    in. Not a list: a global list is mostly state a function appends to (a counter, a log),
+    which by value would key a new trace on every call."""
+    if isinstance(x, tuple):
         return len(x) < 64 and all(_plain(v) for v in x)
     return isinstance(x, _PLAIN)
 
