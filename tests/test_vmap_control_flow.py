@@ -145,3 +145,44 @@ def test_vmap_of_vmap_of_a_fori_loop_with_batched_bounds():
     n = np.array([[1, 2, 3], [4, 0, 2]], np.int32)
     want = jax.vmap(jax.vmap(program("jax")))(x, n)
     close(tfscan.vmap(tfscan.vmap(program("tf")))(tf.constant(x), tf.constant(n)), want)
+
+
+def _safe_program(lib: str, nested: str, where: str):
+    """``f(xs, w) -> loss``: ``vmap`` over the examples of a conditional whose branch not taken
+    by an example has a NaN or infinite derivative there (``sqrt`` of a negative, ``log`` of
+    0), alone or in a scan's step; ``w`` is an unbatched weight the branches read."""
+    if lib == "tf":
+        cond, switch, scan, vmap, sqrt, log, total = (tfscan.cond, tfscan.switch, tfscan.scan, tfscan.vmap,
+                                                      tf.sqrt, tf.math.log, tf.reduce_sum)
+    else:
+        L = jax.lax
+        cond, switch, scan, vmap, sqrt, log, total = L.cond, L.switch, L.scan, jax.vmap, jnp.sqrt, jnp.log, jnp.sum
+
+    def safe(v, w):
+        if nested == "cond":
+            return cond(v > 0, lambda v: sqrt(v * w), lambda v: v * w, v)
+        index = (v > 0).astype(jnp.int32) if lib == "jax" else tf.cast(v > 0, tf.int32)
+        return switch(index + (v > 1.0 if lib == "jax" else tf.cast(v > 1.0, tf.int32)),
+                      [lambda v: v * w, lambda v: sqrt(v * w), lambda v: log(v - 1.0) * w], v)
+
+    def example(x, w):
+        if where == "alone":
+            return safe(x[0], w)
+        return scan(lambda c, v: (c + safe(v, w), None), x[0] * 0, x)[0]
+
+    return lambda xs, w: total(vmap(example, in_axes=(0, None))(xs, w))
+
+
+@pytest.mark.parametrize("where", ["alone", "in a scan"])
+@pytest.mark.parametrize("nested", ["cond", "switch"])
+def test_gradient_of_a_vmapped_conditional_ignores_the_branch_not_taken(nested, where):
+    """As JAX (``select(pred, x, stop_gradient(x))`` on each branch's operands): the NaN
+    derivative of a branch at an example it does not give reaches neither that example's
+    gradient nor, summed over the batch, the unbatched weight's (before: NaN in both)."""
+    xs = np.array([[-2.0, 0.5, 3.0], [0.0, 4.0, -1.0], [2.5, 1.0, 0.25]], f32)
+    w = f32(1.5)
+    want = jax.grad(_safe_program("jax", nested, where), argnums=(0, 1))(xs, w)
+    got = tfscan.grad(_safe_program("tf", nested, where), argnums=(0, 1))(tf.constant(xs), tf.constant(w))
+    assert np.isfinite(np.asarray(want[1])), want  # the oracle's weight gradient is a number
+    for g, e in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), np.asarray(e), rtol=1e-5, atol=1e-6)

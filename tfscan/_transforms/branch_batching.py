@@ -11,7 +11,10 @@ conditionals are batched with JAX's rule instead (``_cond_batching_rule``):
   branch leaves it unbatched), found by tracing each batched branch once;
 * a batched predicate or index: every branch runs on the whole batch and each output is
   a ``select`` by the predicate (an index out of range selects the last branch, as the
-  ``Case`` op does; ``tfscan.switch`` clamps it before), so every output is batched.
+  ``Case`` op does; ``tfscan.switch`` clamps it before), so every output is batched. As in
+  JAX, each branch reads its operands through ``select(taken, x, stop_gradient(x))``
+  (:func:`_guard`), so a branch's NaN derivative at an example it does not give never
+  reaches a gradient.
 
 The result is made of ordinary ``If``/``Case``/``Select`` ops: TensorFlow differentiates
 it (inside a scan step, the step's traced VJP saves its residuals as plain tensors).
@@ -46,14 +49,16 @@ def convert(pfor_input) -> list | None:
     pfor = pfor_input.pfor
     n = pfor.loop_len_vector
 
-    def batched_branch(k: int) -> list:
-        return pfor_lib.convert_graph_call(graphs[k], _batching.sub_converter(pfor, graphs[k]), operands, n_out)
+    def batched_branch(k: int, inputs: list = operands) -> list:
+        return pfor_lib.convert_graph_call(graphs[k], _batching.sub_converter(pfor, graphs[k]), inputs, n_out)
 
     selector = pfor_input.input(0)
     if selector.is_stacked:
-        outs = [[w.t if w.is_stacked else _batching.tile(w.t, n) for w in batched_branch(k)]
+        picks = _picks(op.type, selector.t, len(graphs))
+        outs = [[w.t if w.is_stacked else _batching.tile(w.t, n)
+                 for w in batched_branch(k, [_guard(w, picks[k], n) for w in operands])]
                 for k in range(len(graphs))]
-        return [pfor_lib.wrap(t, True) for t in _select(op.type, selector.t, outs)]
+        return [pfor_lib.wrap(t, True) for t in _select(picks, outs)]
     stacked = _stacked_outputs(batched_branch, len(graphs), n_out)
 
     def branch(k: int) -> Callable[[], list]:
@@ -90,16 +95,38 @@ def _truth(pred: tf.Tensor) -> tf.Tensor:
     return pred if pred.dtype == tf.bool else tf.not_equal(pred, tf.zeros([], pred.dtype))
 
 
-def _select(op_type: str, selector: tf.Tensor, outs: list[list[tf.Tensor]]) -> list[tf.Tensor]:
-    """Per example, the outputs of the branch ``selector`` picks (all outputs batched)."""
+def _picks(op_type: str, selector: tf.Tensor, n_branches: int) -> list[tf.Tensor]:
+    """Per branch, the examples (a ``[batch]`` boolean) whose outputs it gives: branch 0 where
+    an ``If``'s predicate is true; a ``Case``'s index ``k``, and the last branch for any index
+    no earlier branch has (out of range, as the op reads it)."""
     if op_type in ("If", "StatelessIf"):
-        picks = [_truth(selector)]  # branch 0 where true, else branch 1
-    else:
-        picks = [tf.equal(selector, tf.cast(k, selector.dtype)) for k in range(len(outs) - 1)]
+        taken = _truth(selector)
+        return [taken, tf.logical_not(taken)]
+    picks = [tf.equal(selector, tf.cast(k, selector.dtype)) for k in range(n_branches - 1)]
+    return picks + [tf.logical_not(tf.reduce_any(tf.stack(picks), 0)) if picks else tf.ones_like(selector, tf.bool)]
+
+
+def _guard(operand, pick: tf.Tensor, n: tf.Tensor):
+    """``operand`` as one branch reads it, batched, with no gradient through the examples the
+    branch does not give (JAX's ``select(pred, x, stop_gradient(x))``, its issue 1052): every
+    branch runs on every example, and a branch's derivative at an example it does not take
+    (``sqrt`` at a negative, ``log`` at 0) is NaN or infinite; times the zero cotangent the
+    output ``select`` gives it, that would still be NaN, in the gradient of the example's
+    inputs and, summed over the batch, of an unbatched operand's (which is why unbatched
+    ones are tiled here too, as JAX broadcasts every operand; in the forward pass XLA folds
+    the ``select`` of equal values away). Integer operands have no gradient: unchanged."""
+    if not (operand.t.dtype.is_floating or operand.t.dtype.is_complex):
+        return operand
+    t = operand.t if operand.is_stacked else _batching.tile(operand.t, n)
+    return pfor_lib.wrap(tf.where(_batching.along(pick, t), t, tf.stop_gradient(t)), True)
+
+
+def _select(picks: list[tf.Tensor], outs: list[list[tf.Tensor]]) -> list[tf.Tensor]:
+    """Per example, the outputs of the branch that ``picks`` it (all outputs batched)."""
     result = []
     for j in range(len(outs[0])):
         value = outs[-1][j]
-        for k in reversed(range(len(picks))):
+        for k in reversed(range(len(picks) - 1)):
             value = tf.where(_batching.along(picks[k], value), outs[k][j], value)
         result.append(value)
     return result
