@@ -140,6 +140,25 @@ def test_a_step_reading_a_reassigned_global_number_uses_its_new_value():
     assert traces[3] == traces[2], traces  # a value seen before: no new program
 
 
+CONFIG = {"scale": 1.0}  # a module-level config dict and namespace a sweep changes in place
+HPARAMS = __import__("types").SimpleNamespace(scale=1.0)
+
+
+def test_a_step_reading_a_global_dict_or_object_uses_what_it_holds_now():
+    """As a closed-over dict or object is: the walk is not exact, so the step is traced again
+    and its programs reused while the trace is the same (before: the first value, silently)."""
+    xs = tf.ones(3)
+    try:
+        for scale in [1.0, 5.0, 2.0]:
+            CONFIG["scale"] = HPARAMS.scale = scale
+            assert float(tfscan.scan(lambda c, x: (c + x * CONFIG["scale"], None), 0.0, xs)[0]) == 3 * scale
+            assert float(tfscan.scan(lambda c, x: (c + x * HPARAMS.scale, None), 0.0, xs)[0]) == 3 * scale
+            d = tfscan.grad(lambda w: tfscan.scan(lambda c, x: (c * w + CONFIG["scale"], None), 0.0, xs)[0])(1.0)
+            assert float(d) == 3 * scale  # d/dw of s(w^2 + w + 1) at w = 1
+    finally:
+        CONFIG["scale"] = HPARAMS.scale = 1.0
+
+
 def test_step_reading_tensors_through_an_object_reuses_the_compiled_programs():
     class Model:
         def __init__(self, w):

@@ -38,6 +38,7 @@ containers) is shared by the replicas and with other graphs, so a strategy's rep
 from __future__ import annotations
 
 import collections
+import enum
 import functools
 import threading
 import types
@@ -53,7 +54,9 @@ from tfscan._core.tree import TreeDef
 __all__ = []  # private module
 
 _MAX_DEPTH = 4  # how deep the walk follows functions called by the function
-_PLAIN = (bool, int, float, complex, str, bytes, type(None), np.generic)  # keyed by value
+# Immutable values keyed by value (a dtype, a shape and an enum member included).
+_PLAIN = (bool, int, float, complex, str, bytes, type(None), np.generic, np.dtype, tf.dtypes.DType,
+          tf.TensorShape, enum.Enum)
 
 
 class LRUCache:
@@ -339,14 +342,21 @@ def _plain(x: Any) -> bool:
 
 
 def _walks_global(x: Any) -> bool:
-    """Globals that can change what a trace reads: tensors, variables, arrays, plain data
-    (a module-level ``a = 2.0`` that a notebook cell or a sweep assigns again: a trace bakes
-    it in, so it is keyed by value, as a closed-over one is) and the user's own functions,
-    also wrapped in a compiled function (library functions and modules are left out)."""
+    """Globals that can change what a trace reads, walked as closed-over values are: tensors,
+    variables, arrays, plain data (a module-level ``a = 2.0`` that a notebook cell or a sweep
+    assigns again: a trace bakes it in), the user's own functions, also wrapped in a compiled
+    function, and any other object (a config dict or namespace, a model: what a trace reads
+    from it may change, so the walk is not exact and each call traces again, reusing the
+    compiled programs). Left out: modules, classes and library functions (fixed), and lists
+    and sets (state a function appends to, a counter or a log, which would key a new trace
+    on every call)."""
     if isinstance(x, (tf.Tensor, tf.Variable, np.ndarray)) or _plain(x):
         return True
     x = _wrapped_function(x) or x
-    return isinstance(x, types.FunctionType) and not _library(x)
+    if isinstance(x, types.FunctionType):
+        return not _library(x)
+    return not isinstance(x, (types.ModuleType, type, types.BuiltinFunctionType, types.MethodType,
+                              list, set, frozenset, _PARTIAL))
 
 
 def _library(f: types.FunctionType, ours: bool = True) -> bool:
