@@ -417,3 +417,105 @@ def test_mixed_precision_stacked_dropout_cells_train():
     assert out.dtype == tf.bfloat16 and tuple(out.shape) == (4, 5, 2)
     assert all(g is not None and g.dtype == tf.float32 for g in grads)
     assert [c.compute_dtype for c in layer.cell.cells] == ["bfloat16", "bfloat16"]  # policies restored
+
+
+# -- porting from Keras' own layers: attributes, arguments, weights files, errors ---------------
+
+@pytest.mark.parametrize("name", ["SimpleRNN", "GRU", "LSTM"])
+def test_the_layers_expose_keras_hyper_parameters(name):
+    """``layer.dropout``, ``layer.activation``, ... read as on Keras' layer (were AttributeErrors)."""
+    kw = dict(dropout=0.25, recurrent_dropout=0.125, use_bias=False)
+    ref, ours = getattr(keras.layers, name)(3, **kw), getattr(tk, name)(3, **kw)
+    attrs = ["units", "activation", "use_bias", "dropout", "recurrent_dropout", "kernel_initializer",
+             "recurrent_initializer", "bias_initializer", "kernel_regularizer", "kernel_constraint",
+             "recurrent_activation", "reset_after", "unit_forget_bias", "use_cudnn"]
+    for a in [a for a in attrs if hasattr(ref, a)]:
+        want, got = getattr(ref, a), getattr(ours, a)
+        if isinstance(want, (int, float, bool, str)) or want is None:
+            assert got == want, a
+        else:
+            assert type(got) is type(want), a
+
+
+@pytest.mark.parametrize("unroll", [None, np.True_, np.False_])
+def test_unroll_takes_keras_values(unroll):
+    x = _x()
+    ref, ours = keras.layers.GRU(3, unroll=bool(unroll)), tk.GRU(3, unroll=unroll)
+    ref(x), ours(x)
+    ours.set_weights(ref.get_weights())
+    np.testing.assert_allclose(ours(x).numpy(), ref(x).numpy(), rtol=1e-5, atol=1e-6)
+    assert ours.unroll == (True if unroll else 1)
+
+
+def test_a_time_major_layer_reads_a_time_major_mask_and_names_a_wrong_one():
+    x = _x(b=3, t=5)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], bool)  # [batch, time]
+    ref = keras.layers.GRU(4, return_sequences=True)
+    ref(x)
+    ours = tk.GRU(4, return_sequences=True, time_major=True)
+    ours(np.transpose(x, [1, 0, 2]))
+    ours.set_weights(ref.get_weights())
+    got = ours(np.transpose(x, [1, 0, 2]), mask=mask.T)
+    np.testing.assert_allclose(np.transpose(got, [1, 0, 2]), ref(x, mask=mask).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"mask must be \[time, batch\] .*\(5, 3\).*got shape \(3, 5\)"):
+        ours(np.transpose(x, [1, 0, 2]), mask=mask)
+
+
+def test_a_weights_file_moves_between_keras_rnn_and_tfscan_rnn(tmp_path):
+    """Keras names a layer's entry in a .weights.h5 file after its class: ``tfscan.keras.RNN``
+    is ``Scan`` under Keras' name, so the file of a ``keras.layers.RNN(cell)`` model loads."""
+    x = _x()
+    inp = keras.Input((None, 4))
+    ref = keras.Model(inp, keras.layers.RNN(keras.layers.LSTMCell(3))(inp))
+    ours = keras.Model(inp, tk.RNN(keras.layers.LSTMCell(3))(inp))
+    for a, b in [(ref, ours), (ours, ref)]:
+        path = str(tmp_path / f"{a.layers[-1].__class__.__module__.split('.')[0]}.weights.h5")
+        a.save_weights(path)
+        b.load_weights(path)
+        np.testing.assert_allclose(b(x).numpy(), a(x).numpy(), rtol=1e-6, atol=1e-7)
+    assert isinstance(ours.layers[-1], tk.Scan)
+
+
+def test_errors_in_a_keras_cell_keep_their_cause_and_initial_states_are_checked():
+    x = _x(b=3, f=4)
+    layer = tk.LSTM(3)
+    layer(x)
+    with pytest.raises(ValueError, match=r"Dimensions must be equal, but are 7 and 4.*\[3,7\], \[4,12\]"):
+        layer(_x(b=3, f=7))  # before: only Keras' header line ("Exception encountered when calling")
+    with pytest.raises(ValueError, match=r"initial_state\[0\] has shape \(2, 4\).*\[batch, 4\] = \(3, 4\)"):
+        tk.GRU(4)(x, initial_state=[np.zeros((2, 4), "float32")])
+    with pytest.raises(ValueError, match="expected ndim=3, found ndim=4"):
+        tk.LSTM(3)(np.zeros((3, 5, 4, 2), "float32"))
+
+
+class NarrowOutputCell(keras.layers.Layer):
+    """A cell whose output (2 wide) is narrower than its state (4), with no output_size."""
+    state_size = 4
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], 4))
+
+    def call(self, x, states):
+        h = tf.tanh(tf.matmul(x, self.kernel) + states[0])
+        return h[:, :2], [h]
+
+
+def test_a_cell_output_unlike_its_state_asks_for_output_size():
+    with pytest.raises(ValueError, match=r"output has shape \(3, 2\).*Give the cell an output_size"):
+        tk.Scan(NarrowOutputCell())(_x())
+    cell = NarrowOutputCell()
+    cell.output_size = 2
+    assert tuple(tk.Scan(cell)(_x()).shape) == (3, 2)
+
+
+def test_predict_with_a_ragged_last_batch_does_not_warn_about_gradients():
+    """An unknown batch (Keras' relaxed predict function for the last, smaller batch) makes the
+    step's VJP recompute; inference computes no gradient, so it says nothing (it warned)."""
+    import warnings
+    from tfscan._scan.residuals import RecomputeWarning
+    inp = keras.Input((5, 4))
+    model = keras.Model(inp, tk.LSTM(3)(inp))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RecomputeWarning)
+        out = model.predict(_x(b=10, t=5), batch_size=4, verbose=0)
+    assert out.shape == (10, 3)

@@ -33,7 +33,9 @@ Differences from ``keras.layers.RNN``:
   to compile, and as near Keras' own outputs as a 16-bit XLA loop is;
 * a cell's per-step output must have shape ``(batch, *output_size)``, with
   ``output_size`` the cell's attribute or else ``state_size[0]`` (as Keras assumes for
-  ``compute_output_shape``) when ``return_sequences=False`` or a mask is given.
+  ``compute_output_shape``) when ``return_sequences=False`` or a mask is given;
+* :class:`RNN` is :class:`Scan` under ``keras.layers.RNN``'s class name, so ``.weights.h5``
+  files (whose entries Keras names after each layer's class) move between the two.
 
 Example:
 
@@ -54,13 +56,14 @@ import inspect
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import tfscan
 from tfscan._keras_dtypes import LOOP_DTYPES, ComputingIn, loop_dtype_for
 from tfscan._tf import keras_rnn
 
-__all__ = ["Scan", "SimpleRNN", "GRU", "LSTM"]
+__all__ = ["Scan", "RNN", "SimpleRNN", "GRU", "LSTM"]
 
 
 def _check_backend() -> None:
@@ -89,6 +92,34 @@ def _parameters(fn: Any) -> set:
 def _skeleton(nest: Any) -> Any:
     """``nest`` with every leaf replaced by 0: hashable by value, so a step keyed on it never retraces."""
     return tf.nest.map_structure(lambda _: 0, nest)
+
+
+def _check_states(states: list, state_size: Any, batch: Any) -> None:
+    """Each initial state must be ``[batch, size]`` for its entry of the cell's ``state_size``."""
+    leaves, sizes = tf.nest.flatten(states), tf.nest.flatten(state_size)
+    if len(leaves) != len(sizes):
+        raise ValueError(f"tfscan.keras.Scan: initial_state has {len(leaves)} tensors but the cell has "
+                         f"{len(sizes)} states (state_size={state_size!r}). Give one tensor per state.")
+    for i, (s, size) in enumerate(zip(leaves, sizes)):
+        if not isinstance(size, int):
+            continue  # a state of more than one axis (a TensorShape): its cell checks it
+        want = tf.TensorShape([batch if isinstance(batch, int) else None, size])
+        if not want.is_compatible_with(s.shape):
+            raise ValueError(f"tfscan.keras.Scan: initial_state[{i}] has shape {s.shape}, but the cell's "
+                             f"state {i} is [batch, {size}] = {want} for these sequences. Give each initial "
+                             "state one row per example of the batch and the state's size.")
+
+
+def _check_mask(mask: tf.Tensor, x: tf.Tensor, time_major: bool) -> None:
+    """A mask must have the sequences' two leading axes (``x`` is time-major here)."""
+    want = [x.shape[0], x.shape[1]] if time_major else [x.shape[1], x.shape[0]]
+    layout = "[time, batch] (time_major=True)" if time_major else "[batch, time]"
+    if mask.shape.rank != 2 or any(a is not None and b is not None and a != b
+                                   for a, b in zip(mask.shape.as_list(), want)):
+        raise ValueError(f"tfscan.keras.Scan: mask must be {layout} booleans, shape "
+                         f"{tf.TensorShape(want)}, to match the sequences; got shape {mask.shape}. "
+                         + ("Transpose the mask to [time, batch]." if time_major else
+                            "Give one boolean per example and step."))
 
 
 def _expand_mask(m: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
@@ -120,7 +151,9 @@ class Scan(keras.layers.RNN):
       remat: the gradient's memory policy, as :func:`tfscan.scan`'s ``remat``
         (``False``, ``True``/``"full"``, an int ``k``, or ``"sqrt"``). Outputs and
         gradients do not depend on it.
-      time_major: inputs (and returned sequences) are ``[time, batch, ...]``.
+      time_major: inputs (and returned sequences) are ``[time, batch, ...]``. Not inside
+        ``keras.layers.Bidirectional``: it flips axis 1 of the backward layer's sequences,
+        which is the batch axis in this layout (transpose to batch-major around it instead).
       zero_output_for_mask: with a mask, masked steps output zeros instead of repeating
         the previous output (as ``keras.layers.RNN``).
       loop_dtype: the dtype the time loop computes in. ``None`` (the default): under a
@@ -137,8 +170,9 @@ class Scan(keras.layers.RNN):
       sequences: ``[batch, time, features]`` (``time`` may be ``None``).
       initial_state: a tensor or list of tensors, one per state; defaults to the
         ``stateful`` variables, else the cell's ``get_initial_state`` (zeros).
-      mask: ``[batch, time]`` booleans (``True`` = use the step); a masked step keeps
-        the states and repeats the previous output.
+      mask: ``[batch, time]`` booleans (``True`` = use the step), ``[time, batch]`` when
+        ``time_major`` (the layout of the sequences' leading axes, as Keras 2's ``RNN``); a
+        masked step keeps the states and repeats the previous output.
       training: passed to the cell (dropout).
       constants: a tensor or list of tensors passed unchanged to every step as the
         cell's ``constants`` argument (Keras 2's ``RNN`` convention; Keras 3's ``RNN``
@@ -168,7 +202,8 @@ class Scan(keras.layers.RNN):
         super().__init__(cell, return_sequences=bool(return_sequences), return_state=bool(return_state),
                          go_backwards=bool(go_backwards), stateful=bool(stateful), unroll=False,
                          zero_output_for_mask=bool(zero_output_for_mask), **kwargs)
-        self.unroll = True if unroll is True else 1 if unroll is False else int(unroll)  # Keras' False: 1
+        # Keras' bool (``None``, a NumPy bool: its own ``unroll`` is one) or tfscan's steps per iteration.
+        self.unroll = (True if unroll else 1) if unroll is None or isinstance(unroll, (bool, np.bool_)) else int(unroll)
         self.remat = remat
         self.time_major = bool(time_major)
         if loop_dtype is not None and keras.backend.standardize_dtype(loop_dtype) not in LOOP_DTYPES:
@@ -239,6 +274,7 @@ class Scan(keras.layers.RNN):
             initial_state = [initial_state]
         initial_state = tf.nest.map_structure(
             lambda s: tf.cast(tf.convert_to_tensor(s), cell_dtype), list(initial_state))
+        _check_states(initial_state, self.state_size, batch)
         if constants is not None:
             constants = [tf.convert_to_tensor(c) for c in tf.nest.flatten(constants)]
 
@@ -280,6 +316,7 @@ class Scan(keras.layers.RNN):
             mask = tf.cast(mask, tf.bool) if mask.dtype != tf.bool else mask
             if mask.shape.rank == 3:
                 mask = mask[..., 0]
+            _check_mask(mask, sequences, self.time_major)
             m = mask if self.time_major else tf.transpose(mask, [1, 0])
         drops = tuple(keras_rnn.dropout_masks(c) for c in _dropout_cells(self.cell))
         keep_last = (not self.return_sequences) or m is not None
@@ -315,6 +352,13 @@ class Scan(keras.layers.RNN):
             with ComputingIn(layer.cell, dtype):
                 out, new_states = layer.cell(x_t, states, **kw)
             new_leaves = tf.nest.flatten(new_states)
+            if keep_last and not prev.shape[1:].is_compatible_with(out.shape[1:]):
+                raise ValueError(
+                    f"tfscan.keras.Scan: the cell's output has shape {out.shape} per step, but the layer "
+                    f"expected [batch, {', '.join(map(str, layer._output_size()))}] from the cell's "
+                    f"output_size (or, without one, state_size[0] = {layer.state_size[0]!r}, as Keras "
+                    "assumes for output shapes). Give the cell an output_size attribute with the size "
+                    "of what its call returns.")
             if len(new_leaves) != len(leaves):
                 raise ValueError(f"Scan: the cell returned {len(new_leaves)} state tensors for "
                                  f"{len(leaves)} in its state_size / initial state.")
@@ -340,6 +384,21 @@ class Scan(keras.layers.RNN):
         return {**super().get_config(), **self._scan_config()}
 
 
+@keras.saving.register_keras_serializable(package="tfscan")
+class RNN(Scan):
+    """:class:`Scan` under Keras' name: ``tfscan.keras.RNN(cell)`` for ``keras.layers.RNN(cell)``.
+
+    The same layer as ``Scan``; only the class name differs, and Keras names a layer's
+    entry in a ``.weights.h5`` file after its class, so a model's weights file saved with
+    ``keras.layers.RNN(cell)`` loads into the model written with ``tfscan.keras.RNN(cell)``
+    and back (as ``SimpleRNN``/``GRU``/``LSTM`` match Keras' layers of those names).
+
+    >>> import numpy as np, keras, tfscan.keras
+    >>> tuple(tfscan.keras.RNN(keras.layers.SimpleRNNCell(3))(np.zeros((2, 4, 5), "float32")).shape)
+    (2, 3)
+    """
+
+
 class _CellLayer(Scan):
     """``Scan`` around one Keras cell class, built from that cell's constructor arguments."""
 
@@ -356,13 +415,15 @@ class _CellLayer(Scan):
                        and k not in ("self", "units")}
         if "implementation" in kwargs:  # a keras.layers.LSTM / GRU argument the cells take via **kwargs
             cell_kwargs["implementation"] = kwargs.pop("implementation")
-        kwargs.pop("use_cudnn", None)  # keras.layers.LSTM / GRU: irrelevant here
+        use_cudnn = kwargs.pop("use_cudnn", "auto")  # keras.layers.LSTM / GRU: kept, unused here
         cell = self._cell_class(units, dtype=kwargs.get("dtype"), trainable=kwargs.get("trainable", True),
                                 name=self._cell_name, **cell_kwargs)
         super().__init__(cell, return_sequences=return_sequences, return_state=return_state,
                          go_backwards=go_backwards, unroll=unroll, remat=remat, time_major=time_major,
                          zero_output_for_mask=zero_output_for_mask, stateful=stateful,
                          loop_dtype=loop_dtype, **kwargs)
+        self.use_cudnn = use_cudnn
+        self.input_spec = keras.layers.InputSpec(ndim=3)  # [batch, time, features], as Keras' layers
 
     @property
     def units(self) -> int:
@@ -383,6 +444,10 @@ def _cell_layer(name: str, cell_class: type, cell_name: str, doc: str) -> type:
     Keras serialization (what ``class name(_CellLayer)`` with two attributes would be)."""
     attrs = {"__doc__": doc, "__module__": __name__, "__qualname__": name,
              "_cell_class": cell_class, "_cell_name": cell_name}
+    # The cell's hyper-parameters, read-only, as Keras' own layer has them (``layer.dropout``).
+    for arg in inspect.signature(cell_class.__init__).parameters:
+        if arg not in ("self", "units", "seed", "kwargs") and not hasattr(keras.layers.RNN, arg):
+            attrs[arg] = property(lambda self, arg=arg: getattr(self.cell, arg))
     return keras.saving.register_keras_serializable(package="tfscan")(type(name, (_CellLayer,), attrs))
 
 

@@ -83,9 +83,25 @@ def _in_tf_conditional(e: BaseException) -> bool:
                for frame in traceback.extract_tb(e.__traceback__))
 
 
+_KERAS_HEADER = re.compile(r"^Exception encountered when calling |^Arguments received by ")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _gist(message: str) -> str:
+    """The line of ``message`` that says what went wrong: the first one past the header a
+    Keras layer puts around any error raised in its ``call`` ("Exception encountered when
+    calling LSTMCell.call()."), before its list of the arguments received."""
+    lines = [line.strip() for line in _ANSI.sub("", message).splitlines()]
+    for line in lines:
+        if line.startswith("Arguments received by "):
+            break
+        if line and not _KERAS_HEADER.match(line):
+            return line
+    return next((line for line in lines if line), "(no message)")
+
+
 def _explain(message: str, api: str, fn_name: str, traced_on: str) -> str:
-    first = message.strip().splitlines()[0] if message.strip() else "(no message)"
-    first = first.split(" You can attempt")[0]  # TensorFlow's advice (eager mode) does not apply
+    first = _gist(message).split(" You can attempt")[0]  # TensorFlow's advice (eager mode) does not apply
     head = f"{api}: {fn_name} raised an error while tfscan traced it on {traced_on}: {first}"
     if _BOOL.search(message):
         return (f"{head}\nThe function is traced once into a compiled loop, so Python `if`, `while`, "

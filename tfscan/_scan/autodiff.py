@@ -79,7 +79,7 @@ def differentiable_scan(programs: Programs, init: Sequence[tf.Tensor], xs: Seque
         # again, ``Batched.vjp_pe``) or ``tf.gradients`` could differentiate it: it recomputes.
         save = False
     if save:  # traced now, while a tape inside the step can still record
-        programs.backward_vjp(consts, wanted, saved_for)
+        programs.backward_vjp(consts, wanted, saved_for, announce=not quiet)
     # forward mode (an accumulator) runs the scan's own JVP loop, never this VJP transposed
     forward_function = lambda *tangents: _forward.scan_tangents(  # noqa: E731
         programs, init, xs, consts, dynamic_length, tangents, run)

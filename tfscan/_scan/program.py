@@ -240,6 +240,7 @@ class Programs:
         self._concrete: dict = {}
         self._lock = threading.Lock()
         self._vjps: dict = {}
+        self._unsplit: dict = {}  # wanted -> why its VJP recomputes the step, until told
         self._replica_concrete: dict = {}  # (name, argument shapes and dtypes) -> concrete function
 
     @property
@@ -252,28 +253,36 @@ class Programs:
         """Whether every replica of a ``tf.distribute`` strategy may run these programs."""
         return self.plan.step.replica_safe
 
-    def vjp(self, consts: Sequence[tf.Tensor], wanted=None) -> StepVJP | None:
-        """The step's traced VJP (with its residual split when it has one), or ``None``."""
+    def vjp(self, consts: Sequence[tf.Tensor], wanted=None, announce: bool = True) -> StepVJP | None:
+        """The step's traced VJP (with its residual split when it has one), or ``None``.
+
+        ``announce``: a gradient will read it, so say now (a ``RecomputeWarning``, once) if
+        its backward loop recomputes the step; a VJP traced ahead of any gradient (inference
+        in a graph, where one may be asked later) says so when one is."""
         with self._lock:
             if wanted not in self._vjps:
                 specs = [tf.TensorSpec(c.shape, c.dtype) for c in consts]
                 try:
-                    self._vjps[wanted] = StepVJP(self.plan, specs, wanted)
+                    self._vjps[wanted] = vjp = StepVJP(self.plan, specs, wanted)
+                    self._unsplit[wanted] = vjp.unsplit
                 except NotSplittable as e:
                     self._vjps[wanted] = None
-                    if not e.quiet:
-                        warn_recompute(self.plan.name, str(e))
-            return self._vjps[wanted]
+                    self._unsplit[wanted] = None if e.quiet else str(e)
+            why = self._unsplit.pop(wanted, None) if announce else None
+        if why:
+            warn_recompute(self.plan.name, why)
+        return self._vjps[wanted]
 
-    def backward_vjp(self, consts: Sequence[tf.Tensor], wanted=None, saved_for=None) -> StepVJP | None:
+    def backward_vjp(self, consts: Sequence[tf.Tensor], wanted=None, saved_for=None,
+                     announce: bool = True) -> StepVJP | None:
         """The step VJP the backward loop for the gradients ``wanted`` runs, when the forward
         loop saved residuals for ``saved_for``: with ``remat`` (carries saved) the one for
         ``wanted``; otherwise the one whose residual split was saved."""
-        return self.vjp(consts, wanted if self.remat else saved_for)
+        return self.vjp(consts, wanted if self.remat else saved_for, announce)
 
-    def split(self, consts: Sequence[tf.Tensor], wanted=None):
+    def split(self, consts: Sequence[tf.Tensor], wanted=None, announce: bool = True):
         """The residual split the forward loop saves for, or ``None`` to save carries."""
-        vjp = None if self.remat else self.vjp(consts, wanted)
+        vjp = None if self.remat else self.vjp(consts, wanted, announce)
         return vjp.split if vjp is not None else None
 
     def _compiled(self, name: str, build):
@@ -378,7 +387,7 @@ class Programs:
         It is a list as usual when the program could not be launched."""
         plan, static = self.plan, self.static
         n_i = len(init)
-        split = self.split(consts, wanted) if save else None
+        split = self.split(consts, wanted, announce=not defer) if save else None
         # ``build`` is kept by the cached tf.function: it must close over counts, never over
         # this call's tensors (they would stay alive as long as the cache entry).
         binomial = save and _remat.is_binomial(self.remat)  # keeps a few snapshots, see _remat

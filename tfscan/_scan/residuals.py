@@ -179,11 +179,11 @@ class StepVJP(ByIdentity):
         fed = self.fed_names(self.ct_names)
         self.vjp_piece = GraphPiece(self.graph_def, fed, self.grad_outs, keep=_ancestors_of(graph, self.grad_outs, fed),
                                     stub=self.stubs(graph), name="vjp", source=graph)
+        self.unsplit = None  # why the backward loop recomputes the step (told when it runs)
         try:
             self.split = _Split(self, graph, outputs[n_out:])
         except NotSplittable as e:
-            self.split = None
-            warn_recompute(plan.name, str(e))
+            self.split, self.unsplit = None, str(e)
 
     def _lean(self, joint, specs):
         """The joint graph of a plain step built directly, or ``None`` (then traced)."""
