@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -181,3 +182,19 @@ def test_errors_name_the_argument():
         tfscan.jit(lambda x, y: x, static_argnames="z")
     with pytest.raises(TypeError, match=r"static_argnums must be ints"):
         tfscan.jit(lambda x: x, static_argnums=(1.5,))
+
+
+def test_a_python_bool_argument_is_a_flag_and_a_mismatched_python_int_is_named():
+    """``x * flag``: TensorFlow multiplies a float by a bool *tensor* as booleans, so a bool
+    passed as a tensor gave ``[False, True]`` for ``[0.5, 2.0] * True`` (JAX, eager TF and
+    ``tf.function``: ``[0.5, 2.0]``). A Python bool is now static, as in ``tf.function``."""
+    x = tf.constant([0.5, 2.0])
+    f = tfscan.jit(lambda x, flag, scale=1.0: x * flag * scale)
+    for flag in [True, False, True]:
+        out = f(x, flag)
+        assert out.dtype == tf.float32
+        np.testing.assert_allclose(out.numpy(), [0.5 * flag, 2.0 * flag])
+        np.testing.assert_allclose(f(x, flag=flag).numpy(), [0.5 * flag, 2.0 * flag])
+    assert f.trace_count <= 4  # True and False, positional and by keyword
+    with pytest.raises(TypeError, match=r"jit: the function mixes dtypes.*int -> int32.*here scale.*3\.0"):
+        f(x, True, 3)

@@ -43,8 +43,11 @@ def jit(fun: Callable[..., Any] | None = None, *, static_argnums: int | Sequence
 
     ``fun`` is traced (run once in a TensorFlow graph) for each new combination of
     argument structure, tensor shapes and dtypes, and static argument values, and the
-    trace is compiled by XLA; calls with new *values* reuse it. Python ``int``/``float``/
-    ``bool`` arguments are passed as tensors (int32/float32/bool), not baked in. A
+    trace is compiled by XLA; calls with new *values* reuse it. Python ``int``/``float``
+    arguments are passed as tensors (int32/float32), not baked in: TensorFlow has no weak
+    types, so ``x * 3`` on a float ``x`` needs ``3.0`` (a dtype error names the argument). A
+    Python ``bool`` argument is a flag (``training=True``): it is static, as in a
+    ``tf.function`` (TensorFlow would multiply a float by a bool *tensor* as booleans). A
     ``tf.Variable`` closed over by ``fun`` is read at call time; a ``tf.Variable``
     passed as an argument is passed by value. As under ``jax.jit``, Python control flow
     cannot branch on tensor values (``autograph`` is off): use :func:`tfscan.cond` or
@@ -187,6 +190,7 @@ class Jitted:
         """The result through the fast path, or ``None`` (then the slow path runs): an eager
         call nothing records, with the signature of a call the slow path resolved."""
         if not self._fast or kwargs or not tf.executing_eagerly() or record.could_possibly_record() \
+                or any(type(a) is bool for a in args) \
                 or _context.jit_disabled():
             return None
         sig, flat = _fast.signature(args)
@@ -224,14 +228,14 @@ class Jitted:
         static = []
         dyn_args = []
         for i, a in enumerate(args):
-            if i in nums:
+            if i in nums or type(a) is bool:  # a Python bool argument: a flag, baked in
                 static.append(("pos", i, _hashable(a, self._label(i))))
                 dyn_args.append(None)
             else:
                 dyn_args.append(a)
         dyn_kwargs = {}
         for k in sorted(kwargs):
-            if k in self._static_names:
+            if k in self._static_names or type(kwargs[k]) is bool:
                 static.append(("kw", k, _hashable(kwargs[k], k)))
             else:
                 dyn_kwargs[k] = kwargs[k]
@@ -274,7 +278,8 @@ class Jitted:
         # own derivatives on that graph's tapes, and TensorFlow's gradient of the call, which
         # an eager tape takes, would meet their ops (a tfscan loop has no TensorFlow gradient).
         key = (first, tf.executing_eagerly()) + signature
-        make = lambda: _Entry(self._fun, tree, static, flat, closure.tensors)  # noqa: E731
+        numbers_at = [p for v, p in zip(leaves, paths) if type(v) in (int, float)]
+        make = lambda: _traced_entry(self._fun, tree, static, flat, closure.tensors, numbers_at)  # noqa: E731
         entry, created = _cache.lookup("jit", key, make)
         # The trace read something the key cannot see by value (an object's attributes, a
         # tensor reached through one): reuse it only for the function that made it.
@@ -290,6 +295,22 @@ class Jitted:
         stable = (fresh and _cache.memoized(self._fun, closure)
                   and (entry.owner.owns(self._fun) or (closure.exact and entry.feed.complete)))
         return entry, flat, captured, closure if stable else None
+
+def _traced_entry(fun, tree, static, flat, slots, numbers_at: list) -> "_Entry":
+    """``_Entry(...)``; a dtype clash in the trace, when Python numbers were passed, says what
+    they became (TensorFlow's error as the cause)."""
+    try:
+        return _Entry(fun, tree, static, flat, slots)
+    except TypeError as e:
+        if not numbers_at or "does not match type" not in str(e):
+            raise
+        raise TypeError(
+            f"jit: the function mixes dtypes: {str(e).splitlines()[0]} Python numbers passed to a "
+            f"jitted function are tensors (int -> int32, float -> float32; TensorFlow has no weak "
+            f"types), here {', '.join(numbers_at)}. Pass a number of the dtype it meets (3.0, not 3, "
+            "or tf.constant(3, tf.float32)), or mark the argument static (static_argnums/"
+            "static_argnames; a new value then traces again).") from e
+
 
 class _Entry:
     """One trace: a concrete XLA-compiled function of the flat dynamic leaves."""
