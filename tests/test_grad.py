@@ -401,3 +401,32 @@ def test_a_step_that_updates_a_variable_sees_its_own_writes():
 
     carry, _ = tfscan.scan(step, 0.0, tf.ones(4))
     assert float(carry) == 1 + 2 + 3 + 4 and float(counter) == 4.0
+
+
+def test_keyword_arguments_and_unhashable_python_arguments_pass_through():
+    """As ``jax.grad``: keyword arguments go to ``fun`` undifferentiated (the wrapper took
+    positional ones only), and an argument not differentiated that is a dict of numbers is
+    passed as tensors (it was made static, and rejected as unhashable)."""
+    def loss(w, xs, cfg, scale=1.0):
+        return tfscan.scan(lambda c, x: (c * w + x * cfg["a"], None), 0.0, xs)[0] * scale
+    def loss_j(w, xs, cfg, scale=1.0):
+        return jax.lax.scan(lambda c, x: (c * w + x * cfg["a"], None), 0.0, xs)[0] * scale
+    want = jax.grad(loss_j)(0.5, jnp.ones(3), {"a": 1.5}, scale=2.0)
+    for jit in (True, False):
+        got = tfscan.grad(loss, jit=jit)(0.5, tf.ones(3), {"a": 1.5}, scale=2.0)
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+        value, got = tfscan.value_and_grad(loss, jit=jit)(0.5, tf.ones(3), {"a": 1.5}, scale=2.0)
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+
+
+def test_complex_inputs_get_jaxs_gradient_and_a_complex_output_is_an_error():
+    def loss(z):
+        c, _ = tfscan.scan(lambda c, x: (c * z + x, None), tf.constant(1, tf.complex64), tf.ones(3, tf.complex64))
+        return tf.math.real(c) + tf.math.imag(c) * 0.5
+    def loss_j(z):
+        c, _ = jax.lax.scan(lambda c, x: (c * z + x, None), jnp.complex64(1), jnp.ones(3, jnp.complex64))
+        return jnp.real(c) + jnp.imag(c) * 0.5
+    z = np.complex64(0.5 + 0.25j)
+    np.testing.assert_allclose(tfscan.grad(loss)(tf.constant(z)).numpy(), np.asarray(jax.grad(loss_j)(z)), rtol=1e-5)
+    with pytest.raises(TypeError, match="grad requires real-valued outputs, but fun returned complex64"):
+        tfscan.grad(lambda w: tf.cast(w, tf.complex64) * (1 + 2j))(2.0)

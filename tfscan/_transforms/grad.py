@@ -30,7 +30,9 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
         ``False`` runs it eagerly.
 
     Returns:
-      A function returning ``(value, grads)`` or ``((value, aux), grads)``.
+      A function returning ``(value, grads)`` or ``((value, aux), grads)``. It takes
+      ``fun``'s arguments; keyword arguments are passed on, not differentiated (as in JAX).
+      For a complex input the gradient is JAX's, the conjugate of a ``GradientTape``'s.
 
     Example:
 
@@ -56,7 +58,7 @@ def _differentiated(fun: Callable, argnums: int | Sequence[int], has_aux: bool, 
     if not nums or not all(isinstance(i, numbers.Integral) for i in nums):
         raise TypeError(f"value_and_grad: argnums must be an int or a non-empty tuple of ints, got {argnums!r}.")
 
-    def traced(*args):
+    def traced(*args, **kwargs):
         args = list(args)
         leaves_of = {}
         with tf.GradientTape() as tape:
@@ -65,7 +67,7 @@ def _differentiated(fun: Callable, argnums: int | Sequence[int], has_aux: bool, 
                 for leaf in leaves:
                     tape.watch(leaf)
                 leaves_of[i] = (leaves, treedef)
-            out = fun(*args)
+            out = fun(*args, **kwargs)
             value, aux = _split_aux(out, has_aux)
         flat = [leaf for i in nums for leaf in leaves_of[i][0]]
         flat_grads = tape.gradient(value, flat, unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -73,7 +75,7 @@ def _differentiated(fun: Callable, argnums: int | Sequence[int], has_aux: bool, 
         for i in nums:
             leaves, treedef = leaves_of[i]
             g, flat_grads = flat_grads[: len(leaves)], flat_grads[len(leaves):]
-            grads.append(_tree.unflatten(treedef, [tf.convert_to_tensor(t) for t in g]))
+            grads.append(_tree.unflatten(treedef, [_jax_convention(tf.convert_to_tensor(t)) for t in g]))
         g = grads[0] if single else tuple(grads)
         value = value if with_value else None
         return ((value, aux) if has_aux else value), g
@@ -81,7 +83,7 @@ def _differentiated(fun: Callable, argnums: int | Sequence[int], has_aux: bool, 
     compiled: dict = {}  # static argument positions -> jitted function
 
     @functools.wraps(fun)
-    def wrapper(*args):
+    def wrapper(*args, **kwargs):
         for i in nums:
             if not -len(args) <= i < len(args):
                 raise ValueError(f"value_and_grad: argnums={argnums!r} refers to argument {i}, but "
@@ -89,13 +91,15 @@ def _differentiated(fun: Callable, argnums: int | Sequence[int], has_aux: bool, 
         wrt = [i in nums or i - len(args) in nums for i in range(len(args))]
         args = [_as_tensors(a, f"args[{i}]", differentiable=d) for i, (a, d) in enumerate(zip(args, wrt))]
         if not jit:
-            return traced(*args)
-        # Arguments not differentiated that hold no tensor (a Python scale, a config) stay
-        # Python values: static, as they would be closed over.
-        static = tuple(i for i, a in enumerate(args) if not wrt[i] and not _holds_tensors(a))
-        if static not in compiled:
-            compiled[static] = _jit.jit(traced, static_argnums=static)
-        return compiled[static](*args)
+            return traced(*args, **kwargs)
+        # Arguments not differentiated (keyword arguments never are, as in JAX) that hold no
+        # tensor and are hashable (a Python scale, a config tuple) stay Python values: static,
+        # as they would be closed over. Others (a dict of numbers) are passed as tensors.
+        static = tuple(i for i, a in enumerate(args) if not wrt[i] and _static(a))
+        names = tuple(sorted(k for k, v in kwargs.items() if _static(v)))
+        if (static, names) not in compiled:
+            compiled[static, names] = _jit.jit(traced, static_argnums=static, static_argnames=names)
+        return compiled[static, names](*args, **kwargs)
 
     return wrapper
 
@@ -117,15 +121,28 @@ def grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
     vg = _differentiated(fun, argnums, has_aux, jit, with_value=False)
 
     @functools.wraps(fun)
-    def wrapper(*args):
-        out, g = vg(*args)
+    def wrapper(*args, **kwargs):
+        out, g = vg(*args, **kwargs)
         return (g, out[1]) if has_aux else g
 
     return wrapper
 
 
-def _holds_tensors(arg: Any) -> bool:
-    return any(isinstance(v, (tf.Tensor, tf.Variable)) or hasattr(v, "__array__") for v in _tree.flatten(arg)[0])
+def _static(arg: Any) -> bool:
+    """A Python value the compiled program bakes in: no tensor in it, and hashable."""
+    if any(isinstance(v, (tf.Tensor, tf.Variable)) or hasattr(v, "__array__") for v in _tree.flatten(arg)[0]):
+        return False
+    try:
+        hash(arg)
+    except TypeError:
+        return False
+    return True
+
+
+def _jax_convention(g: tf.Tensor) -> tf.Tensor:
+    """A gradient as ``jax.grad`` gives it: for a complex input, the conjugate of TensorFlow's
+    (TensorFlow's tape returns ``df/dx + i df/dy`` for ``z = x + iy``; JAX ``df/dx - i df/dy``)."""
+    return tf.math.conj(g) if g.dtype.is_complex else g
 
 
 def _split_aux(out: Any, has_aux: bool):
@@ -140,6 +157,9 @@ def _split_aux(out: Any, has_aux: bool):
     if value.shape.rank != 0:
         raise TypeError(f"grad: fun must return a scalar, but its output has shape {value.shape}. "
                         "Reduce it (e.g. tf.reduce_sum) or use has_aux=True for extra outputs.")
+    if value.dtype.is_complex:
+        raise TypeError(f"grad requires real-valued outputs, but fun returned {value.dtype.name} (as "
+                        "jax.grad). Differentiate tf.math.real or tf.abs of it, or each part apart.")
     if not is_float(value.dtype):
         raise TypeError(f"grad: fun must return a float scalar, got dtype {value.dtype.name}.")
     return value, aux
