@@ -276,6 +276,22 @@ def test_map_matches_jax(batch_size):
     assert_trees_match(got, jax.lax.map(_map_fn(jnp), xs, batch_size=batch_size))
 
 
+@pytest.mark.parametrize("batch_size", [None, 2, 4])
+def test_gradient_of_a_batched_map_of_a_scan_matches_jax(batch_size):
+    """``map(batch_size=k)`` batches ``f`` with ``tfscan.vmap``, as JAX's ``map`` uses ``vmap``:
+    with ``tf.vectorized_map`` the gradient through a scan in ``f`` failed to compile ("XLA
+    compilation requires a fixed tensor list size")."""
+    x = np.random.default_rng(0).normal(size=(6, 3)).astype(f32)
+
+    def loss(lib, w):
+        L, total = (tfscan, tf.reduce_sum) if lib == "tf" else (jax.lax, jnp.sum)
+        inner = lambda r: L.scan(lambda c, v: (c * w + v, None), r[0] * 0, r)[0]  # noqa: E731
+        return total(L.map(inner, x if lib == "jax" else tf.constant(x), batch_size=batch_size))
+    want = jax.value_and_grad(lambda w: loss("jax", w))(f32(0.5))
+    got = tfscan.value_and_grad(lambda w: loss("tf", w))(f32(0.5))
+    np.testing.assert_allclose([float(g) for g in got], [float(w) for w in want], rtol=1e-5)
+
+
 def test_map_empty_and_compiled():
     xs = np.zeros((0, 2), f32)
     for bs in (None, 2):

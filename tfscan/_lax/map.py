@@ -2,7 +2,7 @@
 
 ``map`` is a ``tfscan.scan`` with no carry (one step per element, so memory stays that
 of one call of ``f``); with ``batch_size`` each step maps a chunk of elements with
-``tf.vectorized_map``, and the remainder (when the length is not a multiple) is one more
+:func:`tfscan.vmap`, and the remainder (when the length is not a multiple) is one more
 vectorized call, as in JAX.
 """
 
@@ -28,7 +28,7 @@ def map(f: Callable[[Any], Any], xs: Any, *, batch_size: int | None = None) -> A
     Semantically ``stack([f(x) for x in xs])`` for every leaf, run as a compiled
     ``tfscan.scan`` (one step per element, so memory stays that of one call of ``f``).
     With ``batch_size=b`` each scan step applies ``f`` to ``b`` elements at once,
-    vectorized with ``tf.vectorized_map``; when the length is not a multiple of ``b``
+    vectorized with :func:`tfscan.vmap`; when the length is not a multiple of ``b``
     the remainder is one more vectorized call. ``batch_size=0`` (or one at least the
     length) vectorizes everything in one call. Differentiable like scan.
 
@@ -41,9 +41,7 @@ def map(f: Callable[[Any], Any], xs: Any, *, batch_size: int | None = None) -> A
     Returns:
       ``f``'s outputs stacked along a new leading axis.
 
-    Differences from JAX: ``batch_size`` vectorizes with ``tf.vectorized_map`` (TensorFlow's
-    ``vmap``), which runs ops it cannot vectorize in a loop instead; it needs the leading
-    size of ``xs`` known when traced.
+    Differences from JAX: ``batch_size`` needs the leading size of ``xs`` known when traced.
 
     Example:
 
@@ -103,17 +101,11 @@ def _map_step(f: Callable) -> Callable:
 
 
 def _vectorized(f: Callable, xs_tree: _tree.TreeDef) -> Callable:
-    """``f`` on a chunk: the flat leaves of a batch of ``xs`` (any pytree) -> pytree of outputs."""
+    """``f`` on a chunk: the flat leaves of a batch of ``xs`` (any pytree) -> pytree of outputs,
+    batched by :func:`tfscan.vmap` (as JAX's ``map`` uses ``vmap``: a scan, a conditional or
+    a loop in ``f`` is batched by tfscan's own rules and keeps its gradient)."""
+    from tfscan._transforms.vmap import vmap  # the transforms import the loops: late
+
     def vf(chunk):
-        box = []
-
-        def one(elems):
-            out = f(_tree.unflatten(xs_tree, list(elems)))
-            leaves, paths, tree = _tree.flatten_with_paths(out, "output")
-            box[:] = [tree]
-            leaves = [_checks.output_tensor(v, p, "map", "f") for v, p in zip(leaves, paths)]
-            return leaves or [tf.zeros([], tf.int32)]  # vectorized_map needs an output
-
-        outs = tf.vectorized_map(one, list(chunk), fallback_to_while_loop=True)
-        return _tree.unflatten(box[0], list(outs)[: box[0].num_leaves])
+        return vmap(lambda elems: f(_tree.unflatten(xs_tree, list(elems))))(list(chunk))
     return vf
