@@ -159,6 +159,35 @@ def test_a_step_reading_a_global_dict_or_object_uses_what_it_holds_now():
         CONFIG["scale"] = HPARAMS.scale = 1.0
 
 
+CELL = None  # a notebook's global Keras cell, built again when its cell is run again
+
+
+def test_a_step_calling_a_rebound_global_keras_cell_uses_the_new_cell():
+    """Before: the first cell's weights, and a ``None`` gradient for every later cell's."""
+    import keras
+    global CELL
+    xs = tf.random.stateless_normal([6, 2, 3], seed=[1, 2])
+
+    def step(h, x):
+        out, new = CELL(x, [h])
+        return new[0], out
+    try:
+        for seed in range(3):
+            CELL = keras.layers.GRUCell(4, seed=seed)
+            CELL.build((None, 3))
+            with tf.GradientTape() as tape:
+                got = tf.reduce_sum(tfscan.scan(step, tf.zeros([2, 4]), xs)[1])
+            grads = tape.gradient(got, CELL.trainable_variables)
+            h, want = tf.zeros([2, 4]), 0.0
+            for t in range(6):
+                out, (h,) = CELL(xs[t], [h])
+                want += tf.reduce_sum(out)
+            np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+            assert all(g is not None for g in grads)
+    finally:
+        CELL = None
+
+
 def test_step_reading_tensors_through_an_object_reuses_the_compiled_programs():
     class Model:
         def __init__(self, w):
