@@ -226,3 +226,17 @@ def test_tf_function_tape_gradient_of_vmap_on_a_fresh_trace():
             value = tf.reduce_sum(tfscan.vmap(_loss_tf, in_axes=(None, 0, 0))(pt, tf.constant(xs), tf.constant(ys)) ** 2)
         return tape.gradient(value, pt)
     assert_trees_match(graph_grad(pt), want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("T, kw", [(1, {}), (3, {"unroll": True}), (5, {"remat": 2}), (7, {"remat": 3}),
+                                   (5, {"remat": "sqrt"})])
+def test_gradient_of_a_vmapped_scan_of_one_iteration_matches_jax(T, kw):
+    """A loop of one iteration (length 1, a full unroll, remat's last segment of one step) ran
+    inline, with no While for vmap's rule to batch whole: the gradient of the vmap read
+    tensors of the per-example trace ("out of its scope")."""
+    X = np.random.RandomState(0).randn(3, T).astype(np.float32)
+    want = jax.grad(lambda X: jnp.sum(jax.vmap(lambda xs: jax.lax.scan(
+        lambda c, x: (jnp.sin(c) + x, c), 0.0, xs)[1])(X)))(X)
+    got = tfscan.grad(lambda X: tf.reduce_sum(tfscan.vmap(lambda xs: tfscan.scan(
+        lambda c, x: (tf.sin(c) + x, c), 0.0, xs, **kw)[1])(X)))(tf.constant(X))
+    np.testing.assert_allclose(got.numpy(), np.asarray(want), rtol=1e-5, atol=1e-6)

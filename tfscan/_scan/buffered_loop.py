@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 
 from tfscan import _tf
+from tfscan._core import context as _context
 from tfscan._tf import xla
 from tfscan._transforms import batching as _batching
 
@@ -79,7 +80,10 @@ def run(body: Body, carry: Sequence[tf.Tensor], seqs: Sequence[tf.Tensor], lengt
     i0 = tf.constant(0, tf.int32)
     state = carry + bufs
     if static is None or main > 0:
-        if static is not None and main == 1:
+        # One iteration runs inline, with no While; not in the per-example trace of a vmap,
+        # whose batching rule replaces the scan's While whole (its ops batched one by one,
+        # the gradient of vmap read tensors of that trace: length 1, or remat's tail of 1).
+        if static is not None and main == 1 and not _context.in_vmap_trace():
             state = steps(unroll)(i0, state)
         else:  # one While built directly (not tf.while_loop's): see _tf.counted_loop
             state = _tf.counted_loop(steps(unroll), i0, main, state)
