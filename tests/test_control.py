@@ -536,3 +536,18 @@ def test_cond_disable_jit_runs_only_the_selected_branch():
     with tfscan.disable_jit():
         out = tfscan.cond(tf.constant(False), lambda: calls.append("t") or 1, lambda: calls.append("f") or 2)
     assert out == 2 and calls == ["f"]
+
+
+def test_disable_jit_returns_what_the_compiled_call_returns():
+    """A Python number from a branch comes back as a tensor, and a Python int init takes the
+    step's float dtype (weak type), under ``disable_jit`` as compiled (JAX's ``disable_jit``
+    too): a Python float and TensorFlow's dtype error before."""
+    def run():
+        return (tfscan.cond(True, lambda: 1.0, lambda: 2.0), tfscan.switch(1, [lambda: 1.0, lambda: 2.0]),
+                tfscan.scan(lambda c, x: (c + x, None), 0, tf.ones(3))[0])
+    compiled = run()
+    with tfscan.disable_jit():
+        eager = run()
+    for a, b in zip(compiled, eager):
+        assert isinstance(b, tf.Tensor) and b.dtype == a.dtype == tf.float32
+        assert float(a) == float(b)

@@ -75,7 +75,7 @@ def cond(pred: Any, true_fun: Callable[..., Any], false_fun: Callable[..., Any],
                         f"true_fun={true_fun!r:.60} and false_fun={false_fun!r:.60}.")
     pred = _predicate(pred)
     if _context.jit_disabled() and tf.executing_eagerly():
-        return true_fun(*operands) if bool(pred) else false_fun(*operands)
+        return _as_compiled(true_fun(*operands) if bool(pred) else false_fun(*operands))
     return _select("cond", pred, [true_fun, false_fun], ["true_fun", "false_fun"], operands,
                    lambda p, fns: tf.cond(p, fns[0], fns[1]))
 
@@ -122,9 +122,16 @@ def switch(index: Any, branches: Sequence[Callable[..., Any]], *operands: Any) -
     hi = len(branches) - 1
     index = tf.cast(tf.clip_by_value(index, tf.cast(0, index.dtype), tf.cast(hi, index.dtype)), tf.int32)
     if _context.jit_disabled() and tf.executing_eagerly():
-        return branches[int(index)](*operands)
+        return _as_compiled(branches[int(index)](*operands))
     names = [f"branches[{i}]" for i in range(len(branches))]
     return _select("switch", index, branches, names, operands, tf.switch_case)
+
+
+def _as_compiled(out: Any) -> Any:
+    """A branch's result run as Python (``disable_jit``) as the compiled conditional returns
+    it: every leaf a tensor (a Python ``1.0`` comes back as a float32 tensor)."""
+    leaves, treedef = _tree.flatten(out)
+    return _tree.unflatten(treedef, [tf.convert_to_tensor(v) for v in leaves])
 
 
 def _scalar(value: Any, api: str, arg: str, kind: str) -> tf.Tensor:

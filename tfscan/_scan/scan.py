@@ -93,7 +93,16 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
     static_length, length_value = _checks.scan_length(xs_leaves, xs_paths, length)
 
     if _context.jit_disabled():
-        return _eager_scan(f, init_tree, init_leaves, xs_tree, xs_leaves, length_value, reverse)
+        try:
+            return _eager_scan(f, init_tree, init_leaves, xs_tree, xs_leaves, length_value, reverse)
+        except (TypeError, ValueError, tf.errors.InvalidArgumentError):
+            # As compiled: a Python scalar in init may need the step's dtype (weak type).
+            retyped = _weak.retype(lambda *a: f(_tree.unflatten(init_tree, a[:len(init_leaves)]),
+                                                _tree.unflatten(xs_tree, a[len(init_leaves):]))[0],
+                                   raw_init, init_leaves, _x_specs(xs_leaves)())
+            if retyped is None:
+                raise
+            return _eager_scan(f, init_tree, retyped, xs_tree, xs_leaves, length_value, reverse)
     if remat not in (True, False):
         if static_length is None:
             raise ValueError(f"scan: remat={remat!r} needs a length known when the scan is traced; "
