@@ -332,15 +332,6 @@ def _wrapped_function(x: Any) -> types.FunctionType | None:
     return wrapped if isinstance(wrapped, types.FunctionType) else None
 
 
-def _plain(x: Any) -> bool:
-    """A Python number, string or ``None``, or a tuple of them: immutable data a trace bakes
-    in. Not a list: a global list is mostly state a function appends to (a counter, a log),
-    which by value would key a new trace on every call."""
-    if isinstance(x, tuple):
-        return len(x) < 64 and all(_plain(v) for v in x)
-    return isinstance(x, _PLAIN)
-
-
 def _walks_global(x: Any) -> bool:
     """Globals that can change what a trace reads, walked as closed-over values are: tensors,
     variables, arrays, plain data (a module-level ``a = 2.0`` that a notebook cell or a sweep
@@ -350,8 +341,6 @@ def _walks_global(x: Any) -> bool:
     compiled programs). Left out: modules, classes and library functions (fixed), and lists
     and sets (state a function appends to, a counter or a log, which would key a new trace
     on every call)."""
-    if isinstance(x, (tf.Tensor, tf.Variable, np.ndarray)) or _plain(x):
-        return True
     x = _wrapped_function(x) or x
     if isinstance(x, types.FunctionType):
         return not _library(x)
