@@ -153,11 +153,25 @@ class Traced:
     def fingerprint(self) -> tuple:
         """What a new trace must share with this one to reuse its compiled programs:
         constants and variable reads of the same shapes and dtypes (their values are
-        inputs), the same other resources, and the same ops (nested function names aside)."""
+        inputs), the same other resources, and the same ops in the same order (their names
+        and nested function names aside)."""
         nodes = []
+        # Names by position: a new Keras cell of the same configuration traces the same ops
+        # under another name scope (``gru_cell_2/MatMul``), and its variables are inputs.
+        # Names from outside the piece (the fed constants' reads) by order of first use.
+        index = {node.name: str(i) for i, node in enumerate(self.piece.graph_def.node)}
+
+        def renamed(ref: str) -> str:
+            control, name = ref.startswith("^"), ref.lstrip("^")
+            name, colon, port = name.partition(":")
+            return ("^" if control else "") + index.setdefault(name, f"in{len(index)}") + colon + port
         for node in self.piece.graph_def.node:
             node = tf.compat.v1.NodeDef.FromString(node.SerializeToString())
             node.ClearField("device")  # a replica's device scope: one XLA program runs anywhere
+            node.name = index[node.name]
+            node.input[:] = [renamed(r) for r in node.input]
+            if "_class" in node.attr:  # colocation with a named op
+                del node.attr["_class"]
             for attr in node.attr.values():
                 if attr.HasField("func"):
                     attr.ClearField("func")
