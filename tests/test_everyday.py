@@ -175,17 +175,23 @@ def test_a_step_calling_a_rebound_global_keras_cell_uses_the_new_cell():
         for seed in range(3):
             CELL = keras.layers.GRUCell(4, seed=seed)
             CELL.build((None, 3))
-            with tf.GradientTape() as tape:
-                got = tf.reduce_sum(tfscan.scan(step, tf.zeros([2, 4]), xs)[1])
-            grads = tape.gradient(got, CELL.trainable_variables)
-            h, want = tf.zeros([2, 4]), 0.0
-            for t in range(6):
-                out, (h,) = CELL(xs[t], [h])
-                want += tf.reduce_sum(out)
-            np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
-            assert all(g is not None for g in grads)
+            _check_cell_scan(CELL, step, xs)
     finally:
         CELL = None
+
+
+def _check_cell_scan(cell, step, xs):
+    """``scan(step)`` over ``xs`` (steps calling ``cell``) equals the cell run in a Python loop,
+    and gives a gradient for every weight of ``cell``."""
+    with tf.GradientTape() as tape:
+        got = tf.reduce_sum(tfscan.scan(step, tf.zeros([2, 4]), xs)[1])
+    grads = tape.gradient(got, cell.trainable_variables)
+    h, want = tf.zeros([2, 4]), 0.0
+    for t in range(xs.shape[0]):
+        out, (h,) = cell(xs[t], [h])
+        want += tf.reduce_sum(out)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    assert all(g is not None for g in grads)
 
 
 def test_a_new_keras_cell_of_the_same_configuration_reuses_the_compiled_programs(monkeypatch):
@@ -210,15 +216,7 @@ def test_a_new_keras_cell_of_the_same_configuration_reuses_the_compiled_programs
         def step(h, x):
             out, new = cell(x, [h])
             return new[0], out
-        with tf.GradientTape() as tape:
-            got = tf.reduce_sum(tfscan.scan(step, tf.zeros([2, 4]), xs)[1])
-        grads = tape.gradient(got, cell.trainable_variables)
-        h, want = tf.zeros([2, 4]), 0.0
-        for t in range(5):
-            out, (h,) = cell(xs[t], [h])
-            want += tf.reduce_sum(out)
-        np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
-        assert all(g is not None for g in grads)
+        _check_cell_scan(cell, step, xs)
         counts.append(len(made))
     assert counts[-1] == counts[0], counts
 
