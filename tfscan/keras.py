@@ -114,6 +114,8 @@ def _check_mask(mask: tf.Tensor, x: tf.Tensor, time_major: bool) -> None:
     """A mask must have the sequences' two leading axes (``x`` is time-major here)."""
     want = [x.shape[0], x.shape[1]] if time_major else [x.shape[1], x.shape[0]]
     layout = "[time, batch] (time_major=True)" if time_major else "[batch, time]"
+    if mask.shape.rank is None:
+        return  # checked when the loop reads it
     if mask.shape.rank != 2 or any(a is not None and b is not None and a != b
                                    for a, b in zip(mask.shape.as_list(), want)):
         raise ValueError(f"tfscan.keras.Scan: mask must be {layout} booleans, shape "
