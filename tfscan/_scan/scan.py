@@ -96,10 +96,7 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
         try:
             return _eager_scan(f, init_tree, init_leaves, xs_tree, xs_leaves, length_value, reverse)
         except (TypeError, ValueError, tf.errors.InvalidArgumentError):
-            # As compiled: a Python scalar in init may need the step's dtype (weak type).
-            retyped = _weak.retype(lambda *a: f(_tree.unflatten(init_tree, a[:len(init_leaves)]),
-                                                _tree.unflatten(xs_tree, a[len(init_leaves):]))[0],
-                                   raw_init, init_leaves, _x_specs(xs_leaves)())
+            retyped = _retyped_init(f, init_tree, raw_init, init_leaves, xs_tree, xs_leaves)  # as compiled
             if retyped is None:
                 raise
             return _eager_scan(f, init_tree, retyped, xs_tree, xs_leaves, length_value, reverse)
@@ -126,10 +123,8 @@ def scan(f: Callable[[Carry, X], tuple[Carry, Y]], init: Carry, xs: X = None,
                              xs_tree, x_specs(), slots=closure.tensors)
     try:
         programs, created = _cache.lookup("scan", key, lambda: Programs(make_plan(), static, remat))
-    except (TypeError, ValueError):  # a Python scalar in init may need the step's dtype (weak type)
-        retyped = _weak.retype(lambda *a: f(_tree.unflatten(init_tree, a[:len(init_leaves)]),
-                                            _tree.unflatten(xs_tree, a[len(init_leaves):]))[0],
-                               raw_init, init_leaves, x_specs())
+    except (TypeError, ValueError):
+        retyped = _retyped_init(f, init_tree, raw_init, init_leaves, xs_tree, xs_leaves)
         if retyped is None:
             raise
         return scan(f, _tree.unflatten(init_tree, retyped), xs, length, reverse, unroll, remat)
@@ -224,6 +219,14 @@ def _needs_gradient(*groups) -> bool:
     if not any(is_float(t.dtype) for g in groups for t in g):
         return False
     return not tf.executing_eagerly() or record.could_possibly_record()
+
+
+def _retyped_init(f, init_tree, raw_init, init_leaves, xs_tree, xs_leaves) -> list | None:
+    """The init leaves with each Python scalar given the dtype the step computes for it (a
+    weak type, as JAX's), or ``None`` when retyping does not help."""
+    n = len(init_leaves)
+    return _weak.retype(lambda *a: f(_tree.unflatten(init_tree, a[:n]), _tree.unflatten(xs_tree, a[n:]))[0],
+                        raw_init, init_leaves, _x_specs(xs_leaves)())
 
 
 def _eager_scan(f, init_tree, init, xs_tree, xs, length, reverse):

@@ -190,7 +190,7 @@ class Jitted:
         """The result through the fast path, or ``None`` (then the slow path runs): an eager
         call nothing records, with the signature of a call the slow path resolved."""
         if not self._fast or kwargs or not tf.executing_eagerly() or record.could_possibly_record() \
-                or any(type(a) is bool for a in args) \
+                or any(_flag(a) for a in args) \
                 or _context.jit_disabled():
             return None
         sig, flat = _fast.signature(args)
@@ -228,14 +228,14 @@ class Jitted:
         static = []
         dyn_args = []
         for i, a in enumerate(args):
-            if i in nums or type(a) is bool:  # a Python bool argument: a flag, baked in
+            if i in nums or _flag(a):
                 static.append(("pos", i, _hashable(a, self._label(i))))
                 dyn_args.append(None)
             else:
                 dyn_args.append(a)
         dyn_kwargs = {}
         for k in sorted(kwargs):
-            if k in self._static_names or type(kwargs[k]) is bool:
+            if k in self._static_names or _flag(kwargs[k]):
                 static.append(("kw", k, _hashable(kwargs[k], k)))
             else:
                 dyn_kwargs[k] = kwargs[k]
@@ -295,6 +295,12 @@ class Jitted:
         stable = (fresh and _cache.memoized(self._fun, closure)
                   and (entry.owner.owns(self._fun) or (closure.exact and entry.feed.complete)))
         return entry, flat, captured, closure if stable else None
+
+def _flag(value: Any) -> bool:
+    """A Python ``bool`` argument: a flag (``training=True``), static as in a ``tf.function``
+    (as a bool tensor, TensorFlow would multiply a float by it as booleans)."""
+    return type(value) is bool
+
 
 def _traced_entry(fun, tree, static, flat, slots, numbers_at: list) -> "_Entry":
     """``_Entry(...)``; a dtype clash in the trace, when Python numbers were passed, says what
